@@ -1,0 +1,1 @@
+//! mshot library

@@ -1,0 +1,1 @@
+//! Integration tests: real sshd, real QEMU guest.
