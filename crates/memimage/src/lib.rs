@@ -1,1 +1,18 @@
-pub fn placeholder() {}
+//! memimage: the synchronous analysis core of mshot.
+//!
+//! Pipeline (each layer only talks to the one below it):
+//!
+//! ```text
+//!  bytes (mmap) ─▶ format::PhysicalMemory ─▶ memory::VirtualMemory (x86-64 paging)
+//!                                                  │
+//!  profile bytes ─▶ profile::Profile ──────────▶ kernel::Kernel (banner, KASLR, DTB)
+//!                                                  │
+//!                                           plugins::run ─▶ Vec<Row>
+//! ```
+//!
+//! Invariants: no I/O, no environment access, no async: callers hand in
+//! byte slices and get plain values back, so everything here can be fuzzed.
+
+pub mod format;
+
+pub use format::{FormatError, ImageFormat, PhysicalMemory};
