@@ -16,3 +16,8 @@
 pub mod format;
 
 pub use format::{FormatError, ImageFormat, PhysicalMemory};
+pub mod memory;
+#[doc(hidden)]
+pub mod synth;
+
+pub use memory::{MemoryError, PagingMode, VirtualMemory};
