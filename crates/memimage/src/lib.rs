@@ -21,3 +21,6 @@ pub mod memory;
 pub mod synth;
 
 pub use memory::{MemoryError, PagingMode, VirtualMemory};
+pub mod profile;
+
+pub use profile::{Profile, ProfileError};

@@ -1,0 +1,229 @@
+//! Kernel profiles: Volatility 3 ISF and Rekall JSON, plain, xz or gzip,
+//! loaded selectively into one type model ([`Profile`]).
+//!
+//! Loading the full 38 MB ISF into a DOM costs ~270 ms and ~440 MB; a
+//! [`Selection`] keeps only what discovery and the plugins use. The result
+//! can be written as a tiny ISF ([`Profile::to_cache_bytes`]) that the
+//! caller stores under [`cache_key`]: the core itself does no file I/O.
+
+mod export;
+mod isf;
+mod model;
+mod raw;
+mod rekall;
+
+pub use model::{
+    BaseType, EnumDef, Field, IntLayout, Profile, ProfileFormat, StructDef, Symbol, TypeRef,
+    lp64_base_type,
+};
+
+use serde::Deserializer as _;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::io::Read;
+
+/// Errors from loading a profile or looking things up in it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProfileError {
+    #[error("cannot decompress profile: expected valid {format} data, found {reason}")]
+    Decompress {
+        format: &'static str,
+        reason: String,
+    },
+    #[error("malformed profile JSON: {0}")]
+    Json(String),
+    #[error(
+        "not a kernel profile: expected ISF keys (metadata, user_types, symbols) or Rekall keys ($STRUCTS, $CONSTANTS), found {found}"
+    )]
+    NotAProfile { found: String },
+    #[error("unsupported profile: expected {expected}, found {found}")]
+    Unsupported { expected: String, found: String },
+    #[error("malformed profile: expected {expected}, found {found}")]
+    Malformed { expected: String, found: String },
+    #[error("profile {profile} has no type {name}")]
+    MissingType { profile: String, name: String },
+    #[error("profile {profile} has no field {name}")]
+    MissingField { profile: String, name: String },
+    #[error("profile {profile} has no symbol {name}")]
+    MissingSymbol { profile: String, name: String },
+}
+
+/// Which types, symbols and enums to keep while loading.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection {
+    /// Everything (for exporting or inspecting a whole profile).
+    All,
+    Only {
+        types: &'static [&'static str],
+        symbols: &'static [&'static str],
+        enums: &'static [&'static str],
+    },
+}
+
+/// Bump when the selection or the cache layout changes.
+const CACHE_VERSION: &str = "v1";
+
+impl Selection {
+    /// What kernel discovery and the built-in plugins use.
+    pub const PLUGINS: Selection = Selection::Only {
+        types: &[
+            "task_struct",
+            "list_head",
+            "mm_struct",
+            "cred",
+            "kuid_t",
+            "kgid_t",
+            "module",
+            "module_layout",
+            "module_memory",
+            "signal_struct",
+        ],
+        symbols: &[
+            "init_task",
+            "init_files",
+            "linux_banner",
+            "modules",
+            "init_top_pgt",
+            "init_level4_pgt",
+            "swapper_pg_dir",
+            "init_mm",
+            "page_offset_base",
+            "phys_base",
+            "_text",
+            "__pgtable_l5_enabled",
+            "vmcoreinfo_note",
+            "linux_proc_banner",
+        ],
+        enums: &["mod_mem_type", "module_state"],
+    };
+
+    pub(crate) fn keeps_type(&self, n: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only { types, .. } => {
+                types.contains(&n) || n.starts_with("unnamed") || n.starts_with("__unnamed")
+            }
+        }
+    }
+
+    pub(crate) fn keeps_final_type(&self, n: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only { types, .. } => types.contains(&n),
+        }
+    }
+
+    pub(crate) fn keeps_symbol(&self, n: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only { symbols, .. } => symbols.contains(&n),
+        }
+    }
+
+    pub(crate) fn keeps_enum(&self, n: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only { enums, .. } => enums.contains(&n),
+        }
+    }
+}
+
+/// Decompresses xz or gzip by magic bytes; anything else is returned as is.
+pub fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProfileError> {
+    if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        let mut out = Vec::with_capacity(bytes.len() * 20);
+        liblzma::read::XzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| ProfileError::Decompress {
+                format: "xz",
+                reason: e.to_string(),
+            })?;
+        Ok(Cow::Owned(out))
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(bytes.len() * 8);
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| ProfileError::Decompress {
+                format: "gzip",
+                reason: e.to_string(),
+            })?;
+        Ok(Cow::Owned(out))
+    } else if bytes.starts_with(b"BZh") {
+        Err(ProfileError::Unsupported {
+            expected: "a .json, .json.xz or .json.gz profile".into(),
+            found: "bzip2 data".into(),
+        })
+    } else {
+        Ok(Cow::Borrowed(bytes))
+    }
+}
+
+/// Cache key of a profile file's raw bytes (compressed or not).
+pub fn cache_key(raw: &[u8]) -> String {
+    let digest = Sha256::digest(raw);
+    let mut s = String::with_capacity(70);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('-');
+    s.push_str(CACHE_VERSION);
+    s
+}
+
+impl Profile {
+    /// Loads a profile (ISF or Rekall, plain/xz/gzip) keeping what the
+    /// built-in plugins need.
+    pub fn load(bytes: &[u8], name: &str) -> Result<Profile, ProfileError> {
+        Self::load_with(bytes, name, &Selection::PLUGINS)
+    }
+
+    pub fn load_with(bytes: &[u8], name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
+        let data = decompress(bytes)?;
+        let mut de = serde_json::Deserializer::from_slice(&data);
+        let raw = de
+            .deserialize_map(raw::TopLevel { sel })
+            .map_err(|e| ProfileError::Json(e.to_string()))?;
+        de.end().map_err(|e| ProfileError::Json(e.to_string()))?;
+        if raw.user_types.is_some() && raw.symbols.is_some() {
+            isf::build(raw, name, sel)
+        } else if raw.rk_structs.is_some() {
+            rekall::build(raw, name, sel)
+        } else {
+            let mut keys: Vec<&str> = raw.other_keys.iter().map(String::as_str).collect();
+            keys.extend(raw.isf_meta.as_ref().map(|_| "metadata"));
+            keys.extend(raw.user_types.as_ref().map(|_| "user_types"));
+            keys.extend(raw.symbols.as_ref().map(|_| "symbols"));
+            keys.truncate(8);
+            Err(ProfileError::NotAProfile {
+                found: if keys.is_empty() {
+                    "no keys".into()
+                } else {
+                    format!("keys {}", keys.join(", "))
+                },
+            })
+        }
+    }
+
+    /// A compact ISF holding just this profile's (selected) content.
+    pub fn to_cache_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&export::to_isf(self)).unwrap_or_default()
+    }
+
+    /// Reads bytes written by [`Profile::to_cache_bytes`].
+    pub fn from_cache_bytes(bytes: &[u8], name: &str) -> Result<Profile, ProfileError> {
+        Self::load_with(bytes, name, &Selection::All)
+    }
+
+    /// The profile as an ISF JSON document.
+    pub fn to_isf_json(&self) -> serde_json::Value {
+        export::to_isf(self)
+    }
+
+    /// The profile as a Rekall JSON profile.
+    pub fn to_rekall_json(&self) -> serde_json::Value {
+        export::to_rekall(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+use super::*;
+
+pub(crate) const MINI_ISF: &str = r#"{
+ "metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1.0.0"}},
+ "base_types": {"int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
+                "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
+                "char": {"size": 1, "signed": true, "kind": "char", "endian": "little"},
+                "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}},
+ "user_types": {
+   "kuid_t": {"kind": "struct", "size": 4, "fields": {"val": {"offset": 0, "type": {"kind": "base", "name": "unsigned int"}}}},
+   "cred": {"kind": "struct", "size": 16, "fields": {"uid": {"offset": 4, "type": {"kind": "struct", "name": "kuid_t"}},
+      "flags": {"offset": 8, "type": {"kind": "bitfield", "bit_position": 3, "bit_length": 2, "type": {"kind": "base", "name": "unsigned int"}}}}},
+   "mm_struct": {"kind": "struct", "size": 64, "fields": {"unnamed_field_0": {"anonymous": true, "offset": 0, "type": {"kind": "struct", "name": "unnamed_1"}}}},
+   "unnamed_1": {"kind": "struct", "size": 64, "fields": {"pgd": {"offset": 8, "type": {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}},
+      "unnamed_field_1": {"anonymous": true, "offset": 16, "type": {"kind": "union", "name": "unnamed_2"}}}},
+   "unnamed_2": {"kind": "union", "size": 8, "fields": {"arg_start": {"offset": 4, "type": {"kind": "base", "name": "unsigned int"}}}},
+   "unused": {"kind": "struct", "size": 1, "fields": {}}
+ },
+ "enums": {"mod_mem_type": {"size": 4, "base": "unsigned int", "constants": {"MOD_TEXT": 0, "MOD_DATA": 1}}},
+ "symbols": {"init_task": {"address": 18446744071606217280, "type": {"kind": "struct", "name": "task_struct"}},
+             "linux_banner": {"address": 18446744071597070592, "constant_data": "TGludXggdmVyc2lvbiA2LjEK"},
+             "other": {"address": 1}}
+}"#;
+
+#[test]
+fn isf_selective_and_flattened() {
+    let p = Profile::load(MINI_ISF.as_bytes(), "mini").unwrap();
+    assert_eq!(p.offset("mm_struct", "pgd").unwrap(), 8);
+    assert_eq!(p.offset("mm_struct", "arg_start").unwrap(), 20);
+    assert!(!p.structs.contains_key("unused"));
+    assert!(!p.structs.contains_key("unnamed_1"));
+    assert!(!p.symbols.contains_key("other"));
+    assert_eq!(p.symbol("init_task").unwrap(), 0xffff_ffff_82a1_aa40);
+    assert_eq!(p.banner.as_deref(), Some(&b"Linux version 6.1\n"[..]));
+    let uid = p.field("cred", "uid").unwrap();
+    assert_eq!(p.int_layout(&uid.ty).unwrap().size, 4);
+    let fl = p.int_layout(&p.field("cred", "flags").unwrap().ty).unwrap();
+    assert_eq!(fl.decode(0b11000), 3);
+    assert_eq!(p.enum_value("mod_mem_type", "MOD_DATA"), Some(1));
+    assert_eq!(
+        p.field("cred", "nope").unwrap_err().to_string(),
+        "profile mini has no field cred.nope"
+    );
+}
+
+#[test]
+fn compressed_and_cache_roundtrip() {
+    use std::io::Write;
+    let p = Profile::load(MINI_ISF.as_bytes(), "mini").unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(MINI_ISF.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    assert_eq!(Profile::load(&gz, "mini").unwrap(), p);
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(MINI_ISF.as_bytes()).unwrap();
+    let xz = xz.finish().unwrap();
+    assert_eq!(Profile::load(&xz, "mini").unwrap(), p);
+    let cached = Profile::from_cache_bytes(&p.to_cache_bytes(), "mini").unwrap();
+    assert_eq!(cached.structs, p.structs);
+    assert_eq!(cached.banner, p.banner);
+    assert_eq!(cached.symbols, p.symbols);
+    assert_ne!(cache_key(MINI_ISF.as_bytes()), cache_key(&gz));
+}
+
+#[test]
+fn rekall_roundtrip_same_model() {
+    let p = Profile::load(MINI_ISF.as_bytes(), "mini").unwrap();
+    let rk = serde_json::to_vec(&p.to_rekall_json()).unwrap();
+    let q = Profile::load(&rk, "mini").unwrap();
+    assert_eq!(q.format, ProfileFormat::Rekall);
+    assert_eq!(q.structs, p.structs);
+    assert_eq!(
+        q.symbol("init_task").unwrap(),
+        p.symbol("init_task").unwrap()
+    );
+    assert_eq!(q.enum_value("mod_mem_type", "MOD_DATA"), Some(1));
+}
+
+#[test]
+fn rekall_handwritten_anonymous() {
+    let rk = r#"{"$METADATA": {"ProfileClass": "Linux", "arch": "AMD64"},
+      "$CONSTANTS": {"init_task": 281472873376320},
+      "$STRUCTS": {"mm_struct": [64, {"u1": [0, ["__unnamed_7"]]}],
+                   "__unnamed_7": [64, {"pgd": [8, ["Pointer", {"target": "Void"}]]}],
+                   "task_struct": [100, {"comm": [10, ["Array", {"count": 16, "target": "char"}]]}]},
+      "$ENUMS": {"mod_mem_type": {"0": "MOD_TEXT"}}}"#;
+    let q = Profile::load(rk.as_bytes(), "rk").unwrap();
+    assert_eq!(q.offset("mm_struct", "pgd").unwrap(), 8);
+    assert_eq!(q.symbol("init_task").unwrap(), 0xffff_ffff_82a1_aa40);
+    assert_eq!(
+        q.type_size(&q.field("task_struct", "comm").unwrap().ty),
+        Some(16)
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_explain() {
+    let e = Profile::load(b"{\"a\": 1}", "x").unwrap_err();
+    assert!(e.to_string().contains("found keys a"), "{e}");
+    let e = Profile::load(b"{\"metadata\": ", "x").unwrap_err();
+    assert!(matches!(e, ProfileError::Json(_)));
+    let e = Profile::load(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1, 2], "x").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot decompress profile: expected valid xz"),
+        "{e}"
+    );
+    let bad = MINI_ISF.replace("\"6.2.0\"", "\"9.0.0\"");
+    assert!(
+        Profile::load(bad.as_bytes(), "x")
+            .unwrap_err()
+            .to_string()
+            .contains("format 9.0.0")
+    );
+    assert!(!e.to_string().contains('\n'));
+}
