@@ -1,1 +1,18 @@
-//! mshot library
+//! mshot: capture the memory of remote Linux machines over SSH with LiME, and
+//! analyse it. See ARCHITECTURE.md for the map; the layers, top to bottom:
+//! `cli` -> `config` -> `capture` (orchestration) -> `transport` (SSH),
+//! `remote` (target commands), `sink` (file), with `lime_stream` validating the
+//! stream and `manifest`/`audit` recording it.
+
+pub mod audit;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod lime_stream;
+pub mod manifest;
+pub mod progress;
+pub mod remote;
+pub mod sanitize;
+pub mod secret;
+pub mod sink;
+pub mod transport;

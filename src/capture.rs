@@ -1,0 +1,790 @@
+//! Orchestration of one capture, from connection to manifest.
+//!
+//! The order of steps is the safety argument: nothing is written on the target
+//! before we know we can become root and that no LiME is loaded; the module is
+//! loaded only after its hash was checked on the target; LiME listens on
+//! loopback only and the stream comes back inside the SSH connection; the image
+//! gets its final name only after the LiME headers, byte count and ranges all
+//! match /proc/iomem; and `cleanup` runs on every path, Ctrl-C included.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::BytesMut;
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::lime_stream::LimeValidator;
+use crate::manifest::{self, CleanupReport, Manifest};
+use crate::progress::CaptureProgress;
+use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
+use crate::secret::Secret;
+use crate::sink::FileSink;
+use crate::transport::{Endpoint, ExecOutput, HostKeyPolicy, RunningCommand, Session, SshOptions};
+
+/// Everything one capture needs, already validated by `config`.
+pub struct CaptureJob {
+    /// Jump hosts in order, then the target.
+    pub route: Vec<Endpoint>,
+    pub host_keys: HostKeyPolicy,
+    pub ssh: SshOptions,
+    pub module: ModuleFile,
+    pub image_path: PathBuf,
+    pub sudo_password: Option<Secret>,
+    /// Unload a LiME module that is already loaded instead of refusing.
+    pub force: bool,
+    /// Check everything up to loading the module, then clean up.
+    pub dry_run: bool,
+    /// Longest silence tolerated from LiME's stream before the capture fails.
+    pub stream_idle_timeout: Duration,
+}
+
+impl CaptureJob {
+    pub fn target(&self) -> &Endpoint {
+        // config guarantees a non-empty route
+        &self.route[self.route.len() - 1]
+    }
+}
+
+/// The LiME module as read and hashed locally.
+pub struct ModuleFile {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// What a finished capture produced.
+pub struct CaptureOutcome {
+    pub manifest: Manifest,
+    pub image_path: Option<PathBuf>,
+    pub manifest_path: Option<PathBuf>,
+    /// Cleanup left something on the target: the capture itself may still be good.
+    pub cleanup_failed: bool,
+}
+
+/// What we have done on the target so far, so cleanup knows what to undo.
+#[derive(Default)]
+struct RemoteState {
+    privilege: Option<Privilege>,
+    temp_dir: Option<String>,
+    port: Option<u16>,
+    insmod: Option<(RunningCommand, PendingAudit)>,
+    module_loaded_by_us: bool,
+}
+
+/// Facts gathered before the stream starts; they go into the manifest.
+#[derive(Default)]
+struct Facts {
+    kernel_release: String,
+    machine: String,
+    privilege: Option<Privilege>,
+    expected_ranges: Vec<PhysRange>,
+    remote_module_path: String,
+    lime_arguments: String,
+}
+
+struct Received {
+    bytes: u64,
+    sha256: String,
+    ranges: Vec<PhysRange>,
+}
+
+pub async fn capture(
+    job: &CaptureJob,
+    progress: &CaptureProgress,
+) -> anyhow::Result<CaptureOutcome> {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let audit = AuditLog::default();
+    let target = job.target().clone();
+
+    progress.phase("connecting");
+    let session = tokio::select! {
+        s = Session::connect(&job.route, &job.host_keys, &job.ssh) => s?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted by Ctrl-C while connecting; nothing was changed on the target"),
+    };
+
+    let mut state = RemoteState::default();
+    let mut facts = Facts::default();
+    let result = tokio::select! {
+        r = run(job, &session, &audit, &mut state, &mut facts, progress) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted by Ctrl-C")),
+    };
+
+    progress.phase("cleaning up");
+    let cleanup = cleanup(job, session, &audit, &mut state).await;
+    progress.finish();
+
+    let (received, image_path) = match &result {
+        Ok(Some((received, path))) => (Some(received), Some(path.clone())),
+        _ => (None, None),
+    };
+    let manifest = Manifest {
+        tool: "mshot".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        host: target.host.clone(),
+        port: target.port,
+        user: target.user.clone(),
+        jump_hosts: job.route[..job.route.len() - 1]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+        kernel_release: facts.kernel_release.clone(),
+        machine: facts.machine.clone(),
+        privilege: facts.privilege,
+        dry_run: job.dry_run,
+        module: manifest::ModuleRecord {
+            local_path: job.module.path.display().to_string(),
+            sha256: job.module.sha256.clone(),
+            size: job.module.bytes.len() as u64,
+            remote_path: facts.remote_module_path.clone(),
+        },
+        lime_arguments: facts.lime_arguments.clone(),
+        started,
+        finished: Timestamp::now(),
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        image: received.map(|r| manifest::ImageRecord {
+            file: image_path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes: r.bytes,
+            sha256: r.sha256.clone(),
+            ranges: r.ranges.iter().map(manifest::RangeRecord::from).collect(),
+        }),
+        expected_ranges: facts
+            .expected_ranges
+            .iter()
+            .map(manifest::RangeRecord::from)
+            .collect(),
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        cleanup: cleanup.clone(),
+        audit: audit.entries(),
+    };
+    let manifest_path = match &image_path {
+        Some(path) => {
+            let path = manifest::manifest_path_for(path);
+            manifest::write(&path, &manifest)
+                .with_context(|| format!("writing manifest {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let cleanup_failed = !cleanup.errors.is_empty();
+    match result {
+        Ok(_) => Ok(CaptureOutcome {
+            manifest,
+            image_path,
+            manifest_path,
+            cleanup_failed,
+        }),
+        Err(error) if cleanup_failed => {
+            Err(error.context(format!("and cleanup failed: {}", cleanup.errors.join("; "))))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn run(
+    job: &CaptureJob,
+    session: &Session,
+    audit: &AuditLog,
+    state: &mut RemoteState,
+    facts: &mut Facts,
+    progress: &CaptureProgress,
+) -> anyhow::Result<Option<(Received, PathBuf)>> {
+    let host = session.label().to_string();
+    let shell = Shell {
+        session,
+        audit,
+        host: &host,
+        sudo_password: job.sudo_password.as_ref(),
+        privilege: Privilege::Root,
+    };
+
+    progress.phase("checking the target");
+    let out = shell.run_plain(commands::KERNEL).await?;
+    let kernel = remote::parse_kernel_info(&out.stdout_text()).ok_or_else(|| {
+        anyhow!(
+            "cannot read the kernel release: `{}` printed {:?}",
+            commands::KERNEL,
+            out.stdout_text()
+        )
+    })?;
+    facts.kernel_release = kernel.release.clone();
+    facts.machine = kernel.machine.clone();
+    tracing::info!("{host}: kernel {} on {}", kernel.release, kernel.machine);
+    check_module_matches(&job.module, &kernel)?;
+
+    let privilege = become_root(&shell, kernel.uid).await?;
+    state.privilege = Some(privilege);
+    facts.privilege = Some(privilege);
+    let shell = Shell { privilege, ..shell };
+
+    let modules = shell.run_plain(commands::MODULES).await?;
+    if remote::module_loaded(&modules.stdout_text(), "lime") {
+        if !job.force {
+            bail!(
+                "a lime module is already loaded on {host} (another capture running, or one left behind); rerun with --force to unload it"
+            );
+        }
+        let out = shell.run_root(commands::RMMOD_LIME, &[], None).await?;
+        if !out.success() {
+            bail!(
+                "--force: cannot unload the lime module already loaded: {}",
+                out.stderr_line()
+            );
+        }
+    }
+
+    let iomem = shell.run_root(commands::IOMEM, &[], None).await?;
+    if !iomem.success() {
+        bail!("cannot read /proc/iomem as root: {}", iomem.stderr_line());
+    }
+    let expected = remote::parse_iomem_system_ram(&iomem.stdout_text())?;
+    facts.expected_ranges = expected.clone();
+    let expected_bytes = remote::lime_image_size(&expected);
+
+    let sockets = shell.run_plain(commands::TCP_SOCKETS).await?;
+    let used = remote::used_ports(&remote::parse_proc_net_tcp(&sockets.stdout_text()));
+    let port = remote::choose_free_port(&used, rand::random::<u16>)
+        .ok_or_else(|| anyhow!("no free TCP port between 20000 and 32767 on the target"))?;
+    state.port = Some(port);
+
+    progress.phase("pushing module");
+    let out = shell.run_root(commands::MAKE_TEMP_DIR, &[], None).await?;
+    let dir = remote::parse_temp_dir(&out.stdout_text())
+        .ok_or_else(|| anyhow!("mktemp on the target failed: {}", out.stderr_line()))?;
+    state.temp_dir = Some(dir.clone());
+    let remote_module = format!("{dir}/lime.ko");
+    facts.remote_module_path = remote_module.clone();
+    let out = shell
+        .run_root(
+            &commands::write_file(&remote_module),
+            &job.module.bytes,
+            Some(format!(
+                "{} ({} bytes)",
+                job.module.path.display(),
+                job.module.bytes.len()
+            )),
+        )
+        .await?;
+    if !out.success() {
+        bail!(
+            "cannot write {remote_module} on the target: {}",
+            out.stderr_line()
+        );
+    }
+    let out = shell
+        .run_root(&commands::sha256(&remote_module), &[], None)
+        .await?;
+    let remote_hash = remote::parse_sha256sum(&out.stdout_text())
+        .ok_or_else(|| anyhow!("sha256sum of {remote_module} failed: {}", out.stderr_line()))?;
+    if remote_hash != job.module.sha256 {
+        bail!(
+            "module changed in transit: {remote_module} on the target has SHA-256 {remote_hash}, {} has {}",
+            job.module.path.display(),
+            job.module.sha256
+        );
+    }
+
+    if job.dry_run {
+        tracing::info!(
+            "{host}: dry run: connection, root, module transfer and hash all good; not loading LiME"
+        );
+        return Ok(None);
+    }
+
+    let sink = FileSink::create(&job.image_path)?;
+
+    progress.phase("loading LiME");
+    let lime_args = remote::lime_arguments(port);
+    facts.lime_arguments = lime_args.clone();
+    let insmod = shell
+        .start_root(&commands::insmod(&remote_module, &lime_args))
+        .await?;
+    state.module_loaded_by_us = true;
+    state.insmod = Some(insmod);
+    wait_for_listener(&shell, state, port).await?;
+
+    progress.phase("capturing");
+    progress.start_bytes(expected_bytes);
+    let received = receive_image(session, port, sink, job.stream_idle_timeout, progress).await;
+    let (received, sink) = received?;
+
+    // LiME returns from init once the image is sent; its exit status is part of the record.
+    if let Some((command, pending)) = state.insmod.take() {
+        match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
+            Ok(Ok(out)) => {
+                pending.finish(audit, Some(&out));
+                if !out.success() {
+                    tracing::warn!(
+                        "{host}: insmod ended with {}: {}",
+                        out.describe_status(),
+                        out.stderr_line()
+                    );
+                }
+            }
+            _ => pending.finish(audit, None),
+        }
+    }
+
+    if received.ranges != expected {
+        sink.discard();
+        bail!(
+            "LiME sent ranges {} but /proc/iomem lists System RAM {}; the image was not kept",
+            describe_ranges(&received.ranges),
+            describe_ranges(&expected)
+        );
+    }
+    if received.bytes != expected_bytes {
+        sink.discard();
+        bail!(
+            "received {} bytes, expected {expected_bytes}; the image was not kept",
+            received.bytes
+        );
+    }
+    let path = sink.commit()?;
+    Ok(Some((received, path)))
+}
+
+/// Refuses a module built for another architecture or kernel before it is pushed.
+fn check_module_matches(module: &ModuleFile, kernel: &remote::KernelInfo) -> anyhow::Result<()> {
+    let bytes = &module.bytes;
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+        bail!(
+            "{} is not a kernel module (no ELF header)",
+            module.path.display()
+        );
+    }
+    let e_machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    let module_arch = match e_machine {
+        62 => "x86_64",
+        183 => "aarch64",
+        other => bail!(
+            "{} is for ELF machine {other}, which mshot does not support",
+            module.path.display()
+        ),
+    };
+    if module_arch != kernel.machine {
+        bail!(
+            "{} is built for {module_arch} but the target is {}",
+            module.path.display(),
+            kernel.machine
+        );
+    }
+    if let Some(vermagic) = find_vermagic(bytes)
+        && vermagic != kernel.release
+    {
+        bail!(
+            "{} is built for kernel {vermagic} but the target runs {}; build LiME for {} (see kernel-modules/README.md)",
+            module.path.display(),
+            kernel.release,
+            kernel.release
+        );
+    }
+    Ok(())
+}
+
+/// The kernel release in a module's `vermagic=` modinfo string.
+pub fn find_vermagic(module: &[u8]) -> Option<String> {
+    let needle = b"vermagic=";
+    let start = module.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let rest = &module[start..];
+    let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
+    String::from_utf8(rest[..end].to_vec()).ok()
+}
+
+async fn become_root(shell: &Shell<'_>, uid: u32) -> anyhow::Result<Privilege> {
+    if uid == 0 {
+        return Ok(Privilege::Root);
+    }
+    let out = shell.run_plain(commands::SUDO_NO_PASSWORD).await?;
+    if out.success() {
+        return Ok(Privilege::SudoNoPassword);
+    }
+    let no_password_reason = out.stderr_line();
+    let Some(password) = shell.sudo_password else {
+        bail!(
+            "sudo refused without a password ({no_password_reason}); give --sudo-password (prompt) or MSHOT_SUDO_PASSWORD, or log in as root"
+        );
+    };
+    let mut stdin = password.expose().as_bytes().to_vec();
+    stdin.push(b'\n');
+    let out = shell
+        .run_logged(
+            commands::SUDO_WITH_PASSWORD,
+            stdin,
+            Some("sudo password (redacted)".into()),
+        )
+        .await?;
+    if out.success() {
+        return Ok(Privilege::SudoPassword);
+    }
+    bail!(
+        "sudo refused: {}; check the sudo password and that the user may run sudo",
+        if out.stderr_line().is_empty() {
+            out.describe_status()
+        } else {
+            out.stderr_line()
+        }
+    )
+}
+
+async fn wait_for_listener(
+    shell: &Shell<'_>,
+    state: &mut RemoteState,
+    port: u16,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((command, _)) = &state.insmod
+            && command.is_finished()
+        {
+            let Some((command, pending)) = state.insmod.take() else {
+                unreachable!()
+            };
+            let out = command.wait().await?;
+            pending.finish(shell.audit, Some(&out));
+            state.module_loaded_by_us = false;
+            bail!(
+                "insmod failed ({}): {}; is the module built for this kernel, and are unsigned modules allowed?",
+                out.describe_status(),
+                out.stderr_line()
+            );
+        }
+        let out = shell.run_plain(commands::TCP_SOCKETS).await?;
+        match remote::listen_state(&remote::parse_proc_net_tcp(&out.stdout_text()), port) {
+            ListenState::LoopbackOnly => return Ok(()),
+            ListenState::Exposed(address) => {
+                bail!(
+                    "LiME listens on {address}:{port}, not only on loopback; refusing to read an exposed stream"
+                )
+            }
+            ListenState::Nobody if Instant::now() > deadline => {
+                bail!("LiME did not start listening on 127.0.0.1:{port} within 60 s")
+            }
+            ListenState::Nobody => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Pulls the stream through a direct-tcpip channel and hands it to a writer
+/// thread that validates, hashes and writes, so decryption and hashing use
+/// both cores.
+async fn receive_image(
+    session: &Session,
+    port: u16,
+    sink: FileSink,
+    idle_timeout: Duration,
+    progress: &CaptureProgress,
+) -> anyhow::Result<(Received, FileSink)> {
+    let channel = session.open_tcp("127.0.0.1", port).await?;
+    let mut stream = channel.into_stream();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
+    let mut buffer = BytesMut::with_capacity(1 << 20);
+    loop {
+        if buffer.capacity() - buffer.len() < 64 * 1024 {
+            buffer.reserve(1 << 20);
+        }
+        let n = match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buffer)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                drop(sender);
+                let _ = writer.await;
+                bail!("the capture stream failed: {e}");
+            }
+            Err(_) => {
+                drop(sender);
+                let _ = writer.await;
+                bail!(
+                    "LiME sent nothing for {} s; the capture stream stalled",
+                    idle_timeout.as_secs()
+                );
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        progress.add_bytes(n as u64);
+        if sender.send(buffer.split().freeze()).await.is_err() {
+            break; // the writer stopped: its error says why
+        }
+    }
+    drop(sender);
+    drop(stream);
+    let (result, sink) = writer.await.context("image writer thread")?;
+    match result {
+        Ok(received) => Ok((received, sink)),
+        Err(error) => {
+            sink.discard();
+            Err(error)
+        }
+    }
+}
+
+fn write_image(
+    mut receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    mut sink: FileSink,
+) -> (anyhow::Result<Received>, FileSink) {
+    let mut hasher = Sha256::new();
+    let mut validator = LimeValidator::new();
+    while let Some(chunk) = receiver.blocking_recv() {
+        if let Err(e) = validator.feed(&chunk) {
+            return (
+                Err(anyhow!("the stream is not a valid LiME image: {e}")),
+                sink,
+            );
+        }
+        hasher.update(&chunk);
+        if let Err(e) = sink.write(&chunk) {
+            return (Err(e.into()), sink);
+        }
+    }
+    let result = validator
+        .finish()
+        .map(|ranges| Received {
+            bytes: validator.bytes_seen(),
+            sha256: hex::encode(hasher.finalize()),
+            ranges,
+        })
+        .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"));
+    (result, sink)
+}
+
+fn describe_ranges(ranges: &[PhysRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{:#x}-{:#x}", r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Undoes what `run` did on the target, on every path. Reconnects if the
+/// connection was lost, since a loaded module must not be left behind.
+async fn cleanup(
+    job: &CaptureJob,
+    session: Session,
+    audit: &AuditLog,
+    state: &mut RemoteState,
+) -> CleanupReport {
+    let mut report = CleanupReport::default();
+    let Some(privilege) = state.privilege else {
+        report.module_unloaded = true;
+        report.temp_dir_removed = true;
+        session.close().await;
+        return report;
+    };
+    let session = if session.is_closed() {
+        tracing::warn!("connection lost; reconnecting to clean up");
+        match Session::connect(&job.route, &job.host_keys, &job.ssh).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(format!(
+                    "cannot reconnect to clean up ({e}); check the target by hand: lime module, {}",
+                    state.temp_dir.as_deref().unwrap_or("no temp dir")
+                ));
+                return report;
+            }
+        }
+    } else {
+        session
+    };
+    let host = session.label().to_string();
+    let shell = Shell {
+        session: &session,
+        audit,
+        host: &host,
+        sudo_password: job.sudo_password.as_ref(),
+        privilege,
+    };
+
+    // A LiME that still waits for its client blocks in init and cannot be
+    // removed: connect once and hang up, so init fails and the module goes away.
+    if let Some((command, pending)) = state.insmod.take() {
+        if !command.is_finished()
+            && let Some(port) = state.port
+            && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
+        {
+            let _ = channel.close().await;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
+            Ok(Ok(out)) => pending.finish(audit, Some(&out)),
+            _ => pending.finish(audit, None),
+        }
+    }
+
+    if state.module_loaded_by_us {
+        let modules = shell.run_plain(commands::MODULES).await;
+        let loaded = modules
+            .as_ref()
+            .map(|m| remote::module_loaded(&m.stdout_text(), "lime"))
+            .unwrap_or(true);
+        if loaded {
+            match shell.run_root(commands::RMMOD_LIME, &[], None).await {
+                Ok(out) if out.success() => {}
+                Ok(out) => report
+                    .errors
+                    .push(format!("rmmod lime failed: {}", out.stderr_line())),
+                Err(e) => report.errors.push(format!("rmmod lime failed: {e}")),
+            }
+        }
+        let still = shell
+            .run_plain(commands::MODULES)
+            .await
+            .map(|m| remote::module_loaded(&m.stdout_text(), "lime"))
+            .unwrap_or(true);
+        report.module_unloaded = !still;
+        if still && report.errors.is_empty() {
+            report.errors.push("the lime module is still loaded".into());
+        }
+    } else {
+        report.module_unloaded = true;
+    }
+
+    match &state.temp_dir {
+        Some(dir) => match shell.run_root(&commands::remove_dir(dir), &[], None).await {
+            Ok(out) if out.success() => report.temp_dir_removed = true,
+            Ok(out) => report
+                .errors
+                .push(format!("cannot remove {dir}: {}", out.stderr_line())),
+            Err(e) => report.errors.push(format!("cannot remove {dir}: {e}")),
+        },
+        None => report.temp_dir_removed = true,
+    }
+    session.close().await;
+    report
+}
+
+/// Runs commands on the target and records each in the audit log.
+struct Shell<'a> {
+    session: &'a Session,
+    audit: &'a AuditLog,
+    host: &'a str,
+    sudo_password: Option<&'a Secret>,
+    /// How `run_root` becomes root; plain commands ignore it.
+    privilege: Privilege,
+}
+
+/// An audit entry for a command that is still running.
+struct PendingAudit {
+    host: String,
+    command: String,
+    started: Timestamp,
+    clock: Instant,
+}
+
+impl PendingAudit {
+    fn finish(self, audit: &AuditLog, out: Option<&ExecOutput>) {
+        audit.record(AuditEntry {
+            host: self.host,
+            started: self.started,
+            duration_ms: self.clock.elapsed().as_millis() as u64,
+            command: self.command,
+            stdin: None,
+            exit_status: out.and_then(|o| o.status),
+            stderr: out.map(|o| o.stderr_line()).unwrap_or_default(),
+        });
+    }
+}
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Shell<'_> {
+    /// Runs a command as the login user.
+    async fn run_plain(&self, command: &str) -> anyhow::Result<ExecOutput> {
+        self.run_logged(command, Vec::new(), None).await
+    }
+
+    /// Runs a command as root (sudo as needed); `stdin_note` describes `stdin` for the audit.
+    async fn run_root(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        stdin_note: Option<String>,
+    ) -> anyhow::Result<ExecOutput> {
+        let (line, input, note) = self.as_root(command, stdin, stdin_note);
+        self.run_logged(&line, input, note).await
+    }
+
+    async fn start_root(&self, command: &str) -> anyhow::Result<(RunningCommand, PendingAudit)> {
+        let (line, input, _) = self.as_root(command, &[], None);
+        let pending = PendingAudit {
+            host: self.host.to_string(),
+            command: line.clone(),
+            started: Timestamp::now(),
+            clock: Instant::now(),
+        };
+        let running = self.session.start(&line, input).await?;
+        Ok((running, pending))
+    }
+
+    fn as_root(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        note: Option<String>,
+    ) -> (String, Vec<u8>, Option<String>) {
+        let privilege = self.privilege;
+        let line = privilege.wrap(command);
+        if privilege == Privilege::SudoPassword
+            && let Some(password) = self.sudo_password
+        {
+            let mut input = Vec::with_capacity(password.expose().len() + 1 + stdin.len());
+            input.extend_from_slice(password.expose().as_bytes());
+            input.push(b'\n');
+            input.extend_from_slice(stdin);
+            let note = Some(match note {
+                Some(n) => format!("sudo password (redacted), then {n}"),
+                None => "sudo password (redacted)".into(),
+            });
+            return (line, input, note);
+        }
+        (line, stdin.to_vec(), note)
+    }
+
+    async fn run_logged(
+        &self,
+        line: &str,
+        stdin: Vec<u8>,
+        note: Option<String>,
+    ) -> anyhow::Result<ExecOutput> {
+        let started = Timestamp::now();
+        let clock = Instant::now();
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, self.session.run(line, stdin)).await;
+        let out = match result {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                self.audit.record(AuditEntry {
+                    host: self.host.to_string(),
+                    started,
+                    duration_ms: clock.elapsed().as_millis() as u64,
+                    command: line.to_string(),
+                    stdin: note,
+                    exit_status: None,
+                    stderr: format!("{e}"),
+                });
+                return Err(e.into());
+            }
+            Err(_) => bail!(
+                "`{line}` did not finish within {} s",
+                COMMAND_TIMEOUT.as_secs()
+            ),
+        };
+        self.audit.record(AuditEntry {
+            host: self.host.to_string(),
+            started,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            command: line.to_string(),
+            stdin: note,
+            exit_status: out.status,
+            stderr: out.stderr_line(),
+        });
+        Ok(out)
+    }
+}

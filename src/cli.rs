@@ -1,0 +1,134 @@
+//! Command-line flags: what the user typed, checked for shape only (ripgrep's
+//! "low args"). `config` turns them into a validated `CaptureJob`.
+//!
+//! MargaritaShotgun's flag names are kept (`--username`, `--jump-server`,
+//! `--filename`, `--output-dir`, `--log-dir`, ...) so its users can switch.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mshot",
+    version,
+    about = "Capture the memory of remote Linux machines over SSH with LiME, and analyse it",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  mshot --server 10.0.0.5 --user admin --key ~/.ssh/id_ed25519 --module lime-6.1.0-56-amd64.ko\n  mshot --server 10.0.8.9 --user ec2-user --key id_rsa -J ops@bastion:2222 --module lime.ko --output-dir /cases/42\n  MSHOT_SUDO_PASSWORD=... mshot --server db1 --user alice --sudo-password --module lime.ko --dry-run"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Capture one host (the default when no subcommand is given).
+    Capture(CaptureArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CaptureArgs {
+    /// Target host name or address.
+    #[arg(long, value_name = "HOST")]
+    pub server: Option<String>,
+
+    /// Target SSH port.
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+
+    /// User to log in as (default: the local user).
+    #[arg(long, visible_alias = "username", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Private key file (OpenSSH, PEM or PKCS#8; ed25519, RSA or ECDSA).
+    /// An encrypted key's passphrase comes from MSHOT_KEY_PASSPHRASE or a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Log in with a password. Without a value mshot prompts for it; MSHOT_PASSWORD
+    /// also works. A value given here is visible in the process list: avoid it.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub password: Option<String>,
+
+    /// Do not offer keys from ssh-agent (SSH_AUTH_SOCK).
+    #[arg(long)]
+    pub no_agent: bool,
+
+    /// sudo password on the target. Without a value mshot prompts; MSHOT_SUDO_PASSWORD
+    /// also works. Defaults to the login password when one was given.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub sudo_password: Option<String>,
+
+    /// Jump hosts, OpenSSH style: user@host:port[,user@host:port...], first hop first.
+    #[arg(short = 'J', long = "jump", value_name = "CHAIN")]
+    pub jump: Option<String>,
+
+    /// A single jump host (MargaritaShotgun's flag; -J takes chains).
+    #[arg(long, value_name = "HOST")]
+    pub jump_server: Option<String>,
+
+    /// Port of --jump-server.
+    #[arg(long, default_value_t = 22)]
+    pub jump_port: u16,
+
+    /// User on the jump hosts (default: --user).
+    #[arg(long, value_name = "USER")]
+    pub jump_username: Option<String>,
+
+    /// Private key for the jump hosts (default: --key).
+    #[arg(long, value_name = "FILE")]
+    pub jump_key: Option<PathBuf>,
+
+    /// Password for the jump hosts; prompts without a value, or MSHOT_JUMP_PASSWORD.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub jump_password: Option<String>,
+
+    /// known_hosts file to check host keys against.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Record the keys of hosts known_hosts does not list yet (a changed key is
+    /// always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+
+    /// LiME kernel module built for the target's kernel.
+    #[arg(long, value_name = "FILE")]
+    pub module: Option<PathBuf>,
+
+    /// Directory for the image and its manifest.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub output_dir: PathBuf,
+
+    /// Image file name (default: HOST-TIMESTAMP-mem.lime).
+    #[arg(long, value_name = "NAME")]
+    pub filename: Option<String>,
+
+    /// Unload a lime module that is already loaded on the target.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Connect, become root, push and verify the module, then clean up; capture nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Seconds to wait for each SSH connection.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+
+    /// Fail if the memory stream is silent this long.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub stream_timeout: u64,
+
+    /// More detail on stderr (-vv for debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Also write a detailed log (with the audit of remote commands) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}

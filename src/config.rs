@@ -1,0 +1,308 @@
+//! Turns command-line flags into a validated `CaptureJob`: every file read,
+//! key decrypted and secret resolved before any connection is made, so a typo
+//! fails in a second rather than after a minute of SSH.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+use crate::capture::{CaptureJob, ModuleFile};
+use crate::cli::CaptureArgs;
+use crate::secret::Secret;
+use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
+
+pub const ENV_PASSWORD: &str = "MSHOT_PASSWORD";
+pub const ENV_JUMP_PASSWORD: &str = "MSHOT_JUMP_PASSWORD";
+pub const ENV_SUDO_PASSWORD: &str = "MSHOT_SUDO_PASSWORD";
+pub const ENV_KEY_PASSPHRASE: &str = "MSHOT_KEY_PASSPHRASE";
+
+pub fn capture_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
+    let server = args
+        .server
+        .clone()
+        .ok_or_else(|| anyhow!("--server is required (the host to capture)"))?;
+    let user = args.user.clone().unwrap_or_else(local_user);
+
+    let password = secret_from(
+        args.password.as_deref(),
+        ENV_PASSWORD,
+        &format!("Password for {user}@{server}: "),
+    )?;
+    if args.password.as_deref().is_some_and(|p| !p.is_empty()) {
+        tracing::warn!(
+            "--password with a value is visible to other local users; prefer the prompt or {ENV_PASSWORD}"
+        );
+    }
+    let key = args
+        .key
+        .as_deref()
+        .map(|path| load_key(path, password.as_ref()))
+        .transpose()?;
+    let use_agent = !args.no_agent && std::env::var_os("SSH_AUTH_SOCK").is_some();
+    let target = Endpoint {
+        host: server.clone(),
+        port: args.port,
+        user: user.clone(),
+        credentials: Credentials {
+            key: key.clone(),
+            use_agent,
+            password: password.clone(),
+        },
+    };
+
+    let mut route = jump_hosts(args, &user, key.as_ref(), use_agent)?;
+    route.push(target);
+
+    let known_hosts = match &args.known_hosts {
+        Some(path) => path.clone(),
+        None => home_dir()?.join(".ssh/known_hosts"),
+    };
+
+    let module_path = args.module.clone().ok_or_else(|| {
+        anyhow!("--module is required: the LiME module built for the target's kernel")
+    })?;
+    let module = read_module(&module_path)?;
+
+    let sudo_password = match secret_from(
+        args.sudo_password.as_deref(),
+        ENV_SUDO_PASSWORD,
+        &format!("sudo password for {user}@{server}: "),
+    )? {
+        Some(s) => Some(s),
+        None => password,
+    };
+
+    let filename = match &args.filename {
+        Some(name) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                bail!("--filename must be a plain file name, not a path: {name:?}");
+            }
+            name.clone()
+        }
+        None => default_filename(&server),
+    };
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create --output-dir {}", args.output_dir.display()))?;
+
+    Ok(CaptureJob {
+        route,
+        host_keys: HostKeyPolicy {
+            known_hosts,
+            accept_new: args.accept_new_host_keys,
+        },
+        ssh: SshOptions {
+            connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+            keepalive_interval: Duration::from_secs(15),
+        },
+        module,
+        image_path: args.output_dir.join(filename),
+        sudo_password,
+        force: args.force,
+        dry_run: args.dry_run,
+        stream_idle_timeout: Duration::from_secs(args.stream_timeout.max(1)),
+    })
+}
+
+/// Jump hosts from `-J` or MargaritaShotgun's `--jump-server` flags.
+fn jump_hosts(
+    args: &CaptureArgs,
+    default_user: &str,
+    target_key: Option<&LoadedKey>,
+    use_agent: bool,
+) -> anyhow::Result<Vec<Endpoint>> {
+    if args.jump.is_some() && args.jump_server.is_some() {
+        bail!("give jump hosts either with -J or with --jump-server, not both");
+    }
+    let mut hops = match (&args.jump, &args.jump_server) {
+        (Some(chain), _) => parse_jump_chain(chain)?,
+        (None, Some(server)) => vec![(None, server.clone(), args.jump_port)],
+        (None, None) => return Ok(Vec::new()),
+    };
+    let jump_user = args
+        .jump_username
+        .clone()
+        .unwrap_or_else(|| default_user.to_string());
+    let jump_password = secret_from(
+        args.jump_password.as_deref(),
+        ENV_JUMP_PASSWORD,
+        "Password for the jump host: ",
+    )?;
+    let jump_key = match &args.jump_key {
+        Some(path) => Some(load_key(path, jump_password.as_ref())?),
+        None => target_key.cloned(),
+    };
+    Ok(hops
+        .drain(..)
+        .map(|(user, host, port)| Endpoint {
+            host,
+            port,
+            user: user.unwrap_or_else(|| jump_user.clone()),
+            credentials: Credentials {
+                key: jump_key.clone(),
+                use_agent,
+                password: jump_password.clone(),
+            },
+        })
+        .collect())
+}
+
+/// Parses `user@host:port,host2,[::1]:2222`.
+pub fn parse_jump_chain(chain: &str) -> anyhow::Result<Vec<(Option<String>, String, u16)>> {
+    let mut hops = Vec::new();
+    for hop in chain.split(',') {
+        let hop = hop.trim();
+        let bad = || anyhow!("bad jump host {hop:?} in -J: expected [user@]host[:port]");
+        if hop.is_empty() {
+            return Err(bad());
+        }
+        let (user, rest) = match hop.rsplit_once('@') {
+            Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+            Some(_) => return Err(bad()),
+            None => (None, hop),
+        };
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (host, after) = inner.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None if after.is_empty() => 22,
+                None => return Err(bad()),
+            };
+            (host.to_string(), port)
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+                None => (rest.to_string(), 22),
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        hops.push((user, host, port));
+    }
+    Ok(hops)
+}
+
+/// A secret from the flag (empty value = prompt), else from the environment.
+fn secret_from(flag: Option<&str>, env: &str, prompt: &str) -> anyhow::Result<Option<Secret>> {
+    match flag {
+        Some("") => prompt_secret(prompt, env).map(Some),
+        Some(value) => Ok(Some(Secret::new(value.to_string()))),
+        None => Ok(std::env::var(env).ok().map(Secret::new)),
+    }
+}
+
+fn prompt_secret(prompt: &str, env: &str) -> anyhow::Result<Secret> {
+    if let Ok(value) = std::env::var(env) {
+        return Ok(Secret::new(value));
+    }
+    rpassword::prompt_password(prompt)
+        .map(Secret::new)
+        .map_err(|e| anyhow!("cannot prompt for a secret ({e}); set {env} instead"))
+}
+
+fn load_key(path: &Path, password: Option<&Secret>) -> anyhow::Result<LoadedKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let decoded = match russh::keys::decode_secret_key(&text, None) {
+        Ok(key) => key,
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let passphrase = match std::env::var(ENV_KEY_PASSPHRASE) {
+                Ok(p) => Secret::new(p),
+                Err(_) => match password {
+                    Some(p) => p.clone(),
+                    None => prompt_secret(
+                        &format!("Passphrase for {}: ", path.display()),
+                        ENV_KEY_PASSPHRASE,
+                    )?,
+                },
+            };
+            russh::keys::decode_secret_key(&text, Some(passphrase.expose())).map_err(|e| {
+                anyhow!(
+                    "cannot decrypt key {}: {e}; check the passphrase ({ENV_KEY_PASSPHRASE} or the prompt)",
+                    path.display()
+                )
+            })?
+        }
+        Err(e) => bail!(
+            "cannot load key {}: {e}; mshot reads OpenSSH, PEM and PKCS#8 private keys",
+            path.display()
+        ),
+    };
+    Ok(LoadedKey {
+        path: path.to_path_buf(),
+        key: Arc::new(decoded),
+    })
+}
+
+fn read_module(path: &Path) -> anyhow::Result<ModuleFile> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read --module {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("--module {} is empty", path.display());
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(ModuleFile {
+        path: path.to_path_buf(),
+        bytes,
+        sha256,
+    })
+}
+
+fn default_filename(server: &str) -> String {
+    let safe: String = server
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    format!("{safe}-{stamp}-mem.lime")
+}
+
+fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into())
+}
+
+fn home_dir() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("HOME is not set; give --known-hosts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_chains() {
+        let hops = parse_jump_chain("ops@bastion:2222,10.0.0.1,[fe80::1]:23,u@[::1]").unwrap();
+        assert_eq!(
+            hops,
+            vec![
+                (Some("ops".into()), "bastion".into(), 2222),
+                (None, "10.0.0.1".into(), 22),
+                (None, "fe80::1".into(), 23),
+                (Some("u".into()), "::1".into(), 22),
+            ]
+        );
+        for bad in ["", "a,,b", "@h", "h:notaport", "h:0", "[::1", "[::1]x"] {
+            assert!(parse_jump_chain(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn default_names_are_safe() {
+        let name = default_filename("fe80::1%eth0");
+        assert!(name.starts_with("fe80__1_eth0-"));
+        assert!(name.ends_with("-mem.lime"));
+    }
+}

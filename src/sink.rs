@@ -1,0 +1,179 @@
+//! Where the image goes. The file sink writes `NAME.part` and only renames it
+//! to `NAME` once the caller has proven the image whole, so a file under the
+//! final name is always complete.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(
+        "{path} already exists; choose another --filename or --output-dir (mshot never overwrites an image)"
+    )]
+    Exists { path: String },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source} (is the disk full?)")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot finalise {path}: {source}")]
+    Commit {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct FileSink {
+    final_path: PathBuf,
+    part_path: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl FileSink {
+    pub fn create(final_path: &Path) -> Result<FileSink, SinkError> {
+        let shown = |p: &Path| p.display().to_string();
+        if final_path.exists() {
+            return Err(SinkError::Exists {
+                path: shown(final_path),
+            });
+        }
+        let mut part_name = final_path.as_os_str().to_owned();
+        part_name.push(".part");
+        let part_path = PathBuf::from(part_name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&part_path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => SinkError::Exists {
+                    path: shown(&part_path),
+                },
+                _ => SinkError::Create {
+                    path: shown(&part_path),
+                    source,
+                },
+            })?;
+        Ok(FileSink {
+            final_path: final_path.to_path_buf(),
+            part_path,
+            file: BufWriter::with_capacity(4 << 20, file),
+            written: 0,
+        })
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.file
+            .write_all(data)
+            .map_err(|source| SinkError::Write {
+                path: self.part_path.display().to_string(),
+                source,
+            })?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes, fsyncs and moves the file to its final name without ever replacing one.
+    pub fn commit(self) -> Result<PathBuf, SinkError> {
+        let error = |source| SinkError::Commit {
+            path: self.final_path.display().to_string(),
+            source,
+        };
+        let file = self.file.into_inner().map_err(|e| error(e.into_error()))?;
+        file.sync_all().map_err(error)?;
+        drop(file);
+        // link + unlink instead of rename: fails rather than replacing a file
+        // that appeared under the final name meanwhile.
+        std::fs::hard_link(&self.part_path, &self.final_path).map_err(|source| {
+            match source.kind() {
+                std::io::ErrorKind::AlreadyExists => SinkError::Exists {
+                    path: self.final_path.display().to_string(),
+                },
+                _ => error(source),
+            }
+        })?;
+        std::fs::remove_file(&self.part_path).map_err(error)?;
+        if let Some(dir) = self.final_path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(self.final_path)
+    }
+
+    /// Removes the partial file.
+    pub fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.part_path);
+    }
+}
+
+/// Writes a small file atomically (temp + rename) with mode 0600.
+pub fn write_small_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_moves_part_to_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.lime");
+        let mut sink = FileSink::create(&path).unwrap();
+        sink.write(b"hello").unwrap();
+        assert!(dir.path().join("img.lime.part").exists());
+        assert!(!path.exists());
+        sink.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert!(!dir.path().join("img.lime.part").exists());
+    }
+
+    #[test]
+    fn discard_leaves_nothing_and_existing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.lime");
+        let mut sink = FileSink::create(&path).unwrap();
+        sink.write(b"partial").unwrap();
+        sink.discard();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        std::fs::write(&path, b"old").unwrap();
+        assert!(matches!(
+            FileSink::create(&path),
+            Err(SinkError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+}
