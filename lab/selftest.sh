@@ -32,6 +32,7 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 . "$OUTDIR/env"
 
 STARTED=0 FWD_PID="" INSMOD_PID="" IMG=""
+INSLOG="$OUTDIR/selftest-$PORT-insmod.log"
 cleanup() {
   [ -n "$FWD_PID" ] && kill "$FWD_PID" 2>/dev/null || true
   [ -n "$INSMOD_PID" ] && kill "$INSMOD_PID" 2>/dev/null || true
@@ -104,14 +105,14 @@ ok "pushed lime.ko ($(stat -c %s "$LAB_LIME") bytes), sha256 matches"
 # ---- capture: insmod blocks until the image has been sent
 t_cap=$(now)
 "${SSH[@]}" "insmod $D/lime.ko 'path=tcp:$LIME_PORT format=lime localhostonly=1 timeout=0'" \
-  >"$OUTDIR/selftest-insmod.log" 2>&1 &
+  >"$INSLOG" 2>&1 &
 INSMOD_PID=$!
 LPORT_HEX=$(printf '%04X' "$LIME_PORT")
 listen=""
 for _ in $(seq 1 120); do
   listen=$(g "grep ':$LPORT_HEX 00000000:0000 0A' /proc/net/tcp" || true)
   [ -n "$listen" ] && break
-  kill -0 "$INSMOD_PID" 2>/dev/null || { cat "$OUTDIR/selftest-insmod.log" >&2; die "insmod ended early"; }
+  kill -0 "$INSMOD_PID" 2>/dev/null || { cat "$INSLOG" >&2; die "insmod ended early"; }
   sleep 0.5
 done
 [ -n "$listen" ] || die "LiME never listened on port $LIME_PORT"
@@ -133,7 +134,7 @@ IMG=${KEEP:-"$OUTDIR/selftest-image.lime"}
 t_read=$(now)
 timeout 900 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && cat <&3' "$FWD_PORT" >"$IMG" || die "reading the stream failed"
 READ_S=$(since "$t_read")
-wait "$INSMOD_PID" || { cat "$OUTDIR/selftest-insmod.log" >&2; die "insmod exited non-zero"; }
+wait "$INSMOD_PID" || { cat "$INSLOG" >&2; die "insmod exited non-zero"; }
 INSMOD_PID=""
 kill "$FWD_PID" 2>/dev/null || true; FWD_PID=""
 SIZE=$(stat -c %s "$IMG")
@@ -151,4 +152,5 @@ g '! grep -q "^lime " /proc/modules' || die "lime still in /proc/modules"
 ok "rmmod lime works; /proc/modules has no lime"
 g "rm -rf $D"
 [ -n "$KEEP" ] && log "image kept at $KEEP"
+rm -f "$INSLOG"
 ok "all checks passed"

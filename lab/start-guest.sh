@@ -94,6 +94,7 @@ if ! "${NS[@]}" "$QEMU" \
   die "QEMU did not start (is port $PORT in use${NETNS:+ in netns $NETNS}?)"
 fi
 PID=$(cat "$PIDFILE")
+[ -s "$QEMULOG" ] || rm -f "$QEMULOG"
 log "QEMU pid $PID (kernel $LAB_RELEASE, ${MEM} MiB, NIC $NIC, console $CONSOLE)"
 
 banner() {
@@ -112,7 +113,7 @@ while :; do
   kill -0 "$PID" 2>/dev/null || fail "QEMU exited before SSH came up"
   if [ "$(banner)" = "SSH-" ]; then
     ELAPSED=$(echo "$(date +%s.%N) $START" | awk '{printf "%.1f", $1 - $2}')
-    log "guest ready: ssh -i $LAB_KEY -o UserKnownHostsFile=$OUTDIR/known_hosts-$PORT -p $PORT root@127.0.0.1 (boot-to-ssh ${ELAPSED}s)"
+    log "guest ready: ${NETNS:+ip netns exec $NETNS }ssh -i $LAB_KEY -o UserKnownHostsFile=$OUTDIR/known_hosts-$PORT -p $PORT root@127.0.0.1 (boot-to-ssh ${ELAPSED}s)"
     exit 0
   fi
   [ "$(date +%s)" -lt "$DEADLINE" ] || fail "no SSH banner on 127.0.0.1:$PORT after ${TIMEOUT}s"
