@@ -24,3 +24,9 @@ pub use memory::{MemoryError, PagingMode, VirtualMemory};
 pub mod profile;
 
 pub use profile::{Profile, ProfileError};
+pub mod kernel;
+
+pub use kernel::{Kernel, KernelError};
+pub mod plugins;
+
+pub use plugins::{Options, PluginError, Row, Value, run_plugin};

@@ -1,0 +1,437 @@
+//! `mshot analyze IMAGE PLUGIN...`: the glue between files and the
+//! synchronous `memimage` core.
+//!
+//! The core takes bytes and returns rows; everything that touches the
+//! outside world lives here: memory-mapping the image, reading profile
+//! files, the profile cache under `~/.cache/mshot/profiles` (keyed by the
+//! SHA-256 of the profile file, holding only the types the plugins use),
+//! choosing a profile from a directory by the image's banner, and
+//! printing tables or JSON. `analyze_image` is also what the capture path
+//! calls after an image lands (`--analyze pstree,...`).
+
+use anyhow::{Context, Result, bail};
+use memimage::kernel::{Kernel, find_banners};
+use memimage::plugins::{self, Options, Row, Value};
+use memimage::{PhysicalMemory, Profile};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Output format of `mshot analyze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Arguments of `mshot analyze`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Memory image: LiME, AVML (compressed LiME) or raw.
+    pub image: PathBuf,
+    /// Plugins to run: banner, pslist, pstree, psaux, lsmod (commas allowed).
+    #[arg(required = true, value_delimiter = ',')]
+    pub plugins: Vec<String>,
+    /// Profile file (Volatility 3 ISF or Rekall JSON; .json/.json.xz/.json.gz)
+    /// or a directory of them, chosen by matching the image's banner.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Include threads in pslist/pstree.
+    #[arg(long)]
+    pub threads: bool,
+    /// Also write each plugin's rows as NAME.<plugin>.json into this directory.
+    #[arg(long)]
+    pub output_json_dir: Option<PathBuf>,
+    /// Profile cache directory (default: ~/.cache/mshot/profiles).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the profile cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Settings for [`analyze_image`].
+#[derive(Debug, Clone)]
+pub struct AnalyzeConfig {
+    pub threads: bool,
+    /// `None` disables the profile cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Results of all requested plugins, in request order.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub results: Vec<(String, Vec<Row>)>,
+}
+
+/// The default cache directory, from XDG_CACHE_HOME or HOME.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("mshot").join("profiles"))
+}
+
+/// Runs `mshot analyze`.
+pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    let cfg = AnalyzeConfig {
+        threads: args.threads,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.clone().or_else(default_cache_dir)
+        },
+    };
+    let analysis = analyze_image(&args.image, &args.plugins, args.profile.as_deref(), &cfg)?;
+    let mut text = String::new();
+    match args.format {
+        OutputFormat::Json => {
+            text = serde_json::to_string_pretty(&to_json(&analysis))?;
+            text.push('\n');
+        }
+        OutputFormat::Table => {
+            for (i, (name, rows)) in analysis.results.iter().enumerate() {
+                if i > 0 {
+                    text.push('\n');
+                }
+                if analysis.results.len() > 1 {
+                    text.push_str(&format!("== {name} ==\n"));
+                }
+                text.push_str(&render_table(name, rows));
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe (`| head`) is not an error worth reporting.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r.context("writing output")?,
+    }
+    if let Some(dir) = &args.output_json_dir {
+        write_json_files(&args.image, dir, &analysis)?;
+    }
+    Ok(())
+}
+
+/// Runs `plugins` on the image at `image`.
+pub fn analyze_image(
+    image: &Path,
+    plugins: &[String],
+    profile: Option<&Path>,
+    cfg: &AnalyzeConfig,
+) -> anyhow::Result<Analysis> {
+    let names: Vec<String> = plugins
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for n in &names {
+        if !plugins::PLUGINS.contains(&n.as_str()) {
+            bail!(
+                "unknown plugin \"{n}\": expected one of {}",
+                plugins::PLUGINS.join(", ")
+            );
+        }
+    }
+    let file =
+        std::fs::File::open(image).with_context(|| format!("opening image {}", image.display()))?;
+    // SAFETY: the image is opened read-only; a concurrent truncation by
+    // another process would fault, which we accept for a capture file
+    // that nothing else writes once it has landed.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping image {}", image.display()))?;
+    let phys = PhysicalMemory::parse(&map).with_context(|| format!("image {}", image.display()))?;
+    let opts = Options {
+        threads: cfg.threads,
+    };
+    let needs_kernel = names.iter().any(|n| plugins::needs_kernel(n));
+    let profiles = match (needs_kernel, profile) {
+        (false, _) => Vec::new(),
+        (true, None) => bail!(
+            "plugins {} need a kernel profile: pass --profile FILE|DIR (a Volatility 3 ISF or Rekall profile)",
+            names.join(",")
+        ),
+        (true, Some(p)) => load_profiles(p, cfg.cache_dir.as_deref())?,
+    };
+    let kernel = if needs_kernel {
+        Some(pick_kernel(&phys, &profiles, profile)?)
+    } else {
+        None
+    };
+    let mut results = Vec::new();
+    for n in names {
+        let rows = match &kernel {
+            Some(k) => plugins::run_plugin(&n, k, &opts)?,
+            None => plugins::run_banner(&phys)?,
+        };
+        results.push((n, rows));
+    }
+    Ok(Analysis { results })
+}
+
+fn pick_kernel<'p, 'a>(
+    phys: &'p PhysicalMemory<'a>,
+    profiles: &'p [Profile],
+    path: Option<&Path>,
+) -> Result<Kernel<'p, 'a>> {
+    if let [only] = profiles {
+        return Ok(Kernel::locate(phys, only)?);
+    }
+    for p in profiles {
+        if let Some(k) = Kernel::probe(phys, p)? {
+            return Ok(k);
+        }
+    }
+    // Slow path: full discovery with profiles whose banner the image holds.
+    let banners = find_banners(phys, 8)?;
+    let Some((_, first)) = banners.first() else {
+        bail!("{}", memimage::KernelError::NoBanner);
+    };
+    for p in profiles {
+        let matches = p
+            .banner
+            .as_deref()
+            .is_none_or(|b| banners.iter().any(|(_, f)| b.starts_with(f)));
+        if matches && let Ok(k) = Kernel::locate(phys, p) {
+            return Ok(k);
+        }
+    }
+    bail!(
+        "no profile in {} matches the image: expected one built for \"{}\", found {} profile(s) for other kernels",
+        path.map_or_else(String::new, |p| p.display().to_string()),
+        String::from_utf8_lossy(first).trim_end(),
+        profiles.len()
+    )
+}
+
+fn is_profile_file(p: &Path) -> bool {
+    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    n.ends_with(".json") || n.ends_with(".json.xz") || n.ends_with(".json.gz")
+}
+
+/// Loads a profile file, or every profile file of a directory.
+pub fn load_profiles(path: &Path, cache_dir: Option<&Path>) -> Result<Vec<Profile>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading profile directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_profile_file(p))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            bail!(
+                "no profiles in {}: expected .json, .json.xz or .json.gz files, found none",
+                path.display()
+            );
+        }
+        files.iter().map(|f| load_profile(f, cache_dir)).collect()
+    } else {
+        Ok(vec![load_profile(path, cache_dir)?])
+    }
+}
+
+/// Loads one profile file through the cache.
+pub fn load_profile(path: &Path, cache_dir: Option<&Path>) -> Result<Profile> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading profile {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "profile".into(), |n| n.to_string_lossy().into_owned());
+    let cached =
+        cache_dir.map(|d| d.join(format!("{}.json", memimage::profile::cache_key(&bytes))));
+    if let Some(c) = &cached
+        && let Ok(cb) = std::fs::read(c)
+        && let Ok(p) = Profile::from_cache_bytes(&cb, &name)
+    {
+        return Ok(p);
+    }
+    let profile =
+        Profile::load(&bytes, &name).with_context(|| format!("profile {}", path.display()))?;
+    if let Some(c) = &cached {
+        // Best effort: a read-only home must not stop the analysis.
+        let _ = write_atomically(c, &profile.to_cache_bytes());
+    }
+    Ok(profile)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(i) => (*i).into(),
+        Value::UInt(u) => (*u).into(),
+        Value::Str(s) => s.clone().into(),
+        Value::Null => serde_json::Value::Null,
+    }
+}
+
+/// Rows as JSON objects with snake_case keys.
+pub fn rows_json(rows: &[Row]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| {
+            r.fields
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), value_json(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect::<Vec<serde_json::Value>>()
+        .into()
+}
+
+/// One JSON object keyed by plugin name.
+pub fn to_json(a: &Analysis) -> serde_json::Value {
+    a.results
+        .iter()
+        .map(|(n, rows)| (n.clone(), rows_json(rows)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Writes `NAME.<plugin>.json` for each plugin into `dir`; returns the paths.
+pub fn write_json_files(image: &Path, dir: &Path, a: &Analysis) -> Result<Vec<PathBuf>> {
+    let stem = image
+        .file_name()
+        .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
+    let mut out = Vec::new();
+    for (n, rows) in &a.results {
+        let p = dir.join(format!("{stem}.{n}.json"));
+        let text = serde_json::to_string_pretty(&rows_json(rows))?;
+        std::fs::write(&p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Escapes control characters so memory contents cannot drive the terminal.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn cell(name: &str, v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) if name == "offset" => format!("{u:#x}"),
+        Value::UInt(u) => u.to_string(),
+        Value::Str(s) => sanitize(s),
+        Value::Null => "-".into(),
+    }
+}
+
+/// Tree prefixes ("├─ ", "│  "…) for rows given in depth-first order.
+fn tree_prefixes(depths: &[usize]) -> Vec<String> {
+    let mut out = Vec::with_capacity(depths.len());
+    for (i, &d) in depths.iter().enumerate() {
+        let mut s = String::new();
+        for level in 1..=d {
+            // Is there a later sibling at `level` before the subtree ends?
+            let more = depths
+                .iter()
+                .skip(i + 1)
+                .take_while(|&&x| x >= level)
+                .any(|&x| x == level);
+            s.push_str(match (level == d, more) {
+                (true, true) => "├─ ",
+                (true, false) => "└─ ",
+                (false, true) => "│  ",
+                (false, false) => "   ",
+            });
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Aligned columns for people; pstree draws the tree in the COMM column.
+pub fn render_table(plugin: &str, rows: &[Row]) -> String {
+    let Some(first) = rows.first() else {
+        return "(no rows)\n".into();
+    };
+    let cols: Vec<&str> = first
+        .fields
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != "depth")
+        .collect();
+    let depths: Vec<usize> = rows
+        .iter()
+        .map(|r| match r.get("depth") {
+            Some(Value::Int(d)) => usize::try_from(*d).unwrap_or(0),
+            _ => 0,
+        })
+        .collect();
+    let prefixes = if plugin == "pstree" {
+        tree_prefixes(&depths)
+    } else {
+        vec![String::new(); rows.len()]
+    };
+    let mut grid: Vec<Vec<String>> = vec![cols.iter().map(|c| c.to_uppercase()).collect()];
+    for (r, prefix) in rows.iter().zip(&prefixes) {
+        grid.push(
+            cols.iter()
+                .map(|c| {
+                    let v = r.get(c).map_or_else(String::new, |v| cell(c, v));
+                    if *c == "comm" {
+                        format!("{prefix}{v}")
+                    } else {
+                        v
+                    }
+                })
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..cols.len())
+        .map(|i| {
+            grid.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let numeric = |c: &str| {
+        matches!(
+            c,
+            "pid" | "tid" | "ppid" | "uid" | "gid" | "euid" | "egid" | "size" | "start_time"
+        )
+    };
+    let mut out = String::new();
+    for row in &grid {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .zip(&cols)
+            .enumerate()
+            .map(|(i, ((v, w), c))| {
+                let pad = w.saturating_sub(v.chars().count());
+                if numeric(c) {
+                    format!("{}{v}", " ".repeat(pad))
+                } else if i + 1 == cols.len() {
+                    v.clone()
+                } else {
+                    format!("{v}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
