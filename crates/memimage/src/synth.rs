@@ -55,12 +55,22 @@ impl SynthMemory {
     /// Maps `va` to `pa` with a page of `page_size` (0x1000, 0x200000 or
     /// 0x40000000), creating intermediate tables as needed.
     pub fn map(&mut self, va: u64, pa: u64, page_size: u64) {
+        self.map_in(self.dtb, va, pa, page_size);
+    }
+
+    /// A new, empty top-level table (another address space).
+    pub fn new_root(&mut self) -> u64 {
+        self.alloc_table()
+    }
+
+    /// Like [`SynthMemory::map`], in the address space rooted at `root`.
+    pub fn map_in(&mut self, root: u64, va: u64, pa: u64, page_size: u64) {
         let shifts: &[u32] = if self.five_level {
             &[48, 39, 30, 21, 12]
         } else {
             &[39, 30, 21, 12]
         };
-        let mut table = self.dtb;
+        let mut table = root;
         for &shift in shifts {
             let slot = table + ((va >> shift) & 0x1ff) * 8;
             if (1u64 << shift) == page_size {
