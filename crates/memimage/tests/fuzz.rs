@@ -1,0 +1,165 @@
+//! Property-based fuzzing of everything that reads untrusted bytes: the
+//! image parser, paging over garbage tables, the profile loader, and
+//! kernel discovery on mutated images. Properties: no panic, errors are
+//! one line. Seeds live in `tests/corpus/` (regenerate with
+//! `MSHOT_REGEN_CORPUS=1 cargo test -p memimage --test fuzz`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use memimage::format::write::{avml_image, lime_image};
+use memimage::memory::{PagingMode, VirtualMemory, translate};
+use memimage::{Kernel, PhysicalMemory, Profile};
+use proptest::prelude::*;
+use std::path::PathBuf;
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+const MINI_ISF: &str = r#"{"metadata": {"format": "6.2.0"},
+ "base_types": {"int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
+   "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}},
+ "user_types": {"task_struct": {"kind": "struct", "size": 64, "fields": {
+    "comm": {"offset": 16, "type": {"kind": "array", "count": 16, "subtype": {"kind": "base", "name": "char"}}},
+    "pid": {"offset": 0, "type": {"kind": "base", "name": "int"}},
+    "files": {"offset": 8, "type": {"kind": "pointer", "subtype": {"kind": "base", "name": "void"}}},
+    "unnamed_field_0": {"anonymous": true, "offset": 32, "type": {"kind": "struct", "name": "unnamed_x"}}}},
+  "unnamed_x": {"kind": "struct", "size": 8, "fields": {"tasks": {"offset": 0, "type": {"kind": "bitfield", "bit_position": 1, "bit_length": 3, "type": {"kind": "base", "name": "int"}}}}}},
+ "enums": {"mod_mem_type": {"size": 4, "base": "int", "constants": {"MOD_TEXT": 0}}},
+ "symbols": {"linux_banner": {"address": 18446744071564165376, "constant_data": "TGludXggdmVyc2lvbiB4ICh5KQoA"},
+   "init_task": {"address": 18446744071564169216}, "init_files": {"address": 18446744071564173312},
+   "init_top_pgt": {"address": 18446744071564177408}}}"#;
+
+fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut mem = vec![0u8; 0x8000];
+    mem[0x100..0x100 + 20].copy_from_slice(b"Linux version x (y)\n");
+    mem[0x1010..0x1019].copy_from_slice(b"swapper/0");
+    mem[0x2000..0x200c].copy_from_slice(b"VMCOREINFO\0\0");
+    let rekall = serde_json::to_vec(
+        &Profile::load(MINI_ISF.as_bytes(), "m")
+            .unwrap()
+            .to_rekall_json(),
+    )
+    .unwrap();
+    vec![
+        (
+            "lime-small.lime",
+            lime_image(&[(0, &mem[..0x4000]), (0x6000, &mem[0x6000..])]),
+        ),
+        (
+            "avml-small.lime",
+            avml_image(&[(0x1000, &mem[..0x3000])]).unwrap(),
+        ),
+        ("raw-small.raw", mem[..0x3000].to_vec()),
+        ("mini-isf.json", MINI_ISF.as_bytes().to_vec()),
+        ("mini-rekall.json", rekall),
+        ("bad-header.lime", {
+            let mut l = lime_image(&[(0, &mem[..0x1000])]);
+            l[8] = 0xff;
+            l
+        }),
+    ]
+}
+
+fn corpus() -> Vec<Vec<u8>> {
+    let dir = corpus_dir();
+    if std::env::var_os("MSHOT_REGEN_CORPUS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (n, b) in seeds() {
+            std::fs::write(dir.join(n), b).unwrap();
+        }
+    }
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.extend(seeds().into_iter().map(|(_, b)| b));
+    out
+}
+
+fn mutate(mut b: Vec<u8>, edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {
+    for &(pos, v) in edits {
+        if !b.is_empty() {
+            let i = pos % b.len();
+            b[i] = v;
+        }
+    }
+    if let Some(c) = cut
+        && !b.is_empty()
+    {
+        b.truncate(c % b.len());
+    }
+    b
+}
+
+fn exercise_image(bytes: &[u8], profile: &Profile) {
+    let Ok(phys) = PhysicalMemory::parse(bytes) else {
+        return;
+    };
+    let mut buf = [0u8; 64];
+    for (s, e) in phys.ranges().take(4) {
+        let _ = phys.read(s, &mut buf);
+        let _ = phys.read(e.saturating_sub(8), &mut buf);
+    }
+    let _ = phys.find_all(b"Linux version", 8);
+    if let Err(e) = Kernel::locate(&phys, profile) {
+        assert!(!e.to_string().contains('\n'));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn image_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut b = bytes.clone();
+        if b.len() >= 8 && b[0] % 2 == 0 {
+            b[..4].copy_from_slice(&0x4C69_4D45u32.to_le_bytes());
+            b[4] = b[4] % 3;
+            b[5..8].fill(0);
+        }
+        if let Err(e) = PhysicalMemory::parse(&b) {
+            prop_assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn mutated_seeds_never_panic(seed in 0usize..64, edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8), cut in proptest::option::of(any::<usize>())) {
+        let c = corpus();
+        let profile = Profile::load(MINI_ISF.as_bytes(), "mini").unwrap();
+        let b = mutate(c[seed % c.len()].clone(), &edits, cut);
+        exercise_image(&b, &profile);
+        if let Ok(p) = Profile::load(&b, "fuzz") {
+            let _ = p.to_rekall_json();
+            let _ = Profile::from_cache_bytes(&p.to_cache_bytes(), "fuzz");
+        }
+    }
+
+    #[test]
+    fn mutated_profiles_never_panic(edits in proptest::collection::vec((any::<usize>(), 0x20u8..0x7f), 0..6)) {
+        let b = mutate(MINI_ISF.as_bytes().to_vec(), &edits, None);
+        match Profile::load(&b, "fuzz") {
+            Ok(p) => {
+                let img = lime_image(&[(0, &[0u8; 0x3000])]);
+                exercise_image(&img, &p);
+            }
+            Err(e) => prop_assert!(!e.to_string().contains('\n')),
+        }
+    }
+
+    #[test]
+    fn paging_over_garbage(mem in proptest::collection::vec(any::<u8>(), 0x2000..0x4000), dtb in any::<u64>(), va in any::<u64>(), five in any::<bool>()) {
+        let img = lime_image(&[(0, &mem)]);
+        let phys = PhysicalMemory::parse(&img).unwrap();
+        let mode = if five { PagingMode::Level5 } else { PagingMode::Level4 };
+        let _ = translate(&phys, mode, dtb % 0x4000, va);
+        let mut buf = [0u8; 300];
+        let _ = VirtualMemory::new(&phys, mode, dtb % 0x4000).read(va, &mut buf);
+    }
+}
