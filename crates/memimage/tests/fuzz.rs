@@ -121,7 +121,7 @@ proptest! {
         let mut b = bytes.clone();
         if b.len() >= 8 && b[0] % 2 == 0 {
             b[..4].copy_from_slice(&0x4C69_4D45u32.to_le_bytes());
-            b[4] = b[4] % 3;
+            b[4] %= 3;
             b[5..8].fill(0);
         }
         if let Err(e) = PhysicalMemory::parse(&b) {
