@@ -172,6 +172,23 @@ pub fn analyze_image(
     Ok(Analysis { results })
 }
 
+/// For the capture path (`--analyze pstree,...`): runs the plugins on the
+/// image that just landed and writes `NAME.<plugin>.json` next to it.
+pub fn analyze_and_store(
+    image: &Path,
+    plugins: &[String],
+    profile: Option<&Path>,
+    cfg: &AnalyzeConfig,
+) -> anyhow::Result<(Analysis, Vec<PathBuf>)> {
+    let analysis = analyze_image(image, plugins, profile, cfg)?;
+    let dir = image
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let written = write_json_files(image, dir, &analysis)?;
+    Ok((analysis, written))
+}
+
 fn pick_kernel<'p, 'a>(
     phys: &'p PhysicalMemory<'a>,
     profiles: &'p [Profile],
@@ -434,4 +451,55 @@ pub fn render_table(plugin: &str, rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(pid: i64, comm: &str, depth: i64) -> Row {
+        Row {
+            fields: vec![
+                ("pid", Value::Int(pid)),
+                ("comm", Value::Str(comm.into())),
+                ("offset", Value::UInt(0xffff_8880_0000_1000)),
+                ("depth", Value::Int(depth)),
+            ],
+        }
+    }
+
+    #[test]
+    fn pstree_table_draws_tree() {
+        let rows = [
+            row(1, "init", 0),
+            row(5, "sh", 1),
+            row(7, "ls", 2),
+            row(6, "sshd", 1),
+            row(2, "kthreadd", 0),
+        ];
+        let t = render_table("pstree", &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["PID", "COMM", "OFFSET"]
+        );
+        assert!(lines[2].contains("├─ sh"), "{t}");
+        assert!(lines[3].contains("│  └─ ls"), "{t}");
+        assert!(lines[4].contains("└─ sshd"), "{t}");
+        assert!(lines[1].contains("0xffff888000001000"));
+    }
+
+    #[test]
+    fn json_is_keyed_by_plugin_with_snake_case_rows() {
+        let a = Analysis {
+            results: vec![("pstree".into(), vec![row(1, "a\u{1b}[2J", 0)])],
+        };
+        let j = to_json(&a);
+        assert_eq!(j["pstree"][0]["pid"], 1);
+        assert_eq!(j["pstree"][0]["depth"], 0);
+        // Tables escape control characters; JSON keeps the exact string.
+        assert!(!render_table("pstree", &a.results[0].1).contains('\u{1b}'));
+        assert_eq!(j["pstree"][0]["comm"], "a\u{1b}[2J");
+    }
 }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Benchmark: `mshot analyze IMAGE pstree` vs Volatility 3 `linux.pstree`
+# on the Debian 6.1 fixture, first run (no profile cache) and warm run,
+# reported as ratios from one invocation. Peak RSS from /usr/bin/time.
+#
+# Usage: benches/analyze.sh            (needs shared/fixtures, zstd, python3)
+#   MSHOT_BIN=path/to/mshot  use `mshot analyze` instead of the example binary
+#   RUNS=3                   warm runs per tool (best is kept)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+T=${CARGO_TARGET_DIR:-$ROOT/target-analysis}
+FIX=${MSHOT_FIXTURES:-$ROOT/../shared/fixtures}/debian-6.1.0-56-amd64
+RUNS=${RUNS:-3}
+W=$T/bench
+mkdir -p "$W"
+[ -f "$FIX/capture.lime.zst" ] || { echo "skipped: fixture not found at $FIX"; exit 0; }
+IMG=$W/capture.lime
+[ -f "$IMG" ] || zstd -d -q --long=27 -o "$IMG" "$FIX/capture.lime.zst"
+PROFILE=$FIX/debian-6.1.0-56-amd64.json.xz
+
+if [ -n "${MSHOT_BIN:-}" ]; then
+  MSHOT=("$MSHOT_BIN" analyze)
+else
+  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release -p memimage --example analyze)
+  MSHOT=("$T/release/examples/analyze")
+fi
+
+# Volatility 3 in a venv, with the ISF in a symbol directory.
+VENV=$T/vol3-venv
+[ -x "$VENV/bin/vol" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q volatility3; }
+SYM=$W/symbols/linux
+mkdir -p "$SYM" && cp -f "$PROFILE" "$SYM/"
+
+# measure NAME CMD... -> prints "seconds kb"
+measure() {
+  /usr/bin/time -o "$W/time.txt" -f "%e %M" "$@" >/dev/null 2>"$W/last-stderr.txt" || {
+    echo "failed: $* (see $W/last-stderr.txt)" >&2; }
+  tail -1 "$W/time.txt"
+}
+best() { # best of RUNS warm runs
+  local b="" r
+  for _ in $(seq "$RUNS"); do
+    r=$(measure "$@")
+    if [ -z "$b" ] || awk -v a="${r% *}" -v c="${b% *}" 'BEGIN{exit !(a<c)}'; then b=$r; fi
+  done
+  echo "$b"
+}
+
+VHOME=$W/vol-home; rm -rf "$VHOME"; mkdir -p "$VHOME"
+VOL=(env HOME="$VHOME" "$VENV/bin/vol" -q -r json -s "$W/symbols" -f "$IMG" linux.pstree)
+MCACHE=$W/mshot-cache; rm -rf "$MCACHE"
+MS=("${MSHOT[@]}" "$IMG" pstree --profile "$PROFILE" --cache-dir "$MCACHE" --format json)
+
+read -r vf vfm <<<"$(measure "${VOL[@]}")"
+read -r vw vwm <<<"$(best "${VOL[@]}")"
+read -r mf mfm <<<"$(measure "${MS[@]}")"
+read -r mw mwm <<<"$(best "${MS[@]}")"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b<=0) b=0.005; printf "%.0fx", a/b }'; }
+printf '%-28s %10s %12s\n' "run" "seconds" "peak RSS KB"
+printf '%-28s %10s %12s\n' "volatility3 first" "$vf" "$vfm"
+printf '%-28s %10s %12s\n' "volatility3 warm (best)" "$vw" "$vwm"
+printf '%-28s %10s %12s\n' "mshot first (no cache)" "$mf" "$mfm"
+printf '%-28s %10s %12s\n' "mshot warm (best)" "$mw" "$mwm"
+echo "speed-up first: $(ratio "$vf" "$mf") (goal >= 100x)   warm: $(ratio "$vw" "$mw") (goal >= 50x)"
+echo "peak RSS warm: mshot ${mwm} KB vs volatility3 ${vwm} KB (goal <= ~107 MB)"
