@@ -86,10 +86,26 @@ struct Facts {
     lime_arguments: String,
 }
 
-struct Received {
-    bytes: u64,
-    sha256: String,
-    ranges: Vec<PhysRange>,
+pub struct Received {
+    pub bytes: u64,
+    pub sha256: String,
+    pub ranges: Vec<PhysRange>,
+}
+
+/// The receive path alone, for the tunnel benchmark: connect, stream a
+/// LiME-format source at `127.0.0.1:port` (as the target sees it) into the image file.
+pub async fn bench_receive(
+    job: &CaptureJob,
+    port: u16,
+    progress: &CaptureProgress,
+) -> anyhow::Result<Received> {
+    let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
+    let sink = FileSink::create(&job.image_path)?;
+    let (received, sink) =
+        receive_image(&session, port, sink, job.stream_idle_timeout, progress).await?;
+    sink.commit()?;
+    session.close().await;
+    Ok(received)
 }
 
 pub async fn capture(
@@ -476,7 +492,7 @@ async fn wait_for_listener(
 /// Pulls the stream through a direct-tcpip channel and hands it to a writer
 /// thread that validates, hashes and writes, so decryption and hashing use
 /// both cores.
-async fn receive_image(
+pub async fn receive_image(
     session: &Session,
     port: u16,
     sink: FileSink,

@@ -28,6 +28,18 @@ pub struct Cli {
 pub enum Command {
     /// Capture one host (the default when no subcommand is given).
     Capture(CaptureArgs),
+    /// Analyse a memory image offline: mshot analyze IMAGE pstree [psaux ...] [--profile PATH].
+    Analyze(crate::analyze_cmd::AnalyzeArgs),
+    /// Benchmark aid: stream a LiME-format TCP source on the target (HOST:PORT as the
+    /// target sees it) through the capture path into --output-dir/--filename.
+    #[command(hide = true)]
+    BenchReceive {
+        #[command(flatten)]
+        capture: CaptureArgs,
+        /// Port of the LiME-format source, as seen from the target.
+        #[arg(long)]
+        source_port: u16,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,6 +135,15 @@ pub struct CaptureArgs {
     /// Fail if the memory stream is silent this long.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub stream_timeout: u64,
+
+    /// Analyse the image as soon as it lands with these plugins (banner, pslist,
+    /// pstree, psaux, lsmod); each plugin's rows go to NAME.<plugin>.json.
+    #[arg(long, value_name = "PLUGINS", value_delimiter = ',')]
+    pub analyze: Vec<String>,
+
+    /// Profile for --analyze: a Volatility 3 ISF or Rekall file, or a directory of them.
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
 
     /// More detail on stderr (-vv for debug).
     #[arg(short, long, action = clap::ArgAction::Count)]

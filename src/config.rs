@@ -20,6 +20,15 @@ pub const ENV_SUDO_PASSWORD: &str = "MSHOT_SUDO_PASSWORD";
 pub const ENV_KEY_PASSPHRASE: &str = "MSHOT_KEY_PASSPHRASE";
 
 pub fn capture_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
+    job_from(args, true)
+}
+
+/// Like `capture_job`, for the benchmark path that loads no module.
+pub fn bench_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
+    job_from(args, false)
+}
+
+fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob> {
     let server = args
         .server
         .clone()
@@ -61,10 +70,17 @@ pub fn capture_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
         None => home_dir()?.join(".ssh/known_hosts"),
     };
 
-    let module_path = args.module.clone().ok_or_else(|| {
-        anyhow!("--module is required: the LiME module built for the target's kernel")
-    })?;
-    let module = read_module(&module_path)?;
+    let module = match (&args.module, needs_module) {
+        (Some(path), _) => read_module(path)?,
+        (None, true) => {
+            bail!("--module is required: the LiME module built for the target's kernel")
+        }
+        (None, false) => ModuleFile {
+            path: PathBuf::new(),
+            bytes: Vec::new(),
+            sha256: String::new(),
+        },
+    };
 
     let sudo_password = match secret_from(
         args.sudo_password.as_deref(),

@@ -4,6 +4,7 @@
 //! `remote` (target commands), `sink` (file), with `lime_stream` validating the
 //! stream and `manifest`/`audit` recording it.
 
+pub mod analyze_cmd;
 pub mod audit;
 pub mod capture;
 pub mod cli;

@@ -16,9 +16,22 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match &cli.command {
-        Some(Command::Capture(args)) => args.clone(),
-        None => cli.capture.clone(),
+    let (args, bench_port) = match &cli.command {
+        Some(Command::Analyze(args)) => {
+            return match mshot::analyze_cmd::run(args) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("mshot: {e:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            };
+        }
+        Some(Command::Capture(args)) => (args.clone(), None),
+        Some(Command::BenchReceive {
+            capture,
+            source_port,
+        }) => (capture.clone(), Some(*source_port)),
+        None => (cli.capture.clone(), None),
     };
     let _log_guard = init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -31,7 +44,39 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(run_capture(&args)))
+    let code = match bench_port {
+        Some(port) => runtime.block_on(run_bench_receive(&args, port)),
+        None => runtime.block_on(run_capture(&args)),
+    };
+    ExitCode::from(code)
+}
+
+async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
+    let job = match mshot::config::bench_job(args) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            return exit::USAGE;
+        }
+    };
+    let progress = CaptureProgress::new(&job.target().to_string());
+    let clock = std::time::Instant::now();
+    match mshot::capture::bench_receive(&job, port, &progress).await {
+        Ok(received) => {
+            let secs = clock.elapsed().as_secs_f64();
+            println!(
+                "bytes={} seconds={secs:.3} mib_per_s={:.1} sha256={}",
+                received.bytes,
+                received.bytes as f64 / 1048576.0 / secs,
+                received.sha256
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            exit::FAILED
+        }
+    }
 }
 
 async fn run_capture(args: &CaptureArgs) -> u8 {
@@ -72,6 +117,13 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                         .unwrap_or_default()
                 ),
             }
+            if let (Some(image), false) = (&outcome.image_path, args.analyze.is_empty()) {
+                progress.phase("analysing");
+                if let Err(e) = analyze_capture(image, args).await {
+                    eprintln!("mshot: {target}: the image is complete, but analysis failed: {e:#}");
+                    return exit::FAILED;
+                }
+            }
             if outcome.cleanup_failed {
                 eprintln!(
                     "mshot: {target}: cleanup failed: {}",
@@ -86,6 +138,30 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
             exit::FAILED
         }
     }
+}
+
+/// Runs `--analyze` plugins on a fresh image, prints them and stores NAME.<plugin>.json.
+async fn analyze_capture(image: &std::path::Path, args: &CaptureArgs) -> anyhow::Result<()> {
+    use mshot::analyze_cmd::{AnalyzeConfig, analyze_and_store, default_cache_dir, render_table};
+    let image = image.to_path_buf();
+    let plugins = args.analyze.clone();
+    let profile = args.profile.clone();
+    let (analysis, written) = tokio::task::spawn_blocking(move || {
+        let config = AnalyzeConfig {
+            threads: false,
+            cache_dir: default_cache_dir(),
+        };
+        analyze_and_store(&image, &plugins, profile.as_deref(), &config)
+    })
+    .await??;
+    for (plugin, rows) in &analysis.results {
+        println!("\n== {plugin} ==");
+        print!("{}", render_table(plugin, rows));
+    }
+    for path in written {
+        println!("wrote    {}", path.display());
+    }
+    Ok(())
 }
 
 /// stderr gets warnings (info with -v, debug with -vv); `--log-dir` gets everything at debug.

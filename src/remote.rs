@@ -54,7 +54,7 @@ pub mod commands {
     pub const MODULES: &str = "cat /proc/modules";
     pub const IOMEM: &str = "cat /proc/iomem";
     pub const TCP_SOCKETS: &str = "cat /proc/net/tcp; cat /proc/net/tcp6 2>/dev/null; true";
-    pub const MAKE_TEMP_DIR: &str = "umask 077 && mktemp -d /tmp/mshot.XXXXXXXXXX";
+    pub const MAKE_TEMP_DIR: &str = "umask 077 && mktemp -d /tmp/mshot.XXXXXX";
     pub const RMMOD_LIME: &str = "rmmod lime";
 
     pub fn write_file(path: &str) -> String {

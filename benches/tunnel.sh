@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Tunnel + sink throughput: mshot's capture receive path against OpenSSH.
+#
+# One local sshd on loopback, one local LiME-format TCP source (not emulated),
+# read (a) through `ssh -L` by a plain reader into a file, (b) through mshot's
+# direct-tcpip path into a file (validation + SHA-256 included). Same cipher,
+# same size, same invocation; reports the ratio and peak RSS.
+#
+# Usage: benches/tunnel.sh [SIZE_GIB=2] [CIPHERS="chacha20-poly1305@openssh.com aes256-gcm@openssh.com"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_GIB=${1:-2}
+CIPHERS=${2:-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com"}
+SIZE=$((SIZE_GIB * 1024 * 1024 * 1024))
+MSHOT=${MSHOT:-target/release/mshot}
+[ -x "$MSHOT" ] || cargo build --release
+W=$(mktemp -d /tmp/mshot-bench.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+
+ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$W/client_key"
+cp "$W/client_key.pub" "$W/authorized_keys"
+SSHD_PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+SRC_PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+FWD_PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+echo "[127.0.0.1]:$SSHD_PORT $(cut -d' ' -f1,2 "$W/host_key.pub")" > "$W/known_hosts"
+mkdir -p /run/sshd
+
+python3 benches/lime_source.py "$SRC_PORT" "$SIZE" > "$W/source.log" &
+sleep 0.5
+
+printf '%-32s %12s %12s %8s %10s\n' cipher openssh_MiB/s mshot_MiB/s ratio mshot_RSS
+for cipher in $CIPHERS; do
+  cat > "$W/sshd_config" <<CFG
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $W/host_key
+AuthorizedKeysFile $W/authorized_keys
+PidFile $W/sshd.pid
+StrictModes no
+UsePAM no
+PermitRootLogin yes
+AllowTcpForwarding yes
+Ciphers $cipher
+CFG
+  /usr/sbin/sshd -f "$W/sshd_config" -D -e 2> "$W/sshd.log" &
+  SSHD=$!
+  sleep 0.5
+
+  # (a) OpenSSH: ssh -L and a plain reader.
+  ssh -N -i "$W/client_key" -o UserKnownHostsFile="$W/known_hosts" -o StrictHostKeyChecking=yes \
+      -o BatchMode=yes -c "$cipher" -o ExitOnForwardFailure=yes \
+      -L "127.0.0.1:$FWD_PORT:127.0.0.1:$SRC_PORT" -p "$SSHD_PORT" root@127.0.0.1 &
+  FWD=$!
+  for _ in $(seq 50); do python3 -c "import socket;socket.create_connection(('127.0.0.1',$FWD_PORT)).close()" 2>/dev/null && break; sleep 0.1; done
+  # the probe connection above consumed one image; the source serves each connection afresh
+  t0=$(date +%s.%N)
+  python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" > /dev/null
+  t1=$(date +%s.%N)
+  kill $FWD; wait $FWD 2>/dev/null || true
+  ossh=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
+  rm -f "$W/openssh.lime"
+
+  # (b) mshot: the capture receive path.
+  /usr/bin/time -f '%M' -o "$W/rss" "$MSHOT" bench-receive --server 127.0.0.1 --port "$SSHD_PORT" --user root \
+      --key "$W/client_key" --known-hosts "$W/known_hosts" --source-port "$SRC_PORT" \
+      --output-dir "$W" --filename mshot.lime > "$W/mshot.out" 2> "$W/mshot.err" || { cat "$W/mshot.err"; exit 1; }
+  mshot_rate=$(sed -n 's/.*mib_per_s=\([0-9.]*\).*/\1/p' "$W/mshot.out")
+  rm -f "$W/mshot.lime"
+  kill $SSHD; wait $SSHD 2>/dev/null || true
+  printf '%-32s %12.1f %12.1f %8.2f %8s MB\n' "$cipher" "$ossh" "$mshot_rate" \
+     "$(python3 -c "print($mshot_rate/$ossh)")" "$(( $(cat "$W/rss") / 1024 ))"
+done
