@@ -1,1 +1,3 @@
 //! Integration tests: real sshd, real QEMU guest.
+mod harness_smoke;
+mod support;
