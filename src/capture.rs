@@ -181,15 +181,12 @@ pub async fn capture(
         cleanup: cleanup.clone(),
         audit: audit.entries(),
     };
-    let manifest_path = match &image_path {
-        Some(path) => {
-            let path = manifest::manifest_path_for(path);
-            manifest::write(&path, &manifest)
-                .with_context(|| format!("writing manifest {}", path.display()))?;
-            Some(path)
-        }
-        None => None,
-    };
+    // The manifest is written on every path past the connection: a failed or
+    // dry run still leaves the audit of what was done on the target.
+    let manifest_path = manifest::manifest_path_for(&job.image_path);
+    manifest::write(&manifest_path, &manifest)
+        .with_context(|| format!("writing manifest {}", manifest_path.display()))?;
+    let manifest_path = Some(manifest_path);
     let cleanup_failed = !cleanup.errors.is_empty();
     match result {
         Ok(_) => Ok(CaptureOutcome {

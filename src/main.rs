@@ -108,13 +108,13 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                     }
                 }
                 _ => println!(
-                    "dry run OK: {target}: kernel {}, root via {:?}, module verified on the target; nothing captured",
+                    "dry run OK: {target}: kernel {}, root via {}, module verified on the target; nothing captured",
                     outcome.manifest.kernel_release,
                     outcome
                         .manifest
                         .privilege
-                        .map(|p| format!("{p:?}"))
-                        .unwrap_or_default()
+                        .map(|p| p.describe())
+                        .unwrap_or("?")
                 ),
             }
             if let (Some(image), false) = (&outcome.image_path, args.analyze.is_empty()) {

@@ -32,6 +32,15 @@ pub enum Privilege {
 }
 
 impl Privilege {
+    /// How the run became root, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Privilege::Root => "root login",
+            Privilege::SudoNoPassword => "sudo without a password",
+            Privilege::SudoPassword => "sudo with a password",
+        }
+    }
+
     /// The command line that runs `command` as root.
     pub fn wrap(self, command: &str) -> String {
         match self {
