@@ -1,0 +1,293 @@
+//! End to end on a real kernel: the QEMU lab guest (lab/build-guest.sh) runs
+//! inside a network namespace that only a jump host (a real sshd in the same
+//! namespace) can reach. mshot captures it through the jump host with real
+//! LiME, and the test checks the image independently of mshot's own checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{self, KeyPair, KeyType, Need, NetNs, Sshd, user};
+
+/// Port of the guest's sshd, forwarded on the namespace's loopback only.
+const GUEST_PORT: u16 = 2240;
+
+struct Lab {
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn key(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+    fn module(&self) -> PathBuf {
+        self.dir.join("lime.ko")
+    }
+    fn release(&self) -> String {
+        std::fs::read_to_string(self.dir.join("release"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+    fn host_key_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
+        let mut fields = public.split_whitespace();
+        format!(
+            "[127.0.0.1]:{GUEST_PORT} {} {}",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        )
+    }
+}
+
+/// A running guest; stopped on drop.
+struct Guest<'a> {
+    lab: &'a Lab,
+}
+
+impl<'a> Guest<'a> {
+    fn start(lab: &'a Lab, ns: &NetNs) -> anyhow::Result<Guest<'a>> {
+        let status = Command::new(repo().join("lab/start-guest.sh"))
+            .arg(&lab.dir)
+            .args(["--port", &GUEST_PORT.to_string(), "--netns", ns.name()])
+            .status()?;
+        anyhow::ensure!(status.success(), "lab/start-guest.sh failed");
+        Ok(Guest { lab })
+    }
+}
+
+impl Drop for Guest<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("lab/stop-guest.sh"))
+            .arg(&self.lab.dir)
+            .arg(GUEST_PORT.to_string())
+            .status();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command on the guest with the OpenSSH client, through the jump host.
+fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, command: &str) -> String {
+    let proxy = format!(
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {} -W %h:%p {}@{}",
+        lab.key().display(),
+        known_hosts.display(),
+        jump.port(),
+        user::NOPW,
+        jump.ip()
+    );
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(lab.key())
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .args(["-p", &GUEST_PORT.to_string(), "root@127.0.0.1", command])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Walks the LiME headers of an image; panics on anything malformed.
+fn lime_ranges(image: &[u8]) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut at = 0usize;
+    while at < image.len() {
+        let header = &image[at..at + 32];
+        assert_eq!(
+            &header[0..4],
+            &0x4C69_4D45u32.to_le_bytes(),
+            "magic at {at}"
+        );
+        assert_eq!(
+            u32::from_le_bytes(header[4..8].try_into().unwrap()),
+            1,
+            "version at {at}"
+        );
+        let start = u64::from_le_bytes(header[8..16].try_into().unwrap());
+        let end = u64::from_le_bytes(header[16..24].try_into().unwrap());
+        assert!(end >= start);
+        if let Some(&(_, previous_end)) = ranges.last() {
+            assert!(start > previous_end, "ranges overlap or descend at {at}");
+        }
+        ranges.push((start, end));
+        at += 32 + (end - start + 1) as usize;
+    }
+    assert_eq!(
+        at,
+        image.len(),
+        "the last range runs past the end of the file"
+    );
+    ranges
+}
+
+fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
+    iomem
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(": System RAM"))
+        .map(|l| {
+            let (start, end) = l.split(" : ").next().unwrap().split_once('-').unwrap();
+            (
+                u64::from_str_radix(start, 16).unwrap(),
+                u64::from_str_radix(end, 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn capture_the_lab_guest_through_a_jump_host() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let lab = Lab {
+        dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
+    };
+    let ns = NetNs::create("lab")?;
+    let jump = Sshd::builder().netns(&ns).start()?;
+    let jump_key = KeyPair::generate(jump.dir(), "jump", KeyType::Ed25519, None)?;
+    jump.authorize(user::NOPW, &jump_key)?;
+    jump.authorize_line(
+        user::NOPW,
+        &std::fs::read_to_string(lab.dir.join("id_ed25519.pub"))?,
+    )?;
+    let known_hosts = jump.dir().join("known_hosts");
+    jump.append_known_hosts(&known_hosts)?;
+    std::fs::write(
+        &known_hosts,
+        format!(
+            "{}{}\n",
+            std::fs::read_to_string(&known_hosts)?,
+            lab.host_key_line()
+        ),
+    )?;
+
+    let _guest = Guest::start(&lab, &ns)?;
+    let uname = guest_ssh(&lab, &jump, &known_hosts, "uname -r; uname -v");
+    let mut uname_lines = uname.lines();
+    let (release, version) = (
+        uname_lines.next().unwrap_or(""),
+        uname_lines.next().unwrap_or(""),
+    );
+    assert_eq!(release, lab.release(), "guest uname: {uname:?}");
+    let ram = system_ram(&guest_ssh(&lab, &jump, &known_hosts, "cat /proc/iomem"));
+    assert!(!ram.is_empty());
+
+    // The guest is out of reach without the jump host.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", GUEST_PORT)).is_err());
+
+    let out_dir = tempfile::tempdir()?;
+    let output = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &GUEST_PORT.to_string(),
+            "--user",
+            "root",
+        ])
+        .arg("--key")
+        .arg(lab.key())
+        .arg("-J")
+        .arg(format!("{}@{}:{}", user::NOPW, jump.ip(), jump.port()))
+        .arg("--jump-key")
+        .arg(&jump_key.private)
+        .arg("--known-hosts")
+        .arg(&known_hosts)
+        .arg("--module")
+        .arg(lab.module())
+        .arg("--output-dir")
+        .arg(out_dir.path())
+        .args(["--filename", "guest.lime"])
+        .env_remove("SSH_AUTH_SOCK")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "mshot failed: {stderr}");
+
+    let image_path = out_dir.path().join("guest.lime");
+    let image = std::fs::read(&image_path)?;
+    let ranges = lime_ranges(&image);
+    assert_eq!(
+        ranges, ram,
+        "LiME ranges differ from the guest's System RAM"
+    );
+    let expected: u64 = ram.iter().map(|(s, e)| e - s + 1 + 32).sum();
+    assert_eq!(image.len() as u64, expected);
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    assert_eq!(
+        manifest["image"]["sha256"],
+        hex::encode(Sha256::digest(&image))
+    );
+    assert_eq!(manifest["image"]["bytes"], image.len() as u64);
+    assert_eq!(manifest["kernel_release"], release);
+    assert_eq!(manifest["jump_hosts"].as_array().unwrap().len(), 1);
+    assert_eq!(manifest["cleanup"]["module_unloaded"], true);
+    assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
+    assert!(
+        manifest["lime_arguments"]
+            .as_str()
+            .unwrap()
+            .contains("localhostonly=1 timeout=0"),
+        "{}",
+        manifest["lime_arguments"]
+    );
+    let audit = manifest["audit"].as_array().unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["command"].as_str().unwrap().starts_with("insmod "))
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["command"] == "rmmod lime" && a["exit_status"] == 0)
+    );
+
+    // The kernel's own banner, as uname reports it, is in the image.
+    assert!(contains(
+        &image,
+        format!("Linux version {release} ").as_bytes()
+    ));
+    assert!(
+        contains(&image, version.as_bytes()),
+        "uname -v {version:?} not in the image"
+    );
+
+    // Nothing left on the target.
+    let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let after = guest_ssh(
+        &lab,
+        &jump,
+        &known_hosts,
+        &format!(
+            "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+        ),
+    );
+    assert_eq!(
+        after.split_whitespace().collect::<Vec<_>>(),
+        ["0", "gone"],
+        "{after}"
+    );
+    Ok(())
+}
