@@ -14,7 +14,7 @@ CIPHERS=${2:-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com"}
 SIZE=$((SIZE_GIB * 1024 * 1024 * 1024))
 MSHOT=${MSHOT:-target/release/mshot}
 [ -x "$MSHOT" ] || cargo build --release
-W=$(mktemp -d /tmp/mshot-bench.XXXXXX)
+W=$(mktemp -d "${BENCH_DIR:-/tmp}/mshot-bench.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 
 ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
@@ -29,7 +29,7 @@ mkdir -p /run/sshd
 python3 benches/lime_source.py "$SRC_PORT" "$SIZE" > "$W/source.log" &
 sleep 0.5
 
-printf '%-32s %12s %12s %8s %10s\n' cipher openssh_MiB/s mshot_MiB/s ratio mshot_RSS
+printf '%-30s %10s %12s %10s %8s %10s %10s\n' cipher ssh_MiB/s ssh+sha_MiB/s mshot_MiB/s ratio ratio_sha mshot_RSS
 for cipher in $CIPHERS; do
   cat > "$W/sshd_config" <<CFG
 Port $SSHD_PORT
@@ -57,8 +57,12 @@ CFG
   t0=$(date +%s.%N)
   python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" > /dev/null
   t1=$(date +%s.%N)
+  rm -f "$W/openssh.lime"
+  python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" --sha256 > /dev/null
+  t2=$(date +%s.%N)
   kill $FWD; wait $FWD 2>/dev/null || true
   ossh=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
+  ossh_sha=$(python3 -c "print($SIZE/1048576/($t2-$t1))")
   rm -f "$W/openssh.lime"
 
   # (b) mshot: the capture receive path.
@@ -68,6 +72,6 @@ CFG
   mshot_rate=$(sed -n 's/.*mib_per_s=\([0-9.]*\).*/\1/p' "$W/mshot.out")
   rm -f "$W/mshot.lime"
   kill $SSHD; wait $SSHD 2>/dev/null || true
-  printf '%-32s %12.1f %12.1f %8.2f %8s MB\n' "$cipher" "$ossh" "$mshot_rate" \
-     "$(python3 -c "print($mshot_rate/$ossh)")" "$(( $(cat "$W/rss") / 1024 ))"
+  printf '%-30s %10.1f %12.1f %10.1f %8.2f %10.2f %7s MB\n' "$cipher" "$ossh" "$ossh_sha" "$mshot_rate" \
+     "$(python3 -c "print($mshot_rate/$ossh)")" "$(python3 -c "print($mshot_rate/$ossh_sha)")" "$(( $(cat "$W/rss") / 1024 ))"
 done
