@@ -545,25 +545,39 @@ fn write_image(
     mut receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     mut sink: FileSink,
 ) -> (anyhow::Result<Received>, FileSink) {
-    let mut hasher = Sha256::new();
+    // SHA-256 runs on a thread of its own: writing to the page cache costs as
+    // much CPU as hashing, and the two need not wait for each other.
+    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
+    let hasher = std::thread::spawn(move || {
+        let mut hasher = Sha256::new();
+        for chunk in hasher_input {
+            hasher.update(&chunk);
+        }
+        hex::encode(hasher.finalize())
+    });
     let mut validator = LimeValidator::new();
+    let mut failure = None;
     while let Some(chunk) = receiver.blocking_recv() {
         if let Err(e) = validator.feed(&chunk) {
-            return (
-                Err(anyhow!("the stream is not a valid LiME image: {e}")),
-                sink,
-            );
+            failure = Some(anyhow!("the stream is not a valid LiME image: {e}"));
+            break;
         }
-        hasher.update(&chunk);
-        if let Err(e) = sink.write(&chunk) {
-            return (Err(e.into()), sink);
+        let _ = to_hasher.send(chunk.clone());
+        if let Err(e) = sink.write(chunk) {
+            failure = Some(e.into());
+            break;
         }
+    }
+    drop(to_hasher);
+    let sha256 = hasher.join().unwrap_or_default();
+    if let Some(error) = failure {
+        return (Err(error), sink);
     }
     let result = validator
         .finish()
         .map(|ranges| Received {
             bytes: validator.bytes_seen(),
-            sha256: hex::encode(hasher.finalize()),
+            sha256,
             ranges,
         })
         .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"));

@@ -3,7 +3,7 @@
 //! final name is always complete.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -33,9 +33,16 @@ pub enum SinkError {
 pub struct FileSink {
     final_path: PathBuf,
     part_path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    /// Received chunks not yet written: flushed with one vectored write, which
+    /// saves BufWriter's copy of every byte.
+    pending: Vec<bytes::Bytes>,
+    pending_bytes: usize,
     written: u64,
 }
+
+/// Bytes gathered before one `writev`.
+const FLUSH_AT: usize = 4 << 20;
 
 impl FileSink {
     pub fn create(final_path: &Path) -> Result<FileSink, SinkError> {
@@ -66,7 +73,9 @@ impl FileSink {
         Ok(FileSink {
             final_path: final_path.to_path_buf(),
             part_path,
-            file: BufWriter::with_capacity(4 << 20, file),
+            file,
+            pending: Vec::new(),
+            pending_bytes: 0,
             written: 0,
         })
     }
@@ -75,26 +84,51 @@ impl FileSink {
         &self.final_path
     }
 
-    pub fn write(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.file
-            .write_all(data)
-            .map_err(|source| SinkError::Write {
-                path: self.part_path.display().to_string(),
-                source,
-            })?;
-        self.written += data.len() as u64;
+    pub fn write(&mut self, data: bytes::Bytes) -> Result<(), SinkError> {
+        self.pending_bytes += data.len();
+        self.pending.push(data);
+        if self.pending_bytes >= FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let mut slices: Vec<IoSlice<'_>> = self.pending.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(SinkError::Write {
+                        path: self.part_path.display().to_string(),
+                        source: std::io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SinkError::Write {
+                        path: self.part_path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        self.written += self.pending_bytes as u64;
+        self.pending.clear();
+        self.pending_bytes = 0;
         Ok(())
     }
 
     /// Flushes, fsyncs and moves the file to its final name without ever replacing one.
-    pub fn commit(self) -> Result<PathBuf, SinkError> {
+    pub fn commit(mut self) -> Result<PathBuf, SinkError> {
+        self.flush()?;
         let error = |source| SinkError::Commit {
             path: self.final_path.display().to_string(),
             source,
         };
-        let file = self.file.into_inner().map_err(|e| error(e.into_error()))?;
-        file.sync_all().map_err(error)?;
-        drop(file);
+        self.file.sync_all().map_err(error)?;
+        drop(self.file);
         // link + unlink instead of rename: fails rather than replacing a file
         // that appeared under the final name meanwhile.
         std::fs::hard_link(&self.part_path, &self.final_path).map_err(|source| {
@@ -153,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img.lime");
         let mut sink = FileSink::create(&path).unwrap();
-        sink.write(b"hello").unwrap();
+        sink.write(bytes::Bytes::from_static(b"hello")).unwrap();
         assert!(dir.path().join("img.lime.part").exists());
         assert!(!path.exists());
         sink.commit().unwrap();
@@ -166,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img.lime");
         let mut sink = FileSink::create(&path).unwrap();
-        sink.write(b"partial").unwrap();
+        sink.write(bytes::Bytes::from_static(b"partial")).unwrap();
         sink.discard();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         std::fs::write(&path, b"old").unwrap();
