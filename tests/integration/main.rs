@@ -1,5 +1,5 @@
 //! Integration tests: real sshd, real QEMU guest.
 mod harness_smoke;
 mod lab_capture;
-mod support;
 mod ssh_capture;
+mod support;
