@@ -39,6 +39,7 @@ pub struct FileSink {
     pending: Vec<bytes::Bytes>,
     pending_bytes: usize,
     written: u64,
+    committed: bool,
 }
 
 /// Bytes gathered before one `writev`.
@@ -77,6 +78,7 @@ impl FileSink {
             pending: Vec::new(),
             pending_bytes: 0,
             written: 0,
+            committed: false,
         })
     }
 
@@ -128,7 +130,6 @@ impl FileSink {
             source,
         };
         self.file.sync_all().map_err(error)?;
-        drop(self.file);
         // link + unlink instead of rename: fails rather than replacing a file
         // that appeared under the final name meanwhile.
         std::fs::hard_link(&self.part_path, &self.final_path).map_err(|source| {
@@ -139,6 +140,7 @@ impl FileSink {
                 _ => error(source),
             }
         })?;
+        self.committed = true;
         std::fs::remove_file(&self.part_path).map_err(error)?;
         if let Some(dir) = self.final_path.parent() {
             let dir = if dir.as_os_str().is_empty() {
@@ -150,13 +152,20 @@ impl FileSink {
                 let _ = d.sync_all();
             }
         }
-        Ok(self.final_path)
+        Ok(self.final_path.clone())
     }
 
     /// Removes the partial file.
-    pub fn discard(self) {
-        drop(self.file);
-        let _ = std::fs::remove_file(&self.part_path);
+    pub fn discard(self) {}
+}
+
+/// A sink dropped before `commit` (an error, Ctrl-C) removes its partial file,
+/// so an interrupted capture leaves nothing that could pass for an image.
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.part_path);
+        }
     }
 }
 
@@ -202,6 +211,13 @@ mod tests {
         let mut sink = FileSink::create(&path).unwrap();
         sink.write(bytes::Bytes::from_static(b"partial")).unwrap();
         sink.discard();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut dropped = FileSink::create(&path).unwrap();
+        dropped
+            .write(bytes::Bytes::from(vec![1u8; 5 << 20]))
+            .unwrap();
+        assert!(dir.path().join("img.lime.part").exists());
+        drop(dropped);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         std::fs::write(&path, b"old").unwrap();
         assert!(matches!(

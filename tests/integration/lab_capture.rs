@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{self, KeyPair, KeyType, Need, NetNs, Sshd, user};
 
-/// Port of the guest's sshd, forwarded on the namespace's loopback only.
-const GUEST_PORT: u16 = 2240;
+/// Ports of the guests' sshd, forwarded on each namespace's loopback only.
+/// Distinct per test because the lab names its pidfiles and logs by port.
+const CAPTURE_PORT: u16 = 2240;
+const INTERRUPT_PORT: u16 = 2241;
 
 struct Lab {
     dir: PathBuf,
@@ -30,11 +32,11 @@ impl Lab {
             .trim()
             .to_string()
     }
-    fn host_key_line(&self) -> String {
+    fn host_key_line(&self, port: u16) -> String {
         let public = std::fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
         let mut fields = public.split_whitespace();
         format!(
-            "[127.0.0.1]:{GUEST_PORT} {} {}",
+            "[127.0.0.1]:{port} {} {}",
             fields.next().unwrap(),
             fields.next().unwrap()
         )
@@ -42,27 +44,121 @@ impl Lab {
 }
 
 /// A running guest; stopped on drop.
-struct Guest<'a> {
-    lab: &'a Lab,
+struct Guest {
+    dir: PathBuf,
+    port: u16,
 }
 
-impl<'a> Guest<'a> {
-    fn start(lab: &'a Lab, ns: &NetNs) -> anyhow::Result<Guest<'a>> {
+impl Guest {
+    fn start(lab: &Lab, ns: &NetNs, port: u16) -> anyhow::Result<Guest> {
         let status = Command::new(repo().join("lab/start-guest.sh"))
             .arg(&lab.dir)
-            .args(["--port", &GUEST_PORT.to_string(), "--netns", ns.name()])
+            .args(["--port", &port.to_string(), "--netns", ns.name()])
             .status()?;
         anyhow::ensure!(status.success(), "lab/start-guest.sh failed");
-        Ok(Guest { lab })
+        Ok(Guest {
+            dir: lab.dir.clone(),
+            port,
+        })
     }
 }
 
-impl Drop for Guest<'_> {
+impl Drop for Guest {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("lab/stop-guest.sh"))
-            .arg(&self.lab.dir)
-            .arg(GUEST_PORT.to_string())
+            .arg(&self.dir)
+            .arg(self.port.to_string())
             .status();
+    }
+}
+
+/// A guest in a namespace that only a jump host (a real sshd beside it) reaches.
+/// Fields drop in order: guest, then sshd, then the namespace.
+struct Setup {
+    guest: Guest,
+    jump: Sshd,
+    jump_key: KeyPair,
+    known_hosts: PathBuf,
+    lab: Lab,
+    _ns: NetNs,
+}
+
+impl Setup {
+    fn start(port: u16) -> anyhow::Result<Setup> {
+        let lab = Lab {
+            dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
+        };
+        let ns = NetNs::create("lab")?;
+        let jump = Sshd::builder().netns(&ns).start()?;
+        let jump_key = KeyPair::generate(jump.dir(), "jump", KeyType::Ed25519, None)?;
+        jump.authorize(user::NOPW, &jump_key)?;
+        jump.authorize_line(
+            user::NOPW,
+            &std::fs::read_to_string(lab.dir.join("id_ed25519.pub"))?,
+        )?;
+        let known_hosts = jump.dir().join("known_hosts");
+        jump.append_known_hosts(&known_hosts)?;
+        std::fs::write(
+            &known_hosts,
+            format!(
+                "{}{}\n",
+                std::fs::read_to_string(&known_hosts)?,
+                lab.host_key_line(port)
+            ),
+        )?;
+        let guest = Guest::start(&lab, &ns, port)?;
+        Ok(Setup {
+            guest,
+            jump,
+            jump_key,
+            known_hosts,
+            lab,
+            _ns: ns,
+        })
+    }
+
+    /// Runs a command on the guest with the OpenSSH client, through the jump host.
+    fn ssh(&self, command: &str) -> String {
+        guest_ssh(
+            &self.lab,
+            &self.jump,
+            &self.known_hosts,
+            self.guest.port,
+            command,
+        )
+    }
+
+    /// mshot's command line for capturing the guest into `out_dir/guest.lime`.
+    fn mshot(&self, out_dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+        cmd.args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &self.guest.port.to_string(),
+            "--user",
+            "root",
+        ])
+        .arg("--key")
+        .arg(self.lab.key())
+        .arg("-J")
+        .arg(format!(
+            "{}@{}:{}",
+            user::NOPW,
+            self.jump.ip(),
+            self.jump.port()
+        ))
+        .arg("--jump-key")
+        .arg(&self.jump_key.private)
+        .arg("--known-hosts")
+        .arg(&self.known_hosts)
+        .arg("--module")
+        .arg(self.lab.module())
+        .arg("--output-dir")
+        .arg(out_dir)
+        .args(["--filename", "guest.lime"])
+        .env_remove("SSH_AUTH_SOCK");
+        cmd
     }
 }
 
@@ -71,7 +167,7 @@ fn repo() -> PathBuf {
 }
 
 /// Runs a command on the guest with the OpenSSH client, through the jump host.
-fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, command: &str) -> String {
+fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, port: u16, command: &str) -> String {
     let proxy = format!(
         "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {} -W %h:%p {}@{}",
         lab.key().display(),
@@ -88,7 +184,7 @@ fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, command: &str) -> Strin
         .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
         .arg("-o")
         .arg(format!("ProxyCommand={proxy}"))
-        .args(["-p", &GUEST_PORT.to_string(), "root@127.0.0.1", command])
+        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -155,67 +251,22 @@ fn capture_the_lab_guest_through_a_jump_host() -> anyhow::Result<()> {
         Need::TestUsers,
         Need::LabDir
     );
-    let lab = Lab {
-        dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
-    };
-    let ns = NetNs::create("lab")?;
-    let jump = Sshd::builder().netns(&ns).start()?;
-    let jump_key = KeyPair::generate(jump.dir(), "jump", KeyType::Ed25519, None)?;
-    jump.authorize(user::NOPW, &jump_key)?;
-    jump.authorize_line(
-        user::NOPW,
-        &std::fs::read_to_string(lab.dir.join("id_ed25519.pub"))?,
-    )?;
-    let known_hosts = jump.dir().join("known_hosts");
-    jump.append_known_hosts(&known_hosts)?;
-    std::fs::write(
-        &known_hosts,
-        format!(
-            "{}{}\n",
-            std::fs::read_to_string(&known_hosts)?,
-            lab.host_key_line()
-        ),
-    )?;
-
-    let _guest = Guest::start(&lab, &ns)?;
-    let uname = guest_ssh(&lab, &jump, &known_hosts, "uname -r; uname -v");
+    let setup = Setup::start(CAPTURE_PORT)?;
+    let uname = setup.ssh("uname -r; uname -v");
     let mut uname_lines = uname.lines();
     let (release, version) = (
         uname_lines.next().unwrap_or(""),
         uname_lines.next().unwrap_or(""),
     );
-    assert_eq!(release, lab.release(), "guest uname: {uname:?}");
-    let ram = system_ram(&guest_ssh(&lab, &jump, &known_hosts, "cat /proc/iomem"));
+    assert_eq!(release, setup.lab.release(), "guest uname: {uname:?}");
+    let ram = system_ram(&setup.ssh("cat /proc/iomem"));
     assert!(!ram.is_empty());
 
     // The guest is out of reach without the jump host.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", GUEST_PORT)).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", CAPTURE_PORT)).is_err());
 
     let out_dir = tempfile::tempdir()?;
-    let output = Command::new(env!("CARGO_BIN_EXE_mshot"))
-        .args([
-            "--server",
-            "127.0.0.1",
-            "--port",
-            &GUEST_PORT.to_string(),
-            "--user",
-            "root",
-        ])
-        .arg("--key")
-        .arg(lab.key())
-        .arg("-J")
-        .arg(format!("{}@{}:{}", user::NOPW, jump.ip(), jump.port()))
-        .arg("--jump-key")
-        .arg(&jump_key.private)
-        .arg("--known-hosts")
-        .arg(&known_hosts)
-        .arg("--module")
-        .arg(lab.module())
-        .arg("--output-dir")
-        .arg(out_dir.path())
-        .args(["--filename", "guest.lime"])
-        .env_remove("SSH_AUTH_SOCK")
-        .output()?;
+    let output = setup.mshot(out_dir.path()).output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "mshot failed: {stderr}");
 
@@ -276,14 +327,76 @@ fn capture_the_lab_guest_through_a_jump_host() -> anyhow::Result<()> {
         .unwrap()
         .display()
         .to_string();
-    let after = guest_ssh(
-        &lab,
-        &jump,
-        &known_hosts,
-        &format!(
-            "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
-        ),
+    let after = setup.ssh(&format!(
+        "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+    ));
+    assert_eq!(
+        after.split_whitespace().collect::<Vec<_>>(),
+        ["0", "gone"],
+        "{after}"
     );
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start(INTERRUPT_PORT)?;
+    let out_dir = tempfile::tempdir()?;
+    let mut child = setup
+        .mshot(out_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Interrupt once a good part of the image has arrived.
+    let part = out_dir.path().join("guest.lime.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never got going"
+        );
+        assert!(
+            child.try_wait()?.is_none(),
+            "mshot ended before it was interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
+
+    assert!(!out_dir.path().join("guest.lime").exists());
+    assert!(!part.exists(), "the partial image was left behind");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    assert!(manifest["image"].is_null());
+    assert!(manifest["error"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(
+        manifest["cleanup"]["module_unloaded"], true,
+        "{}",
+        manifest["cleanup"]
+    );
+    assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
+
+    let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let after = setup.ssh(&format!(
+        "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+    ));
     assert_eq!(
         after.split_whitespace().collect::<Vec<_>>(),
         ["0", "gone"],
