@@ -16,14 +16,15 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::audit::{AuditEntry, AuditLog};
+use crate::audit::AuditLog;
 use crate::lime_stream::LimeValidator;
 use crate::manifest::{self, CleanupReport, Manifest};
 use crate::progress::CaptureProgress;
 use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
 use crate::secret::Secret;
+use crate::shell::{PendingAudit, Shell};
 use crate::sink::FileSink;
-use crate::transport::{Endpoint, ExecOutput, HostKeyPolicy, RunningCommand, Session, SshOptions};
+use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
 
 /// Everything one capture needs, already validated by `config`.
 pub struct CaptureJob {
@@ -686,132 +687,4 @@ async fn cleanup(
     }
     session.close().await;
     report
-}
-
-/// Runs commands on the target and records each in the audit log.
-struct Shell<'a> {
-    session: &'a Session,
-    audit: &'a AuditLog,
-    host: &'a str,
-    sudo_password: Option<&'a Secret>,
-    /// How `run_root` becomes root; plain commands ignore it.
-    privilege: Privilege,
-}
-
-/// An audit entry for a command that is still running.
-struct PendingAudit {
-    host: String,
-    command: String,
-    started: Timestamp,
-    clock: Instant,
-}
-
-impl PendingAudit {
-    fn finish(self, audit: &AuditLog, out: Option<&ExecOutput>) {
-        audit.record(AuditEntry {
-            host: self.host,
-            started: self.started,
-            duration_ms: self.clock.elapsed().as_millis() as u64,
-            command: self.command,
-            stdin: None,
-            exit_status: out.and_then(|o| o.status),
-            stderr: out.map(|o| o.stderr_line()).unwrap_or_default(),
-        });
-    }
-}
-
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
-impl Shell<'_> {
-    /// Runs a command as the login user.
-    async fn run_plain(&self, command: &str) -> anyhow::Result<ExecOutput> {
-        self.run_logged(command, Vec::new(), None).await
-    }
-
-    /// Runs a command as root (sudo as needed); `stdin_note` describes `stdin` for the audit.
-    async fn run_root(
-        &self,
-        command: &str,
-        stdin: &[u8],
-        stdin_note: Option<String>,
-    ) -> anyhow::Result<ExecOutput> {
-        let (line, input, note) = self.as_root(command, stdin, stdin_note);
-        self.run_logged(&line, input, note).await
-    }
-
-    async fn start_root(&self, command: &str) -> anyhow::Result<(RunningCommand, PendingAudit)> {
-        let (line, input, _) = self.as_root(command, &[], None);
-        let pending = PendingAudit {
-            host: self.host.to_string(),
-            command: line.clone(),
-            started: Timestamp::now(),
-            clock: Instant::now(),
-        };
-        let running = self.session.start(&line, input).await?;
-        Ok((running, pending))
-    }
-
-    fn as_root(
-        &self,
-        command: &str,
-        stdin: &[u8],
-        note: Option<String>,
-    ) -> (String, Vec<u8>, Option<String>) {
-        let privilege = self.privilege;
-        let line = privilege.wrap(command);
-        if privilege == Privilege::SudoPassword
-            && let Some(password) = self.sudo_password
-        {
-            let mut input = Vec::with_capacity(password.expose().len() + 1 + stdin.len());
-            input.extend_from_slice(password.expose().as_bytes());
-            input.push(b'\n');
-            input.extend_from_slice(stdin);
-            let note = Some(match note {
-                Some(n) => format!("sudo password (redacted), then {n}"),
-                None => "sudo password (redacted)".into(),
-            });
-            return (line, input, note);
-        }
-        (line, stdin.to_vec(), note)
-    }
-
-    async fn run_logged(
-        &self,
-        line: &str,
-        stdin: Vec<u8>,
-        note: Option<String>,
-    ) -> anyhow::Result<ExecOutput> {
-        let started = Timestamp::now();
-        let clock = Instant::now();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, self.session.run(line, stdin)).await;
-        let out = match result {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                self.audit.record(AuditEntry {
-                    host: self.host.to_string(),
-                    started,
-                    duration_ms: clock.elapsed().as_millis() as u64,
-                    command: line.to_string(),
-                    stdin: note,
-                    exit_status: None,
-                    stderr: format!("{e}"),
-                });
-                return Err(e.into());
-            }
-            Err(_) => bail!(
-                "`{line}` did not finish within {} s",
-                COMMAND_TIMEOUT.as_secs()
-            ),
-        };
-        self.audit.record(AuditEntry {
-            host: self.host.to_string(),
-            started,
-            duration_ms: clock.elapsed().as_millis() as u64,
-            command: line.to_string(),
-            stdin: note,
-            exit_status: out.status,
-            stderr: out.stderr_line(),
-        });
-        Ok(out)
-    }
 }

@@ -15,5 +15,6 @@ pub mod progress;
 pub mod remote;
 pub mod sanitize;
 pub mod secret;
+pub mod shell;
 pub mod sink;
 pub mod transport;

@@ -450,15 +450,9 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
     };
     let mut tried = Vec::new();
     if let Some(key) = &endpoint.credentials.key {
-        let hash = if key.key.algorithm().is_rsa() {
-            handle
-                .best_supported_rsa_hash()
-                .await
-                .map_err(protocol)?
-                .flatten()
-        } else {
-            None
-        };
+        let hash = rsa_hash(handle, &key.key.algorithm())
+            .await
+            .map_err(protocol)?;
         let result = handle
             .authenticate_publickey(
                 endpoint.user.clone(),
@@ -479,15 +473,7 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
             let AgentIdentity::PublicKey { key, .. } = identity else {
                 continue;
             };
-            let hash = if key.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(protocol)?
-                    .flatten()
-            } else {
-                None
-            };
+            let hash = rsa_hash(handle, &key.algorithm()).await.map_err(protocol)?;
             let fingerprint = known_hosts::fingerprint(&key);
             match handle
                 .authenticate_publickey_with(endpoint.user.clone(), key, hash, &mut agent)
@@ -515,6 +501,17 @@ async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Res
         endpoint: label,
         tried: tried.join(", "),
     })
+}
+
+/// The signature hash to use with an RSA key: the best the server supports.
+async fn rsa_hash(
+    handle: &Handle<Verifier>,
+    algorithm: &russh::keys::Algorithm,
+) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
+    if !algorithm.clone().is_rsa() {
+        return Ok(None);
+    }
+    Ok(handle.best_supported_rsa_hash().await?.flatten())
 }
 
 /// Checks each server's host key against known_hosts before anything else is sent.

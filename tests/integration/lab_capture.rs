@@ -128,6 +128,24 @@ impl Setup {
         )
     }
 
+    /// No lime module loaded and the module's temp dir (from the manifest) gone,
+    /// checked with the OpenSSH client rather than trusting mshot's own report.
+    fn assert_target_clean(&self, manifest: &serde_json::Value) {
+        let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        let after = self.ssh(&format!(
+            "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+        ));
+        assert_eq!(
+            after.split_whitespace().collect::<Vec<_>>(),
+            ["0", "gone"],
+            "{after}"
+        );
+    }
+
     /// mshot's command line for capturing the guest into `out_dir/guest.lime`.
     fn mshot(&self, out_dir: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
@@ -322,19 +340,7 @@ fn capture_the_lab_guest_through_a_jump_host() -> anyhow::Result<()> {
     );
 
     // Nothing left on the target.
-    let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let after = setup.ssh(&format!(
-        "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
-    ));
-    assert_eq!(
-        after.split_whitespace().collect::<Vec<_>>(),
-        ["0", "gone"],
-        "{after}"
-    );
+    setup.assert_target_clean(&manifest);
     Ok(())
 }
 
@@ -389,18 +395,6 @@ fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()
     );
     assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
 
-    let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let after = setup.ssh(&format!(
-        "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
-    ));
-    assert_eq!(
-        after.split_whitespace().collect::<Vec<_>>(),
-        ["0", "gone"],
-        "{after}"
-    );
+    setup.assert_target_clean(&manifest);
     Ok(())
 }
