@@ -81,7 +81,6 @@ struct RemoteState {
 struct Facts {
     kernel_release: String,
     machine: String,
-    privilege: Option<Privilege>,
     expected_ranges: Vec<PhysRange>,
     remote_module_path: String,
     lime_arguments: String,
@@ -151,7 +150,7 @@ pub async fn capture(
             .collect(),
         kernel_release: facts.kernel_release.clone(),
         machine: facts.machine.clone(),
-        privilege: facts.privilege,
+        privilege: state.privilege,
         dry_run: job.dry_run,
         module: manifest::ModuleRecord {
             local_path: job.module.path.display().to_string(),
@@ -236,7 +235,6 @@ async fn run(
 
     let privilege = become_root(&shell, kernel.uid).await?;
     state.privilege = Some(privilege);
-    facts.privilege = Some(privilege);
     let shell = Shell { privilege, ..shell };
 
     let modules = shell.run_plain(commands::MODULES).await?;

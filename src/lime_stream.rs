@@ -8,8 +8,8 @@
 
 use crate::remote::PhysRange;
 
-pub const LIME_MAGIC: u32 = 0x4C69_4D45;
-pub const LIME_VERSION: u32 = 1;
+// One definition of the format for the whole project: the analyser's.
+pub use memimage::format::{LIME_MAGIC, LIME_VERSION};
 pub const HEADER_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -38,7 +38,6 @@ pub struct FileSink {
     /// saves BufWriter's copy of every byte.
     pending: Vec<bytes::Bytes>,
     pending_bytes: usize,
-    written: u64,
     committed: bool,
 }
 
@@ -77,7 +76,6 @@ impl FileSink {
             file,
             pending: Vec::new(),
             pending_bytes: 0,
-            written: 0,
             committed: false,
         })
     }
@@ -116,7 +114,6 @@ impl FileSink {
                 }
             }
         }
-        self.written += self.pending_bytes as u64;
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(())
