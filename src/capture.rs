@@ -326,7 +326,15 @@ async fn run(
     progress.phase("capturing");
     progress.start_bytes(expected_bytes);
     let received = receive_image(session, port, sink, job.stream_idle_timeout, progress).await;
-    let (received, sink) = received?;
+    let (received, sink) = match received {
+        Ok(r) => r,
+        // The stream's own error (a short range, say) reads as a LiME fault;
+        // say plainly when the cause was the SSH connection going away.
+        Err(e) if session.is_closed() => {
+            return Err(e.context("the SSH connection was lost mid-stream; rerun the capture"));
+        }
+        Err(e) => return Err(e),
+    };
 
     // LiME returns from init once the image is sent; its exit status is part of the record.
     if let Some((command, pending)) = state.insmod.take() {

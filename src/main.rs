@@ -1,5 +1,6 @@
 //! `mshot`: parse flags, run, turn the outcome into an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -178,6 +179,7 @@ fn init_logging(args: &CaptureArgs) -> Option<()> {
         .unwrap_or_else(|_| EnvFilter::new(format!("mshot={level},warn")));
     let stderr_layer = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .with_filter(stderr_filter);

@@ -14,6 +14,7 @@ use crate::support::{self, KeyPair, KeyType, Need, NetNs, Sshd, user};
 /// Distinct per test because the lab names its pidfiles and logs by port.
 const CAPTURE_PORT: u16 = 2240;
 const INTERRUPT_PORT: u16 = 2241;
+const DROP_PORT: u16 = 2242;
 
 struct Lab {
     dir: PathBuf,
@@ -394,6 +395,77 @@ fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()
         manifest["cleanup"]
     );
     assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
+
+    setup.assert_target_clean(&manifest);
+    Ok(())
+}
+
+#[test]
+fn dropped_connection_mid_stream_reconnects_and_cleans_the_target() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start(DROP_PORT)?;
+    let out_dir = tempfile::tempdir()?;
+    let mut child = setup
+        .mshot(out_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let part = out_dir.path().join("guest.lime.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never got going"
+        );
+        if child.try_wait()?.is_some() {
+            let output = child.wait_with_output()?;
+            panic!(
+                "mshot ended before the drop: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The jump host kills mshot's connection, as a network drop would; it
+    // still accepts new ones, so cleanup can come back.
+    setup.jump.drop_connections()?;
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("mshot after the drop:\n{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!out_dir.path().join("guest.lime").exists());
+    assert!(!part.exists(), "the partial image was left behind");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    assert!(manifest["image"].is_null());
+    assert!(
+        manifest["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection") && e.contains("lost")),
+        "{}",
+        manifest["error"]
+    );
+    assert_eq!(
+        manifest["cleanup"]["temp_dir_removed"], true,
+        "{}",
+        manifest["cleanup"]
+    );
+    assert_eq!(manifest["cleanup"]["module_unloaded"], true);
+    // Cleanup ran on a second connection: the jump host logged two logins.
+    let logins = setup.jump.log().matches("Accepted publickey").count();
+    assert!(
+        logins >= 2,
+        "expected a reconnect, sshd log:\n{}",
+        setup.jump.log()
+    );
 
     setup.assert_target_clean(&manifest);
     Ok(())

@@ -436,3 +436,117 @@ fn margaritashotgun_jump_flags_and_unknown_jump_host() -> anyhow::Result<()> {
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     Ok(())
 }
+
+/// A real OpenSSH `ssh-agent` holding the only key that works: mshot must
+/// find it through `SSH_AUTH_SOCK` with no `--key`, for ed25519 and for RSA
+/// (whose signature hash the server negotiates).
+#[test]
+fn ssh_agent_authenticates_when_no_key_file_is_given() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    let sshd = Sshd::builder().start()?;
+    let known_hosts = known_hosts_for(&sshd);
+    for kind in [KeyType::Ed25519, KeyType::Rsa] {
+        let key = KeyPair::generate(sshd.dir(), &format!("agent-{kind:?}"), kind, None)?;
+        sshd.authorize(user::NOPW, &key)?;
+        let agent = Agent::start(sshd.dir(), &format!("agent-{kind:?}.sock"))?;
+
+        // An empty agent has nothing to offer: the login must fail cleanly.
+        let empty = dry_run(
+            &sshd,
+            user::NOPW,
+            None,
+            &known_hosts,
+            &[],
+            &[("SSH_AUTH_SOCK", agent.socket())],
+        );
+        assert_ne!(empty.code(), Some(0), "{kind:?}: {}", empty.stdout());
+        assert!(
+            empty.stderr().to_lowercase().contains("authentication"),
+            "{kind:?}: {}",
+            empty.stderr()
+        );
+
+        agent.add(&key)?;
+        let run = dry_run(
+            &sshd,
+            user::NOPW,
+            None,
+            &known_hosts,
+            &[],
+            &[("SSH_AUTH_SOCK", agent.socket())],
+        );
+        assert_eq!(run.code(), Some(0), "{kind:?}: {}", run.stderr());
+        assert!(run.stdout().contains("dry run OK"), "{}", run.stdout());
+        assert_cleaned_up(&run.out_dir);
+
+        // --no-agent must really ignore it.
+        let refused = dry_run(
+            &sshd,
+            user::NOPW,
+            None,
+            &known_hosts,
+            &["--no-agent"],
+            &[("SSH_AUTH_SOCK", agent.socket())],
+        );
+        assert_ne!(refused.code(), Some(0), "{kind:?}: {}", refused.stdout());
+    }
+    Ok(())
+}
+
+/// An `ssh-agent -D` of our own, killed on drop.
+struct Agent {
+    child: std::process::Child,
+    socket: String,
+}
+
+impl Agent {
+    fn start(dir: &Path, name: &str) -> anyhow::Result<Agent> {
+        let socket = dir.join(name);
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        anyhow::ensure!(
+            socket.exists(),
+            "ssh-agent did not create {}",
+            socket.display()
+        );
+        Ok(Agent {
+            child,
+            socket: socket.to_string_lossy().into_owned(),
+        })
+    }
+
+    fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    fn add(&self, key: &KeyPair) -> anyhow::Result<()> {
+        let out = Command::new("ssh-add")
+            .arg(&key.private)
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ssh-add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

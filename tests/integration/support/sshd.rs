@@ -278,6 +278,52 @@ impl Sshd {
 
     /// Kills the server (it is also killed on drop). Sessions already open
     /// go on in their own processes until their clients leave.
+    /// Kills every connection this sshd serves (all its descendants: the
+    /// privileged monitor and the user's own process that carries the
+    /// traffic), as a network drop would, while it keeps accepting new ones.
+    pub fn drop_connections(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| anyhow::anyhow!("sshd is not running"))?;
+        let mut parents = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The parent pid is the second field after the parenthesised name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((child, ppid));
+            }
+        }
+        let mut doomed = vec![pid];
+        let mut i = 0;
+        while i < doomed.len() {
+            let parent = doomed[i];
+            doomed.extend(
+                parents
+                    .iter()
+                    .filter(|(_, p)| *p == parent)
+                    .map(|(c, _)| *c),
+            );
+            i += 1;
+        }
+        anyhow::ensure!(doomed.len() > 1, "sshd {pid} serves no connection");
+        for victim in &doomed[1..] {
+            // SAFETY: kill(2) on processes of our own sshd.
+            unsafe { libc::kill(*victim as i32, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
