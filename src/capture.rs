@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 use crate::lime_stream::LimeValidator;
@@ -108,9 +109,12 @@ pub async fn bench_receive(
     Ok(received)
 }
 
+/// Captures one host. `cancel` stops the work (the single-host path wires it to
+/// Ctrl-C, the fleet to its own interrupt); cleanup still runs after it fires.
 pub async fn capture(
     job: &CaptureJob,
     progress: &CaptureProgress,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<CaptureOutcome> {
     let started = Timestamp::now();
     let clock = Instant::now();
@@ -120,14 +124,14 @@ pub async fn capture(
     progress.phase("connecting");
     let session = tokio::select! {
         s = Session::connect(&job.route, &job.host_keys, &job.ssh) => s?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted by Ctrl-C while connecting; nothing was changed on the target"),
+        _ = cancel.cancelled() => bail!("interrupted by Ctrl-C while connecting; nothing was changed on the target"),
     };
 
     let mut state = RemoteState::default();
     let mut facts = Facts::default();
     let result = tokio::select! {
         r = run(job, &session, &audit, &mut state, &mut facts, progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted by Ctrl-C")),
+        _ = cancel.cancelled() => Err(anyhow!("interrupted by Ctrl-C")),
     };
 
     progress.phase("cleaning up");

@@ -90,7 +90,8 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
     };
     let target = job.target().to_string();
     let progress = CaptureProgress::new(&target);
-    match mshot::capture::capture(&job, &progress).await {
+    let cancel = ctrl_c_token();
+    match mshot::capture::capture(&job, &progress, &cancel).await {
         Ok(outcome) => {
             match (&outcome.image_path, &outcome.manifest.image) {
                 (Some(path), Some(image)) => {
@@ -139,6 +140,18 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
             exit::FAILED
         }
     }
+}
+
+/// A token cancelled by the first Ctrl-C; what it stops still cleans up.
+fn ctrl_c_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            trigger.cancel();
+        }
+    });
+    token
 }
 
 /// Runs `--analyze` plugins on a fresh image, prints them and stores NAME.<plugin>.json.
