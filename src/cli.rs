@@ -152,4 +152,42 @@ pub struct CaptureArgs {
     /// Also write a detailed log (with the audit of remote commands) into this directory.
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+
+    /// Fleet file (YAML): capture every host it lists, in parallel. See
+    /// config.example.yaml; MargaritaShotgun's config files are accepted.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        conflicts_with_all = ["server", "module", "key", "jump", "jump_server", "password", "sudo_password", "filename"]
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Fleet: hosts captured at once (default: the file's workers:, else auto).
+    #[arg(long, value_name = "N|auto", requires = "config", value_parser = parse_workers)]
+    pub workers: Option<crate::fleet::config::Workers>,
+
+    /// Fleet: only these hosts (names or addresses from the file), comma-separated.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', requires = "config")]
+    pub hosts: Option<Vec<String>>,
+
+    /// Fleet: take every n-th host starting at the i-th (1-based), to split one
+    /// fleet file across n controllers, e.g. an indexed Kubernetes Job.
+    #[arg(long, value_name = "I/N", requires = "config", value_parser = crate::fleet::config::parse_shard)]
+    pub shard: Option<(usize, usize)>,
+
+    /// Fleet: JSON report path (default: OUTPUT_DIR/mshot-fleet-TIMESTAMP.json).
+    #[arg(long, value_name = "FILE", requires = "config")]
+    pub report: Option<PathBuf>,
+
+    /// Fleet benchmark aid: each host streams a LiME-format source at this port
+    /// (as the target sees it) instead of loading LiME.
+    #[arg(long, value_name = "PORT", requires = "config", hide = true)]
+    pub bench_source_port: Option<u16>,
+}
+
+fn parse_workers(text: &str) -> Result<crate::fleet::config::Workers, String> {
+    crate::fleet::config::Workers::parse(text).ok_or_else(|| {
+        format!("--workers {text:?}: expected a number of hosts (1 or more) or auto")
+    })
 }

@@ -267,7 +267,7 @@ fn read_module(path: &Path) -> anyhow::Result<ModuleFile> {
     })
 }
 
-fn default_filename(server: &str) -> String {
+pub fn default_filename(server: &str) -> String {
     let safe: String = server
         .chars()
         .map(|c| {
@@ -282,7 +282,7 @@ fn default_filename(server: &str) -> String {
     format!("{safe}-{stamp}-mem.lime")
 }
 
-fn local_user() -> String {
+pub fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "root".into())

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod lime_stream;
 pub mod manifest;
 pub mod progress;

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         }) => (capture.clone(), Some(*source_port)),
         None => (cli.capture.clone(), None),
     };
+    if let Some(file) = &args.config {
+        return ExitCode::from(run_fleet(&args, file));
+    }
     let _log_guard = init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -142,6 +145,127 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
     }
 }
 
+/// `mshot -c FILE`: validate the whole file, then capture every host.
+fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
+    use mshot::fleet::{self, config};
+    let overrides = config::Overrides {
+        dry_run: args.dry_run,
+        only: args.hosts.clone(),
+        shard: args.shard,
+        accept_new_host_keys: args.accept_new_host_keys,
+        force: args.force,
+        skip_file_checks: false,
+        bench: args.bench_source_port.is_some(),
+    };
+    let mut plan = match config::load(file, &overrides) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "mshot: {} problem(s) in {}; nothing was started",
+                errors.errors.len(),
+                file.display()
+            );
+            return exit::USAGE;
+        }
+    };
+    let mut log_args = args.clone();
+    log_args.log_dir = args.log_dir.clone().or_else(|| plan.log_dir.clone());
+    log_args.server = Some("fleet".into());
+    let _log_guard = init_logging(&log_args);
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    if !args.analyze.is_empty() {
+        plan.analyze = Some(config::AnalyzeSpec {
+            plugins: args.analyze.clone(),
+            profile: args
+                .profile
+                .clone()
+                .or_else(|| plan.analyze.as_ref()?.profile.clone()),
+        });
+    }
+    let workers = args
+        .workers
+        .or(plan.workers)
+        .unwrap_or(config::Workers::Auto)
+        .resolve(plan.hosts.len());
+    let report_path = args.report.clone().unwrap_or_else(|| {
+        plan.output_dir.join(format!(
+            "mshot-fleet-{}.json",
+            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    // Output directories exist before any host starts (a typo fails here, once).
+    for host in &plan.hosts {
+        if let Some(dir) = host.job.image_path.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            eprintln!(
+                "mshot: {}: cannot create the output directory {}: {e}",
+                host.name,
+                dir.display()
+            );
+            return exit::USAGE;
+        }
+    }
+    if plan.hosts.is_empty() {
+        eprintln!("mshot: no host left to capture after --hosts/--shard");
+        return exit::USAGE;
+    }
+    tracing::info!(
+        "{}: {} host(s), {workers} at a time{}",
+        file.display(),
+        plan.hosts.len(),
+        if args.dry_run { ", dry run" } else { "" }
+    );
+    let options = fleet::FleetOptions {
+        workers,
+        log_dir: log_args.log_dir.clone(),
+        log_prefix: plan.log_prefix.clone(),
+        bench_source_port: args.bench_source_port,
+        plain: std::env::var("TERM").is_ok_and(|t| t == "dumb"),
+    };
+    if let Some(dir) = &options.log_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("mshot: cannot create --log-dir {}: {e}", dir.display());
+        return exit::USAGE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mshot: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    let report = runtime.block_on(async {
+        let cancel = ctrl_c_token();
+        fleet::run(plan, &options, cancel).await
+    });
+    print!("{}", report.table());
+    let mut code = if report.any_cleanup_failed() {
+        exit::CLEANUP_FAILED
+    } else if report.all_succeeded() {
+        exit::OK
+    } else {
+        exit::FAILED
+    };
+    match report.write(&report_path) {
+        Ok(()) => println!("report   {}", report_path.display()),
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            if code == exit::OK {
+                code = exit::FAILED;
+            }
+        }
+    }
+    code
+}
+
 /// A token cancelled by the first Ctrl-C; what it stops still cleans up.
 fn ctrl_c_token() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
@@ -191,7 +315,7 @@ fn init_logging(args: &CaptureArgs) -> Option<()> {
     let stderr_filter = EnvFilter::try_from_env("MSHOT_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("mshot={level},warn")));
     let stderr_layer = fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| mshot::progress::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()

@@ -1,15 +1,20 @@
 //! Progress for one capture: an indicatif bar on a terminal, periodic log
 //! lines otherwise (CI logs, `nohup`, cron), so nobody stares at silence.
 
-use std::sync::Mutex;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct CaptureProgress {
     host: String,
     bar: Option<ProgressBar>,
     plain: Mutex<PlainState>,
+    /// Fleet runs: a per-host log of phases, and a byte counter shared by all hosts.
+    log: Option<Mutex<std::fs::File>>,
+    total: Option<Arc<AtomicU64>>,
 }
 
 struct PlainState {
@@ -25,13 +30,20 @@ impl CaptureProgress {
     /// A bar when stderr is a terminal, log lines otherwise.
     pub fn new(host: &str) -> CaptureProgress {
         use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
+        CaptureProgress::with_bar(host, bar)
+    }
+
+    /// One line of a fleet display (`bar` from a `MultiProgress`), or plain
+    /// log lines when `bar` is None.
+    pub fn with_bar(host: &str, bar: Option<ProgressBar>) -> CaptureProgress {
+        if let Some(bar) = &bar {
             bar.set_style(spinner_style());
             bar.enable_steady_tick(Duration::from_millis(200));
             bar.set_prefix(host.to_string());
-            bar
-        });
+        }
         CaptureProgress {
             host: host.to_string(),
             bar,
@@ -41,10 +53,29 @@ impl CaptureProgress {
                 started: Instant::now(),
                 last_line: Instant::now(),
             }),
+            log: None,
+            total: None,
+        }
+    }
+
+    /// Also writes phases (with the time) into `log`, and counts bytes into `total`.
+    pub fn with_log(mut self, log: Option<std::fs::File>, total: Arc<AtomicU64>) -> Self {
+        self.log = log.map(Mutex::new);
+        self.total = Some(total);
+        self
+    }
+
+    /// Appends a line to the per-host log, if any.
+    pub fn log_line(&self, line: &str) {
+        if let Some(log) = &self.log
+            && let Ok(mut file) = log.lock()
+        {
+            let _ = writeln!(file, "{} {line}", jiff::Timestamp::now());
         }
     }
 
     pub fn phase(&self, phase: &str) {
+        self.log_line(phase);
         match &self.bar {
             Some(bar) => bar.set_message(phase.to_string()),
             None => tracing::info!("{}: {phase}", self.host),
@@ -68,6 +99,9 @@ impl CaptureProgress {
     }
 
     pub fn add_bytes(&self, n: u64) {
+        if let Some(total) = &self.total {
+            total.fetch_add(n, Ordering::Relaxed);
+        }
         if let Some(bar) = &self.bar {
             bar.inc(n);
             return;
@@ -77,7 +111,7 @@ impl CaptureProgress {
             if p.last_line.elapsed() >= PLAIN_INTERVAL {
                 p.last_line = Instant::now();
                 let secs = p.started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(
+                let line = format!(
                     "{}: captured {:.1} of {:.1} MiB ({:.0}%, {:.1} MiB/s)",
                     self.host,
                     p.done as f64 / 1048576.0,
@@ -89,6 +123,8 @@ impl CaptureProgress {
                     },
                     p.done as f64 / 1048576.0 / secs
                 );
+                self.log_line(&line);
+                tracing::info!("{line}");
             }
         }
     }
@@ -105,6 +141,31 @@ impl CaptureProgress {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+/// The fleet's `MultiProgress`, when one is on screen: log lines written to
+/// stderr go through it so they do not tear the bars.
+static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+
+/// Registers the `MultiProgress` that stderr output must go around.
+pub fn set_multi(multi: MultiProgress) {
+    let _ = MULTI.set(multi);
+}
+
+/// stderr for the log subscriber: suspends the fleet's bars while writing.
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match MULTI.get() {
+            Some(multi) => multi.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

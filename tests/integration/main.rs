@@ -1,4 +1,5 @@
 //! Integration tests: real sshd, real QEMU guest.
+mod fleet;
 mod harness_smoke;
 mod lab_capture;
 mod ssh_capture;
