@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-
 use crate::support::{self, KeyPair, KeyType, Need, Sshd, user};
 
 fn mshot() -> Command {
