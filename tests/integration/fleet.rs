@@ -391,3 +391,379 @@ hosts:
     );
     Ok(())
 }
+
+/// Guests' sshd ports (issue 6's range), forwarded on 127.0.0.1 only.
+const GUEST_61_PORT: u16 = 2270;
+const GUEST_612_PORT: u16 = 2271;
+const INTERRUPT_PORT: u16 = 2272;
+/// Small guests keep the captures short; the kernels are the point.
+const GUEST_MEM_MIB: &str = "256";
+
+/// A lab build directory: kernel, initramfs, lime.ko, keys.
+struct LabBuild {
+    dir: PathBuf,
+}
+
+impl LabBuild {
+    fn key(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+    fn module(&self) -> PathBuf {
+        self.dir.join("lime.ko")
+    }
+    fn release(&self) -> String {
+        std::fs::read_to_string(self.dir.join("release"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+    fn known_hosts_line(&self, port: u16) -> String {
+        let public = std::fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
+        let mut fields = public.split_whitespace();
+        format!(
+            "[127.0.0.1]:{port} {} {}",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        )
+    }
+}
+
+/// The main lab build, and a second kernel if one is built: the cloud flavour
+/// (6.12) beside it, or MSHOT_LAB_CLOUD_DIR. Without one, the second guest
+/// runs the same kernel.
+fn lab_builds() -> (LabBuild, LabBuild) {
+    let main = std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR").unwrap()).unwrap();
+    let second = std::env::var_os("MSHOT_LAB_CLOUD_DIR")
+        .map(PathBuf::from)
+        .or_else(|| Some(main.parent()?.join("cloud-amd64")))
+        .filter(|d| d.join("lime.ko").is_file() && d.join("vmlinuz").is_file())
+        .unwrap_or_else(|| main.clone());
+    (LabBuild { dir: main }, LabBuild { dir: second })
+}
+
+/// A guest on 127.0.0.1:port; stopped on drop.
+struct Guest {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Guest {
+    fn start(lab: &LabBuild, port: u16) -> anyhow::Result<Guest> {
+        let status = Command::new(repo().join("lab/start-guest.sh"))
+            .arg(&lab.dir)
+            .args(["--port", &port.to_string(), "--mem", GUEST_MEM_MIB])
+            .args(["--timeout", "180"])
+            .status()?;
+        anyhow::ensure!(status.success(), "lab/start-guest.sh failed on port {port}");
+        Ok(Guest {
+            dir: lab.dir.clone(),
+            port,
+        })
+    }
+
+    /// A command on the guest with the OpenSSH client (not mshot).
+    fn ssh(&self, lab: &LabBuild, known_hosts: &Path, command: &str) -> String {
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(lab.key())
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["-p", &self.port.to_string(), "root@127.0.0.1", command])
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+
+    /// No lime module loaded and the manifest's temp dir gone.
+    fn assert_clean(&self, lab: &LabBuild, known_hosts: &Path, manifest: &serde_json::Value) {
+        let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        let after = self.ssh(
+            lab,
+            known_hosts,
+            &format!(
+                "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+            ),
+        );
+        assert_eq!(
+            after.split_whitespace().collect::<Vec<_>>(),
+            ["0", "gone"],
+            "port {}: {after}",
+            self.port
+        );
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("lab/stop-guest.sh"))
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .status();
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+#[test]
+fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let (lab61, lab612) = lab_builds();
+    // Boot both guests at once: each takes 10-30 s under TCG.
+    let (guest61, guest612) = std::thread::scope(|s| {
+        let a = s.spawn(|| Guest::start(&lab61, GUEST_61_PORT));
+        let b = s.spawn(|| Guest::start(&lab612, GUEST_612_PORT));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (guest61, guest612) = (guest61?, guest612?);
+
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    // The 6.1 guest is reached through a named jump chain: a real sshd on loopback.
+    let jump = Sshd::builder().start()?;
+    let jump_key = KeyPair::generate(dir, "jump", KeyType::Ed25519, None)?;
+    jump.authorize(user::NOPW, &jump_key)?;
+    let wrong = KeyPair::generate(dir, "wrong", KeyType::Ed25519, None)?;
+    let known_hosts = dir.join("known_hosts");
+    jump.append_known_hosts(&known_hosts)?;
+    std::fs::write(
+        &known_hosts,
+        format!(
+            "{}{}\n{}\n",
+            std::fs::read_to_string(&known_hosts)?,
+            lab61.known_hosts_line(GUEST_61_PORT),
+            lab612.known_hosts_line(GUEST_612_PORT)
+        ),
+    )?;
+    let nobody = support::free_port("127.0.0.1".parse()?)?;
+    let config = format!(
+        r#"workers: 4
+output_dir: images
+jump_chains:
+  loopback:
+    - addr: 127.0.0.1
+      port: {jump_port}
+      username: {nopw}
+      key: {jump_key}
+defaults:
+  username: root
+  known_hosts: {known_hosts}
+  agent: false
+  connect_timeout: 30
+  stream_timeout: 300
+hosts:
+  - addr: 127.0.0.1
+    port: {p61}
+    name: kernel-6.1
+    key: {key61}
+    module: {module61}
+    jump: loopback
+  - addr: 127.0.0.1
+    port: {p612}
+    name: second-kernel
+    key: {key612}
+    module: {module612}
+    filename: second.lime
+  - addr: 127.0.0.1
+    port: {nobody}
+    name: unreachable
+    key: {key61}
+    module: {module61}
+  - addr: 127.0.0.1
+    port: {p61}
+    name: wrong-key
+    key: {wrong}
+    module: {module61}
+"#,
+        jump_port = jump.port(),
+        nopw = user::NOPW,
+        jump_key = jump_key.private.display(),
+        known_hosts = known_hosts.display(),
+        p61 = GUEST_61_PORT,
+        p612 = GUEST_612_PORT,
+        key61 = lab61.key().display(),
+        key612 = lab612.key().display(),
+        module61 = lab61.module().display(),
+        module612 = lab612.module().display(),
+        wrong = wrong.private.display(),
+    );
+    let config_path = dir.join("fleet.yaml");
+    std::fs::write(&config_path, config)?;
+    let logs = dir.join("logs");
+    let output = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--log-dir")
+        .arg(&logs)
+        .output()?;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+
+    // The default report lands beside the images.
+    let report_path = std::fs::read_dir(dir.join("images"))?
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("mshot-fleet-")
+        })
+        .expect("a report in output_dir");
+    assert!(
+        stdout.contains(&report_path.display().to_string()),
+        "{stdout}"
+    );
+    let report = read_json(&report_path);
+    assert_eq!(report["summary"]["hosts"], 4);
+    assert_eq!(report["summary"]["succeeded"], 2, "{report:#}");
+
+    for (name, lab, guest) in [
+        ("kernel-6.1", &lab61, &guest61),
+        ("second-kernel", &lab612, &guest612),
+    ] {
+        let host = report_host(&report, name);
+        assert_eq!(host["status"], "captured", "{name}: {host:#}");
+        let image = PathBuf::from(host["image"].as_str().unwrap());
+        assert_eq!(
+            std::fs::metadata(&image)?.len(),
+            host["bytes"].as_u64().unwrap()
+        );
+        let sha = sha256_file(&image);
+        assert_eq!(host["sha256"], sha.as_str(), "{name}");
+        assert_eq!(host["kernel_release"], lab.release().as_str());
+        let manifest = read_json(Path::new(host["manifest"].as_str().unwrap()));
+        assert_eq!(manifest["image"]["sha256"], sha.as_str());
+        assert_eq!(manifest["cleanup"]["module_unloaded"], true);
+        // The summary line carries the hash.
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(&sha)),
+            "{stdout}"
+        );
+        guest.assert_clean(lab, &known_hosts, &manifest);
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log")))?;
+        assert!(log.contains("insmod "), "{name}: {log}");
+        assert!(log.contains("rmmod lime"), "{name}: {log}");
+    }
+    assert!(
+        report_host(&report, "second-kernel")["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("/images/second.lime")
+    );
+    assert_eq!(
+        report_host(&report, "kernel-6.1")["jump_hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for name in ["unreachable", "wrong-key"] {
+        let host = report_host(&report, name);
+        assert_eq!(host["status"], "failed", "{name}");
+        assert!(host["image"].is_null());
+    }
+    assert!(
+        report_host(&report, "wrong-key")["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed")
+    );
+    // Nothing half-written anywhere.
+    for entry in std::fs::read_dir(dir.join("images"))? {
+        let path = entry?.path();
+        assert!(
+            !path.to_string_lossy().ends_with(".part"),
+            "{} left behind",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_stops_the_fleet_and_cleans_every_started_host() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let (lab, _) = lab_builds();
+    let guest = Guest::start(&lab, INTERRUPT_PORT)?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!("{}\n", lab.known_hosts_line(INTERRUPT_PORT)),
+    )?;
+    // One worker: the second entry waits for the first and must never start.
+    let config = format!(
+        "workers: 1\noutput_dir: images\ndefaults:\n  username: root\n  key: {key}\n  module: {module}\n  known_hosts: {kh}\n  agent: false\nhosts:\n  - {{addr: 127.0.0.1, port: {port}, name: running, filename: running.lime}}\n  - {{addr: 127.0.0.1, port: {port}, name: queued, filename: queued.lime}}\n",
+        key = lab.key().display(),
+        module = lab.module().display(),
+        kh = known_hosts.display(),
+        port = INTERRUPT_PORT,
+    );
+    let config_path = dir.join("fleet.yaml");
+    std::fs::write(&config_path, config)?;
+    let report_path = dir.join("report.json");
+    let mut child = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--report")
+        .arg(&report_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let part = dir.join("images/running.lime.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 32 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never got going"
+        );
+        assert!(child.try_wait()?.is_none(), "mshot ended before Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output()?;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+
+    let report = read_json(&report_path);
+    assert_eq!(report["interrupted"], true);
+    let running = report_host(&report, "running");
+    assert_eq!(running["status"], "interrupted", "{running:#}");
+    let queued = report_host(&report, "queued");
+    assert_eq!(queued["status"], "not_started", "{queued:#}");
+    assert!(queued["manifest"].is_null());
+    assert!(!part.exists(), "the partial image was left behind");
+    assert!(!dir.join("images/running.lime").exists());
+    let manifest = read_json(Path::new(running["manifest"].as_str().unwrap()));
+    assert_eq!(manifest["cleanup"]["module_unloaded"], true, "{manifest:#}");
+    assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
+    guest.assert_clean(&lab, &known_hosts, &manifest);
+    assert!(stdout.contains("interrupted by Ctrl-C"), "{stdout}");
+    Ok(())
+}
