@@ -28,7 +28,8 @@ pub enum OutputFormat {
 pub struct AnalyzeArgs {
     /// Memory image: LiME, AVML (compressed LiME) or raw.
     pub image: PathBuf,
-    /// Plugins to run: banner, pslist, pstree, psaux, lsmod (commas allowed).
+    /// Plugins to run: banner, pslist, pstree, psaux, lsmod, netstat, maps,
+    /// memdump, envars, bash (commas allowed).
     #[arg(required = true, value_delimiter = ',')]
     pub plugins: Vec<String>,
     /// Profile file (Volatility 3 ISF or Rekall JSON; .json/.json.xz/.json.gz)
@@ -41,6 +42,13 @@ pub struct AnalyzeArgs {
     /// Include threads in pslist/pstree.
     #[arg(long)]
     pub threads: bool,
+    /// Only these processes (thread-group ids; commas allowed). Filters the
+    /// rows of every plugin and picks what memdump dumps.
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<i64>,
+    /// Where memdump writes one file per region plus memdump.json.
+    #[arg(long)]
+    pub dump_dir: Option<PathBuf>,
     /// Also write each plugin's rows as NAME.<plugin>.json into this directory.
     #[arg(long)]
     pub output_json_dir: Option<PathBuf>,
@@ -58,6 +66,10 @@ pub struct AnalyzeConfig {
     pub threads: bool,
     /// `None` disables the profile cache.
     pub cache_dir: Option<PathBuf>,
+    /// Only these pids (empty: all).
+    pub pids: Vec<i64>,
+    /// Where memdump writes; it refuses to run without one.
+    pub dump_dir: Option<PathBuf>,
 }
 
 /// Results of all requested plugins, in request order.
@@ -83,6 +95,8 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         } else {
             args.cache_dir.clone().or_else(default_cache_dir)
         },
+        pids: args.pid.clone(),
+        dump_dir: args.dump_dir.clone(),
     };
     let analysis = analyze_image(&args.image, &args.plugins, args.profile.as_deref(), &cfg)?;
     let mut text = String::new();
@@ -136,6 +150,9 @@ pub fn analyze_image(
             );
         }
     }
+    if names.iter().any(|n| n == "memdump") && cfg.dump_dir.is_none() {
+        bail!("memdump writes files: pass --dump-dir DIR (a new or empty directory)");
+    }
     let file =
         std::fs::File::open(image).with_context(|| format!("opening image {}", image.display()))?;
     // SAFETY: the image is opened read-only; a concurrent truncation by
@@ -163,13 +180,109 @@ pub fn analyze_image(
     };
     let mut results = Vec::new();
     for n in names {
-        let rows = match &kernel {
-            Some(k) => plugins::run_plugin(&n, k, &opts)?,
-            None => plugins::run_banner(&phys)?,
+        let rows = match (&kernel, cfg.dump_dir.as_deref()) {
+            (Some(k), Some(dir)) if n == "memdump" => dump_memory(k, &cfg.pids, dir)?,
+            (Some(k), _) => plugins::run_plugin(&n, k, &opts)?,
+            (None, _) => plugins::run_banner(&phys)?,
         };
-        results.push((n, rows));
+        results.push((n, filter_pids(rows, &cfg.pids)));
     }
     Ok(Analysis { results })
+}
+
+/// memdump: writes every region of the selected processes to
+/// `dir/pid.N.vma.0xSTART-0xEND.dmp` (holes zero-filled, as sparse file
+/// ranges) and an index `dir/memdump.json` listing each file with its
+/// unmapped ranges. Files appear under their final names only once
+/// complete; the directory must be new or empty so that nothing is mixed
+/// with an earlier dump.
+pub fn dump_memory(k: &Kernel<'_, '_>, pids: &[i64], dir: &Path) -> Result<Vec<Row>> {
+    use memimage::plugins::memdump::{Chunk, dump_regions, read_region};
+    use std::io::{Seek, SeekFrom};
+    if dir.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "dump directory {} is not empty: pass a new or empty --dump-dir",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let regions = dump_regions(k, pids)?;
+    if regions.is_empty() {
+        bail!(
+            "memdump: no process {} with memory regions",
+            if pids.is_empty() {
+                "at all".to_string()
+            } else {
+                format!("with pid {pids:?}")
+            }
+        );
+    }
+    let mut rows = Vec::new();
+    let mut index = Vec::new();
+    for r in &regions {
+        let name = r.file_name();
+        let final_path = dir.join(&name);
+        let part = dir.join(format!("{name}.part"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .with_context(|| format!("creating {}", part.display()))?;
+        let holes = read_region(k, r, |c| -> std::io::Result<()> {
+            match c {
+                Chunk::Data(b) => file.write_all(b),
+                Chunk::Hole(n) => {
+                    let n = i64::try_from(n).map_err(std::io::Error::other)?;
+                    file.seek(SeekFrom::Current(n)).map(|_| ())
+                }
+            }
+        })
+        .and_then(|h| file.set_len(r.len()).map(|()| h))
+        .with_context(|| format!("writing {}", part.display()))?;
+        drop(file);
+        std::fs::rename(&part, &final_path)
+            .with_context(|| format!("renaming {} to {}", part.display(), final_path.display()))?;
+        let unmapped: u64 = holes.iter().map(|(s, e)| e - s).sum();
+        let mut row = memimage::plugins::memdump::region_row(r);
+        row.fields.push(("bytes", Value::UInt(r.len())));
+        row.fields.push(("unmapped_bytes", Value::UInt(unmapped)));
+        let mut j = rows_json(std::slice::from_ref(&row));
+        if let Some(obj) = j.get_mut(0).and_then(|v| v.as_object_mut()) {
+            obj.insert(
+                "unmapped".into(),
+                holes
+                    .iter()
+                    .map(|(s, e)| serde_json::json!([s, e]))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            index.push(serde_json::Value::Object(obj.clone()));
+        }
+        rows.push(row);
+    }
+    let idx = dir.join("memdump.json");
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "regions": index }))?;
+    write_atomically(&idx, (text + "\n").as_bytes())
+        .with_context(|| format!("writing {}", idx.display()))?;
+    Ok(rows)
+}
+
+/// Keeps rows whose `pid` is in `pids` (all rows when `pids` is empty or
+/// the plugin has no pid column).
+fn filter_pids(rows: Vec<Row>, pids: &[i64]) -> Vec<Row> {
+    if pids.is_empty() {
+        return rows;
+    }
+    rows.into_iter()
+        .filter(|r| match r.get("pid") {
+            Some(Value::Int(p)) => pids.contains(p),
+            _ => true,
+        })
+        .collect()
 }
 
 /// For the capture path (`--analyze pstree,...`): runs the plugins on the
@@ -346,7 +459,9 @@ fn sanitize(s: &str) -> String {
 fn cell(name: &str, v: &Value) -> String {
     match v {
         Value::Int(i) => i.to_string(),
-        Value::UInt(u) if name == "offset" => format!("{u:#x}"),
+        Value::UInt(u) if matches!(name, "offset" | "start" | "end" | "pgoff") => {
+            format!("{u:#x}")
+        }
         Value::UInt(u) => u.to_string(),
         Value::Str(s) => sanitize(s),
         Value::Null => "-".into(),
@@ -426,7 +541,22 @@ pub fn render_table(plugin: &str, rows: &[Row]) -> String {
     let numeric = |c: &str| {
         matches!(
             c,
-            "pid" | "tid" | "ppid" | "uid" | "gid" | "euid" | "egid" | "size" | "start_time"
+            "pid"
+                | "tid"
+                | "ppid"
+                | "uid"
+                | "gid"
+                | "euid"
+                | "egid"
+                | "size"
+                | "start_time"
+                | "fd"
+                | "inode"
+                | "netns"
+                | "local_port"
+                | "remote_port"
+                | "bytes"
+                | "unmapped_bytes"
         )
     };
     let mut out = String::new();

@@ -137,7 +137,8 @@ pub struct CaptureArgs {
     pub stream_timeout: u64,
 
     /// Analyse the image as soon as it lands with these plugins (banner, pslist,
-    /// pstree, psaux, lsmod); each plugin's rows go to NAME.<plugin>.json.
+    /// pstree, psaux, lsmod, netstat, maps, memdump, envars, bash); each
+    /// plugin's rows go to NAME.<plugin>.json, memdump's files to NAME.memdump/.
     #[arg(long, value_name = "PLUGINS", value_delimiter = ',')]
     pub analyze: Vec<String>,
 

@@ -24,7 +24,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(openssh-server openssh-client sudo iproute2 python3 python3-venv)
+packages=(openssh-server openssh-client sudo iproute2 python3 python3-venv zstd)
 
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -32,6 +32,9 @@ fn capture() -> Option<(PathBuf, PathBuf)> {
         eprintln!("skipped: fixture not found at {}", dir.display());
         return None;
     }
+    // Tests run in parallel; one unpacks, the others wait for it.
+    static UNPACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{NAME}.lime"));
     if std::fs::metadata(&out).map(|m| m.len()).ok() != Some(LIME_SIZE) {
         let tmp = out.with_extension("partial");
@@ -187,4 +190,248 @@ fn matches_volatility3() {
     let rk = Profile::load(&rekall, "rekall").unwrap();
     let kr = Kernel::locate(&phys, &rk).unwrap();
     assert_eq!(run_plugin("pstree", &kr, &opts).unwrap(), tree);
+}
+
+/// Runs `f` with the fixture's located kernel (or skips).
+fn with_kernel(f: impl FnOnce(&Kernel<'_, '_>, &std::path::Path, &std::path::Path)) {
+    let Some((lime, dir)) = capture() else { return };
+    let bytes = std::fs::read(dir.join(format!("{NAME}.json.xz"))).unwrap();
+    let profile = Profile::load(&bytes, NAME).unwrap();
+    let file = std::fs::File::open(&lime).unwrap();
+    let image = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let phys = PhysicalMemory::parse(&image).unwrap();
+    let k = Kernel::locate(&phys, &profile).unwrap();
+    f(&k, &lime, &dir);
+}
+
+fn text(v: Option<&Value>) -> J {
+    match v {
+        Some(Value::Str(s)) => J::from(s.clone()),
+        Some(Value::Int(i)) => J::from(i.to_string()),
+        Some(Value::UInt(u)) => J::from(u.to_string()),
+        _ => J::Null,
+    }
+}
+
+/// netstat equals linux.sockstat stored with the fixture, field for field.
+#[test]
+fn netstat_matches_sockstat() {
+    with_kernel(|k, _, dir| {
+        let ours: Vec<Vec<J>> = run_plugin("netstat", k, &Options { threads: false })
+            .unwrap()
+            .iter()
+            .map(|r| {
+                vec![
+                    J::from(int(r, "netns")),
+                    J::from(s(r, "comm").unwrap()),
+                    J::from(int(r, "pid")),
+                    J::from(int(r, "tid")),
+                    J::from(int(r, "fd")),
+                    J::from(int(r, "offset") as u64 & 0xffff_ffff_ffff),
+                    J::from(s(r, "family").unwrap()),
+                    J::from(s(r, "type").unwrap()),
+                    text(r.get("proto")),
+                    text(r.get("local_addr")),
+                    text(r.get("local_port")),
+                    text(r.get("remote_addr")),
+                    text(r.get("remote_port")),
+                    text(r.get("state")),
+                ]
+            })
+            .collect();
+        let theirs: Vec<Vec<J>> = vol(dir, "sockstat")
+            .iter()
+            .map(|r| {
+                [
+                    "NetNS",
+                    "Process Name",
+                    "PID",
+                    "TID",
+                    "FD",
+                    "Sock Offset",
+                    "Family",
+                    "Type",
+                    "Proto",
+                    "Source Addr",
+                    "Source Port",
+                    "Destination Addr",
+                    "Destination Port",
+                    "State",
+                ]
+                .iter()
+                .map(|k| r[*k].clone())
+                .collect()
+            })
+            .collect();
+        assert!(!theirs.is_empty());
+        assert_eq!(ours, theirs);
+        // The socket inodes are those lsof shows as socket:[N].
+        let inodes: BTreeSet<i64> = run_plugin("netstat", k, &Options { threads: false })
+            .unwrap()
+            .iter()
+            .map(|r| int(r, "inode"))
+            .collect();
+        assert_eq!(inodes, BTreeSet::from([9913, 9919, 9920, 10010, 10019]));
+    });
+}
+
+/// pid, comm, start, end, perms, pgoff, major, minor, inode, path.
+type MapRow = (i64, String, i64, i64, String, i64, i64, i64, i64, String);
+
+fn maps_rows(rows: &[Row]) -> Vec<MapRow> {
+    rows.iter()
+        .map(|r| {
+            let p = s(r, "path").unwrap();
+            (
+                int(r, "pid"),
+                s(r, "comm").unwrap(),
+                int(r, "start"),
+                int(r, "end"),
+                s(r, "perms").unwrap(),
+                int(r, "pgoff"),
+                int(r, "major"),
+                int(r, "minor"),
+                int(r, "inode"),
+                if p.is_empty() {
+                    "Anonymous Mapping".to_string()
+                } else {
+                    p
+                },
+            )
+        })
+        .collect()
+}
+
+fn vol_maps(rows: &[J]) -> Vec<MapRow> {
+    rows.iter()
+        .map(|r| {
+            let g = |k: &str| r[k].as_i64().unwrap();
+            let t = |k: &str| r[k].as_str().unwrap().to_string();
+            (
+                g("PID"),
+                t("Process"),
+                g("Start"),
+                g("End"),
+                t("Flags"),
+                g("PgOff"),
+                g("Major"),
+                g("Minor"),
+                g("Inode"),
+                t("File Path"),
+            )
+        })
+        .collect()
+}
+
+fn reference(name: &str) -> Vec<J> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(NAME)
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// maps (maple tree, paths, heap/stack/vdso) and envars equal Volatility
+/// 3.28's linux.proc.Maps and linux.envars on the fixture (outputs kept
+/// in tests/data, produced with the fixture's ISF).
+#[test]
+fn maps_and_envars_match_volatility3() {
+    with_kernel(|k, _, _| {
+        let opts = Options { threads: false };
+        let ours = maps_rows(&run_plugin("maps", k, &opts).unwrap());
+        let theirs = vol_maps(&reference("linux.proc.Maps.json"));
+        assert_eq!(ours.len(), 138);
+        assert_eq!(ours, theirs);
+        let ours: Vec<(i64, i64, String, String, String)> = run_plugin("envars", k, &opts)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    int(r, "pid"),
+                    int(r, "ppid"),
+                    s(r, "comm").unwrap(),
+                    s(r, "key").unwrap(),
+                    s(r, "value").unwrap(),
+                )
+            })
+            .collect();
+        let theirs: Vec<(i64, i64, String, String, String)> = reference("linux.envars.json")
+            .iter()
+            .map(|r| {
+                (
+                    r["PID"].as_i64().unwrap(),
+                    r["PPID"].as_i64().unwrap(),
+                    r["COMM"].as_str().unwrap().into(),
+                    r["KEY"].as_str().unwrap().into(),
+                    r["VALUE"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        // No bash in this busybox guest: Volatility finds no history either.
+        assert!(run_plugin("bash", k, &opts).unwrap().is_empty());
+    });
+}
+
+/// Volatility 3 itself, when installed: `MSHOT_VOL`, else the venv that
+/// tests/run installs under MSHOT_TOOLS_DIR (default ~/.cache/mshot-tools).
+fn vol_binary() -> Option<PathBuf> {
+    if let Some(v) = std::env::var_os("MSHOT_VOL") {
+        return Some(PathBuf::from(v));
+    }
+    let tools = std::env::var_os("MSHOT_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mshot-tools"))
+        })?;
+    let v = tools.join("vol3/bin/vol");
+    v.is_file().then_some(v)
+}
+
+/// maps of a few processes equals linux.proc.Maps run now, by the
+/// installed Volatility 3 (skipped when it is not installed; required by
+/// MSHOT_REQUIRE_ALL=1 as in CI).
+#[test]
+fn maps_matches_volatility3_run_now() {
+    with_kernel(|k, lime, dir| {
+        let Some(vol_bin) = vol_binary() else {
+            if std::env::var("MSHOT_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+                panic!(
+                    "MSHOT_REQUIRE_ALL=1 and Volatility 3 is not installed (tests/run installs it)"
+                );
+            }
+            eprintln!("skipped: Volatility 3 not installed (set MSHOT_VOL or run tests/run)");
+            return;
+        };
+        let sym = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vol-symbols");
+        std::fs::create_dir_all(sym.join("linux")).unwrap();
+        std::fs::copy(
+            dir.join(format!("{NAME}.json.xz")),
+            sym.join("linux").join(format!("{NAME}.json.xz")),
+        )
+        .unwrap();
+        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vol-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let out = std::process::Command::new(&vol_bin)
+            .env("HOME", &home)
+            .args(["-q", "-r", "json", "-s"])
+            .arg(&sym)
+            .arg("-f")
+            .arg(lime)
+            .args(["linux.proc.Maps", "--pid", "1", "96", "116"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = vol_maps(&serde_json::from_slice::<Vec<J>>(&out.stdout).unwrap());
+        let ours: Vec<_> = maps_rows(&run_plugin("maps", k, &Options { threads: false }).unwrap())
+            .into_iter()
+            .filter(|r| [1, 96, 116].contains(&r.0))
+            .collect();
+        assert_eq!(theirs.len(), 108);
+        assert_eq!(ours, theirs);
+    });
 }

@@ -1,5 +1,5 @@
 //! The built-in plugins, a closed list: `banner`, `pslist`, `pstree`,
-//! `psaux`, `lsmod`. Each returns rows of named values; the caller picks
+//! `psaux`, `lsmod`, `netstat`, `maps`, `memdump`, `envars`, `bash`. Each returns rows of named values; the caller picks
 //! the output format (the core derives no serde, so output stays a
 //! decision of the CLI).
 //!
@@ -8,11 +8,19 @@
 //! tgid, kernel threads print as `[comm]` in psaux.
 
 mod banner;
+mod bash;
+mod envars;
 mod lsmod;
+mod maps;
+pub mod memdump;
+mod netstat;
 mod psaux;
 mod pslist;
 mod pstree;
 mod tasks;
+mod util;
+mod vfs;
+mod vma;
 
 use crate::format::PhysicalMemory;
 use crate::kernel::{Kernel, KernelError};
@@ -47,11 +55,15 @@ pub struct Options {
 }
 
 /// Names of the built-in plugins.
-pub const PLUGINS: &[&str] = &["banner", "pslist", "pstree", "psaux", "lsmod"];
+pub const PLUGINS: &[&str] = &[
+    "banner", "pslist", "pstree", "psaux", "lsmod", "netstat", "maps", "memdump", "envars", "bash",
+];
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum PluginError {
-    #[error("unknown plugin \"{0}\": expected one of banner, pslist, pstree, psaux, lsmod")]
+    #[error(
+        "unknown plugin \"{0}\": expected one of banner, pslist, pstree, psaux, lsmod, netstat, maps, memdump, envars, bash"
+    )]
     Unknown(String),
     #[error("plugin {plugin}: {source}")]
     Kernel {
@@ -86,6 +98,11 @@ pub fn run_plugin(
         "pstree" => ("pstree", pstree::run(kernel, opts)),
         "psaux" => ("psaux", psaux::run(kernel)),
         "lsmod" => ("lsmod", lsmod::run(kernel)),
+        "netstat" => ("netstat", netstat::run(kernel)),
+        "maps" => ("maps", maps::run(kernel)),
+        "memdump" => ("memdump", memdump::run(kernel)),
+        "envars" => ("envars", envars::run(kernel)),
+        "bash" => ("bash", bash::run(kernel)),
         other => return Err(PluginError::Unknown(other.to_string())),
     };
     res.map_err(|source| PluginError::Kernel { plugin, source })

@@ -61,7 +61,7 @@ pub enum Selection {
 }
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v1";
+const CACHE_VERSION: &str = "v2";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -77,6 +77,40 @@ impl Selection {
             "module_layout",
             "module_memory",
             "signal_struct",
+            // netstat, maps, memdump, envars, bash (file descriptors,
+            // sockets, VMAs and the maple tree, path names).
+            "files_struct",
+            "fdtable",
+            "file",
+            "path",
+            "dentry",
+            "qstr",
+            "dentry_operations",
+            "inode",
+            "atomic_t",
+            "super_block",
+            "vfsmount",
+            "mount",
+            "fs_struct",
+            "socket_alloc",
+            "socket",
+            "sock",
+            "sock_common",
+            "inet_sock",
+            "ipv6_pinfo",
+            "in6_addr",
+            "unix_sock",
+            "unix_address",
+            "sockaddr_un",
+            "nsproxy",
+            "net",
+            "ns_common",
+            "mm_context_t",
+            "vm_area_struct",
+            "maple_tree",
+            "maple_node",
+            "maple_range_64",
+            "maple_arange_64",
         ],
         symbols: &[
             "init_task",
@@ -93,6 +127,13 @@ impl Selection {
             "__pgtable_l5_enabled",
             "vmcoreinfo_note",
             "linux_proc_banner",
+            "socket_file_ops",
+            "sockfs_dentry_operations",
+            "sockfs_dname",
+            "pipefs_dname",
+            "anon_inodefs_dname",
+            "simple_dname",
+            "ns_dname",
         ],
         enums: &["mod_mem_type", "module_state"],
     };
