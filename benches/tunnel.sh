@@ -29,7 +29,11 @@ mkdir -p /run/sshd
 python3 benches/lime_source.py "$SRC_PORT" "$SIZE" > "$W/source.log" &
 sleep 0.5
 
-printf '%-30s %10s %12s %10s %8s %10s %10s\n' cipher ssh_MiB/s ssh+sha_MiB/s mshot_MiB/s ratio ratio_sha mshot_RSS
+# CPU seconds of the client side (ssh + the reader, or mshot) per GiB: unlike
+# the rates, this hardly moves when the machine is busy.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+printf '%-30s %10s %12s %10s %8s %10s %10s %12s %12s\n' cipher ssh_MiB/s ssh+sha_MiB/s mshot_MiB/s ratio ratio_sha mshot_RSS ssh+sha_cpu/GiB mshot_cpu/GiB
 for cipher in $CIPHERS; do
   cat > "$W/sshd_config" <<CFG
 Port $SSHD_PORT
@@ -58,20 +62,27 @@ CFG
   python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" > /dev/null
   t1=$(date +%s.%N)
   rm -f "$W/openssh.lime"
-  python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" --sha256 > /dev/null
+  c0=$(cpu_ticks $FWD)
+  /usr/bin/time -f '%U %S' -o "$W/reader_cpu" \
+    python3 benches/read_socket.py 127.0.0.1 "$FWD_PORT" "$W/openssh.lime" --sha256 > /dev/null
   t2=$(date +%s.%N)
+  c1=$(cpu_ticks $FWD)
+  ossh_cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v g="$SIZE_GIB" '{print ((b - a) / t + $1 + $2) / g}' "$W/reader_cpu")
   kill $FWD; wait $FWD 2>/dev/null || true
   ossh=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
   ossh_sha=$(python3 -c "print($SIZE/1048576/($t2-$t1))")
   rm -f "$W/openssh.lime"
 
   # (b) mshot: the capture receive path.
-  /usr/bin/time -f '%M' -o "$W/rss" "$MSHOT" bench-receive --server 127.0.0.1 --port "$SSHD_PORT" --user root \
+  /usr/bin/time -f '%M %U %S' -o "$W/rss" "$MSHOT" bench-receive --server 127.0.0.1 --port "$SSHD_PORT" --user root \
       --key "$W/client_key" --known-hosts "$W/known_hosts" --source-port "$SRC_PORT" \
       --output-dir "$W" --filename mshot.lime > "$W/mshot.out" 2> "$W/mshot.err" || { cat "$W/mshot.err"; exit 1; }
   mshot_rate=$(sed -n 's/.*mib_per_s=\([0-9.]*\).*/\1/p' "$W/mshot.out")
   rm -f "$W/mshot.lime"
   kill $SSHD; wait $SSHD 2>/dev/null || true
-  printf '%-30s %10.1f %12.1f %10.1f %8.2f %10.2f %7s MB\n' "$cipher" "$ossh" "$ossh_sha" "$mshot_rate" \
-     "$(python3 -c "print($mshot_rate/$ossh)")" "$(python3 -c "print($mshot_rate/$ossh_sha)")" "$(( $(cat "$W/rss") / 1024 ))"
+  read -r rss_kb m_user m_sys < "$W/rss"
+  mshot_cpu=$(awk -v u="$m_user" -v s="$m_sys" -v g="$SIZE_GIB" 'BEGIN {print (u + s) / g}')
+  printf '%-30s %10.1f %12.1f %10.1f %8.2f %10.2f %7s MB %12.2f %12.2f\n' "$cipher" "$ossh" "$ossh_sha" "$mshot_rate" \
+     "$(python3 -c "print($mshot_rate/$ossh)")" "$(python3 -c "print($mshot_rate/$ossh_sha)")" "$(( rss_kb / 1024 ))" \
+     "$ossh_cpu" "$mshot_cpu"
 done

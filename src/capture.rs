@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use jiff::Timestamp;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -511,10 +510,10 @@ pub async fn receive_image(
     let mut stream = channel.into_stream();
     let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
-    let mut buffer = BytesMut::with_capacity(1 << 20);
+    let mut buffer = BytesMut::with_capacity(256 << 10);
     loop {
         if buffer.capacity() - buffer.len() < 64 * 1024 {
-            buffer.reserve(1 << 20);
+            buffer.reserve(256 << 10);
         }
         let n = match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buffer)).await {
             Ok(Ok(n)) => n,
@@ -560,11 +559,11 @@ fn write_image(
     // much CPU as hashing, and the two need not wait for each other.
     let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
     let hasher = std::thread::spawn(move || {
-        let mut hasher = Sha256::new();
+        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for chunk in hasher_input {
             hasher.update(&chunk);
         }
-        hex::encode(hasher.finalize())
+        hex::encode(hasher.finish())
     });
     let mut validator = LimeValidator::new();
     let mut failure = None;

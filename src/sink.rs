@@ -42,7 +42,7 @@ pub struct FileSink {
 }
 
 /// Bytes gathered before one `writev`.
-const FLUSH_AT: usize = 4 << 20;
+const FLUSH_AT: usize = 256 << 10;
 
 impl FileSink {
     pub fn create(final_path: &Path) -> Result<FileSink, SinkError> {
