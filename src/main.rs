@@ -272,7 +272,17 @@ fn ctrl_c_token() -> tokio_util::sync::CancellationToken {
     let trigger = token.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!(
+                "interrupted: cleaning up the targets before exiting (Ctrl-C again quits at once, leaving them as they are)"
+            );
             trigger.cancel();
+            // Cleanup waits for the targets; a second Ctrl-C is the way out.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "mshot: interrupted twice: exiting without finishing cleanup; check the targets for a loaded lime module"
+                );
+                std::process::exit(130);
+            }
         }
     });
     token

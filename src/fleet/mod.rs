@@ -273,7 +273,7 @@ async fn capture_host(
         }
         Err(e) => {
             report.status = Status::Failed;
-            report.error = Some(crate::sanitize::one_line(&format!("{e:#}")));
+            report.error = Some(error_line(&e));
             // A run that connected left a manifest with the audit, even on failure.
             if manifest_path.exists() {
                 report.manifest = Some(manifest_path);
@@ -298,7 +298,7 @@ async fn bench_host(
         }
         Err(e) => {
             report.status = Status::Failed;
-            report.error = Some(crate::sanitize::one_line(&format!("{e:#}")));
+            report.error = Some(error_line(&e));
         }
     }
 }
@@ -317,6 +317,22 @@ async fn analyze(image: &Path, spec: &AnalyzeSpec) -> anyhow::Result<Vec<PathBuf
     })
     .await??;
     Ok(written)
+}
+
+/// An error chain on one line, without a cause repeated by its context
+/// ("connection refused: connection refused").
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for part in error.chain().map(|c| c.to_string()) {
+        if line.contains(&part) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&part);
+    }
+    crate::sanitize::one_line(&line)
 }
 
 /// The audit of remote commands, from the manifest, into the host's log.
