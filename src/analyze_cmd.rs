@@ -286,14 +286,22 @@ fn filter_pids(rows: Vec<Row>, pids: &[i64]) -> Vec<Row> {
 }
 
 /// For the capture path (`--analyze pstree,...`): runs the plugins on the
-/// image that just landed and writes `NAME.<plugin>.json` next to it.
+/// image that just landed and writes `NAME.<plugin>.json` next to it;
+/// memdump writes into `NAME.memdump/` unless `cfg.dump_dir` says otherwise.
 pub fn analyze_and_store(
     image: &Path,
     plugins: &[String],
     profile: Option<&Path>,
     cfg: &AnalyzeConfig,
 ) -> anyhow::Result<(Analysis, Vec<PathBuf>)> {
-    let analysis = analyze_image(image, plugins, profile, cfg)?;
+    let mut cfg = cfg.clone();
+    if cfg.dump_dir.is_none() {
+        let name = image
+            .file_name()
+            .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
+        cfg.dump_dir = Some(image.with_file_name(format!("{name}.memdump")));
+    }
+    let analysis = analyze_image(image, plugins, profile, &cfg)?;
     let dir = image
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

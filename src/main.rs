@@ -295,16 +295,11 @@ async fn analyze_capture(image: &std::path::Path, args: &CaptureArgs) -> anyhow:
     let plugins = args.analyze.clone();
     let profile = args.profile.clone();
     let (analysis, written) = tokio::task::spawn_blocking(move || {
-        // memdump after a capture writes next to the image: NAME.memdump/.
-        let dump_dir = Some(image.with_file_name(format!(
-            "{}.memdump",
-            image.file_name().map_or_else(|| "image".into(), |n| n.to_string_lossy())
-        )));
         let config = AnalyzeConfig {
             threads: false,
             cache_dir: default_cache_dir(),
             pids: Vec::new(),
-            dump_dir,
+            dump_dir: None,
         };
         analyze_and_store(&image, &plugins, profile.as_deref(), &config)
     })
