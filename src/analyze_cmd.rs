@@ -557,7 +557,7 @@ pub fn render_table(plugin: &str, rows: &[Row]) -> String {
                 | "euid"
                 | "egid"
                 | "size"
-                | "start_time"
+                | "start_boottime_ns"
                 | "fd"
                 | "inode"
                 | "netns"

@@ -113,7 +113,19 @@ fn matches_volatility3() {
     assert!(k.banner.starts_with(b"Linux version 6.1.0-56-amd64"));
     let opts = Options { threads: false };
 
-    // pslist: same (pid, tid, ppid, comm) and the same task offsets.
+    // The boot time equals linux.boottime's, to the microsecond.
+    let boot = memimage::plugins::boot_time_ns(&k).expect("boot time from tk_core");
+    let vol_boot = vol(&dir, "boottime")[0]["Boot Time"]
+        .as_str()
+        .unwrap()
+        .replace("+00:00", "Z")
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_nanosecond();
+    assert!((boot - vol_boot).abs() < 1_000, "boot {boot} vs {vol_boot}");
+    let boot_fraction = boot.rem_euclid(1_000_000_000);
+
+    // pslist: same (pid, tid, ppid, comm), task offsets, ids and start times.
     let ours: BTreeSet<_> = run_plugin("pslist", &k, &Options { threads: true })
         .unwrap()
         .iter()
@@ -124,6 +136,9 @@ fn matches_volatility3() {
                 int(r, "ppid"),
                 s(r, "comm").unwrap(),
                 int(r, "offset") as u64 & 0xffff_ffff_ffff,
+                [int(r, "uid"), int(r, "gid"), int(r, "euid"), int(r, "egid")],
+                // Wall-clock start, from the kernel's boot time.
+                s(r, "start_time").unwrap(),
             )
         })
         .collect();
@@ -137,6 +152,11 @@ fn matches_volatility3() {
                 g("PPID"),
                 r["COMM"].as_str().unwrap().to_string(),
                 r["OFFSET (V)"].as_u64().unwrap(),
+                [g("UID"), g("GID"), g("EUID"), g("EGID")],
+                // Volatility 3 adds the start to the boot time's whole
+                // seconds only (its linux.boottime shows the fraction), so
+                // its creation times run early by that fraction: add it back.
+                shift(r["CREATION TIME"].as_str().unwrap(), boot_fraction),
             )
         })
         .collect();
@@ -434,4 +454,16 @@ fn maps_matches_volatility3_run_now() {
         assert_eq!(theirs.len(), 108);
         assert_eq!(ours, theirs);
     });
+}
+
+/// A Volatility 3 timestamp moved by `ns`, printed as mshot prints times.
+fn shift(time: &str, ns: i128) -> String {
+    let t = time
+        .replace("+00:00", "Z")
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_nanosecond();
+    // Both sides keep microseconds: round the shifted value the same way.
+    let shifted = jiff::Timestamp::from_nanosecond((t + ns) / 1_000 * 1_000).unwrap();
+    shifted.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
 }

@@ -73,6 +73,12 @@ pub enum PluginError {
     },
 }
 
+/// When the machine booted (ns since the Unix epoch), if the profile and
+/// image tell; process start times are measured from it.
+pub fn boot_time_ns(kernel: &Kernel<'_, '_>) -> Option<i128> {
+    tasks::boot_time_ns(kernel)
+}
+
 /// True when the plugin needs a located kernel (and so a profile).
 pub fn needs_kernel(name: &str) -> bool {
     name != "banner"

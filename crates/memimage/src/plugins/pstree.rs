@@ -3,13 +3,14 @@
 //! root; threads hang under their thread-group leader.
 
 use super::pslist::task_row;
-use super::tasks::all_tasks;
+use super::tasks::{all_tasks, boot_time_ns};
 use super::{Options, Row, Value};
 use crate::kernel::{Kernel, KernelError};
 use std::collections::{BTreeMap, HashSet};
 
 pub(crate) fn run(k: &Kernel<'_, '_>, opts: &Options) -> Result<Vec<Row>, KernelError> {
     let tasks = all_tasks(k, opts.threads)?;
+    let boot = boot_time_ns(k);
     // Key of a node: its tid; its parent key: leader's tgid for threads,
     // the parent's tgid for leaders.
     let keys: HashSet<i64> = tasks.iter().map(|t| t.tid).collect();
@@ -34,7 +35,7 @@ pub(crate) fn run(k: &Kernel<'_, '_>, opts: &Options) -> Result<Vec<Row>, Kernel
         if !visited.insert(i) {
             continue;
         }
-        let mut row = task_row(t);
+        let mut row = task_row(t, boot);
         row.fields.push(("depth", Value::Int(depth)));
         out.push(row);
         if let Some(kids) = children.get(&t.tid) {

@@ -105,6 +105,52 @@ pub(crate) fn read_task(k: &Kernel<'_, '_>, va: u64) -> Result<Task, KernelError
     })
 }
 
+/// When the machine booted, in nanoseconds since the Unix epoch: what the
+/// kernel's `getboottime64` computes, `offs_real - offs_boot` of
+/// `tk_core.timekeeper`. `None` when the profile lacks them or the value is
+/// implausible, so callers print no time rather than a wrong one.
+pub(crate) fn boot_time_ns(k: &Kernel<'_, '_>) -> Option<i128> {
+    let p = k.profile;
+    let tk_core = k.symbol("tk_core").ok()?;
+    // tk_core is `struct { seqcount_raw_spinlock_t seq; struct timekeeper
+    // timekeeper; }`: an unnamed type, so take the member's offset from the
+    // symbol's type when the profile has it, else the usual 8 (a 4-byte
+    // seqcount padded to the timekeeper's alignment; lockdep kernels differ
+    // and fail the plausibility check below instead of giving a wrong time).
+    let inner = p
+        .symbols
+        .get("tk_core")
+        .and_then(|s| match &s.ty {
+            Some(crate::profile::TypeRef::Struct(name)) => p.structs.get(name),
+            _ => None,
+        })
+        .and_then(|st| st.fields.get("timekeeper"))
+        .map_or(8, |f| f.offset);
+    let tk = tk_core.wrapping_add(inner);
+    let real = k.read_int(tk, "timekeeper", "offs_real").ok()?;
+    let boot = k.read_int(tk, "timekeeper", "offs_boot").ok()?;
+    let xtime_sec = k.read_int(tk, "timekeeper", "xtime_sec").ok()?;
+    let booted = real - boot;
+    // 2000-01-01 to 2200-01-01, and no later than the clock's last update.
+    const EARLIEST: i128 = 946_684_800 * 1_000_000_000;
+    const LATEST: i128 = 7_258_118_400 * 1_000_000_000;
+    let plausible = (EARLIEST..LATEST).contains(&booted) && xtime_sec * 1_000_000_000 >= booted;
+    plausible.then_some(booted)
+}
+
+/// `start_time` as Volatility 3 prints it (UTC, microseconds), given the
+/// boot time; `Null` when the boot time is unknown.
+pub(crate) fn wall_clock(boot_ns: Option<i128>, since_boot_ns: u64) -> super::Value {
+    let Some(boot) = boot_ns else {
+        return super::Value::Null;
+    };
+    let at = boot + i128::from(since_boot_ns);
+    match jiff::Timestamp::from_nanosecond(at) {
+        Ok(ts) => super::Value::Str(ts.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()),
+        Err(_) => super::Value::Null,
+    }
+}
+
 /// Thread-group leaders from `init_task.tasks` (init_task excluded).
 pub(crate) fn processes(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
     let off = k.profile.offset("task_struct", "tasks")?;

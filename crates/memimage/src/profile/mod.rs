@@ -61,7 +61,7 @@ pub enum Selection {
 }
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v2";
+const CACHE_VERSION: &str = "v3";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -111,9 +111,12 @@ impl Selection {
             "maple_node",
             "maple_range_64",
             "maple_arange_64",
+            // Boot time, for wall-clock process start times.
+            "timekeeper",
         ],
         symbols: &[
             "init_task",
+            "tk_core",
             "init_files",
             "linux_banner",
             "modules",
