@@ -309,18 +309,12 @@ async fn analyze(image: &Path, spec: &AnalyzeSpec) -> anyhow::Result<Vec<PathBuf
     let plugins = spec.plugins.clone();
     let profile = spec.profile.clone();
     let (_, written) = tokio::task::spawn_blocking(move || {
-        // memdump writes next to the image, as after a single capture: NAME.memdump/.
-        let dump_dir = Some(image.with_file_name(format!(
-            "{}.memdump",
-            image
-                .file_name()
-                .map_or_else(|| "image".into(), |n| n.to_string_lossy())
-        )));
         let config = AnalyzeConfig {
             threads: false,
             cache_dir: default_cache_dir(),
             pids: Vec::new(),
-            dump_dir,
+            // analyze_and_store puts memdump output beside the image (NAME.memdump/).
+            dump_dir: None,
         };
         analyze_and_store(&image, &plugins, profile.as_deref(), &config)
     })
