@@ -194,7 +194,16 @@ async fn run_host(host: HostPlan, context: HostContext) -> HostReport {
     let clock = Instant::now();
 
     match context.bench_source_port {
-        Some(port) => bench_host(&host.job, port, &progress, &mut report).await,
+        Some(port) => {
+            tokio::select! {
+                _ = bench_host(&host.job, port, &progress, &mut report) => {}
+                _ = context.cancel.cancelled() => {
+                    // No module, nothing on the target: stopping is all there is to do.
+                    report.status = Status::Failed;
+                    report.error = Some("interrupted by Ctrl-C".into());
+                }
+            }
+        }
         None => capture_host(&host.job, &progress, &context, &mut report).await,
     }
     if report.status == Status::Failed && context.cancel.is_cancelled() {

@@ -767,3 +767,72 @@ fn ctrl_c_stops_the_fleet_and_cleans_every_started_host() -> anyhow::Result<()> 
     assert!(stdout.contains("interrupted by Ctrl-C"), "{stdout}");
     Ok(())
 }
+
+#[test]
+fn sigterm_stops_a_fleet_like_ctrl_c() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    // A LiME-format source that sends one header and then stalls, so the
+    // first host is mid-stream when the signal comes.
+    let source = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let source_port = source.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in source.incoming().flatten() {
+            use std::io::Write;
+            let mut stream = stream;
+            let mut header = Vec::new();
+            header.extend_from_slice(&0x4C69_4D45u32.to_le_bytes());
+            header.extend_from_slice(&1u32.to_le_bytes());
+            header.extend_from_slice(&0x10_0000u64.to_le_bytes());
+            header.extend_from_slice(&0x1f_ffffu64.to_le_bytes());
+            header.extend_from_slice(&[0u8; 8]);
+            let _ = stream.write_all(&header);
+            held.push(stream);
+        }
+    });
+    let sshd = Sshd::builder().start()?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let key = KeyPair::generate(dir, "key", KeyType::Ed25519, None)?;
+    sshd.authorize(user::NOPW, &key)?;
+    let known_hosts = dir.join("known_hosts");
+    sshd.append_known_hosts(&known_hosts)?;
+    let config = format!(
+        "workers: 1\noutput_dir: out\ndefaults: {{username: {u}, key: {k}, known_hosts: {kh}, agent: false, port: {p}}}\nhosts:\n  - {{addr: 127.0.0.1, name: first, filename: first.lime}}\n  - {{addr: 127.0.0.1, name: second, filename: second.lime}}\n",
+        u = user::NOPW,
+        k = key.private.display(),
+        kh = known_hosts.display(),
+        p = sshd.port(),
+    );
+    std::fs::write(dir.join("fleet.yaml"), config)?;
+    let report_path = dir.join("report.json");
+    let mut child = mshot()
+        .arg("-c")
+        .arg(dir.join("fleet.yaml"))
+        .args(["--bench-source-port", &source_port.to_string()])
+        .arg("--report")
+        .arg(&report_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let part = dir.join("out/first.lime.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !part.exists() {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        assert!(child.try_wait()?.is_none(), "mshot ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output()?;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("interrupted: cleaning up"), "{stderr}");
+    let report = read_json(&report_path);
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(report_host(&report, "first")["status"], "interrupted");
+    assert_eq!(report_host(&report, "second")["status"], "not_started");
+    assert!(!part.exists(), "the partial image was left behind");
+    assert!(!dir.join("out/second.lime.part").exists());
+    Ok(())
+}
