@@ -25,6 +25,7 @@ pub mod profile;
 
 pub use profile::{Profile, ProfileError};
 pub mod kernel;
+pub mod material;
 
 pub use kernel::{Kernel, KernelError};
 pub mod plugins;

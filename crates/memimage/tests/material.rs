@@ -1,0 +1,324 @@
+//! Profiles built from capture-time material (BTF + kallsyms), checked
+//! against the dwarf2json ISF of the same kernel on the real Debian 6.1
+//! capture in `shared/fixtures` (skipped, with a message, when absent).
+//!
+//! The BTF is the kernel's own, cut out of the capture (the kernel keeps
+//! it in memory at `__start_BTF`; it is the same file as the guest's
+//! /sys/kernel/btf/vmlinux). kallsyms is what that boot would have
+//! printed: the ISF's link-time addresses plus the slide the image shows.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use memimage::material::{self, Material, MaterialError};
+use memimage::plugins::{Options, run_plugin};
+use memimage::profile::{Selection, TypeRef};
+use memimage::{Kernel, PhysicalMemory, Profile};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+const NAME: &str = "debian-6.1.0-56-amd64";
+const LIME_SIZE: u64 = 536_341_568;
+
+/// Every struct the plugins read (today's and netstat/maps/bash/envars').
+const ORACLE_TYPES: &[&str] = &[
+    "task_struct",
+    "list_head",
+    "mm_struct",
+    "cred",
+    "kuid_t",
+    "kgid_t",
+    "module",
+    "module_layout",
+    "signal_struct",
+    "files_struct",
+    "fdtable",
+    "file",
+    "path",
+    "dentry",
+    "qstr",
+    "inode",
+    "super_block",
+    "socket",
+    "socket_alloc",
+    "sock",
+    "sock_common",
+    "inet_sock",
+    "ipv6_pinfo",
+    "unix_sock",
+    "unix_address",
+    "sockaddr_un",
+    "vm_area_struct",
+    "maple_tree",
+    "maple_node",
+    "maple_range_64",
+    "maple_arange_64",
+    "nsproxy",
+    "net",
+    "ns_common",
+    "in6_addr",
+    "vfsmount",
+    "mount",
+];
+
+const ORACLE: Selection = Selection::Only {
+    types: ORACLE_TYPES,
+    symbols: &[
+        "init_task",
+        "init_files",
+        "linux_banner",
+        "modules",
+        "init_top_pgt",
+        "__start_BTF",
+        "_text",
+        "socket_file_ops",
+    ],
+    enums: &["mod_mem_type", "module_state"],
+};
+
+fn fixture_dir() -> PathBuf {
+    match std::env::var_os("MSHOT_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    }
+    .join(NAME)
+}
+
+/// Unpacks capture.lime.zst once into the target directory.
+fn capture() -> Option<(PathBuf, PathBuf)> {
+    let dir = fixture_dir();
+    let zst = dir.join("capture.lime.zst");
+    if !zst.exists() {
+        eprintln!("skipped: fixture not found at {}", dir.display());
+        return None;
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{NAME}.lime"));
+    if std::fs::metadata(&out).map(|m| m.len()).ok() != Some(LIME_SIZE) {
+        let tmp = out.with_extension(format!("partial{}", std::process::id()));
+        let st = std::process::Command::new("zstd")
+            .args(["-d", "-q", "-f", "--long=27", "-o"])
+            .arg(&tmp)
+            .arg(&zst)
+            .status();
+        match st {
+            Ok(s) if s.success() => std::fs::rename(&tmp, &out).unwrap(),
+            _ => {
+                eprintln!("skipped: `zstd -d` is unavailable for {}", zst.display());
+                return None;
+            }
+        }
+    }
+    Some((out, dir))
+}
+
+/// kallsyms text for `profile`'s symbols as a boot with `slide` prints them.
+fn kallsyms_for(profile: &Profile, slide: u64) -> String {
+    let mut s = String::new();
+    for (name, sym) in &profile.symbols {
+        let a = if sym.address >= 0xffff_ffff_8000_0000 {
+            sym.address.wrapping_add(slide)
+        } else {
+            sym.address
+        };
+        writeln!(s, "{a:016x} D {name}").unwrap();
+    }
+    s
+}
+
+/// Anonymous type names differ between producers; compare them as one.
+fn norm(t: &TypeRef) -> TypeRef {
+    match t {
+        TypeRef::Struct(n) if n.starts_with("unnamed") => TypeRef::Struct("<anon>".into()),
+        TypeRef::Enum(n) if n.starts_with("unnamed") => TypeRef::Enum("<anon>".into()),
+        TypeRef::Pointer(s) => TypeRef::Pointer(Box::new(norm(s))),
+        TypeRef::Array { count, elem } => TypeRef::Array {
+            count: *count,
+            elem: Box::new(norm(elem)),
+        },
+        TypeRef::Bitfield {
+            position,
+            length,
+            storage,
+        } => TypeRef::Bitfield {
+            position: *position,
+            length: *length,
+            storage: Box::new(norm(storage)),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Equal, or both name an anonymous type (dwarf2json names some anonymous
+/// enums that BTF reaches through a typedef, `socket_state`).
+fn same_type(a: &TypeRef, b: &TypeRef) -> bool {
+    let anon = |t: &TypeRef| norm(t) != *t;
+    norm(a) == norm(b)
+        || matches!((a, b), (TypeRef::Enum(_), TypeRef::Enum(_)) if anon(a) || anon(b))
+}
+
+struct Fixture {
+    image: memmap2::Mmap,
+    isf: Profile,
+    version: Vec<u8>,
+}
+
+fn fixture() -> Option<Fixture> {
+    let (lime, dir) = capture()?;
+    let bytes = std::fs::read(dir.join(format!("{NAME}.json.xz"))).unwrap();
+    let isf = Profile::load_with(&bytes, NAME, &ORACLE).unwrap();
+    let file = std::fs::File::open(&lime).unwrap();
+    let image = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    // /proc/version prints linux_banner without its NUL.
+    let mut version = isf.banner.clone().unwrap();
+    version.pop();
+    Some(Fixture {
+        image,
+        isf,
+        version,
+    })
+}
+
+#[test]
+fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
+    let Some(fx) = fixture() else { return };
+    let phys = PhysicalMemory::parse(&fx.image).unwrap();
+    let k_isf = Kernel::locate(&phys, &fx.isf).unwrap();
+
+    let t = std::time::Instant::now();
+    let btf = material::btf_from_image(&phys, &Material::default()).expect("BTF in the image");
+    eprintln!("BTF scan: {:?}, {} bytes", t.elapsed(), btf.len());
+    assert_eq!(btf.len(), 4_359_789, "same size as the guest's /sys/kernel/btf/vmlinux");
+
+    let kallsyms = kallsyms_for(&fx.isf, k_isf.aslr_shift);
+    let m = Material {
+        btf: Some(&btf),
+        kallsyms: Some(kallsyms.as_bytes()),
+        iomem: None,
+        version: Some(&fx.version),
+    };
+    let t = std::time::Instant::now();
+    let (p, derived) = m.profile("material", &ORACLE).unwrap();
+    eprintln!("profile from material: {:?}", t.elapsed());
+    assert_eq!(derived.slide, k_isf.aslr_shift);
+
+    // Layouts: sizes and every field's offset and type, struct by struct.
+    let mut diffs = String::new();
+    for name in ORACLE_TYPES {
+        let (Some(a), Some(b)) = (fx.isf.structs.get(*name), p.structs.get(*name)) else {
+            writeln!(
+                diffs,
+                "{name}: in ISF {}, in BTF {}",
+                fx.isf.structs.contains_key(*name),
+                p.structs.contains_key(*name)
+            )
+            .unwrap();
+            continue;
+        };
+        if a.size != b.size {
+            writeln!(diffs, "{name}: size {} vs {}", a.size, b.size).unwrap();
+        }
+        for (f, fa) in &a.fields {
+            match b.fields.get(f) {
+                None => writeln!(diffs, "{name}.{f}: missing from BTF").unwrap(),
+                Some(fb) if fa.offset != fb.offset || !same_type(&fa.ty, &fb.ty) => writeln!(
+                    diffs,
+                    "{name}.{f}: ISF {} {:?} vs BTF {} {:?}",
+                    fa.offset, fa.ty, fb.offset, fb.ty
+                )
+                .unwrap(),
+                Some(_) => {}
+            }
+        }
+        for f in b.fields.keys() {
+            if !a.fields.contains_key(f) {
+                writeln!(diffs, "{name}.{f}: only in BTF").unwrap();
+            }
+        }
+    }
+    assert!(diffs.is_empty(), "BTF layouts differ from the ISF:\n{diffs}");
+    assert_eq!(p.enums, fx.isf.enums);
+    assert_eq!(p.banner, fx.isf.banner);
+
+    // Same kernel found, material agrees with the image, same plugin rows.
+    let k = Kernel::locate(&phys, &p).unwrap();
+    assert_eq!((k.aslr_shift, k.phys_shift), (k_isf.aslr_shift, k_isf.phys_shift));
+    let v = material::verify(&k, &derived, &btf);
+    assert!(v.same_boot && v.notes.is_empty(), "{v:?}");
+    assert_eq!(v.btf_matches, Some(true));
+    for plugin in ["pslist", "pstree", "psaux", "lsmod"] {
+        let opts = Options { threads: true };
+        assert_eq!(
+            run_plugin(plugin, &k, &opts).unwrap(),
+            run_plugin(plugin, &k_isf, &opts).unwrap(),
+            "{plugin}"
+        );
+    }
+
+    // The hinted read (kallsyms + iomem) finds the same BTF without a scan.
+    let code = 0x100_0000u64.wrapping_add(k.phys_shift);
+    let iomem = format!("  {code:08x}-{:08x} : Kernel code\n", code + 0x100_0000);
+    let m2 = Material {
+        iomem: Some(iomem.as_bytes()),
+        ..m
+    };
+    assert_eq!(material::btf_from_image(&phys, &m2).as_deref(), Some(&btf[..]));
+    let (_, d2) = m2.profile("material", &ORACLE).unwrap();
+    assert!(material::verify(&k, &d2, &btf).same_boot);
+}
+
+#[test]
+fn stale_or_broken_material_is_reported() {
+    let Some(fx) = fixture() else { return };
+    let phys = PhysicalMemory::parse(&fx.image).unwrap();
+    let k_isf = Kernel::locate(&phys, &fx.isf).unwrap();
+    let btf = material::btf_from_image(&phys, &Material::default()).unwrap();
+
+    // kallsyms of another boot: the slide differs by 2 MiB.
+    let other = kallsyms_for(&fx.isf, k_isf.aslr_shift + 0x20_0000);
+    let m = Material {
+        btf: Some(&btf),
+        kallsyms: Some(other.as_bytes()),
+        iomem: Some(b"  01000000-01ffffff : Kernel code\n"),
+        version: Some(&fx.version),
+    };
+    let (p, derived) = m.profile("material", &ORACLE).unwrap();
+    let k = Kernel::locate(&phys, &p).unwrap();
+    let v = material::verify(&k, &derived, &btf);
+    assert!(!v.same_boot);
+    assert!(
+        v.notes.iter().any(|n| n.contains("kallsyms is from another boot")),
+        "{v:?}"
+    );
+    assert!(v.notes.iter().any(|n| n.contains("iomem is from another boot")));
+    // Link-time addresses do not depend on the boot: the rows are the same.
+    let opts = Options { threads: false };
+    assert_eq!(
+        run_plugin("pstree", &k, &opts).unwrap(),
+        run_plugin("pstree", &k_isf, &opts).unwrap()
+    );
+
+    // Truncated BTF: a named error, and the image's own copy replaces it.
+    let m = Material {
+        btf: Some(&btf[..btf.len() / 2]),
+        ..m
+    };
+    let e = m.profile("material", &ORACLE).unwrap_err();
+    assert!(matches!(e, MaterialError::Btf(_)), "{e}");
+    assert!(e.to_string().contains("truncated BTF"), "{e}");
+    let own = material::btf_from_image(&phys, &m).unwrap();
+    let (p, _) = m.profile_with_btf(&own, "material", &ORACLE).unwrap();
+    assert!(Kernel::locate(&phys, &p).is_ok());
+
+    // Material of another kernel: the banner is not in the image.
+    let m = Material {
+        btf: Some(&btf),
+        version: Some(b"Linux version 6.1.0-99-amd64 (x@y) (gcc) #1 SMP\n"),
+        ..m
+    };
+    let (p, _) = m.profile("material", &ORACLE).unwrap();
+    let e = Kernel::locate(&phys, &p).unwrap_err().to_string();
+    assert!(e.contains("another kernel") || e.contains("not located"), "{e}");
+}
