@@ -165,19 +165,46 @@ pub fn analyze_image(
         threads: cfg.threads,
     };
     let needs_kernel = names.iter().any(|n| plugins::needs_kernel(n));
-    let profiles = match (needs_kernel, profile) {
-        (false, _) => Vec::new(),
-        (true, None) => bail!(
-            "plugins {} need a kernel profile: pass --profile FILE|DIR (a Volatility 3 ISF or Rekall profile)",
-            names.join(",")
-        ),
-        (true, Some(p)) => load_profiles(p, cfg.cache_dir.as_deref())?,
+    // Without --profile: the capture's own material (NAME.material/).
+    let mut material = None;
+    let fallback = std::env::var_os("MSHOT_PROFILES").map(PathBuf::from);
+    let profile = profile.map(Path::to_path_buf);
+    let (profiles, profile) = match (needs_kernel, profile) {
+        (false, p) => (Vec::new(), p),
+        (true, None) => match crate::material::load_for_image(
+            image,
+            &phys,
+            &memimage::profile::Selection::PLUGINS,
+        ) {
+            Ok((p, m)) => {
+                eprintln!("mshot: {}", m.summary);
+                material = Some(m);
+                (vec![p], None)
+            }
+            Err(e) => match fallback {
+                Some(dir) => {
+                    eprintln!(
+                        "mshot: note: {e:#}; using the profiles in {} (MSHOT_PROFILES)",
+                        dir.display()
+                    );
+                    (load_profiles(&dir, cfg.cache_dir.as_deref())?, Some(dir))
+                }
+                None => return Err(e),
+            },
+        },
+        (true, Some(p)) => (load_profiles(&p, cfg.cache_dir.as_deref())?, Some(p)),
     };
     let kernel = if needs_kernel {
-        Some(pick_kernel(&phys, &profiles, profile)?)
+        Some(pick_kernel(&phys, &profiles, profile.as_deref())?)
     } else {
         None
     };
+    if let (Some(m), Some(k)) = (material.as_mut(), &kernel) {
+        m.check_kernel(k);
+        for n in &m.notes {
+            eprintln!("mshot: note: {n}");
+        }
+    }
     let mut results = Vec::new();
     for n in names {
         let rows = match (&kernel, cfg.dump_dir.as_deref()) {

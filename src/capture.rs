@@ -84,6 +84,7 @@ struct Facts {
     expected_ranges: Vec<PhysRange>,
     remote_module_path: String,
     lime_arguments: String,
+    material: Option<crate::material::Fetched>,
 }
 
 pub struct Received {
@@ -181,6 +182,7 @@ pub async fn capture(
             .map(manifest::RangeRecord::from)
             .collect(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
+        material: crate::material::finish(facts.material.take(), image_path.as_deref()),
         cleanup: cleanup.clone(),
         audit: audit.entries(),
     };
@@ -263,6 +265,11 @@ async fn run(
     let expected = remote::parse_iomem_system_ram(&iomem.stdout_text())?;
     facts.expected_ranges = expected.clone();
     let expected_bytes = remote::lime_image_size(&expected);
+
+    // Profile material (BTF, kallsyms...) for analysis without a profile;
+    // read before LiME loads, stored beside the image once it lands.
+    progress.phase("fetching profile material");
+    facts.material = Some(crate::material::fetch(&shell).await);
 
     let sockets = shell.run_plain(commands::TCP_SOCKETS).await?;
     let used = remote::used_ports(&remote::parse_proc_net_tcp(&sockets.stdout_text()));

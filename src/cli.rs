@@ -30,6 +30,8 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Analyse a memory image offline: mshot analyze IMAGE pstree [psaux ...] [--profile PATH].
     Analyze(crate::analyze_cmd::AnalyzeArgs),
+    /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
+    Profile(crate::profile_cmd::ProfileArgs),
     /// Benchmark aid: stream a LiME-format TCP source on the target (HOST:PORT as the
     /// target sees it) through the capture path into --output-dir/--filename.
     #[command(hide = true)]

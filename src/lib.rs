@@ -12,6 +12,8 @@ pub mod config;
 pub mod fleet;
 pub mod lime_stream;
 pub mod manifest;
+pub mod material;
+pub mod profile_cmd;
 pub mod progress;
 pub mod remote;
 pub mod sanitize;

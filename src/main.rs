@@ -27,6 +27,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Profile(args)) => {
+            return match mshot::profile_cmd::run(args) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("mshot: {e:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            };
+        }
         Some(Command::Capture(args)) => (args.clone(), None),
         Some(Command::BenchReceive {
             capture,

@@ -30,6 +30,8 @@ pub struct Manifest {
     /// System RAM ranges from the target's /proc/iomem.
     pub expected_ranges: Vec<RangeRecord>,
     pub error: Option<String>,
+    /// Capture-time profile material (`NAME.material/`) with its hashes.
+    pub material: Option<crate::material::MaterialRecord>,
     pub cleanup: CleanupReport,
     pub audit: Vec<AuditEntry>,
 }

@@ -49,6 +49,11 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("__pgtable_l5_enabled", "unsigned int"),
 ];
 
+/// Variables whose type is an anonymous struct, found by its member names
+/// (`static struct { seqcount_raw_spinlock_t seq; struct timekeeper
+/// timekeeper; } tk_core`, which Volatility reads for boot time).
+const ANONYMOUS_SYMBOL_TYPES: &[(&str, &[&str])] = &[("tk_core", &["seq", "timekeeper"])];
+
 const MAX_DEPTH: u32 = 64;
 
 pub(super) struct Converter<'b, 'a> {
@@ -403,6 +408,14 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             }
         } else if let Some(t) = var_types.get(name) {
             s.insert("type".into(), conv.desc(*t, 0));
+        } else if let Some((_, shape)) = ANONYMOUS_SYMBOL_TYPES.iter().find(|(n, _)| *n == name)
+            && let Some((id, _)) = btf.iter().find(|(_, k)| {
+                matches!(k, Kind::Struct { name, members, .. } if name.is_empty()
+                    && members.iter().map(|m| m.name).eq(shape.iter().copied()))
+            })
+            && users.contains_key(&conv.name(id))
+        {
+            s.insert("type".into(), json!({"kind": "struct", "name": conv.name(id)}));
         }
         symbols.insert(name.to_string(), Value::Object(s));
     }

@@ -226,5 +226,35 @@ pub fn btf_from_image(phys: &PhysicalMemory<'_>, material: &Material<'_>) -> Opt
     best
 }
 
+/// How an exported profile file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Plain,
+    Xz,
+    Gzip,
+}
+
+/// Compresses an exported profile (xz preset 6, as dwarf2json users do;
+/// gzip level 6).
+pub fn compress(data: &[u8], codec: Codec) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    match codec {
+        Codec::Plain => Ok(data.to_vec()),
+        Codec::Xz => {
+            let mut e = liblzma::write::XzEncoder::new(Vec::with_capacity(data.len() / 8), 6);
+            e.write_all(data)?;
+            e.finish()
+        }
+        Codec::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 6),
+                flate2::Compression::new(6),
+            );
+            e.write_all(data)?;
+            e.finish()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,144 @@
+//! `mshot profile export`: the profile built from a capture's material,
+//! written as a Volatility 3 ISF (or a Rekall profile), so the capture can
+//! also be opened with those tools.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use memimage::material::{Codec, compress};
+use memimage::profile::Selection;
+use memimage::{PhysicalMemory, Profile};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    pub command: ProfileCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ProfileCommand {
+    /// Write the profile built from a capture's material (BTF + kallsyms):
+    /// mshot profile export IMAGE_OR_MATERIAL_DIR -o FILE.json.xz
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Volatility 3 Intermediate Symbol Format (6.2.0).
+    Isf,
+    /// Rekall JSON profile.
+    Rekall,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// A memory image with its NAME.material/ directory beside it, or that directory.
+    pub input: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "isf")]
+    pub format: ExportFormat,
+    /// Output file; .json.xz and .json.gz are compressed, anything else is plain JSON.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
+    match &args.command {
+        ProfileCommand::Export(a) => export(a),
+    }
+}
+
+fn codec_for(path: &Path) -> Codec {
+    let name = path.to_string_lossy();
+    if name.ends_with(".xz") {
+        Codec::Xz
+    } else if name.ends_with(".gz") {
+        Codec::Gzip
+    } else {
+        Codec::Plain
+    }
+}
+
+fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    if args.output.exists() && !args.force {
+        bail!(
+            "{} already exists: choose another -o, or pass --force to replace it",
+            args.output.display()
+        );
+    }
+    let (dir, image) = if args.input.is_dir() {
+        (args.input.clone(), None)
+    } else if args.input.is_file() {
+        (crate::material::dir_for(&args.input), Some(&args.input))
+    } else {
+        bail!(
+            "{} does not exist: expected a memory image or its NAME.material directory",
+            args.input.display()
+        );
+    };
+    if !dir.is_dir() {
+        bail!(
+            "no capture material at {}: only images captured by mshot from a target with /sys/kernel/btf/vmlinux carry one",
+            dir.display()
+        );
+    }
+    // With the image, the BTF is checked against (or taken from) its kernel.
+    let map = match image {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("opening image {}", path.display()))?;
+            // SAFETY: read-only map of a finished capture file.
+            Some(
+                unsafe { memmap2::Mmap::map(&file) }
+                    .with_context(|| format!("mapping image {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let phys = match &map {
+        Some(m) => Some(PhysicalMemory::parse(m).context("reading the image")?),
+        None => None,
+    };
+    let (doc, summary, notes) = crate::material::isf_for(&dir, phys.as_ref())?;
+    eprintln!("mshot: {summary}");
+    for n in &notes {
+        eprintln!("mshot: note: {n}");
+    }
+    let json = match args.format {
+        ExportFormat::Isf => serde_json::to_vec(&doc)?,
+        ExportFormat::Rekall => {
+            let bytes = serde_json::to_vec(&doc)?;
+            let p = Profile::load_with(&bytes, "material", &Selection::All)?;
+            serde_json::to_vec(&p.to_rekall_json())?
+        }
+    };
+    let data = compress(&json, codec_for(&args.output)).context("compressing the profile")?;
+    let mut tmp = args.output.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), args.output.display()))?;
+    eprintln!(
+        "mshot: wrote {} ({} bytes, {} uncompressed)",
+        args.output.display(),
+        data.len(),
+        json.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_by_extension() {
+        assert_eq!(codec_for(Path::new("a.json.xz")), Codec::Xz);
+        assert_eq!(codec_for(Path::new("a.json.gz")), Codec::Gzip);
+        assert_eq!(codec_for(Path::new("a.json")), Codec::Plain);
+    }
+}
