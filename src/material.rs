@@ -389,17 +389,22 @@ fn build<T>(
             },
         ),
         (Some(problem), Some(img), _) => {
-            notes.push(format!("{problem}: using the kernel's own BTF from the image"));
+            notes.push(format!(
+                "{problem}: using the kernel's own BTF from the image"
+            ));
             (img.as_slice(), "BTF from the image".into())
         }
         (Some(problem), None, _) => bail!(
             "{problem}, and the image holds no BTF of its own{}; pass --profile FILE|DIR",
-            if phys.is_none() { " (no image given)" } else { "" }
+            if phys.is_none() {
+                " (no image given)"
+            } else {
+                ""
+            }
         ),
         (None, _, None) => bail!("{d} has no vmlinux.btf; pass --profile FILE|DIR"),
     };
-    let (out, derived) = make(&m, btf)
-        .with_context(|| format!("capture material {d}"))?;
+    let (out, derived) = make(&m, btf).with_context(|| format!("capture material {d}"))?;
     let summary = format!(
         "profile from capture material {d}: {} BTF types ({source}), {} kallsyms symbols",
         derived.btf_types, derived.symbols
@@ -446,18 +451,29 @@ mod tests {
         assert!(!tmp.path().join("h.material.part").exists());
         // A second capture under the same name does not overwrite it.
         let rec = finish(Some(fetched()), Some(&image)).unwrap();
-        assert!(rec.missing.iter().any(|m| m.error.contains("already exists")));
+        assert!(
+            rec.missing
+                .iter()
+                .any(|m| m.error.contains("already exists"))
+        );
         // Damage is noticed on reading.
         std::fs::write(dir.join("version"), b"v2\n").unwrap();
         let disk = read_dir(&dir).unwrap();
         assert!(disk.files.is_empty());
-        assert!(disk.notes[0].contains("changed since the capture"), "{:?}", disk.notes);
+        assert!(
+            disk.notes[0].contains("changed since the capture"),
+            "{:?}",
+            disk.notes
+        );
         // No material: the error names the directory and --profile.
         let e = build(&disk, None, |_, _| -> anyhow::Result<((), Derived)> {
             unreachable!()
         })
         .unwrap_err()
         .to_string();
-        assert!(e.contains("no usable kallsyms") && e.contains("--profile"), "{e}");
+        assert!(
+            e.contains("no usable kallsyms") && e.contains("--profile"),
+            "{e}"
+        );
     }
 }

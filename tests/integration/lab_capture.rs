@@ -16,18 +16,18 @@ const CAPTURE_PORT: u16 = 2240;
 const INTERRUPT_PORT: u16 = 2241;
 const DROP_PORT: u16 = 2242;
 
-struct Lab {
-    dir: PathBuf,
+pub(crate) struct Lab {
+    pub(crate) dir: PathBuf,
 }
 
 impl Lab {
-    fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.join("id_ed25519")
     }
-    fn module(&self) -> PathBuf {
+    pub(crate) fn module(&self) -> PathBuf {
         self.dir.join("lime.ko")
     }
-    fn release(&self) -> String {
+    pub(crate) fn release(&self) -> String {
         std::fs::read_to_string(self.dir.join("release"))
             .unwrap()
             .trim()
@@ -45,7 +45,7 @@ impl Lab {
 }
 
 /// A running guest; stopped on drop.
-struct Guest {
+pub(crate) struct Guest {
     dir: PathBuf,
     port: u16,
 }
@@ -75,17 +75,17 @@ impl Drop for Guest {
 
 /// A guest in a namespace that only a jump host (a real sshd beside it) reaches.
 /// Fields drop in order: guest, then sshd, then the namespace.
-struct Setup {
+pub(crate) struct Setup {
     guest: Guest,
     jump: Sshd,
     jump_key: KeyPair,
     known_hosts: PathBuf,
-    lab: Lab,
+    pub(crate) lab: Lab,
     _ns: NetNs,
 }
 
 impl Setup {
-    fn start(port: u16) -> anyhow::Result<Setup> {
+    pub(crate) fn start(port: u16) -> anyhow::Result<Setup> {
         let lab = Lab {
             dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
         };
@@ -119,7 +119,7 @@ impl Setup {
     }
 
     /// Runs a command on the guest with the OpenSSH client, through the jump host.
-    fn ssh(&self, command: &str) -> String {
+    pub(crate) fn ssh(&self, command: &str) -> String {
         guest_ssh(
             &self.lab,
             &self.jump,
@@ -131,7 +131,7 @@ impl Setup {
 
     /// No lime module loaded and the module's temp dir (from the manifest) gone,
     /// checked with the OpenSSH client rather than trusting mshot's own report.
-    fn assert_target_clean(&self, manifest: &serde_json::Value) {
+    pub(crate) fn assert_target_clean(&self, manifest: &serde_json::Value) {
         let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
             .parent()
             .unwrap()
@@ -148,7 +148,7 @@ impl Setup {
     }
 
     /// mshot's command line for capturing the guest into `out_dir/guest.lime`.
-    fn mshot(&self, out_dir: &Path) -> Command {
+    pub(crate) fn mshot(&self, out_dir: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
         cmd.args([
             "--server",

@@ -2,5 +2,6 @@
 mod fleet;
 mod harness_smoke;
 mod lab_capture;
+mod lab_material;
 mod ssh_capture;
 mod support;

@@ -190,7 +190,11 @@ fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
     let t = std::time::Instant::now();
     let btf = material::btf_from_image(&phys, &Material::default()).expect("BTF in the image");
     eprintln!("BTF scan: {:?}, {} bytes", t.elapsed(), btf.len());
-    assert_eq!(btf.len(), 4_359_789, "same size as the guest's /sys/kernel/btf/vmlinux");
+    assert_eq!(
+        btf.len(),
+        4_359_789,
+        "same size as the guest's /sys/kernel/btf/vmlinux"
+    );
 
     let kallsyms = kallsyms_for(&fx.isf, k_isf.aslr_shift);
     let m = Material {
@@ -238,13 +242,19 @@ fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
             }
         }
     }
-    assert!(diffs.is_empty(), "BTF layouts differ from the ISF:\n{diffs}");
+    assert!(
+        diffs.is_empty(),
+        "BTF layouts differ from the ISF:\n{diffs}"
+    );
     assert_eq!(p.enums, fx.isf.enums);
     assert_eq!(p.banner, fx.isf.banner);
 
     // Same kernel found, material agrees with the image, same plugin rows.
     let k = Kernel::locate(&phys, &p).unwrap();
-    assert_eq!((k.aslr_shift, k.phys_shift), (k_isf.aslr_shift, k_isf.phys_shift));
+    assert_eq!(
+        (k.aslr_shift, k.phys_shift),
+        (k_isf.aslr_shift, k_isf.phys_shift)
+    );
     let v = material::verify(&k, &derived, &btf);
     assert!(v.same_boot && v.notes.is_empty(), "{v:?}");
     assert_eq!(v.btf_matches, Some(true));
@@ -264,7 +274,10 @@ fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
         iomem: Some(iomem.as_bytes()),
         ..m
     };
-    assert_eq!(material::btf_from_image(&phys, &m2).as_deref(), Some(&btf[..]));
+    assert_eq!(
+        material::btf_from_image(&phys, &m2).as_deref(),
+        Some(&btf[..])
+    );
     let (_, d2) = m2.profile("material", &ORACLE).unwrap();
     assert!(material::verify(&k, &d2, &btf).same_boot);
 }
@@ -289,10 +302,16 @@ fn stale_or_broken_material_is_reported() {
     let v = material::verify(&k, &derived, &btf);
     assert!(!v.same_boot);
     assert!(
-        v.notes.iter().any(|n| n.contains("kallsyms is from another boot")),
+        v.notes
+            .iter()
+            .any(|n| n.contains("kallsyms is from another boot")),
         "{v:?}"
     );
-    assert!(v.notes.iter().any(|n| n.contains("iomem is from another boot")));
+    assert!(
+        v.notes
+            .iter()
+            .any(|n| n.contains("iomem is from another boot"))
+    );
     // Link-time addresses do not depend on the boot: the rows are the same.
     let opts = Options { threads: false };
     assert_eq!(
@@ -320,5 +339,8 @@ fn stale_or_broken_material_is_reported() {
     };
     let (p, _) = m.profile("material", &ORACLE).unwrap();
     let e = Kernel::locate(&phys, &p).unwrap_err().to_string();
-    assert!(e.contains("another kernel") || e.contains("not located"), "{e}");
+    assert!(
+        e.contains("another kernel") || e.contains("not located"),
+        "{e}"
+    );
 }

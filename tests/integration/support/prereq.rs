@@ -30,6 +30,8 @@ pub enum Need {
     Python3,
     /// `MSHOT_LAB_DIR` names an existing directory (the QEMU lab's build).
     LabDir,
+    /// Volatility 3's `vol` (see [`volatility`]), installed by `tests/run`.
+    Volatility,
 }
 
 impl Need {
@@ -48,6 +50,9 @@ impl Need {
             Need::Python3 => find_program("python3")
                 .is_none()
                 .then(|| "python3 is not on PATH".to_string()),
+            Need::Volatility => volatility().is_none().then(|| {
+                "Volatility 3 not found: set MSHOT_VOL, or install it into $MSHOT_TOOLS_DIR/vol3 (tests/run does)".to_string()
+            }),
             Need::LabDir => match std::env::var_os("MSHOT_LAB_DIR") {
                 None => Some(
                     "MSHOT_LAB_DIR is not set (tests/run builds the lab and sets it)".to_string(),
@@ -60,6 +65,20 @@ impl Need {
             },
         }
     }
+}
+
+/// Volatility 3's `vol`: `MSHOT_VOL`, else `$MSHOT_TOOLS_DIR/vol3/bin/vol`
+/// (default tools dir `~/.cache/mshot-tools`, where `tests/run` installs it).
+pub fn volatility() -> Option<std::path::PathBuf> {
+    if let Some(v) = std::env::var_os("MSHOT_VOL") {
+        return Some(std::path::PathBuf::from(v)).filter(|p| p.is_file());
+    }
+    let tools = std::env::var_os("MSHOT_TOOLS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/mshot-tools"))
+        })?;
+    Some(tools.join("vol3/bin/vol")).filter(|p| p.is_file())
 }
 
 /// Whether `MSHOT_REQUIRE_ALL=1`: a missing prerequisite fails the test.

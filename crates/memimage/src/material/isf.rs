@@ -78,7 +78,9 @@ impl<'b, 'a> Converter<'b, 'a> {
         let mut names = HashMap::new();
         for (id, k) in btf.iter() {
             let (name, kind) = match k {
-                Kind::Struct { name, union, .. } => (*name, if *union { "union" } else { "struct" }),
+                Kind::Struct { name, union, .. } => {
+                    (*name, if *union { "union" } else { "struct" })
+                }
                 Kind::Enum { name, .. } => (*name, "enum"),
                 _ => continue,
             };
@@ -288,7 +290,16 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
         "void".into(),
         json!({"size": 0, "signed": false, "kind": "void", "endian": "little"}),
     );
-    for (size, signed) in [(1, false), (1, true), (2, false), (2, true), (4, false), (4, true), (8, false), (8, true)] {
+    for (size, signed) in [
+        (1, false),
+        (1, true),
+        (2, false),
+        (2, true),
+        (4, false),
+        (4, true),
+        (8, false),
+        (8, true),
+    ] {
         base.entry(enum_base(size, signed).to_string())
             .or_insert_with(|| json!({"size": size, "signed": signed, "kind": if size == 1 { "char" } else { "int" }, "endian": "little"}));
     }
@@ -361,11 +372,18 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             ..
         } = k
         {
-            let constants: Map<String, Value> =
-                values.iter().map(|(c, v)| (c.to_string(), json!(v))).collect();
-            let e = json!({"size": size, "base": enum_base(*size, *signed), "constants": constants});
+            let constants: Map<String, Value> = values
+                .iter()
+                .map(|(c, v)| (c.to_string(), json!(v)))
+                .collect();
+            let e =
+                json!({"size": size, "base": enum_base(*size, *signed), "constants": constants});
             let n = conv.name(id);
-            let aliases = conv.aliases.iter().filter(|(_, t)| **t == id).map(|(a, _)| a.clone());
+            let aliases = conv
+                .aliases
+                .iter()
+                .filter(|(_, t)| **t == id)
+                .map(|(a, _)| a.clone());
             for n in std::iter::once(n).chain(aliases) {
                 if sel.keeps_enum(&n) && !enums.contains_key(&n) {
                     enums.insert(n, e.clone());
@@ -415,7 +433,10 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             })
             && users.contains_key(&conv.name(id))
         {
-            s.insert("type".into(), json!({"kind": "struct", "name": conv.name(id)}));
+            s.insert(
+                "type".into(),
+                json!({"kind": "struct", "name": conv.name(id)}),
+            );
         }
         symbols.insert(name.to_string(), Value::Object(s));
     }

@@ -45,7 +45,9 @@ impl<'a> Kallsyms<'a> {
             if line.is_empty() {
                 continue;
             }
-            let mut it = line.split(|&b| b == b' ' || b == b'\t').filter(|f| !f.is_empty());
+            let mut it = line
+                .split(|&b| b == b' ' || b == b'\t')
+                .filter(|f| !f.is_empty());
             let (Some(addr), Some(_ty), Some(name)) = (it.next(), it.next(), it.next()) else {
                 first_bad.get_or_insert(line);
                 continue;

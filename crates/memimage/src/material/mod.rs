@@ -118,7 +118,11 @@ impl<'a> Material<'a> {
     }
 
     /// A profile for analysis (only what `sel` keeps), plus derived facts.
-    pub fn profile(&self, name: &str, sel: &Selection) -> Result<(Profile, Derived), MaterialError> {
+    pub fn profile(
+        &self,
+        name: &str,
+        sel: &Selection,
+    ) -> Result<(Profile, Derived), MaterialError> {
         self.profile_with_btf(self.btf.ok_or(MaterialError::NoBtf)?, name, sel)
     }
 

@@ -120,7 +120,10 @@ fn builds_a_profile_from_btf_and_kallsyms() {
         doc["user_types"]["mm_struct"]["fields"]["uid"]["type"]["name"],
         "kuid_t"
     );
-    assert_eq!(doc["symbols"]["init_task"]["address"], 0xffff_ffff_82a1_aa40u64);
+    assert_eq!(
+        doc["symbols"]["init_task"]["address"],
+        0xffff_ffff_82a1_aa40u64
+    );
     assert_eq!(doc["symbols"]["init_task"]["type"]["name"], "task_struct");
     assert_eq!(doc["symbols"]["runqueues"]["address"], 0x31c40);
     assert_eq!(doc["base_types"]["char"]["kind"], "char");
@@ -148,14 +151,20 @@ fn bad_material_is_named() {
         ..Material::default()
     };
     let e = m.isf(&Selection::All).unwrap_err();
-    assert!(matches!(e, MaterialError::Btf(BtfError::Truncated { .. })), "{e}");
+    assert!(
+        matches!(e, MaterialError::Btf(BtfError::Truncated { .. })),
+        "{e}"
+    );
     assert!(e.to_string().contains("truncated BTF"), "{e}");
     let m = Material {
         btf: Some(&btf),
         kallsyms: None,
         ..Material::default()
     };
-    assert_eq!(m.isf(&Selection::All).unwrap_err(), MaterialError::NoKallsyms);
+    assert_eq!(
+        m.isf(&Selection::All).unwrap_err(),
+        MaterialError::NoKallsyms
+    );
     let m = Material {
         btf: None,
         kallsyms: Some(KALLSYMS),

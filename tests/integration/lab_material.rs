@@ -1,0 +1,374 @@
+//! Zero-preparation analysis on a real kernel: capture the lab guest (through
+//! a jump host, as lab_capture does), then analyse the image with no profile
+//! from the material the capture stored beside it, export that material as a
+//! Volatility 3 ISF and check Volatility 3 reads the image the same way; and
+//! damaged or stale material is reported, with the fallback it took.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use crate::lab_capture::Setup;
+use crate::support::{self, Need, prereq};
+
+/// The guest's sshd port (this helper's range is 2285-2289).
+const MATERIAL_PORT: u16 = 2286;
+
+fn mshot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    c.env_remove("MSHOT_PROFILES");
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `mshot analyze IMAGE PLUGIN --format json` with no profile: (rows, stderr).
+fn analyze(image: &Path, plugin: &str, extra: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let out = mshot()
+        .arg("analyze")
+        .arg(image)
+        .args([plugin, "--format", "json", "--no-cache"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "analyze {plugin}: {stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    (doc[plugin].as_array().unwrap().clone(), stderr)
+}
+
+fn fixture_isf() -> Option<PathBuf> {
+    let dir = std::env::var_os("MSHOT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    let f = dir.join("debian-6.1.0-56-amd64/debian-6.1.0-56-amd64.json.xz");
+    f.is_file().then_some(f)
+}
+
+/// A second name for the image (a hard link) with its own material directory,
+/// to damage the material without touching the original.
+fn variant(image: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let dir = image.parent().unwrap();
+    let img = dir.join(format!("{name}.lime"));
+    std::fs::hard_link(image, &img).unwrap();
+    let mat = dir.join(format!("{name}.material"));
+    std::fs::create_dir(&mat).unwrap();
+    for e in std::fs::read_dir(dir.join("guest.material")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), mat.join(e.file_name())).unwrap();
+    }
+    (img, mat)
+}
+
+fn tree(rows: &[serde_json::Value]) -> BTreeSet<(i64, i64, String)> {
+    rows.iter()
+        .map(|r| {
+            (
+                r["pid"].as_i64().unwrap(),
+                r["ppid"].as_i64().unwrap(),
+                r["comm"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start(MATERIAL_PORT)?;
+    let version = setup.ssh("cat /proc/version");
+    let out_dir = tempfile::tempdir()?;
+    let output = setup.mshot(out_dir.path()).output()?;
+    assert!(output.status.success(), "mshot failed: {}", text(&output).1);
+    let image = out_dir.path().join("guest.lime");
+
+    // The material is beside the image, and the manifest hashes every file.
+    let material = out_dir.path().join("guest.material");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    assert_eq!(manifest["material"]["dir"], "guest.material");
+    let files = manifest["material"]["files"].as_array().unwrap();
+    let names: BTreeSet<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for want in [
+        "vmlinux.btf",
+        "kallsyms",
+        "iomem",
+        "version",
+        "uname",
+        "cmdline",
+    ] {
+        assert!(names.contains(want), "{want} missing: {names:?}");
+    }
+    for f in files {
+        let bytes = std::fs::read(material.join(f["name"].as_str().unwrap()))?;
+        assert_eq!(f["sha256"], hex::encode(Sha256::digest(&bytes)), "{f}");
+        assert_eq!(f["bytes"], bytes.len() as u64);
+    }
+    // The busybox guest has no /etc/os-release: recorded as missing.
+    assert!(
+        manifest["material"]["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "os-release"),
+        "{}",
+        manifest["material"]
+    );
+    assert_eq!(std::fs::read_to_string(material.join("version"))?, version);
+    let audit = manifest["audit"].as_array().unwrap();
+    let at = |c: &str| audit.iter().position(|a| a["command"] == c);
+    let insmod = audit
+        .iter()
+        .position(|a| a["command"].as_str().unwrap().starts_with("insmod "));
+    assert!(
+        at("cat /proc/kallsyms") < insmod,
+        "material after LiME loaded"
+    );
+    setup.assert_target_clean(&manifest);
+
+    // No profile: pstree from the material. The guest's init starts dropbear,
+    // the lab-sleeper shell loop (whose child is a sleep) and httpd.
+    let (rows, stderr) = analyze(&image, "pstree", &[]);
+    assert!(
+        stderr.contains("profile from capture material")
+            && stderr.contains("BTF checked against the image"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("note:"), "{stderr}");
+    let t = tree(&rows);
+    let pid_of = |comm: &str, ppid: i64| {
+        t.iter()
+            .find(|(_, p, c)| c == comm && *p == ppid)
+            .map(|(pid, _, _)| *pid)
+    };
+    assert!(t.contains(&(1, 0, "init".into())), "{t:?}");
+    assert!(pid_of("dropbear", 1).is_some(), "{t:?}");
+    assert!(pid_of("httpd", 1).is_some(), "{t:?}");
+    let sleeper = pid_of("sh", 1).expect("lab-sleeper shell under init");
+    assert!(pid_of("sleep", sleeper).is_some(), "{t:?}");
+    assert!(pid_of("kthreadd", 0) == Some(2), "{t:?}");
+
+    // Kernel addresses from kallsyms, made link-time, equal the dwarf2json
+    // ISF's for the same kernel build.
+    if let Some(isf) = fixture_isf()
+        && setup.lab.release() == "6.1.0-56-amd64"
+    {
+        let doc: serde_json::Value = {
+            let out = Command::new("xz").arg("-dc").arg(&isf).output()?;
+            serde_json::from_slice(&out.stdout)?
+        };
+        let ks = std::fs::read_to_string(material.join("kallsyms"))?;
+        let runtime = |n: &str| {
+            ks.lines()
+                .find(|l| {
+                    l.split_whitespace().nth(2) == Some(n) && l.split_whitespace().count() == 3
+                })
+                .map(|l| u64::from_str_radix(l.split_whitespace().next().unwrap(), 16).unwrap())
+                .unwrap()
+        };
+        let slide = runtime("_text") - 0xffff_ffff_8100_0000;
+        for sym in [
+            "init_task",
+            "init_files",
+            "modules",
+            "linux_banner",
+            "init_top_pgt",
+            "socket_file_ops",
+        ] {
+            assert_eq!(
+                runtime(sym) - slide,
+                doc["symbols"][sym]["address"].as_u64().unwrap(),
+                "{sym}"
+            );
+        }
+    }
+
+    // Export the material as an ISF; Volatility 3 lists the same processes.
+    let sym_dir = out_dir.path().join("symbols/linux");
+    std::fs::create_dir_all(&sym_dir)?;
+    let isf = sym_dir.join("guest.json.xz");
+    let out = mshot()
+        .args(["profile", "export"])
+        .arg(&image)
+        .arg("-o")
+        .arg(&isf)
+        .output()?;
+    assert!(out.status.success(), "export: {}", text(&out).1);
+    // A second export refuses to overwrite.
+    let again = mshot()
+        .args(["profile", "export"])
+        .arg(&image)
+        .arg("-o")
+        .arg(&isf)
+        .output()?;
+    assert!(!again.status.success() && text(&again).1.contains("--force"));
+    let (ours, _) = analyze(&image, "pslist", &["--threads"]);
+    if prereq::check(&[Need::Volatility]) {
+        let vol = prereq::volatility().unwrap();
+        let out = Command::new(vol)
+            .arg("-q")
+            .arg("-s")
+            .arg(out_dir.path().join("symbols"))
+            .arg("-f")
+            .arg(&image)
+            .args(["-r", "json", "linux.pslist"])
+            .env("HOME", out_dir.path())
+            .output()?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "vol: {stderr}");
+        let theirs: Vec<serde_json::Value> = serde_json::from_str(&stdout)?;
+        let key = |pid: &serde_json::Value,
+                   tid: &serde_json::Value,
+                   ppid: &serde_json::Value,
+                   comm: &serde_json::Value,
+                   off: u64| {
+            (
+                pid.as_i64().unwrap(),
+                tid.as_i64().unwrap(),
+                ppid.as_i64().unwrap(),
+                comm.as_str().unwrap().to_string(),
+                off & 0xffff_ffff_ffff,
+            )
+        };
+        let v: BTreeSet<_> = theirs
+            .iter()
+            .map(|r| {
+                key(
+                    &r["PID"],
+                    &r["TID"],
+                    &r["PPID"],
+                    &r["COMM"],
+                    r["OFFSET (V)"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let m: BTreeSet<_> = ours
+            .iter()
+            .map(|r| {
+                key(
+                    &r["pid"],
+                    &r["tid"],
+                    &r["ppid"],
+                    &r["comm"],
+                    r["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(m.len() > 40, "{m:?}");
+        assert_eq!(m, v, "mshot and Volatility 3 (exported ISF) disagree");
+        // Boot time from tk_core, typed from BTF: Volatility prints creation times.
+        assert!(
+            theirs.iter().all(|r| r["CREATION TIME"].is_string()),
+            "{stdout}"
+        );
+    }
+
+    // Truncated BTF (the index then disagrees too): the kernel's own BTF
+    // from the image replaces it, and the output says so.
+    let (img, mat) = variant(&image, "truncbtf");
+    let btf = std::fs::read(mat.join("vmlinux.btf"))?;
+    std::fs::write(mat.join("vmlinux.btf"), &btf[..btf.len() / 3])?;
+    let (rows, stderr) = analyze(&img, "pstree", &[]);
+    assert!(
+        stderr.contains("vmlinux.btf changed since the capture"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("BTF from the image"), "{stderr}");
+    assert_eq!(tree(&rows), t);
+    // Same without an index: the BTF reader names the truncation.
+    std::fs::remove_file(mat.join("index.json"))?;
+    let (_, stderr) = analyze(&img, "pstree", &[]);
+    assert!(stderr.contains("truncated BTF"), "{stderr}");
+
+    // kallsyms of another boot (every kernel address 2 MiB off): stated,
+    // and the image's own slide is used.
+    let (img, mat) = variant(&image, "otherboot");
+    std::fs::remove_file(mat.join("index.json"))?;
+    let ks = std::fs::read_to_string(mat.join("kallsyms"))?;
+    let moved: String = ks
+        .lines()
+        .map(|l| {
+            let (a, rest) = l.split_once(' ').unwrap();
+            let a = u64::from_str_radix(a, 16).unwrap();
+            let a = if a >= 0xffff_ffff_8000_0000 {
+                a + 0x20_0000
+            } else {
+                a
+            };
+            format!("{a:016x} {rest}\n")
+        })
+        .collect();
+    std::fs::write(mat.join("kallsyms"), moved)?;
+    let (rows, stderr) = analyze(&img, "pstree", &[]);
+    assert!(stderr.contains("kallsyms is from another boot"), "{stderr}");
+    assert_eq!(tree(&rows), t);
+
+    // No kallsyms: a one-line error naming the way out; with MSHOT_PROFILES
+    // pointing at a profile directory, the banner scan picks a profile.
+    let (img, mat) = variant(&image, "nokallsyms");
+    std::fs::remove_file(mat.join("kallsyms"))?;
+    let out = mshot().arg("analyze").arg(&img).arg("pstree").output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no usable kallsyms") && stderr.contains("--profile"),
+        "{stderr}"
+    );
+    if let Some(isf) = fixture_isf()
+        && setup.lab.release() == "6.1.0-56-amd64"
+    {
+        let out = mshot()
+            .arg("analyze")
+            .arg(&img)
+            .args(["pstree", "--format", "json", "--no-cache"])
+            .env("MSHOT_PROFILES", isf.parent().unwrap())
+            .output()?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("MSHOT_PROFILES"), "{stderr}");
+        let doc: serde_json::Value = serde_json::from_str(&stdout)?;
+        assert_eq!(tree(doc["pstree"].as_array().unwrap()), t);
+    }
+    Ok(())
+}
+
+#[test]
+fn export_without_material_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("x.lime");
+    std::fs::write(&image, b"not an image").unwrap();
+    let out = mshot()
+        .args(["profile", "export"])
+        .arg(&image)
+        .arg("-o")
+        .arg(dir.path().join("x.json.xz"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no capture material at"), "{stderr}");
+    assert!(!dir.path().join("x.json.xz").exists());
+    let out = mshot()
+        .arg("analyze")
+        .arg(&image)
+        .arg("pstree")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.lines().count() == 1, "{stderr}");
+}
