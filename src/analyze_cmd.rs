@@ -171,7 +171,7 @@ pub fn analyze_image(
     let profile = profile.map(Path::to_path_buf);
     let (profiles, profile) = match (needs_kernel, profile) {
         (false, p) => (Vec::new(), p),
-        (true, None) => match crate::material::load_for_image(
+        (true, None) => match crate::material_load::load_for_image(
             image,
             &phys,
             &memimage::profile::Selection::PLUGINS,

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod lime_stream;
 pub mod manifest;
 pub mod material;
+pub mod material_load;
 pub mod profile_cmd;
 pub mod progress;
 pub mod remote;

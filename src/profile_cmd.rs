@@ -72,7 +72,10 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let (dir, image) = if args.input.is_dir() {
         (args.input.clone(), None)
     } else if args.input.is_file() {
-        (crate::material::dir_for(&args.input), Some(&args.input))
+        (
+            crate::material_load::dir_for(&args.input),
+            Some(&args.input),
+        )
     } else {
         bail!(
             "{} does not exist: expected a memory image or its NAME.material directory",
@@ -102,7 +105,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         Some(m) => Some(PhysicalMemory::parse(m).context("reading the image")?),
         None => None,
     };
-    let (doc, summary, notes) = crate::material::isf_for(&dir, phys.as_ref())?;
+    let (doc, summary, notes) = crate::material_load::isf_for(&dir, phys.as_ref())?;
     eprintln!("mshot: {summary}");
     for n in &notes {
         eprintln!("mshot: note: {n}");

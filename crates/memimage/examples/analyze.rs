@@ -4,6 +4,9 @@
 #[path = "../../../src/analyze_cmd.rs"]
 #[allow(dead_code)]
 mod analyze_cmd;
+#[path = "../../../src/material_load.rs"]
+#[allow(dead_code)]
+mod material_load;
 
 use clap::Parser;
 

@@ -115,16 +115,14 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Reads the header; returns (header length, types, strings) sections.
 fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
-    let head = data.get(..8).ok_or(BtfError::Truncated {
-        expected: HEADER_LEN as u64,
-        found: data.len() as u64,
-    })?;
-    let magic = u16::from_le_bytes([head[0], head[1]]);
-    if magic != MAGIC || head[2] != 1 {
-        return Err(BtfError::NotBtf(format!(
-            "{:02x} {:02x} {:02x}",
-            head[0], head[1], head[2]
-        )));
+    let (Some(&m0), Some(&m1), Some(&version)) = (data.first(), data.get(1), data.get(2)) else {
+        return Err(BtfError::Truncated {
+            expected: HEADER_LEN as u64,
+            found: data.len() as u64,
+        });
+    };
+    if u16::from_le_bytes([m0, m1]) != MAGIC || version != 1 {
+        return Err(BtfError::NotBtf(format!("{m0:02x} {m1:02x} {version:02x}")));
     }
     let hdr_len = u32_at(data, 4).unwrap_or(0) as usize;
     let field = |i: usize| {

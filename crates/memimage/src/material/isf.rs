@@ -336,8 +336,8 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
     while let Some(id) = todo.pop() {
         for inner in conv.anonymous_members(id) {
             let n = conv.name(inner);
-            if !chosen.contains_key(&n) {
-                chosen.insert(n, inner);
+            if let std::collections::btree_map::Entry::Vacant(e) = chosen.entry(n) {
+                e.insert(inner);
                 todo.push(inner);
             }
         }
