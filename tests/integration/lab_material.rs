@@ -162,6 +162,44 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     assert!(pid_of("sleep", sleeper).is_some(), "{t:?}");
     assert!(pid_of("kthreadd", 0) == Some(2), "{t:?}");
 
+    // netstat with no profile: dropbear listens on 22, and the session this
+    // capture ran through is established to it.
+    let sshd = pid_of("dropbear", 1).unwrap();
+    let (socks, _) = analyze(&image, "netstat", &[]);
+    let has = |pid: i64, state: &str| {
+        socks.iter().any(|r| {
+            r["pid"] == pid && r["local_port"] == 22 && r["state"] == state && r["proto"] == "TCP"
+        })
+    };
+    assert!(has(sshd, "LISTEN"), "{socks:?}");
+    let session = pid_of("dropbear", sshd).expect("the session's dropbear");
+    assert!(has(session, "ESTABLISHED"), "{socks:?}");
+
+    // memdump of the lab-sleeper shell: its heap holds the script it runs.
+    let dump = out_dir.path().join("dump");
+    let out = mshot()
+        .arg("analyze")
+        .arg(&image)
+        .args([
+            "memdump",
+            "--no-cache",
+            "--pid",
+            &sleeper.to_string(),
+            "--dump-dir",
+        ])
+        .arg(&dump)
+        .output()?;
+    assert!(out.status.success(), "memdump: {}", text(&out).1);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump.join("memdump.json"))?)?;
+    let regions = index["regions"].as_array().unwrap();
+    assert!(!regions.is_empty());
+    let found = regions.iter().any(|r| {
+        let bytes = std::fs::read(dump.join(r["file"].as_str().unwrap())).unwrap();
+        bytes.windows(22).any(|w| w == b"/tmp/lab-sleeper.count")
+    });
+    assert!(found, "no region of pid {sleeper} holds its script");
+
     // Kernel addresses from kallsyms, made link-time, equal the dwarf2json
     // ISF's for the same kernel build.
     if let Some(isf) = fixture_isf()

@@ -387,24 +387,6 @@ impl<'a> Btf<'a> {
         id
     }
 
-    /// Byte size of a type, when it has one.
-    pub fn size_of(&self, id: u32) -> Option<u64> {
-        let id = self.resolve(id);
-        match self.get(id) {
-            Kind::Int { size, .. } | Kind::Float { size, .. } => Some(u64::from(*size)),
-            Kind::Struct { size, .. } | Kind::Enum { size, .. } => Some(u64::from(*size)),
-            Kind::Ptr(_) => Some(8),
-            Kind::Array { elem, count } => {
-                if self.resolve(*elem) == id {
-                    None
-                } else {
-                    self.size_of(*elem).map(|s| s * u64::from(*count))
-                }
-            }
-            _ => None,
-        }
-    }
-
     /// All types with their ids.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Kind<'a>)> {
         self.types
@@ -473,7 +455,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(btf.size_of(3), Some(8));
+        assert_eq!(btf.resolve(3), 3);
         assert_eq!(announced_len(&b), Some(b.len() as u64));
     }
 

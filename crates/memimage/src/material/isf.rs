@@ -182,10 +182,10 @@ impl<'b, 'a> Converter<'b, 'a> {
                 nr_bits,
                 ..
             } = self.btf.get(storage)
-                && u32::from(*nr_bits) != size * 8
+                && u64::from(*nr_bits) != u64::from(*size) * 8
             {
                 // Old-style BTF bitfield: the int itself carries the bits.
-                let at = m.bit_offset + u32::from(*bits_offset);
+                let at = m.bit_offset.saturating_add(u32::from(*bits_offset));
                 offset = at / 8;
                 position = at % 8;
                 Some(u32::from(*nr_bits))
