@@ -106,7 +106,11 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}: {}", self.file.display(), e.pos, e.message)?;
+            if e.pos.line == 0 {
+                write!(f, "{}: {}", self.file.display(), e.message)?;
+            } else {
+                write!(f, "{}:{}: {}", self.file.display(), e.pos, e.message)?;
+            }
         }
         Ok(())
     }
@@ -472,6 +476,13 @@ impl Checker {
     }
 
     fn fleet(&mut self, doc: &Node, file: &Path) -> Option<FleetPlan> {
+        if matches!(doc.value, Value::Null) {
+            self.error(
+                Pos::default(),
+                "the fleet file is empty; it needs at least hosts: (see config.example.yaml)",
+            );
+            return None;
+        }
         let top = self.map(doc, "the fleet file", TOP_KEYS)?;
         if let Some(node) = top.get("allow_inline_passwords") {
             self.allow_inline = self
@@ -853,6 +864,22 @@ impl Checker {
     }
 
     fn host(&mut self, node: &Node, context: &Context) -> Option<HostPlan> {
+        // `- 10.0.0.5` is short for `- addr: 10.0.0.5`.
+        if let Value::Str(_) = &node.value {
+            let key = Node {
+                value: Value::Str("addr".into()),
+                pos: node.pos,
+            };
+            let entry = Node {
+                value: Value::Map(vec![(key, node.clone())]),
+                pos: node.pos,
+            };
+            return self.host_entry(&entry, context);
+        }
+        self.host_entry(node, context)
+    }
+
+    fn host_entry(&mut self, node: &Node, context: &Context) -> Option<HostPlan> {
         let map = self.map(node, "a host", HOST_KEYS)?;
         let layered = Layered {
             host: &map,
@@ -1342,6 +1369,15 @@ mod tests {
         assert_eq!(second.job.route[0].port, 23);
         assert_eq!(second.job.target().user, "root");
         assert!(!second.job.target().credentials.use_agent);
+    }
+
+    #[test]
+    fn a_bare_string_is_a_host_address() {
+        let plan = check("defaults: {module: lime.ko}\nhosts: [10.0.0.7, {addr: b}]\n").unwrap();
+        assert_eq!(plan.hosts[0].name, "10.0.0.7");
+        assert_eq!(plan.hosts[1].job.target().host, "b");
+        let empty = check("# nothing\n").err().unwrap().to_string();
+        assert!(empty.ends_with("fleet.yaml: the fleet file is empty; it needs at least hosts: (see config.example.yaml)"), "{empty}");
     }
 
     #[test]
