@@ -24,6 +24,7 @@ use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
 use crate::secret::Secret;
 use crate::shell::{PendingAudit, Shell};
 use crate::sink::FileSink;
+use crate::source::{self, SourceOptions, SourceStream, Used};
 use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
 
 /// Everything one capture needs, already validated by `config`.
@@ -41,6 +42,8 @@ pub struct CaptureJob {
     pub dry_run: bool,
     /// Longest silence tolerated from LiME's stream before the capture fails.
     pub stream_idle_timeout: Duration,
+    /// Which source produces the stream (LiME, kcore), compression, digest.
+    pub source: SourceOptions,
 }
 
 impl CaptureJob {
@@ -85,12 +88,20 @@ struct Facts {
     remote_module_path: String,
     lime_arguments: String,
     material: Option<crate::material::Fetched>,
+    source: source::SourceRecord,
 }
 
 pub struct Received {
     pub bytes: u64,
     pub sha256: String,
     pub ranges: Vec<PhysRange>,
+}
+
+/// One piece of the stream: `plain` is validated and hashed, `store` goes to
+/// the sink (the same bytes, unless the compressed stream is what is kept).
+pub struct Chunk {
+    pub plain: bytes::Bytes,
+    pub store: bytes::Bytes,
 }
 
 /// The receive path alone, for the tunnel benchmark: connect, stream a
@@ -102,8 +113,9 @@ pub async fn bench_receive(
 ) -> anyhow::Result<Received> {
     let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
     let sink = FileSink::create(&job.image_path)?;
-    let (received, sink) =
-        receive_image(&session, port, sink, job.stream_idle_timeout, progress).await?;
+    let channel = session.open_tcp("127.0.0.1", port).await?;
+    let stream = SourceStream::plain(Box::new(channel.into_stream()));
+    let (received, sink) = receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
     sink.commit()?;
     session.close().await;
     Ok(received)
@@ -183,6 +195,7 @@ pub async fn capture(
             .collect(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
         material: crate::material::finish(facts.material.take(), image_path.as_deref()),
+        source: facts.source.clone(),
         cleanup: cleanup.clone(),
         audit: audit.entries(),
     };
@@ -236,11 +249,26 @@ async fn run(
     facts.kernel_release = kernel.release.clone();
     facts.machine = kernel.machine.clone();
     tracing::info!("{host}: kernel {} on {}", kernel.release, kernel.machine);
-    check_module_matches(&job.module, &kernel)?;
+    let module = module_availability(&job.module, &kernel);
 
     let privilege = become_root(&shell, kernel.uid).await?;
     state.privilege = Some(privilege);
     let shell = Shell { privilege, ..shell };
+
+    let decision = source::choose(job.source.method, &module, &shell, &mut facts.source).await?;
+    if decision.used == Used::Kcore {
+        // The same profile material as for LiME, so analysis works alike.
+        progress.phase("fetching profile material");
+        facts.material = Some(crate::material::fetch(&shell).await);
+        return crate::kcore::acquire(
+            job,
+            &shell,
+            &mut facts.expected_ranges,
+            &mut facts.source,
+            progress,
+        )
+        .await;
+    }
 
     let modules = shell.run_plain(commands::MODULES).await?;
     if remote::module_loaded(&modules.stdout_text(), "lime") {
@@ -324,18 +352,41 @@ async fn run(
     let sink = FileSink::create(&job.image_path)?;
 
     progress.phase("loading LiME");
-    let lime_args = remote::lime_arguments(port);
+    let lime_args = remote::lime_arguments(port) + &source::lime_extra_arguments(&job.source);
     facts.lime_arguments = lime_args.clone();
     let insmod = shell
         .start_root(&commands::insmod(&remote_module, &lime_args))
         .await?;
     state.module_loaded_by_us = true;
     state.insmod = Some(insmod);
-    wait_for_listener(&shell, state, port).await?;
+    if let Err(error) = wait_for_listener(&shell, state, port).await {
+        // insmod itself refused the module: under --method auto, kcore instead.
+        let refused = state.insmod.is_none() && !state.module_loaded_by_us;
+        match refused
+            .then(|| source::fall_back(job.source.method, &error, &mut facts.source))
+            .flatten()
+        {
+            Some(_) => {
+                drop(sink);
+                return crate::kcore::acquire(
+                    job,
+                    &shell,
+                    &mut facts.expected_ranges,
+                    &mut facts.source,
+                    progress,
+                )
+                .await;
+            }
+            None => return Err(error),
+        }
+    }
 
     progress.phase("capturing");
     progress.start_bytes(expected_bytes);
-    let received = receive_image(session, port, sink, job.stream_idle_timeout, progress).await;
+    let channel = session.open_tcp("127.0.0.1", port).await?;
+    let wire = source::lime_stream(Box::new(channel.into_stream()), &job.source);
+    let received = receive_image(wire.stream, sink, job.stream_idle_timeout, progress).await;
+    facts.source.wire_bytes = wire.stats.bytes();
     let (received, sink) = match received {
         Ok(r) => r,
         // The stream's own error (a short range, say) reads as a LiME fault;
@@ -345,6 +396,16 @@ async fn run(
         }
         Err(e) => return Err(e),
     };
+    source::record_stored(&job.source, &wire.stats, &mut facts.source);
+    if job.source.digest {
+        // Before waiting for insmod: LiME returns only once its digest is fetched.
+        if let Err(error) =
+            source::check_lime_digest(session, port, &received.sha256, &mut facts.source).await
+        {
+            sink.discard();
+            return Err(error);
+        }
+    }
 
     // LiME returns from init once the image is sent; its exit status is part of the record.
     if let Some((command, pending)) = state.insmod.take() {
@@ -380,6 +441,22 @@ async fn run(
     }
     let path = sink.commit()?;
     Ok(Some((received, path)))
+}
+
+/// Whether `module` can serve this kernel: the input of `source::choose`.
+fn module_availability(
+    module: &ModuleFile,
+    kernel: &remote::KernelInfo,
+) -> source::ModuleAvailability {
+    if module.bytes.is_empty() {
+        return source::ModuleAvailability::Missing("no LiME module was given (--module)".into());
+    }
+    match check_module_matches(module, kernel) {
+        Ok(()) => source::ModuleAvailability::Available {
+            signed: source::module_is_signed(&module.bytes),
+        },
+        Err(e) => source::ModuleAvailability::Missing(format!("{e:#}")),
+    }
 }
 
 /// Refuses a module built for another architecture or kernel before it is pushed.
@@ -507,15 +584,16 @@ async fn wait_for_listener(
 /// thread that validates, hashes and writes, so decryption and hashing use
 /// both cores.
 pub async fn receive_image(
-    session: &Session,
-    port: u16,
+    source: SourceStream,
     sink: FileSink,
     idle_timeout: Duration,
     progress: &CaptureProgress,
 ) -> anyhow::Result<(Received, FileSink)> {
-    let channel = session.open_tcp("127.0.0.1", port).await?;
-    let mut stream = channel.into_stream();
-    let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let SourceStream {
+        plain: mut stream,
+        store_wire,
+    } = source;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(64);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
     let mut buffer = BytesMut::with_capacity(256 << 10);
     loop {
@@ -533,16 +611,33 @@ pub async fn receive_image(
                 drop(sender);
                 let _ = writer.await;
                 bail!(
-                    "LiME sent nothing for {} s; the capture stream stalled",
+                    "the target sent nothing for {} s; the capture stream stalled",
                     idle_timeout.as_secs()
                 );
             }
         };
         if n == 0 {
+            // The end of a compressed stream (its checksum) yields no plain bytes.
+            if let Some(wire) = &store_wire {
+                let rest = wire.take();
+                if !rest.is_empty() {
+                    let _ = sender
+                        .send(Chunk {
+                            plain: bytes::Bytes::new(),
+                            store: rest,
+                        })
+                        .await;
+                }
+            }
             break;
         }
         progress.add_bytes(n as u64);
-        if sender.send(buffer.split().freeze()).await.is_err() {
+        let plain = buffer.split().freeze();
+        let store = match &store_wire {
+            Some(wire) => wire.take(),
+            None => plain.clone(),
+        };
+        if sender.send(Chunk { plain, store }).await.is_err() {
             break; // the writer stopped: its error says why
         }
     }
@@ -559,7 +654,7 @@ pub async fn receive_image(
 }
 
 fn write_image(
-    mut receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    mut receiver: tokio::sync::mpsc::Receiver<Chunk>,
     mut sink: FileSink,
 ) -> (anyhow::Result<Received>, FileSink) {
     // SHA-256 runs on a thread of its own: writing to the page cache costs as
@@ -574,13 +669,13 @@ fn write_image(
     });
     let mut validator = LimeValidator::new();
     let mut failure = None;
-    while let Some(chunk) = receiver.blocking_recv() {
-        if let Err(e) = validator.feed(&chunk) {
+    while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
+        if let Err(e) = validator.feed(&plain) {
             failure = Some(anyhow!("the stream is not a valid LiME image: {e}"));
             break;
         }
-        let _ = to_hasher.send(chunk.clone());
-        if let Err(e) = sink.write(chunk) {
+        let _ = to_hasher.send(plain);
+        if let Err(e) = sink.write(store) {
             failure = Some(e.into());
             break;
         }
@@ -651,11 +746,17 @@ async fn cleanup(
     // A LiME that still waits for its client blocks in init and cannot be
     // removed: connect once and hang up, so init fails and the module goes away.
     if let Some((command, pending)) = state.insmod.take() {
-        if !command.is_finished()
-            && let Some(port) = state.port
-            && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
-        {
-            let _ = channel.close().await;
+        // With digest=sha256 LiME listens a second time, for the digest client.
+        for _ in 0..3 {
+            if command.is_finished() {
+                break;
+            }
+            if let Some(port) = state.port
+                && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
+            {
+                let _ = channel.close().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
             Ok(Ok(out)) => pending.finish(audit, Some(&out)),

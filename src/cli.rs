@@ -138,6 +138,32 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub stream_timeout: u64,
 
+    /// How memory is read: lime (load the LiME module), kcore (read /proc/kcore
+    /// with dd; nothing pushed or loaded), or auto: LiME when a module for the
+    /// kernel is available and the target accepts it, else kcore.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: crate::source::Method,
+
+    /// LiME compresses the stream (zlib, compress=1); mshot inflates it as it
+    /// arrives and stores the plain image. Pays off on slow links.
+    #[arg(long)]
+    pub compress: bool,
+
+    /// With --compress: store the zlib stream as received (NAME.zlib) instead
+    /// of the plain image. Inflate it before analysis.
+    #[arg(long, requires = "compress")]
+    pub store_compressed: bool,
+
+    /// Do not ask LiME for its own SHA-256 of the image (digest=sha256), which
+    /// is otherwise fetched and compared with mshot's hash.
+    #[arg(long)]
+    pub no_digest: bool,
+
+    /// Test hook: flip the byte at this offset of the received image, to prove
+    /// that LiME's digest catches it. Needs the digest, so the capture fails.
+    #[arg(long, hide = true, value_name = "OFFSET", conflicts_with = "no_digest")]
+    pub test_corrupt_offset: Option<u64>,
+
     /// Analyse the image as soon as it lands with these plugins (banner, pslist,
     /// pstree, psaux, lsmod, netstat, maps, memdump, envars, bash); each
     /// plugin's rows go to NAME.<plugin>.json, memdump's files to NAME.memdump/.

@@ -70,10 +70,14 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         None => home_dir()?.join(".ssh/known_hosts"),
     };
 
+    // Without --module, --method auto reads /proc/kcore; only --method lime needs one.
+    let needs_module = needs_module && args.method == crate::source::Method::Lime;
     let module = match (&args.module, needs_module) {
         (Some(path), _) => read_module(path)?,
         (None, true) => {
-            bail!("--module is required: the LiME module built for the target's kernel")
+            bail!(
+                "--module is required with --method lime: the LiME module built for the target's kernel (or use --method kcore/auto)"
+            )
         }
         (None, false) => ModuleFile {
             path: PathBuf::new(),
@@ -100,6 +104,20 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         }
         None => default_filename(&server),
     };
+    if args.store_compressed && !args.analyze.is_empty() {
+        bail!(
+            "--analyze needs the plain image; drop --store-compressed (the plain image is stored by default)"
+        );
+    }
+    if args.store_compressed && args.method == crate::source::Method::Kcore {
+        bail!("--store-compressed applies to LiME's compressed stream; /proc/kcore streams plain");
+    }
+    // The stored file is the zlib stream: its name says so.
+    let filename = if args.store_compressed && !filename.ends_with(".zlib") {
+        format!("{filename}.zlib")
+    } else {
+        filename
+    };
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create --output-dir {}", args.output_dir.display()))?;
 
@@ -119,6 +137,13 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         force: args.force,
         dry_run: args.dry_run,
         stream_idle_timeout: Duration::from_secs(args.stream_timeout.max(1)),
+        source: crate::source::SourceOptions {
+            method: args.method,
+            compress: args.compress,
+            store_compressed: args.store_compressed,
+            digest: !args.no_digest,
+            corrupt_offset: args.test_corrupt_offset,
+        },
     })
 }
 

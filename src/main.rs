@@ -117,18 +117,38 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                             / 1048576.0
                             / outcome.manifest.duration_seconds.max(0.001)
                     );
+                    let source = &outcome.manifest.source;
+                    if let Some(method) = source.method {
+                        println!("method   {} ({})", method.name(), source.reason);
+                    }
+                    if source.compressed {
+                        println!(
+                            "wire     {} bytes for {} bytes of image ({:.1}x smaller)",
+                            source.wire_bytes,
+                            image.bytes,
+                            image.bytes as f64 / source.wire_bytes.max(1) as f64
+                        );
+                    }
+                    if let Some(digest) = &source.digest {
+                        println!("digest   LiME's own SHA-256 matches ({})", digest.lime);
+                    }
                     if let Some(m) = &outcome.manifest_path {
                         println!("manifest {}", m.display());
                     }
                 }
                 _ => println!(
-                    "dry run OK: {target}: kernel {}, root via {}, module verified on the target; nothing captured",
+                    "dry run OK: {target}: kernel {}, root via {}, {}; nothing captured",
                     outcome.manifest.kernel_release,
                     outcome
                         .manifest
                         .privilege
                         .map(|p| p.describe())
-                        .unwrap_or("?")
+                        .unwrap_or("?"),
+                    match outcome.manifest.source.method {
+                        Some(mshot::source::Used::Kcore) =>
+                            "/proc/kcore readable and covering System RAM",
+                        _ => "module verified on the target",
+                    }
                 ),
             }
             if let (Some(image), false) = (&outcome.image_path, args.analyze.is_empty()) {

@@ -32,6 +32,8 @@ pub struct Manifest {
     pub error: Option<String>,
     /// Capture-time profile material (`NAME.material/`) with its hashes.
     pub material: Option<crate::material::MaterialRecord>,
+    /// How the stream was produced (LiME or kcore, and why), wire bytes, digest.
+    pub source: crate::source::SourceRecord,
     pub cleanup: CleanupReport,
     pub audit: Vec<AuditEntry>,
 }

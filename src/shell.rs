@@ -78,6 +78,26 @@ impl Shell<'_> {
         Ok((running, pending))
     }
 
+    /// Starts a command as root whose stdout is read as it arrives.
+    pub async fn start_root_stream(
+        &self,
+        command: &str,
+    ) -> anyhow::Result<(
+        tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        RunningCommand,
+        PendingAudit,
+    )> {
+        let (line, input, _) = self.as_root(command, &[], None);
+        let pending = PendingAudit {
+            host: self.host.to_string(),
+            command: line.clone(),
+            started: Timestamp::now(),
+            clock: Instant::now(),
+        };
+        let (stdout, running) = self.session.start_stream(&line, input).await?;
+        Ok((stdout, running, pending))
+    }
+
     fn as_root(
         &self,
         command: &str,

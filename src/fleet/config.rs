@@ -1119,6 +1119,8 @@ impl Checker {
                 force,
                 dry_run: self.overrides.dry_run,
                 stream_idle_timeout: Duration::from_secs(stream_timeout),
+                // As the single-host default: LiME when it can load, else kcore; LiME's digest.
+                source: crate::source::SourceOptions::default(),
             },
         })
     }

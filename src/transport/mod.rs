@@ -348,6 +348,68 @@ impl Session {
         })
     }
 
+    /// Starts `command` and hands its stdout over as it arrives (a bounded
+    /// queue, so a slow reader slows the remote side through the SSH window);
+    /// the returned `RunningCommand` collects stderr and the exit status.
+    pub async fn start_stream(
+        &self,
+        command: &str,
+        stdin: Vec<u8>,
+    ) -> Result<(tokio::sync::mpsc::Receiver<bytes::Bytes>, RunningCommand), SshError> {
+        let mut channel = self
+            .target
+            .channel_open_session()
+            .await
+            .map_err(|source| self.protocol(source))?;
+        channel
+            .exec(true, command.as_bytes())
+            .await
+            .map_err(|source| self.protocol(source))?;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let task = tokio::spawn(async move {
+            if !stdin.is_empty() {
+                channel.data_bytes(stdin).await?;
+            }
+            channel.eof().await?;
+            let mut out = ExecOutput {
+                status: None,
+                signal: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            while let Some(message) = channel.wait().await {
+                match message {
+                    // The reader gave up: closing the channel stops the remote command.
+                    ChannelMsg::Data { data }
+                        if sender
+                            .send(bytes::Bytes::copy_from_slice(&data))
+                            .await
+                            .is_err() =>
+                    {
+                        let _ = channel.close().await;
+                        break;
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.signal = Some(format!("{signal_name:?}"))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(out)
+        });
+        Ok((
+            receiver,
+            RunningCommand {
+                task,
+                label: self.label.clone(),
+            },
+        ))
+    }
+
     /// Runs `command` to completion.
     pub async fn run(&self, command: &str, stdin: Vec<u8>) -> Result<ExecOutput, SshError> {
         self.start(command, stdin).await?.wait().await

@@ -47,14 +47,15 @@ impl Lab {
 /// A running guest; stopped on drop.
 pub(crate) struct Guest {
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Guest {
-    fn start(lab: &Lab, ns: &NetNs, port: u16) -> anyhow::Result<Guest> {
+    fn start(lab: &Lab, ns: &NetNs, port: u16, append: &str) -> anyhow::Result<Guest> {
         let status = Command::new(repo().join("lab/start-guest.sh"))
             .arg(&lab.dir)
             .args(["--port", &port.to_string(), "--netns", ns.name()])
+            .args(["--append", append])
             .status()?;
         anyhow::ensure!(status.success(), "lab/start-guest.sh failed");
         Ok(Guest {
@@ -76,7 +77,7 @@ impl Drop for Guest {
 /// A guest in a namespace that only a jump host (a real sshd beside it) reaches.
 /// Fields drop in order: guest, then sshd, then the namespace.
 pub(crate) struct Setup {
-    guest: Guest,
+    pub(crate) guest: Guest,
     jump: Sshd,
     jump_key: KeyPair,
     known_hosts: PathBuf,
@@ -86,6 +87,11 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) fn start(port: u16) -> anyhow::Result<Setup> {
+        Self::start_with(port, "")
+    }
+
+    /// A guest booted with `append` added to its kernel command line.
+    pub(crate) fn start_with(port: u16, append: &str) -> anyhow::Result<Setup> {
         let lab = Lab {
             dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
         };
@@ -107,7 +113,7 @@ impl Setup {
                 lab.host_key_line(port)
             ),
         )?;
-        let guest = Guest::start(&lab, &ns, port)?;
+        let guest = Guest::start(&lab, &ns, port, append)?;
         Ok(Setup {
             guest,
             jump,
@@ -149,6 +155,13 @@ impl Setup {
 
     /// mshot's command line for capturing the guest into `out_dir/guest.lime`.
     pub(crate) fn mshot(&self, out_dir: &Path) -> Command {
+        let mut cmd = self.mshot_without_module(out_dir);
+        cmd.arg("--module").arg(self.lab.module());
+        cmd
+    }
+
+    /// mshot's command line without a LiME module.
+    pub(crate) fn mshot_without_module(&self, out_dir: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
         cmd.args([
             "--server",
@@ -171,8 +184,6 @@ impl Setup {
         .arg(&self.jump_key.private)
         .arg("--known-hosts")
         .arg(&self.known_hosts)
-        .arg("--module")
-        .arg(self.lab.module())
         .arg("--output-dir")
         .arg(out_dir)
         .args(["--filename", "guest.lime"])
@@ -210,7 +221,7 @@ fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, port: u16, command: &st
 }
 
 /// Walks the LiME headers of an image; panics on anything malformed.
-fn lime_ranges(image: &[u8]) -> Vec<(u64, u64)> {
+pub(crate) fn lime_ranges(image: &[u8]) -> Vec<(u64, u64)> {
     let mut ranges = Vec::new();
     let mut at = 0usize;
     while at < image.len() {
@@ -242,7 +253,7 @@ fn lime_ranges(image: &[u8]) -> Vec<(u64, u64)> {
     ranges
 }
 
-fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
+pub(crate) fn system_ram(iomem: &str) -> Vec<(u64, u64)> {
     iomem
         .lines()
         .filter(|l| !l.starts_with(' ') && l.ends_with(": System RAM"))

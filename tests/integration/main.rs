@@ -3,5 +3,6 @@ mod fleet;
 mod harness_smoke;
 mod lab_capture;
 mod lab_material;
+mod lab_sources;
 mod ssh_capture;
 mod support;

@@ -1,0 +1,326 @@
+//! The stream sources on a real kernel: LiME with compression and its own
+//! digest, /proc/kcore without any module, a corrupted byte caught by the
+//! digest, and `--method auto` falling back to kcore on a guest that refuses
+//! unsigned modules. Several checks share one guest boot to keep CI time down.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::lab_capture::{Setup, lime_ranges, system_ram};
+use crate::support::{self, Need};
+
+/// Ports of this file's guests (issue 8's range).
+const SOURCES_PORT: u16 = 2291;
+const SIG_ENFORCE_PORT: u16 = 2292;
+
+fn manifest(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The Volatility ISF of the lab kernel, from ../shared (or MSHOT_FIXTURES).
+fn lab_profile() -> Option<PathBuf> {
+    let base = match std::env::var_os("MSHOT_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    };
+    let isf = base.join("debian-6.1.0-56-amd64/debian-6.1.0-56-amd64.json.xz");
+    isf.is_file().then_some(isf)
+}
+
+/// (pid, comm) of every task in a `{"pslist": [...]}` document.
+fn pslist(json: &serde_json::Value) -> BTreeSet<(u64, String)> {
+    json["pslist"]
+        .as_array()
+        .expect("pslist rows")
+        .iter()
+        .map(|row| {
+            (
+                row["pid"].as_u64().unwrap(),
+                row["comm"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn analyze_pslist(image: &Path, profile: &Path) -> BTreeSet<(u64, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .arg("analyze")
+        .arg(image)
+        .arg("pslist")
+        .arg("--profile")
+        .arg(profile)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pslist(&serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Nothing of mshot's left on the target, checked with the OpenSSH client.
+fn assert_nothing_left(setup: &Setup) {
+    let after = setup.ssh("grep -c '^lime ' /proc/modules; ls -d /tmp/mshot.* 2>/dev/null | wc -l");
+    assert_eq!(
+        after.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{after}"
+    );
+}
+
+#[test]
+fn lime_compressed_with_digest_kcore_without_module_and_a_corrupted_byte() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start_with(SOURCES_PORT, "")?;
+    let ram = system_ram(&setup.ssh("cat /proc/iomem"));
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path();
+
+    // 1. LiME, compressed on the wire and stored as received, with LiME's digest.
+    let output = setup
+        .mshot(out)
+        .args(["--method", "lime", "--compress", "--store-compressed"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "compressed capture failed: {stderr}"
+    );
+    let stored = out.join("guest.lime.zlib");
+    let wire = std::fs::read(&stored)?;
+    let mut plain = Vec::new();
+    flate2::read::ZlibDecoder::new(&wire[..]).read_to_end(&mut plain)?;
+    assert_eq!(lime_ranges(&plain), ram);
+    let m = manifest(&out.join("guest.lime.zlib.json"));
+    let source = &m["source"];
+    let plain_sha = hex::encode(Sha256::digest(&plain));
+    // The inflated image hashes to what LiME computed in the kernel.
+    assert_eq!(source["digest"]["lime"], plain_sha.as_str(), "{source}");
+    assert_eq!(source["digest"]["matches"], true);
+    assert_eq!(m["image"]["sha256"], plain_sha.as_str());
+    assert_eq!(m["image"]["bytes"], plain.len() as u64);
+    assert_eq!(source["compressed"], true);
+    assert_eq!(source["stored_as"], "zlib");
+    assert_eq!(source["wire_bytes"], wire.len() as u64);
+    assert_eq!(
+        source["stored_sha256"],
+        hex::encode(Sha256::digest(&wire)).as_str()
+    );
+    assert!(
+        (wire.len() as u64) * 4 < plain.len() as u64,
+        "compression saved little: {} of {}",
+        wire.len(),
+        plain.len()
+    );
+    assert!(
+        m["lime_arguments"]
+            .as_str()
+            .unwrap()
+            .contains("compress=1 digest=sha256")
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("LiME's own SHA-256 matches"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let lime_image = out.join("lime.lime");
+    std::fs::write(&lime_image, &plain)?;
+    drop(plain);
+    assert_nothing_left(&setup);
+
+    // 2. /proc/kcore with no module at all: --method auto picks kcore and says why.
+    let kcore_dir = out.join("kcore");
+    std::fs::create_dir(&kcore_dir)?;
+    let mut cmd = setup.mshot_without_module(&kcore_dir);
+    if let Some(profile) = lab_profile() {
+        cmd.args(["--analyze", "pslist", "--profile"]).arg(profile);
+    }
+    let output = cmd.output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "kcore capture failed: {stderr}");
+    assert!(
+        stderr.contains("method kcore") && stderr.contains("no LiME module was given"),
+        "{stderr}"
+    );
+    let image = std::fs::read(kcore_dir.join("guest.lime"))?;
+    let ranges = lime_ranges(&image);
+    // kcore serves whole pages: each range is iomem's, at most its partial last page short.
+    assert_eq!(ranges.len(), ram.len());
+    for (&(start, end), &(ram_start, ram_end)) in ranges.iter().zip(&ram) {
+        assert_eq!(start, ram_start);
+        assert!(
+            end <= ram_end && ram_end - end < 4096,
+            "{end:#x} vs {ram_end:#x}"
+        );
+    }
+    let m = manifest(&kcore_dir.join("guest.json"));
+    assert_eq!(m["source"]["method"], "kcore");
+    assert_eq!(m["source"]["requested"], "auto");
+    assert_eq!(
+        m["image"]["sha256"],
+        hex::encode(Sha256::digest(&image)).as_str()
+    );
+    assert!(m["source"]["digest"].is_null());
+    let audit = m["audit"].as_array().unwrap();
+    assert!(
+        audit.iter().all(|a| {
+            let c = a["command"].as_str().unwrap();
+            !c.contains("insmod") && !c.contains("cat >")
+        }),
+        "kcore pushed or loaded something"
+    );
+    assert!(audit.iter().any(|a| {
+        a["command"].as_str().unwrap().contains("dd if=/proc/kcore") && a["exit_status"] == 0
+    }));
+    let release = setup.lab.release();
+    assert!(
+        image
+            .windows(release.len() + 14)
+            .any(|w| w == format!("Linux version {release}").as_bytes()),
+        "no kernel banner in the kcore image"
+    );
+    drop(image);
+    match lab_profile() {
+        Some(profile) => {
+            let from_kcore = pslist(&serde_json::from_slice(&std::fs::read(
+                kcore_dir.join("guest.pslist.json"),
+            )?)?);
+            let from_lime = analyze_pslist(&lime_image, &profile);
+            // Same guest, a minute apart: the same long-lived tasks, while short
+            // ones (sleep, the capture's own shell and dd) may come and go.
+            for needed in ["init", "kthreadd", "dropbear", "httpd"] {
+                assert!(
+                    from_kcore.iter().any(|(_, c)| c == needed),
+                    "{needed} missing (kcore)"
+                );
+                assert!(
+                    from_lime.iter().any(|(_, c)| c == needed),
+                    "{needed} missing (lime)"
+                );
+            }
+            let common = from_kcore.intersection(&from_lime).count();
+            let larger = from_kcore.len().max(from_lime.len());
+            assert!(
+                from_kcore.len() > 20 && common * 10 >= larger * 9,
+                "pslists differ too much: {common} common of {} (kcore) and {} (lime): only in kcore {:?}, only in lime {:?}",
+                from_kcore.len(),
+                from_lime.len(),
+                from_kcore.difference(&from_lime).collect::<Vec<_>>(),
+                from_lime.difference(&from_kcore).collect::<Vec<_>>()
+            );
+        }
+        None => eprintln!(
+            "pslist comparison skipped: the lab kernel's ISF is not in ../shared/fixtures (set MSHOT_FIXTURES)"
+        ),
+    }
+    assert_nothing_left(&setup);
+
+    // 3. A byte flipped on receipt: LiME's digest disagrees, the capture fails
+    //    loudly, no image is kept and the manifest holds both hashes.
+    let bad_dir = out.join("corrupt");
+    std::fs::create_dir(&bad_dir)?;
+    let output = setup
+        .mshot(&bad_dir)
+        .args(["--method", "lime", "--test-corrupt-offset", "1048576"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("DIGEST MISMATCH"), "{stderr}");
+    assert!(!bad_dir.join("guest.lime").exists());
+    assert!(!bad_dir.join("guest.lime.part").exists());
+    let m = manifest(&bad_dir.join("guest.json"));
+    let digest = &m["source"]["digest"];
+    assert_eq!(digest["matches"], false, "{digest}");
+    assert_ne!(digest["lime"], digest["mshot"]);
+    assert_eq!(digest["lime"].as_str().unwrap().len(), 64);
+    assert!(m["image"].is_null());
+    assert_eq!(m["source"]["test_corrupt_offset"], 1048576);
+    assert!(m["error"].as_str().unwrap().contains("DIGEST MISMATCH"));
+    assert_eq!(m["cleanup"]["module_unloaded"], true, "{}", m["cleanup"]);
+    assert_nothing_left(&setup);
+    Ok(())
+}
+
+#[test]
+fn auto_falls_back_to_kcore_when_the_kernel_enforces_module_signatures() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start_with(SIG_ENFORCE_PORT, "module.sig_enforce=1")?;
+    assert_eq!(
+        setup
+            .ssh("cat /sys/module/module/parameters/sig_enforce")
+            .trim(),
+        "Y"
+    );
+    let ram = system_ram(&setup.ssh("cat /proc/iomem"));
+    let out_dir = tempfile::tempdir()?;
+    let refused_dir = tempfile::tempdir()?;
+
+    // --method lime is refused before anything is pushed, with the reason.
+    let output = setup
+        .mshot(refused_dir.path())
+        .args(["--method", "lime"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sig_enforce") && stderr.contains("--method kcore"),
+        "{stderr}"
+    );
+    let m = manifest(&refused_dir.path().join("guest.json"));
+    assert!(
+        m["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| !a["command"].as_str().unwrap().contains("cat >")),
+        "the module was pushed although it cannot load"
+    );
+
+    // --method auto (the default) with the same unsigned module: kcore, said so.
+    let output = setup.mshot(out_dir.path()).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("method kcore") && stderr.contains("sig_enforce"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("method   kcore"), "{stdout}");
+    let image = std::fs::read(out_dir.path().join("guest.lime"))?;
+    let ranges = lime_ranges(&image);
+    assert_eq!(
+        ranges.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ram.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    let m = manifest(&out_dir.path().join("guest.json"));
+    assert_eq!(m["source"]["method"], "kcore");
+    assert_eq!(m["source"]["target_policy"]["sig_enforce"], true);
+    assert!(
+        m["source"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not signed")
+    );
+    assert_eq!(m["image"]["bytes"], image.len() as u64);
+    assert_nothing_left(&setup);
+    Ok(())
+}
