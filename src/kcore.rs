@@ -404,6 +404,11 @@ pub async fn acquire(
 ) -> anyhow::Result<Option<(Received, PathBuf)>> {
     let host = shell.host;
     progress.phase("reading /proc/kcore headers");
+    if job.source.store_compressed {
+        bail!(
+            "{KCORE} streams plain, so there is no compressed stream to store: rerun without --store-compressed"
+        );
+    }
     if job.source.compress || job.source.digest {
         tracing::info!(
             "{host}: /proc/kcore has no compression and no kernel-side digest; the image crosses SSH plain and is hashed by mshot only"

@@ -30,10 +30,9 @@ fn lab_profile() -> Option<PathBuf> {
     isf.is_file().then_some(isf)
 }
 
-/// (pid, comm) of every task in a `{"pslist": [...]}` document.
-fn pslist(json: &serde_json::Value) -> BTreeSet<(u64, String)> {
-    json["pslist"]
-        .as_array()
+/// (pid, comm) of every task in pslist rows (a JSON array).
+fn pslist(rows: &serde_json::Value) -> BTreeSet<(u64, String)> {
+    rows.as_array()
         .expect("pslist rows")
         .iter()
         .map(|row| {
@@ -60,7 +59,8 @@ fn analyze_pslist(image: &Path, profile: &Path) -> BTreeSet<(u64, String)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    pslist(&serde_json::from_slice(&out.stdout).unwrap())
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    pslist(&doc["pslist"])
 }
 
 /// Nothing of mshot's left on the target, checked with the OpenSSH client.
@@ -195,7 +195,7 @@ fn lime_compressed_with_digest_kcore_without_module_and_a_corrupted_byte() -> an
     match lab_profile() {
         Some(profile) => {
             let from_kcore = pslist(&serde_json::from_slice(&std::fs::read(
-                kcore_dir.join("guest.pslist.json"),
+                kcore_dir.join("guest.lime.pslist.json"),
             )?)?);
             let from_lime = analyze_pslist(&lime_image, &profile);
             // Same guest, a minute apart: the same long-lived tasks, while short
