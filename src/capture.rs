@@ -746,17 +746,21 @@ async fn cleanup(
     // A LiME that still waits for its client blocks in init and cannot be
     // removed: connect once and hang up, so init fails and the module goes away.
     if let Some((command, pending)) = state.insmod.take() {
-        // With digest=sha256 LiME listens a second time, for the digest client.
-        for _ in 0..3 {
-            if command.is_finished() {
-                break;
-            }
+        // With digest=sha256 LiME listens a second time, for the digest client,
+        // once it has skipped the rest of the image: hang up on that one too.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !command.is_finished() && Instant::now() < deadline {
             if let Some(port) = state.port
                 && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
             {
                 let _ = channel.close().await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            for _ in 0..10 {
+                if command.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
             Ok(Ok(out)) => pending.finish(audit, Some(&out)),
