@@ -153,6 +153,49 @@ proptest! {
         }
     }
 
+    /// The process and network plugins (descriptor tables, sockets, the
+    /// maple tree and vm_next list, paths, heaps, environments, memdump's
+    /// hole skipping) on a synthetic kernel with mutated object memory.
+    #[test]
+    fn process_plugins_on_mutated_kernels(maple in any::<bool>(), edits in proptest::collection::vec((0x1_0000usize..0x3_a000, any::<u8>()), 1..64), words in proptest::collection::vec((0x1_0000usize..0x3_a000, any::<u64>()), 0..8)) {
+        use memimage::plugins::memdump::{dump_regions, read_region};
+        use memimage::plugins::{Options, run_plugin};
+        use memimage::synth::proc;
+        let pk = proc::build(maple);
+        let mut bytes = pk.mem.bytes.clone();
+        for (at, v) in edits {
+            bytes[at] = v;
+        }
+        for (at, v) in words {
+            bytes[at & !7..(at & !7) + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let phys = PhysicalMemory::parse(&bytes).unwrap();
+        let profile = Profile::load(pk.isf.as_bytes(), "synth-proc").unwrap();
+        let k = Kernel {
+            phys: &phys,
+            profile: &profile,
+            vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
+            aslr_shift: 0,
+            phys_shift: 0,
+            dtb: pk.mem.dtb,
+            mode: PagingMode::Level4,
+            banner: Vec::new(),
+            banner_pa: 0,
+            vmcoreinfo: None,
+            method: "fuzz",
+        };
+        for p in ["netstat", "maps", "envars", "bash", "memdump", "psaux"] {
+            if let Err(e) = run_plugin(p, &k, &Options { threads: true }) {
+                prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+        if let Ok(regions) = dump_regions(&k, &[]) {
+            for r in regions.iter().take(8) {
+                let _ = read_region(&k, r, |_| -> Result<(), ()> { Ok(()) });
+            }
+        }
+    }
+
     #[test]
     fn paging_over_garbage(mem in proptest::collection::vec(any::<u8>(), 0x2000..0x4000), dtb in any::<u64>(), va in any::<u64>(), five in any::<bool>()) {
         let img = lime_image(&[(0, &mem)]);

@@ -11,6 +11,7 @@
 //! entries, and it is eight times less work.
 
 use super::maps::mm_bounds;
+use super::memdump::for_each_mapped;
 use super::tasks::{processes, read_task};
 use super::util::{cstr, lossy, process_vm};
 use super::vma::vmas;
@@ -56,19 +57,13 @@ pub(crate) fn parse_timestamp(ts: &[u8]) -> Option<i64> {
 }
 
 /// Readable pages of the heap regions: (address, bytes).
-fn heap_pages(vm: &VirtualMemory<'_, '_>, ranges: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
+fn heap_pages(k: &Kernel<'_, '_>, dtb: u64, ranges: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut total = 0u64;
     for &(start, end) in ranges {
-        let mut va = start & !0xfff;
-        while va < end && total < MAX_HEAP {
-            let mut page = vec![0u8; 0x1000];
-            if vm.read(va, &mut page).is_ok() {
-                out.push((va, page));
-                total += 0x1000;
-            }
-            va = va.wrapping_add(0x1000);
-        }
+        let budget = MAX_HEAP.saturating_sub(out.len() as u64 * 0x1000);
+        for_each_mapped(k, dtb, start & !0xfff, end, budget, |va, b| {
+            out.push((va, b.to_vec()));
+        });
     }
     out
 }
@@ -132,7 +127,7 @@ pub(crate) fn run(k: &Kernel<'_, '_>) -> Result<Vec<Row>, KernelError> {
             .filter(|v| v.start <= b.brk && v.end >= b.start_brk)
             .map(|v| (v.start, v.end))
             .collect();
-        let pages = heap_pages(&vm, &heap);
+        let pages = heap_pages(k, vm.dtb, &heap);
         for (ts, cmd) in scan_history(&vm, &pages) {
             rows.push(Row {
                 fields: vec![

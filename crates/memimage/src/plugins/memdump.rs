@@ -14,7 +14,7 @@ use super::tasks::{processes, read_task};
 use super::util::process_vm;
 use super::{PluginError, Row, Value};
 use crate::kernel::{Kernel, KernelError};
-use crate::memory::{MemoryError, translate};
+use crate::memory::{MemoryError, PagingMode, translate};
 
 /// Bytes handed to the caller at a time, at most.
 const CHUNK: usize = 1 << 20;
@@ -88,6 +88,18 @@ fn plan(k: &Kernel<'_, '_>, pids: &[i64]) -> Result<Vec<DumpRegion>, KernelError
     Ok(out)
 }
 
+/// Where a hole that starts at `va` ends: after everything the failed
+/// entry would have mapped, or at the canonical upper half for addresses
+/// no table can map.
+fn hole_end(e: &MemoryError, va: u64, mode: PagingMode) -> u64 {
+    if let MemoryError::NonCanonical { .. } = e {
+        let upper = !((1u64 << (mode.va_bits() - 1)) - 1);
+        return if va < upper { upper } else { u64::MAX };
+    }
+    let span = hole_span(e);
+    ((va / span) + 1).saturating_mul(span)
+}
+
 /// Bytes covered by one entry of the level that failed, so a hole can skip
 /// everything that entry would have mapped.
 fn hole_span(e: &MemoryError) -> u64 {
@@ -103,6 +115,39 @@ fn hole_span(e: &MemoryError) -> u64 {
         // The table itself is missing: its parent entry's whole span.
         MemoryError::TableAbsent { level, .. } => 1u64 << (shift(level) + 9).min(48),
         _ => 0x1000,
+    }
+}
+
+/// Calls `f(va, bytes)` for each mapped and captured piece of
+/// `[start, end)` in the address space rooted at `dtb` (pieces never cross
+/// a page), skipping unmapped spans a whole table entry at a time; stops
+/// after `max_bytes` bytes were delivered. Bounded for any `start..end`.
+pub(crate) fn for_each_mapped(
+    k: &Kernel<'_, '_>,
+    dtb: u64,
+    start: u64,
+    end: u64,
+    max_bytes: u64,
+    mut f: impl FnMut(u64, &[u8]),
+) {
+    let mut va = start;
+    let mut done = 0u64;
+    let mut page = vec![0u8; 0x1000];
+    while va < end && done < max_bytes {
+        match translate(k.phys, k.mode, dtb, va) {
+            Ok(t) => {
+                let n = (0x1000 - (va & 0xfff)).min(end - va);
+                let buf = page
+                    .get_mut(..usize::try_from(n).unwrap_or(0))
+                    .unwrap_or_default();
+                if k.phys.read(t.pa, buf).is_ok() {
+                    f(va, buf);
+                    done += n;
+                }
+                va += n;
+            }
+            Err(e) => va = hole_end(&e, va, k.mode),
+        }
     }
 }
 
@@ -135,8 +180,7 @@ pub fn read_region<E>(
             }
             Err(e) => {
                 flush(&mut buf, &mut f)?;
-                let span = hole_span(&e);
-                let next = ((va / span) + 1).saturating_mul(span).min(r.end);
+                let next = hole_end(&e, va, k.mode).min(r.end);
                 add_hole(&mut holes, &mut f, va, next)?;
                 va = next;
             }

@@ -22,6 +22,9 @@ mod util;
 mod vfs;
 mod vma;
 
+#[cfg(test)]
+mod tests;
+
 use crate::format::PhysicalMemory;
 use crate::kernel::{Kernel, KernelError};
 

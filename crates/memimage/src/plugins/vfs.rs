@@ -55,26 +55,25 @@ pub(crate) fn fds(k: &Kernel<'_, '_>, task: u64) -> Result<Vec<(u64, u64)>, Kern
     if arr == 0 || max > MAX_FDS {
         return Ok(Vec::new());
     }
+    // Page by page: an unreadable page loses its entries, not the table.
     let mut out = Vec::new();
-    let mut buf = vec![0u8; usize::try_from(max * 8).unwrap_or(0)];
-    if k.vm.read(arr, &mut buf).is_ok() {
-        for (i, c) in buf.chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            let f = u64::from_le_bytes(b);
-            if f != 0 {
-                out.push((i as u64, f));
+    let total = max * 8;
+    let mut off = 0u64;
+    while off < total {
+        let va = arr.wrapping_add(off);
+        let n = (0x1000 - (va & 0xfff)).min(total - off);
+        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
+        if k.vm.read(va, &mut buf).is_ok() {
+            for (i, c) in buf.chunks_exact(8).enumerate() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                let f = u64::from_le_bytes(b);
+                if f != 0 {
+                    out.push((off / 8 + i as u64, f));
+                }
             }
         }
-    } else {
-        // Part of the array is unreadable: take the entries that are.
-        for i in 0..max {
-            if let Ok(f) = k.vm.read_u64(arr.wrapping_add(i * 8))
-                && f != 0
-            {
-                out.push((i, f));
-            }
-        }
+        off += n;
     }
     Ok(out)
 }
