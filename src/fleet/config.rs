@@ -66,6 +66,10 @@ const HOST_KEYS: &[&str] = &[
     "force",
     "connect_timeout",
     "stream_timeout",
+    "method",
+    "compress",
+    "store_compressed",
+    "digest",
 ];
 const PER_HOST_ONLY: &[&str] = &["addr", "name", "filename"];
 
@@ -957,16 +961,26 @@ impl Checker {
                 .map_or(default, |s| s as u64),
             None => default,
         };
+        let source = self.source_options(&layered);
         let connect_timeout = seconds(self, "connect_timeout", 20);
         let stream_timeout = seconds(self, "stream_timeout", 120);
 
         let module = match layered.get("module") {
             Some(n) => self.path(n, "module").and_then(|p| self.module(n, &p)),
-            None if self.overrides.bench => Some(Arc::new(ModuleFile {
-                path: PathBuf::new(),
-                bytes: Vec::new(),
-                sha256: String::new(),
-            })),
+            // No module: --method auto reads /proc/kcore instead (and benchmarks load none).
+            None if self.overrides.bench
+                || source
+                    .as_ref()
+                    .is_some_and(|s| s.method != crate::source::Method::Lime) =>
+            {
+                Some(Arc::new(ModuleFile {
+                    path: PathBuf::new(),
+                    bytes: Vec::new(),
+                    sha256: String::new(),
+                }))
+            }
+            // The method itself is wrong: that error says enough.
+            None if source.is_none() => None,
             None => {
                 let hint = if context.repository.is_some_and(|r| r.enabled) {
                     "; fetching modules from a repository is not wired into fleet captures in this build yet"
@@ -976,7 +990,7 @@ impl Checker {
                 self.error(
                     map.pos,
                     format!(
-                        "{owner}: no module: give module: (the LiME .ko built for its kernel), here or in defaults{hint}"
+                        "{owner}: method lime needs module: (the LiME .ko built for its kernel), here or in defaults{hint}; or use method: auto or kcore"
                     ),
                 );
                 None
@@ -1045,6 +1059,7 @@ impl Checker {
             (None, None) => Vec::new(),
         };
 
+        let source = source?;
         let (addr, port, name, user, module, output_dir, filename, known_hosts) = (
             addr?,
             port?,
@@ -1119,10 +1134,54 @@ impl Checker {
                 force,
                 dry_run: self.overrides.dry_run,
                 stream_idle_timeout: Duration::from_secs(stream_timeout),
-                // As the single-host default: LiME when it can load, else kcore; LiME's digest.
-                source: crate::source::SourceOptions::default(),
+                source,
             },
         })
+    }
+
+    /// `method`, `compress`, `store_compressed`, `digest`: as the flags of one capture.
+    fn source_options(&mut self, layered: &Layered) -> Option<crate::source::SourceOptions> {
+        use crate::source::{Method, SourceOptions};
+        let mut options = SourceOptions::default();
+        let mut ok = true;
+        if let Some(n) = layered.get("method") {
+            match &n.value {
+                Value::Str(m) if m == "auto" => options.method = Method::Auto,
+                Value::Str(m) if m == "lime" => options.method = Method::Lime,
+                Value::Str(m) if m == "kcore" => options.method = Method::Kcore,
+                other => {
+                    let found = match other {
+                        Value::Str(m) => format!("{m:?}"),
+                        other => other.kind().to_string(),
+                    };
+                    self.error(
+                        n.pos,
+                        format!("method must be auto, lime or kcore, found {found}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for (key, slot) in [
+            ("compress", &mut options.compress),
+            ("store_compressed", &mut options.store_compressed),
+            ("digest", &mut options.digest),
+        ] {
+            if let Some(n) = layered.get(key) {
+                match self.boolean(n, key) {
+                    Some(b) => *slot = b,
+                    None => ok = false,
+                }
+            }
+        }
+        if options.store_compressed
+            && !options.compress
+            && let Some(n) = layered.get("store_compressed")
+        {
+            self.error(n.pos, "store_compressed needs compress: true");
+            ok = false;
+        }
+        ok.then_some(options)
     }
 
     /// Reads and decrypts a key once; errors point at the `key:` value.
@@ -1380,6 +1439,23 @@ mod tests {
         assert_eq!(plan.hosts[1].job.target().host, "b");
         let empty = check("# nothing\n").err().unwrap().to_string();
         assert!(empty.ends_with("fleet.yaml: the fleet file is empty; it needs at least hosts: (see config.example.yaml)"), "{empty}");
+    }
+
+    #[test]
+    fn without_a_module_auto_and_kcore_read_proc_kcore() {
+        let plan = check(
+            "hosts:\n  - {addr: a}\n  - {addr: b, method: kcore, digest: false}\n  - {addr: c, module: lime.ko, method: lime, compress: true}\n",
+        )
+        .unwrap();
+        use crate::source::Method;
+        let [a, b, c] = &plan.hosts[..] else { panic!() };
+        assert_eq!(a.job.source.method, Method::Auto);
+        assert!(a.job.module.bytes.is_empty());
+        assert_eq!(b.job.source.method, Method::Kcore);
+        assert!(!b.job.source.digest);
+        assert_eq!(c.job.source.method, Method::Lime);
+        assert!(c.job.source.compress);
+        assert!(!c.job.module.bytes.is_empty());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct HostReport {
     pub status: Status,
     pub error: Option<String>,
     pub kernel_release: Option<String>,
+    /// How the image was taken (lime or kcore), as the manifest says.
+    pub method: Option<crate::source::Used>,
     pub bytes: Option<u64>,
     pub sha256: Option<String>,
     pub started: Option<Timestamp>,
@@ -83,6 +85,7 @@ impl HostReport {
             status: Status::Failed,
             error: None,
             kernel_release: None,
+            method: None,
             bytes: None,
             sha256: None,
             started: None,

@@ -99,6 +99,14 @@ const CORPUS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad-method.yaml",
+        &[
+            "2:11: method must be auto, lime or kcore, found \"dd\"",
+            "4:5: a: method lime needs module:",
+            "7:23: store_compressed needs compress: true",
+        ],
+    ),
+    (
         "many-problems.yaml",
         &[
             "1:10: workers (a number or auto) must be between 1 and 1024, found 0",
@@ -647,6 +655,7 @@ hosts:
         let sha = sha256_file(&image);
         assert_eq!(host["sha256"], sha.as_str(), "{name}");
         assert_eq!(host["kernel_release"], lab.release().as_str());
+        assert_eq!(host["method"], "lime", "{name}");
         let manifest = read_json(Path::new(host["manifest"].as_str().unwrap()));
         assert_eq!(manifest["image"]["sha256"], sha.as_str());
         assert_eq!(manifest["cleanup"]["module_unloaded"], true);
