@@ -52,7 +52,9 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 exec 9>"$OUTDIR/.lock"
 flock 9
 WORK="$OUTDIR/work"
-SCRIPT_HASH=$(sha256sum "$0" | cut -c1-16)
+LIME_BUILDER="$(cd "$(dirname "$0")/.." && pwd)/kernel-modules/build-lime.sh"
+[ -f "$LIME_BUILDER" ] || die "$LIME_BUILDER missing"
+SCRIPT_HASH=$(cat "$0" "$LIME_BUILDER" | sha256sum | cut -c1-16)
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- packages
@@ -148,7 +150,7 @@ if complete_build; then
 fi
 rm -f "$STAMP"
 
-# ---------------------------------------------------------------- headers
+# ---------------------------------------------------------------- downloads
 mkdir -p "$WORK/debs"
 # apt-get download PKG into $WORK/debs (kept for reuse); prints the .deb path.
 fetch_deb() {
@@ -163,35 +165,6 @@ fetch_deb() {
   fi
   echo "$deb"
 }
-HPKG="linux-headers-$RELEASE"
-HDRS=/usr/src/linux-headers-$RELEASE
-if [ ! -f "$HDRS/Makefile" ]; then
-  apt-cache show "$HPKG" >/dev/null 2>&1 || apt_update_once
-  HDEPS=$(apt-cache depends --important "$HPKG" 2>/dev/null) || die "no package $HPKG (check apt sources)"
-  if echo "$HDEPS" | grep -Eq 'Depends: linux-image-'; then
-    # Newer headers packages (6.12) depend on the kernel image: installing them would
-    # install a kernel (and initramfs-tools, udev) on the host. Install only the other
-    # dependencies (common headers, kbuild, compiler) and unpack the headers privately.
-    OTHER=$(echo "$HDEPS" | awk '$1 ~ /Depends:$/ && $2 !~ /^linux-image-/ && $2 !~ /^</ {print $2}' | sort -u)
-    ensure_pkgs $OTHER
-    HROOT="$WORK/headers"
-    rm -rf "$HROOT"
-    dpkg -x "$(fetch_deb "$HPKG")" "$HROOT"
-    # Relative links (scripts, tools -> ../../lib/linux-kbuild-*) point at the real system paths.
-    while IFS= read -r -d '' L; do
-      [ -e "$L" ] && continue
-      T=$(readlink "$L")
-      case "$T" in /*) S=$T ;; *) S=$(realpath -m "/${L#"$HROOT"/}/../$T") ;; esac
-      [ -e "$S" ] && ln -sfn "$S" "$L"
-    done < <(find "$HROOT" -type l -print0)
-    HDRS="$HROOT/usr/src/linux-headers-$RELEASE"
-    log "unpacked $HPKG privately (it depends on the kernel image)"
-  else
-    ensure_pkgs "$HPKG"
-  fi
-fi
-[ -f "$HDRS/Makefile" ] || die "$HDRS/Makefile missing after installing $HPKG"
-
 # ---------------------------------------------------------------- kernel
 KPKG="linux-image-$RELEASE"
 DEB=$(fetch_deb "$KPKG")
@@ -212,18 +185,14 @@ fi
 depmod -b "$KROOT" "$RELEASE" || die "depmod on the unpacked kernel failed"
 
 # ---------------------------------------------------------------- LiME
-LIME_SRC=$(ls -d /usr/src/lime-forensics-*/ 2>/dev/null | sort -V | tail -n1 || true)
-[ -n "$LIME_SRC" ] && [ -f "$LIME_SRC/main.c" ] || die "LiME source not found in /usr/src/lime-forensics-*/"
-LIME_BUILD="$WORK/lime-build"
-rm -rf "$LIME_BUILD"
-cp -a "$LIME_SRC" "$LIME_BUILD"
-log "building LiME from $LIME_SRC for $RELEASE"
-make -s -C "$HDRS" M="$LIME_BUILD" modules >"$WORK/lime-build.log" 2>&1 \
-  || { tail -n 30 "$WORK/lime-build.log" >&2; die "LiME build failed (log: $WORK/lime-build.log)"; }
-[ -f "$LIME_BUILD/lime.ko" ] || die "LiME build produced no lime.ko"
-VERMAGIC=$(modinfo -F vermagic "$LIME_BUILD/lime.ko")
-case "$VERMAGIC" in "$RELEASE "*) ;; *) die "lime.ko vermagic '$VERMAGIC' does not match $RELEASE" ;; esac
-strip --strip-debug "$LIME_BUILD/lime.ko"
+# The same build as the module repository's (kernel-modules/build-lime.sh):
+# lime-forensics-dkms against linux-headers-$RELEASE, no kernel installed.
+LIME_REPO="$WORK/lime-repo"
+rm -rf "$LIME_REPO"
+bash "$LIME_BUILDER" --work "$WORK" --out "$LIME_REPO" "$RELEASE" \
+  || die "LiME build for $RELEASE failed (kernel-modules/build-lime.sh)"
+LIME_KO="$LIME_REPO/modules/$(uname -m)/lime-$RELEASE.ko"
+[ -s "$LIME_KO" ] || die "kernel-modules/build-lime.sh produced no $LIME_KO"
 
 # ---------------------------------------------------------------- keys
 if [ ! -s "$OUTDIR/id_ed25519" ] || [ ! -s "$OUTDIR/id_ed25519.pub" ]; then
@@ -398,10 +367,10 @@ INITRD_TMP="$OUTDIR/.initrd.img.tmp"
 install_atomic() { cp "$1" "$OUTDIR/.$2.tmp" && mv -f "$OUTDIR/.$2.tmp" "$OUTDIR/$2"; }
 install_atomic "$VMLINUZ_SRC" vmlinuz
 mv -f "$INITRD_TMP" "$OUTDIR/initrd.img"
-install_atomic "$LIME_BUILD/lime.ko" lime.ko
+install_atomic "$LIME_KO" lime.ko
 echo "$RELEASE" >"$OUTDIR/.release.tmp" && mv -f "$OUTDIR/.release.tmp" "$OUTDIR/release"
 write_env
-rm -rf "$KROOT" "$LIME_BUILD" "$IR" "$WORK/headers"
+rm -rf "$KROOT" "$LIME_REPO" "$IR"
 echo "$STAMP_WANT" >"$STAMP"
 log "done: $OUTDIR (release $RELEASE, initrd $(stat -c %s "$OUTDIR/initrd.img") bytes, lime.ko $(stat -c %s "$OUTDIR/lime.ko") bytes)"
 cat "$OUTDIR/env"
