@@ -33,7 +33,8 @@ pub struct CaptureJob {
     pub route: Vec<Endpoint>,
     pub host_keys: HostKeyPolicy,
     pub ssh: SshOptions,
-    pub module: ModuleFile,
+    /// A module file, or a repository resolved once the kernel is known.
+    pub module: ModuleSource,
     pub image_path: PathBuf,
     pub sudo_password: Option<Secret>,
     /// Unload a LiME module that is already loaded instead of refusing.
@@ -50,6 +51,44 @@ impl CaptureJob {
     pub fn target(&self) -> &Endpoint {
         // config guarantees a non-empty route
         &self.route[self.route.len() - 1]
+    }
+}
+
+/// Where the LiME module comes from.
+pub enum ModuleSource {
+    /// `--module FILE`, read and hashed before connecting.
+    File(ModuleFile),
+    /// A module repository: resolved in `run` after `uname`, verified before
+    /// anything is written on the target.
+    Repository(crate::repository::RepositorySpec),
+}
+
+impl ModuleSource {
+    /// The manifest's record before (or without) resolution.
+    fn record(&self) -> manifest::ModuleRecord {
+        match self {
+            ModuleSource::File(module) => module_record(module, None),
+            ModuleSource::Repository(spec) => manifest::ModuleRecord {
+                local_path: String::new(),
+                sha256: String::new(),
+                size: 0,
+                remote_path: String::new(),
+                repository: Some(crate::repository::ModuleOrigin::unresolved(spec)),
+            },
+        }
+    }
+}
+
+fn module_record(
+    module: &ModuleFile,
+    origin: Option<crate::repository::ModuleOrigin>,
+) -> manifest::ModuleRecord {
+    manifest::ModuleRecord {
+        local_path: module.path.display().to_string(),
+        sha256: module.sha256.clone(),
+        size: module.bytes.len() as u64,
+        remote_path: String::new(),
+        repository: origin,
     }
 }
 
@@ -89,6 +128,8 @@ struct Facts {
     lime_arguments: String,
     material: Option<crate::material::Fetched>,
     source: source::SourceRecord,
+    /// The module actually used, once known (repository modules after `uname`).
+    module: Option<manifest::ModuleRecord>,
 }
 
 pub struct Received {
@@ -169,10 +210,8 @@ pub async fn capture(
         privilege: state.privilege,
         dry_run: job.dry_run,
         module: manifest::ModuleRecord {
-            local_path: job.module.path.display().to_string(),
-            sha256: job.module.sha256.clone(),
-            size: job.module.bytes.len() as u64,
             remote_path: facts.remote_module_path.clone(),
+            ..facts.module.clone().unwrap_or_else(|| job.module.record())
         },
         lime_arguments: facts.lime_arguments.clone(),
         started,
@@ -249,7 +288,42 @@ async fn run(
     facts.kernel_release = kernel.release.clone();
     facts.machine = kernel.machine.clone();
     tracing::info!("{host}: kernel {} on {}", kernel.release, kernel.machine);
-    let module = module_availability(&job.module, &kernel);
+    // A repository is asked only now that the kernel is known; it verifies the
+    // manifest's signature and the module's hash before anything is pushed.
+    // Only "no module for this kernel" leaves the choice to --method (auto
+    // reads /proc/kcore then); a failed verification always stops here.
+    let resolved;
+    let no_module = ModuleFile {
+        path: PathBuf::new(),
+        bytes: Vec::new(),
+        sha256: String::new(),
+    };
+    let mut repository_miss = None;
+    let module_file = match &job.module {
+        ModuleSource::File(module) => module,
+        ModuleSource::Repository(spec) => {
+            progress.phase("fetching module");
+            match crate::repository::resolve(spec, &kernel.release, &kernel.machine).await {
+                Ok(r) => {
+                    resolved = r;
+                    facts.module = Some(module_record(
+                        &resolved.module,
+                        Some(resolved.origin.clone()),
+                    ));
+                    &resolved.module
+                }
+                Err(e) if e.is::<crate::repository::NoModule>() => {
+                    repository_miss = Some(e.to_string());
+                    &no_module
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let module = match repository_miss {
+        Some(why) => source::ModuleAvailability::Missing(why),
+        None => module_availability(module_file, &kernel),
+    };
 
     let privilege = become_root(&shell, kernel.uid).await?;
     state.privilege = Some(privilege);
@@ -315,11 +389,11 @@ async fn run(
     let out = shell
         .run_root(
             &commands::write_file(&remote_module),
-            &job.module.bytes,
+            &module_file.bytes,
             Some(format!(
                 "{} ({} bytes)",
-                job.module.path.display(),
-                job.module.bytes.len()
+                module_file.path.display(),
+                module_file.bytes.len()
             )),
         )
         .await?;
@@ -334,11 +408,11 @@ async fn run(
         .await?;
     let remote_hash = remote::parse_sha256sum(&out.stdout_text())
         .ok_or_else(|| anyhow!("sha256sum of {remote_module} failed: {}", out.stderr_line()))?;
-    if remote_hash != job.module.sha256 {
+    if remote_hash != module_file.sha256 {
         bail!(
             "module changed in transit: {remote_module} on the target has SHA-256 {remote_hash}, {} has {}",
-            job.module.path.display(),
-            job.module.sha256
+            module_file.path.display(),
+            module_file.sha256
         );
     }
 

@@ -32,6 +32,8 @@ pub enum Command {
     Analyze(crate::analyze_cmd::AnalyzeArgs),
     /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
     Profile(crate::profile_cmd::ProfileArgs),
+    /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
+    Repo(crate::repository::cmd::RepoArgs),
     /// Benchmark aid: stream a LiME-format TCP source on the target (HOST:PORT as the
     /// target sees it) through the capture path into --output-dir/--filename.
     #[command(hide = true)]
@@ -110,9 +112,24 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub accept_new_host_keys: bool,
 
-    /// LiME kernel module built for the target's kernel.
+    /// LiME kernel module built for the target's kernel (wins over any repository).
     #[arg(long, value_name = "FILE")]
     pub module: Option<PathBuf>,
+
+    /// Take the LiME module for the target's kernel from the module repository
+    /// (--repository-url, else the default one the Docker image ships).
+    #[arg(long)]
+    pub repository: bool,
+
+    /// Module repository: an http(s):// URL, a file:// URL or a directory.
+    /// Implies --repository.
+    #[arg(long, value_name = "URL|PATH", env = "MSHOT_REPOSITORY_URL")]
+    pub repository_url: Option<String>,
+
+    /// minisign public key (RW...) or key file the repository's manifest must be
+    /// signed with (default: the key built into mshot).
+    #[arg(long, value_name = "KEY|FILE", env = "MSHOT_REPOSITORY_KEY")]
+    pub repository_key: Option<String>,
 
     /// Directory for the image and its manifest.
     #[arg(long, value_name = "DIR", default_value = ".")]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::capture::{CaptureJob, ModuleFile};
+use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
 use crate::cli::CaptureArgs;
 use crate::secret::Secret;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
@@ -70,20 +70,36 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         None => home_dir()?.join(".ssh/known_hosts"),
     };
 
-    // Without --module, --method auto reads /proc/kcore; only --method lime needs one.
-    let needs_module = needs_module && args.method == crate::source::Method::Lime;
-    let module = match (&args.module, needs_module) {
-        (Some(path), _) => read_module(path)?,
-        (None, true) => {
+    // Without --module, --method auto reads /proc/kcore unless a repository
+    // has a module for the target's kernel; only --method lime needs one.
+    let lime_possible = needs_module && args.method != crate::source::Method::Kcore;
+    let wants_repository = lime_possible && (args.repository || args.repository_url.is_some());
+    let module = match &args.module {
+        Some(path) => {
+            if wants_repository {
+                tracing::info!(
+                    "--module {} given: not using the module repository",
+                    path.display()
+                );
+            }
+            ModuleSource::File(read_module(path)?)
+        }
+        None if wants_repository => {
+            ModuleSource::Repository(crate::repository::RepositorySpec::new(
+                args.repository_url.as_deref(),
+                args.repository_key.as_deref(),
+            )?)
+        }
+        None if needs_module && args.method == crate::source::Method::Lime => {
             bail!(
-                "--module is required with --method lime: the LiME module built for the target's kernel (or use --method kcore/auto)"
+                "--method lime needs a module: give --module FILE (LiME built for the target's kernel), or --repository / --repository-url URL to take it from a module repository (or use --method kcore/auto)"
             )
         }
-        (None, false) => ModuleFile {
+        None => ModuleSource::File(ModuleFile {
             path: PathBuf::new(),
             bytes: Vec::new(),
             sha256: String::new(),
-        },
+        }),
     };
 
     let sudo_password = match secret_from(

@@ -18,6 +18,7 @@ pub mod material_load;
 pub mod profile_cmd;
 pub mod progress;
 pub mod remote;
+pub mod repository;
 pub mod sanitize;
 pub mod secret;
 pub mod shell;

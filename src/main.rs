@@ -36,6 +36,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Repo(args)) => {
+            return match mshot::repository::cmd::run(args) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("mshot: {e:#}");
+                    ExitCode::from(exit::FAILED)
+                }
+            };
+        }
         Some(Command::Capture(args)) => (args.clone(), None),
         Some(Command::BenchReceive {
             capture,

@@ -44,6 +44,9 @@ pub struct ModuleRecord {
     pub sha256: String,
     pub size: u64,
     pub remote_path: String,
+    /// Where a module repository's module came from (URL, signing key, entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<crate::repository::ModuleOrigin>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

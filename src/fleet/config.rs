@@ -24,7 +24,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::yaml::{self, Node, Pos, Value};
-use crate::capture::{CaptureJob, ModuleFile};
+use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
 use crate::secret::Secret;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 
@@ -1110,11 +1110,11 @@ impl Checker {
                 password,
             },
         });
-        let module = ModuleFile {
+        let module = ModuleSource::File(ModuleFile {
             path: module.path.clone(),
             bytes: module.bytes.clone(),
             sha256: module.sha256.clone(),
-        };
+        });
         Some(HostPlan {
             name,
             pos: node.pos,
