@@ -4,5 +4,6 @@ mod harness_smoke;
 mod lab_capture;
 mod lab_material;
 mod lab_sources;
+mod repository;
 mod ssh_capture;
 mod support;

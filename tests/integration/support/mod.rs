@@ -20,6 +20,8 @@ The pieces:
 - [`topology`]: [`JumpChain`], sshds along a [`NetChain`] for jump-host tests.
 - [`openssh`]: [`OpenSsh`], the OpenSSH client set up to trust only the
   sshds a test names.
+- [`http`]: [`HttpServer`], Python's `http.server` on loopback serving a
+  directory (module repositories), with its request log.
 - [`datasource`]: [`DataSource`], a TCP listener that serves a deterministic
   byte pattern (or a file) for streaming tests and benchmarks.
 
@@ -48,6 +50,7 @@ fn key_login() -> anyhow::Result<()> {
 #![allow(dead_code, unused_imports)]
 
 pub mod datasource;
+pub mod http;
 pub mod keys;
 pub mod netns;
 pub mod openssh;
@@ -57,6 +60,7 @@ pub mod sshd;
 pub mod topology;
 
 pub use datasource::{DataSource, pattern};
+pub use http::HttpServer;
 pub use keys::{KeyPair, KeyType};
 pub use netns::{NetChain, NetNs};
 pub use openssh::OpenSsh;

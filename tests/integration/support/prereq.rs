@@ -32,6 +32,8 @@ pub enum Need {
     LabDir,
     /// Volatility 3's `vol` (see [`volatility`]), installed by `tests/run`.
     Volatility,
+    /// The `minisign` tool (Debian package `minisign`).
+    Minisign,
 }
 
 impl Need {
@@ -53,6 +55,9 @@ impl Need {
             Need::Volatility => volatility().is_none().then(|| {
                 "Volatility 3 not found: set MSHOT_VOL, or install it into $MSHOT_TOOLS_DIR/vol3 (tests/run does)".to_string()
             }),
+            Need::Minisign => find_program("minisign")
+                .is_none()
+                .then(|| "minisign is not on PATH (apt-get install minisign)".to_string()),
             Need::LabDir => match std::env::var_os("MSHOT_LAB_DIR") {
                 None => Some(
                     "MSHOT_LAB_DIR is not set (tests/run builds the lab and sets it)".to_string(),

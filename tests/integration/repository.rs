@@ -1,0 +1,715 @@
+//! The LiME module repository end to end: repositories made with `mshot repo`
+//! (keygen, index, sign), served by a real HTTP server on loopback or read
+//! from a directory, and captures of a real sshd target (this machine, dry
+//! runs) that take their module from it. Every refusal must leave the target
+//! untouched: the capture manifest's audit shows nothing but `uname`.
+//! The last test captures the QEMU lab guest with a module built by
+//! `mshot repo build` for its kernel, and no `--module`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::{self, HttpServer, KeyPair, KeyType, Need, Sshd, user};
+
+fn mshot() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    for var in [
+        "MSHOT_PASSWORD",
+        "MSHOT_SUDO_PASSWORD",
+        "MSHOT_KEY_PASSPHRASE",
+        "MSHOT_JUMP_PASSWORD",
+        "MSHOT_REPOSITORY_URL",
+        "MSHOT_REPOSITORY_KEY",
+        "MSHOT_REPOSITORY_KEY_PASSWORD",
+        "SSH_AUTH_SOCK",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn host_release() -> String {
+    let out = Command::new("uname").arg("-r").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A file that passes mshot's module checks for `release` on x86-64 (ELF
+/// header, e_machine, vermagic); dry runs push it, never load it.
+fn fake_module(release: &str, filler: u8) -> Vec<u8> {
+    let mut bytes = vec![0u8; 64];
+    bytes[..4].copy_from_slice(b"\x7fELF");
+    bytes[18..20].copy_from_slice(&62u16.to_le_bytes());
+    bytes.extend_from_slice(format!("\0vermagic={release} SMP mod_unload \0").as_bytes());
+    bytes.extend((0..20_000u32).map(|i| (i % 251) as u8 ^ filler));
+    bytes
+}
+
+/// A repository made with `mshot repo keygen|index|sign`, holding modules for
+/// this machine's kernel and a few neighbours.
+struct Repo {
+    root: tempfile::TempDir,
+    public_key: PathBuf,
+    secret_key: PathBuf,
+}
+
+impl Repo {
+    fn create(releases: &[&str]) -> Repo {
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("keys");
+        let repo = root.path().join("repo");
+        let modules = repo.join("modules/x86_64");
+        std::fs::create_dir_all(&modules).unwrap();
+        for (i, release) in releases.iter().enumerate() {
+            std::fs::write(
+                modules.join(format!("lime-{release}.ko")),
+                fake_module(release, i as u8),
+            )
+            .unwrap();
+        }
+        let (secret_key, public_key) = (keys.join("repo.key"), keys.join("repo.pub"));
+        ok(mshot()
+            .args(["repo", "keygen", "--unencrypted", "--secret-key"])
+            .arg(&secret_key)
+            .arg("--public-key")
+            .arg(&public_key));
+        let repo = Repo {
+            root,
+            public_key,
+            secret_key,
+        };
+        repo.index_and_sign();
+        repo
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("repo")
+    }
+
+    fn module_path(&self, release: &str) -> PathBuf {
+        self.dir().join(format!("modules/x86_64/lime-{release}.ko"))
+    }
+
+    fn index_and_sign(&self) {
+        ok(mshot().args(["repo", "index"]).arg(self.dir()));
+        ok(mshot()
+            .args(["repo", "sign"])
+            .arg(self.dir())
+            .arg("--secret-key")
+            .arg(&self.secret_key));
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir().join("manifest.json")).unwrap()).unwrap()
+    }
+}
+
+/// A real sshd target (this machine) with a key for the passwordless-sudo user.
+struct Target {
+    sshd: Sshd,
+    key: KeyPair,
+    known_hosts: PathBuf,
+}
+
+impl Target {
+    fn start() -> anyhow::Result<Target> {
+        let sshd = Sshd::builder().start()?;
+        let key = KeyPair::generate(sshd.dir(), "client", KeyType::Ed25519, None)?;
+        sshd.authorize(user::NOPW, &key)?;
+        let known_hosts = sshd.dir().join("mshot_known_hosts");
+        sshd.append_known_hosts(&known_hosts)?;
+        Ok(Target {
+            sshd,
+            key,
+            known_hosts,
+        })
+    }
+
+    /// A dry run (connect, root, push, hash, clean up) with `module_args`;
+    /// the cache lives in `cache` (XDG_CACHE_HOME).
+    fn dry_run(&self, module_args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Run {
+        let out_dir = tempfile::tempdir().unwrap();
+        let mut cmd = mshot();
+        cmd.arg("--output-dir")
+            .arg(out_dir.path())
+            .args(["--filename", "img.lime"])
+            .args(["--server", &self.sshd.ip().to_string()])
+            .args(["--port", &self.sshd.port().to_string()])
+            .args(["--user", user::NOPW])
+            .arg("--key")
+            .arg(&self.key.private)
+            .arg("--known-hosts")
+            .arg(&self.known_hosts)
+            .args(["--dry-run", "--connect-timeout", "10"])
+            .args(module_args)
+            .env("XDG_CACHE_HOME", cache);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let output = cmd.output().unwrap();
+        Run { output, out_dir }
+    }
+}
+
+struct Run {
+    output: Output,
+    out_dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    fn manifest(&self) -> serde_json::Value {
+        let path = self.out_dir.path().join("img.json");
+        let text = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("no manifest {}: {e}; {}", path.display(), self.stderr()));
+        serde_json::from_slice(&text).unwrap()
+    }
+    fn assert_ok(&self) -> serde_json::Value {
+        assert_eq!(self.output.status.code(), Some(0), "{}", self.stderr());
+        let manifest = self.manifest();
+        let pushed = manifest["module"]["remote_path"].as_str().unwrap();
+        assert!(pushed.starts_with("/tmp/mshot."), "{pushed}");
+        assert!(!Path::new(pushed).exists(), "{pushed} left behind");
+        manifest
+    }
+    /// Refused with `expected` in the one-line error, and nothing done on the
+    /// target but reading the kernel release.
+    fn assert_refused(&self, expected: &[&str]) -> serde_json::Value {
+        let stderr = self.stderr();
+        assert_eq!(self.output.status.code(), Some(1), "{stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{part:?} not in: {stderr}");
+        }
+        let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("mshot:")).collect();
+        assert_eq!(error_lines.len(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let manifest = self.manifest();
+        let audit = manifest["audit"].as_array().unwrap();
+        let commands: Vec<&str> = audit
+            .iter()
+            .map(|a| a["command"].as_str().unwrap())
+            .collect();
+        assert_eq!(commands, ["uname -r; uname -m; id -u"], "{manifest:#}");
+        assert_eq!(manifest["module"]["remote_path"], "");
+        assert!(manifest["module"]["repository"]["repository"].is_string());
+        assert!(manifest["image"].is_null());
+        assert!(
+            !self.out_dir.path().join("img.lime").exists()
+                && !self.out_dir.path().join("img.lime.part").exists()
+        );
+        manifest
+    }
+}
+
+#[test]
+fn http_repository_supplies_a_verified_module_and_caches_it() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Python3
+    );
+    let release = host_release();
+    let repo = Repo::create(&[&release, "6.1.0-55-amd64", "6.12.117+deb12-cloud-amd64"]);
+    let server = HttpServer::serve(&repo.dir())?;
+    let target = Target::start()?;
+    let cache = tempfile::tempdir()?;
+    let key = repo.public_key.to_str().unwrap();
+    let args = ["--repository-url", &server.url(), "--repository-key", key];
+    let module_url = format!("/modules/x86_64/lime-{release}.ko");
+    let expected_sha = repo.manifest()["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kernel_release"] == release.as_str())
+        .unwrap()["sha256"]
+        .clone();
+
+    // First run: downloaded, verified, pushed, cached under its SHA-256.
+    let manifest = target.dry_run(&args, cache.path(), &[]).assert_ok();
+    let origin = &manifest["module"]["repository"];
+    assert_eq!(origin["repository"], server.url());
+    assert_eq!(origin["entry"]["kernel_release"], release.as_str());
+    assert_eq!(origin["from_cache"], false);
+    assert_eq!(manifest["module"]["sha256"], expected_sha);
+    assert!(
+        origin["signed_comment"]
+            .as_str()
+            .unwrap()
+            .contains("file:manifest.json")
+    );
+    assert_eq!(server.gets(&module_url), 1);
+    let cached = cache.path().join(format!(
+        "mshot/modules/{}.ko",
+        expected_sha.as_str().unwrap()
+    ));
+    assert_eq!(
+        std::fs::read(&cached)?,
+        std::fs::read(repo.module_path(&release))?
+    );
+    // The target's sha256sum of what it received was checked against this.
+    let audit = manifest["audit"].as_array().unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["command"].as_str().unwrap().contains("sha256sum"))
+    );
+
+    // Second run: the cached copy, re-verified; the manifest is fetched again.
+    let manifest = target.dry_run(&args, cache.path(), &[]).assert_ok();
+    assert_eq!(manifest["module"]["repository"]["from_cache"], true);
+    assert_eq!(server.gets(&module_url), 1);
+    assert_eq!(server.gets("/manifest.json"), 2);
+
+    // A corrupted cache entry is detected, discarded and downloaded again.
+    let mut bytes = std::fs::read(&cached)?;
+    bytes[100] ^= 0xff;
+    std::fs::write(&cached, &bytes)?;
+    let run = target.dry_run(&args, cache.path(), &[]);
+    let manifest = run.assert_ok();
+    assert!(
+        run.stderr().contains("discarding the cached module"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(manifest["module"]["repository"]["from_cache"], false);
+    assert_eq!(server.gets(&module_url), 2);
+    assert_eq!(
+        std::fs::read(&cached)?,
+        std::fs::read(repo.module_path(&release))?
+    );
+    Ok(())
+}
+
+#[test]
+fn directory_repository_by_path_file_url_and_environment() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    let release = host_release();
+    let repo = Repo::create(&[&release]);
+    let target = Target::start()?;
+    let cache = tempfile::tempdir()?;
+    let dir = repo.dir();
+    let key = repo.public_key.to_str().unwrap();
+
+    let manifest = target
+        .dry_run(
+            &[
+                "--repository-url",
+                dir.to_str().unwrap(),
+                "--repository-key",
+                key,
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_ok();
+    assert_eq!(
+        manifest["module"]["local_path"],
+        repo.module_path(&release).display().to_string()
+    );
+    // A directory repository is read in place, not cached.
+    assert!(!cache.path().join("mshot").exists());
+
+    let file_url = format!("file://{}", dir.display());
+    target
+        .dry_run(
+            &["--repository-url", &file_url, "--repository-key", key],
+            cache.path(),
+            &[],
+        )
+        .assert_ok();
+
+    // The environment names the repository and the key (the RW... line itself).
+    let key_line = std::fs::read_to_string(&repo.public_key)?
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let manifest = target
+        .dry_run(
+            &[],
+            cache.path(),
+            &[
+                ("MSHOT_REPOSITORY_URL", &file_url),
+                ("MSHOT_REPOSITORY_KEY", &key_line),
+            ],
+        )
+        .assert_ok();
+    assert_eq!(
+        manifest["module"]["repository"]["key_origin"],
+        "--repository-key"
+    );
+
+    // --module wins over any repository, even one that would be refused.
+    let module = repo.root.path().join("own.ko");
+    std::fs::write(&module, fake_module(&release, 7))?;
+    let manifest = target
+        .dry_run(
+            &[
+                "--module",
+                module.to_str().unwrap(),
+                "--repository-url",
+                "http://127.0.0.1:9/",
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_ok();
+    assert!(manifest["module"]["repository"].is_null());
+    assert_eq!(
+        manifest["module"]["local_path"],
+        module.display().to_string()
+    );
+    Ok(())
+}
+
+#[test]
+fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Python3
+    );
+    let release = host_release();
+    let target = Target::start()?;
+    let cache = tempfile::tempdir()?;
+
+    // Tampered module, over HTTP: expected and actual SHA-256 in the message.
+    let repo = Repo::create(&[&release]);
+    let mut bytes = std::fs::read(repo.module_path(&release))?;
+    let good_sha = sha256_hex(&bytes);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(repo.module_path(&release), &bytes)?;
+    let bad_sha = sha256_hex(&bytes);
+    let server = HttpServer::serve(&repo.dir())?;
+    let key = repo.public_key.to_str().unwrap().to_string();
+    target
+        .dry_run(
+            &["--repository-url", &server.url(), "--repository-key", &key],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[
+            &format!("lime-{release}.ko: SHA-256 expected {good_sha}"),
+            &format!("actual {bad_sha}"),
+        ]);
+    // Nothing of it went into the cache.
+    assert!(
+        !cache
+            .path()
+            .join(format!("mshot/modules/{good_sha}.ko"))
+            .exists()
+    );
+    drop(server);
+
+    // Tampered manifest (one field changed after signing): the signature fails.
+    let repo = Repo::create(&[&release]);
+    let manifest_path = repo.dir().join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path)?.replacen(
+        "\"lime_version\": \"unknown\"",
+        "\"lime_version\": \"9.9\"",
+        1,
+    );
+    std::fs::write(&manifest_path, text)?;
+    let key = repo.public_key.to_str().unwrap().to_string();
+    target
+        .dry_run(
+            &[
+                "--repository-url",
+                repo.dir().to_str().unwrap(),
+                "--repository-key",
+                &key,
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[
+            "manifest.json: signature check failed",
+            "changed after signing",
+        ]);
+
+    // Wrong key: another key pair's public key, and the built-in key.
+    let repo = Repo::create(&[&release]);
+    let other = Repo::create(&[&release]);
+    let signer = key_id(&repo.public_key);
+    let other_id = key_id(&other.public_key);
+    let dir = repo.dir();
+    target
+        .dry_run(
+            &[
+                "--repository-url",
+                dir.to_str().unwrap(),
+                "--repository-key",
+                other.public_key.to_str().unwrap(),
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[
+            &format!("expected a signature by key {other_id}"),
+            &format!("got one by key {signer}"),
+        ]);
+    target
+        .dry_run(
+            &["--repository-url", dir.to_str().unwrap()],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[&format!("got one by key {signer}"), "built-in key"]);
+
+    // Unsigned manifest.
+    std::fs::remove_file(dir.join("manifest.json.minisig"))?;
+    target
+        .dry_run(
+            &[
+                "--repository-url",
+                dir.to_str().unwrap(),
+                "--repository-key",
+                repo.public_key.to_str().unwrap(),
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[
+            "manifest.json is not signed",
+            "manifest.json.minisig not found",
+        ]);
+
+    // No module for this kernel: the closest releases and how to build one.
+    let repo = Repo::create(&[
+        "6.1.0-55-amd64",
+        "6.12.117+deb12-amd64",
+        "6.1.0-56-cloud-amd64",
+    ]);
+    let run = target.dry_run(
+        &[
+            "--repository-url",
+            repo.dir().to_str().unwrap(),
+            "--repository-key",
+            repo.public_key.to_str().unwrap(),
+        ],
+        cache.path(),
+        &[],
+    );
+    run.assert_refused(&[
+        &format!("no LiME module for kernel {release} (x86_64)"),
+        "closest it has: ",
+        "6.1.0-55-amd64",
+        &format!("mshot repo build --out REPO {release}"),
+    ]);
+
+    // Server unreachable: a loopback port nobody listens on.
+    let port = support::free_port([127, 0, 0, 1].into())?;
+    let url = format!("http://127.0.0.1:{port}/repo/");
+    target
+        .dry_run(
+            &[
+                "--repository-url",
+                &url,
+                "--repository-key",
+                repo.public_key.to_str().unwrap(),
+            ],
+            cache.path(),
+            &[],
+        )
+        .assert_refused(&[
+            &format!("cannot fetch {url}manifest.json"),
+            "onnection refused",
+        ]);
+    Ok(())
+}
+
+#[test]
+fn signatures_interoperate_with_the_minisign_tool() -> anyhow::Result<()> {
+    support::require!(Need::Minisign);
+    let release = host_release();
+    let repo = Repo::create(&[&release]);
+    // The minisign tool verifies what `mshot repo sign` wrote...
+    ok(Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(&repo.public_key)
+        .arg("-m")
+        .arg(repo.dir().join("manifest.json")));
+    // ...and mshot accepts a manifest signed by the tool, with a key the tool made.
+    let keys = repo.root.path().join("tool-keys");
+    std::fs::create_dir_all(&keys)?;
+    ok(Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(keys.join("k.pub"))
+        .arg("-s")
+        .arg(keys.join("k.key")));
+    ok(Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(keys.join("k.key"))
+        .arg("-m")
+        .arg(repo.dir().join("manifest.json")));
+    let out = ok(mshot()
+        .args(["repo", "verify"])
+        .arg(repo.dir())
+        .arg("--repository-key")
+        .arg(keys.join("k.pub")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok x86_64   {release}")),
+        "{stdout}"
+    );
+    // And refuses the same repository under the key mshot signed it with before.
+    let out = mshot()
+        .args(["repo", "verify"])
+        .arg(repo.dir())
+        .arg("--repository-key")
+        .arg(&repo.public_key)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// The key ID as minisign prints it: the little-endian u64 after "Ed", in hex.
+fn key_id(public_key: &Path) -> String {
+    let text = std::fs::read_to_string(public_key).unwrap();
+    let line = text.lines().nth(1).unwrap();
+    let raw = base64_decode(line);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&raw[2..10]);
+    format!("{:016X}", u64::from_le_bytes(id))
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap()
+}
+
+/// Port of the lab guest for the repository end-to-end test (issue 4's range).
+const LAB_PORT: u16 = 2250;
+
+#[test]
+fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::Python3,
+        Need::LabDir
+    );
+    let setup = crate::lab_capture::Setup::start(LAB_PORT)?;
+    let release = setup.lab.release();
+
+    // The repository: built by `mshot repo build` from Debian's packages for
+    // the guest's kernel, indexed, signed with a fresh key, served over HTTP.
+    let root = tempfile::tempdir()?;
+    let repo = root.path().join("repo");
+    ok(mshot()
+        .args(["repo", "build", "--out"])
+        .arg(&repo)
+        .arg("--work")
+        .arg(root.path().join("work"))
+        .arg(&release));
+    let (secret, public) = (root.path().join("k.key"), root.path().join("k.pub"));
+    ok(mshot()
+        .args(["repo", "keygen", "--unencrypted", "--secret-key"])
+        .arg(&secret)
+        .arg("--public-key")
+        .arg(&public));
+    ok(mshot().args(["repo", "index"]).arg(&repo));
+    ok(mshot()
+        .args(["repo", "sign"])
+        .arg(&repo)
+        .arg("--secret-key")
+        .arg(&secret));
+    let built = std::fs::read(repo.join(format!("modules/x86_64/lime-{release}.ko")))?;
+    let server = HttpServer::serve(&repo)?;
+
+    let out_dir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let output = setup
+        .mshot_without_module(out_dir.path())
+        .arg("--repository-url")
+        .arg(server.url())
+        .arg("--repository-key")
+        .arg(&public)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("MSHOT_REPOSITORY_URL")
+        .env_remove("MSHOT_REPOSITORY_KEY")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "mshot failed: {stderr}");
+
+    let image = std::fs::read(out_dir.path().join("guest.lime"))?;
+    let ram = crate::lab_capture::system_ram(&setup.ssh("cat /proc/iomem"));
+    assert_eq!(crate::lab_capture::lime_ranges(&image), ram);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    assert_eq!(manifest["kernel_release"], release.as_str());
+    let module = &manifest["module"];
+    assert_eq!(module["sha256"], sha256_hex(&built));
+    assert_eq!(module["repository"]["repository"], server.url());
+    assert_eq!(
+        module["repository"]["entry"]["lime_version"]
+            .as_str()
+            .map(|v| !v.is_empty()),
+        Some(true)
+    );
+    assert!(
+        module["repository"]["entry"]["build"]["headers"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("linux-headers-{release} "))
+    );
+    assert_eq!(manifest["cleanup"]["module_unloaded"], true);
+    setup.assert_target_clean(&manifest);
+    Ok(())
+}
+
+#[test]
+fn the_shipped_repository_verifies_with_the_builtin_key() {
+    // kernel-modules/repo is what the Docker image ships as the default
+    // `--repository`; it must stay signed by the key built into mshot.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-modules/repo");
+    let out = ok(mshot().args(["repo", "verify"]).arg(&dir));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(built-in key)"), "{stdout}");
+    let releases: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok x86_64"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // One release of each bookworm flavour at least.
+    for (prefix, suffix) in [
+        ("6.1.0-", "-amd64"),
+        ("6.1.0-", "-cloud-amd64"),
+        ("6.12.", "+deb12-amd64"),
+        ("6.12.", "+deb12-cloud-amd64"),
+    ] {
+        assert!(
+            releases.iter().any(|r| r.starts_with(prefix)
+                && r.ends_with(suffix)
+                && (suffix.contains("cloud") || !r.contains("cloud"))),
+            "no {prefix}*{suffix} in {releases:?}"
+        );
+    }
+}
