@@ -185,8 +185,9 @@ impl Run {
         manifest
     }
     /// Refused with `expected` in the one-line error, and nothing done on the
-    /// target but reading the kernel release.
-    fn assert_refused(&self, expected: &[&str]) -> serde_json::Value {
+    /// target but reading the kernel release (and, when `probes_allowed`, the
+    /// read-only root probes that pick the method).
+    fn assert_refused(&self, expected: &[&str], probes_allowed: bool) -> serde_json::Value {
         let stderr = self.stderr();
         assert_eq!(self.output.status.code(), Some(1), "{stderr}");
         for part in expected {
@@ -201,7 +202,16 @@ impl Run {
             .iter()
             .map(|a| a["command"].as_str().unwrap())
             .collect();
-        assert_eq!(commands, ["uname -r; uname -m; id -u"], "{manifest:#}");
+        if probes_allowed {
+            assert_eq!(commands[0], "uname -r; uname -m; id -u");
+            for command in &commands {
+                for write in ["mktemp", "cat >", "insmod", "rm -rf"] {
+                    assert!(!command.contains(write), "{command} ran: {manifest:#}");
+                }
+            }
+        } else {
+            assert_eq!(commands, ["uname -r; uname -m; id -u"], "{manifest:#}");
+        }
         assert_eq!(manifest["module"]["remote_path"], "");
         assert!(manifest["module"]["repository"]["repository"].is_string());
         assert!(manifest["image"].is_null());
@@ -405,10 +415,13 @@ fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
             cache.path(),
             &[],
         )
-        .assert_refused(&[
-            &format!("lime-{release}.ko: SHA-256 expected {good_sha}"),
-            &format!("actual {bad_sha}"),
-        ]);
+        .assert_refused(
+            &[
+                &format!("lime-{release}.ko: SHA-256 expected {good_sha}"),
+                &format!("actual {bad_sha}"),
+            ],
+            false,
+        );
     // Nothing of it went into the cache.
     assert!(
         !cache
@@ -439,10 +452,13 @@ fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
             cache.path(),
             &[],
         )
-        .assert_refused(&[
-            "manifest.json: signature check failed",
-            "changed after signing",
-        ]);
+        .assert_refused(
+            &[
+                "manifest.json: signature check failed",
+                "changed after signing",
+            ],
+            false,
+        );
 
     // Wrong key: another key pair's public key, and the built-in key.
     let repo = Repo::create(&[&release]);
@@ -461,17 +477,23 @@ fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
             cache.path(),
             &[],
         )
-        .assert_refused(&[
-            &format!("expected a signature by key {other_id}"),
-            &format!("got one by key {signer}"),
-        ]);
+        .assert_refused(
+            &[
+                &format!("expected a signature by key {other_id}"),
+                &format!("got one by key {signer}"),
+            ],
+            false,
+        );
     target
         .dry_run(
             &["--repository-url", dir.to_str().unwrap()],
             cache.path(),
             &[],
         )
-        .assert_refused(&[&format!("got one by key {signer}"), "built-in key"]);
+        .assert_refused(
+            &[&format!("got one by key {signer}"), "built-in key"],
+            false,
+        );
 
     // Unsigned manifest.
     std::fs::remove_file(dir.join("manifest.json.minisig"))?;
@@ -486,33 +508,65 @@ fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
             cache.path(),
             &[],
         )
-        .assert_refused(&[
-            "manifest.json is not signed",
-            "manifest.json.minisig not found",
-        ]);
+        .assert_refused(
+            &[
+                "manifest.json is not signed",
+                "manifest.json.minisig not found",
+            ],
+            false,
+        );
 
-    // No module for this kernel: the closest releases and how to build one.
+    // No module for this kernel: with --method lime, the closest releases and
+    // how to build one.
     let repo = Repo::create(&[
         "6.1.0-55-amd64",
         "6.12.117+deb12-amd64",
         "6.1.0-56-cloud-amd64",
     ]);
-    let run = target.dry_run(
-        &[
-            "--repository-url",
-            repo.dir().to_str().unwrap(),
-            "--repository-key",
-            repo.public_key.to_str().unwrap(),
-        ],
-        cache.path(),
-        &[],
-    );
-    run.assert_refused(&[
-        &format!("no LiME module for kernel {release} (x86_64)"),
-        "closest it has: ",
-        "6.1.0-55-amd64",
-        &format!("mshot repo build --out REPO {release}"),
-    ]);
+    let repo_dir = repo.dir();
+    let missing = [
+        "--repository-url",
+        repo_dir.to_str().unwrap(),
+        "--repository-key",
+        repo.public_key.to_str().unwrap(),
+    ];
+    let lime_only: Vec<&str> = missing
+        .iter()
+        .copied()
+        .chain(["--method", "lime"])
+        .collect();
+    target
+        .dry_run(&lime_only, cache.path(), &[])
+        .assert_refused(
+            &[
+                "LiME cannot be used: ",
+                &format!("no LiME module for kernel {release} (x86_64)"),
+                "closest it has: ",
+                "6.1.0-55-amd64",
+                &format!("mshot repo build --out REPO {release}"),
+            ],
+            true,
+        );
+    // With --method auto (the default) that one miss means /proc/kcore instead,
+    // said and recorded; still nothing is pushed. (A kernel without
+    // /proc/kcore, like some CI machines', refuses naming both reasons.)
+    let run = target.dry_run(&missing, cache.path(), &[]);
+    let no_module = format!("no LiME module for kernel {release}");
+    if Path::new("/proc/kcore").exists() {
+        assert_eq!(run.output.status.code(), Some(0), "{}", run.stderr());
+        let manifest = run.manifest();
+        assert_eq!(manifest["source"]["method"], "kcore", "{manifest:#}");
+        assert!(
+            manifest["source"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&no_module),
+            "{manifest:#}"
+        );
+        assert_eq!(manifest["module"]["remote_path"], "");
+    } else {
+        run.assert_refused(&["no way to read memory on this target", &no_module], true);
+    }
 
     // Server unreachable: a loopback port nobody listens on.
     let port = support::free_port([127, 0, 0, 1].into())?;
@@ -528,10 +582,13 @@ fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
             cache.path(),
             &[],
         )
-        .assert_refused(&[
-            &format!("cannot fetch {url}manifest.json"),
-            "onnection refused",
-        ]);
+        .assert_refused(
+            &[
+                &format!("cannot fetch {url}manifest.json"),
+                "onnection refused",
+            ],
+            false,
+        );
     Ok(())
 }
 
@@ -665,6 +722,7 @@ fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Resu
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
     assert_eq!(manifest["kernel_release"], release.as_str());
+    assert_eq!(manifest["source"]["method"], "lime");
     let module = &manifest["module"];
     assert_eq!(module["sha256"], sha256_hex(&built));
     assert_eq!(module["repository"]["repository"], server.url());
