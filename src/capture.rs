@@ -64,6 +64,14 @@ pub enum ModuleSource {
 }
 
 impl ModuleSource {
+    /// The module file, when one was given rather than a repository.
+    pub fn file(&self) -> Option<&ModuleFile> {
+        match self {
+            ModuleSource::File(module) => Some(module),
+            ModuleSource::Repository(_) => None,
+        }
+    }
+
     /// The manifest's record before (or without) resolution.
     fn record(&self) -> manifest::ModuleRecord {
         match self {

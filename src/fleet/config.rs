@@ -1450,12 +1450,12 @@ mod tests {
         use crate::source::Method;
         let [a, b, c] = &plan.hosts[..] else { panic!() };
         assert_eq!(a.job.source.method, Method::Auto);
-        assert!(a.job.module.bytes.is_empty());
+        assert!(a.job.module.file().unwrap().bytes.is_empty());
         assert_eq!(b.job.source.method, Method::Kcore);
         assert!(!b.job.source.digest);
         assert_eq!(c.job.source.method, Method::Lime);
         assert!(c.job.source.compress);
-        assert!(!c.job.module.bytes.is_empty());
+        assert!(!c.job.module.file().unwrap().bytes.is_empty());
     }
 
     #[test]
