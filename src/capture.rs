@@ -101,6 +101,7 @@ fn module_record(
 }
 
 /// The LiME module as read and hashed locally.
+#[derive(Clone)]
 pub struct ModuleFile {
     pub path: PathBuf,
     pub bytes: Vec<u8>,

@@ -87,7 +87,7 @@ const HOP_KEYS: &[&str] = &[
 const LOGGING_KEYS: &[&str] = &["dir", "prefix"];
 const AWS_KEYS: &[&str] = &["bucket"];
 const BUCKET_KEYS: &[&str] = &["name", "prefix", "region", "endpoint_url", "profile"];
-const REPOSITORY_KEYS: &[&str] = &["enabled", "url", "gpg_verify", "manifest", "dir"];
+const REPOSITORY_KEYS: &[&str] = &["enabled", "url", "key", "gpg_verify", "manifest", "dir"];
 const ANALYZE_KEYS: &[&str] = &["plugins", "profile"];
 
 /// One located problem in a fleet file.
@@ -173,11 +173,13 @@ pub struct BucketSpec {
     pub profile: Option<String>,
 }
 
-/// `repository:` (MargaritaShotgun's keys plus `dir`).
+/// `repository:` (MargaritaShotgun's keys plus `dir` and `key`, the minisign
+/// public key or key file, as `--repository-key`).
 #[derive(Clone, Debug, Default)]
 pub struct RepositorySpec {
     pub enabled: bool,
     pub url: Option<String>,
+    pub key: Option<String>,
     pub gpg_verify: bool,
     pub manifest: Option<String>,
     pub dir: Option<PathBuf>,
@@ -765,6 +767,30 @@ impl Checker {
             .get("manifest")
             .and_then(|n| self.string(n, "repository.manifest"));
         spec.dir = map.get("dir").and_then(|n| self.path(n, "repository.dir"));
+        spec.key = map
+            .get("key")
+            .and_then(|n| self.string(n, "repository.key"));
+        // mshot always checks the signature: a file that turns it off is refused
+        // rather than silently overruled.
+        if !spec.gpg_verify
+            && let Some(pos) = map.key_pos("gpg_verify")
+        {
+            self.error(
+                pos,
+                "repository.gpg_verify: false is not supported: mshot always verifies the manifest's signature; remove it",
+            );
+        }
+        if let (Some(manifest), Some(pos)) = (&spec.manifest, map.key_pos("manifest"))
+            && manifest != "primary"
+        {
+            self.error(
+                pos,
+                format!("repository.manifest: {manifest:?}: an mshot repository has one manifest (manifest.json); remove it"),
+            );
+        }
+        if spec.url.is_some() && spec.dir.is_some() {
+            self.error(map.pos, "repository: give url or dir, not both");
+        }
         Some(spec)
     }
 
@@ -965,32 +991,52 @@ impl Checker {
         let connect_timeout = seconds(self, "connect_timeout", 20);
         let stream_timeout = seconds(self, "stream_timeout", 120);
 
-        let module = match layered.get("module") {
-            Some(n) => self.path(n, "module").and_then(|p| self.module(n, &p)),
-            // No module: --method auto reads /proc/kcore instead (and benchmarks load none).
-            None if self.overrides.bench
-                || source
+        let repository = context.repository.filter(|r| {
+            r.enabled
+                && !self.overrides.bench
+                && source
                     .as_ref()
-                    .is_some_and(|s| s.method != crate::source::Method::Lime) =>
+                    .is_some_and(|s| s.method != crate::source::Method::Kcore)
+        });
+        let module = match (layered.get("module"), repository) {
+            (Some(n), _) => self
+                .path(n, "module")
+                .and_then(|p| self.module(n, &p))
+                .map(|m| ModuleSource::File(ModuleFile::clone(&m))),
+            // No module: the repository, resolved once the host's kernel is known.
+            (None, Some(r)) => {
+                let url = r
+                    .url
+                    .clone()
+                    .or_else(|| r.dir.as_ref().map(|d| d.display().to_string()));
+                match crate::repository::RepositorySpec::new(url.as_deref(), r.key.as_deref()) {
+                    Ok(spec) => Some(ModuleSource::Repository(spec)),
+                    Err(e) => {
+                        self.error(map.pos, format!("{owner}: repository: {e:#}"));
+                        None
+                    }
+                }
+            }
+            // No module: --method auto reads /proc/kcore instead (and benchmarks load none).
+            (None, None)
+                if self.overrides.bench
+                    || source
+                        .as_ref()
+                        .is_some_and(|s| s.method != crate::source::Method::Lime) =>
             {
-                Some(Arc::new(ModuleFile {
+                Some(ModuleSource::File(ModuleFile {
                     path: PathBuf::new(),
                     bytes: Vec::new(),
                     sha256: String::new(),
                 }))
             }
             // The method itself is wrong: that error says enough.
-            None if source.is_none() => None,
-            None => {
-                let hint = if context.repository.is_some_and(|r| r.enabled) {
-                    "; fetching modules from a repository is not wired into fleet captures in this build yet"
-                } else {
-                    ""
-                };
+            (None, None) if source.is_none() => None,
+            (None, None) => {
                 self.error(
                     map.pos,
                     format!(
-                        "{owner}: method lime needs module: (the LiME .ko built for its kernel), here or in defaults{hint}; or use method: auto or kcore"
+                        "{owner}: method lime needs module: (the LiME .ko built for its kernel), here or in defaults, or repository: {{enabled: true, url: ...}}; or use method: auto or kcore"
                     ),
                 );
                 None
@@ -1109,11 +1155,6 @@ impl Checker {
                 use_agent,
                 password,
             },
-        });
-        let module = ModuleSource::File(ModuleFile {
-            path: module.path.clone(),
-            bytes: module.bytes.clone(),
-            sha256: module.sha256.clone(),
         });
         Some(HostPlan {
             name,
@@ -1503,6 +1544,43 @@ mod tests {
             for e in &errors.errors {
                 assert!(e.message.contains("environment variable"), "{}", errors);
             }
+        }
+    }
+
+    #[test]
+    fn repository_supplies_modules_to_hosts_without_one() {
+        let plan = check(
+            "repository: {enabled: true, url: \"https://modules.example/lime\"}\nhosts:\n  - {addr: a}\n  - {addr: b, module: lime.ko}\n  - {addr: c, method: kcore}\n",
+        )
+        .unwrap();
+        let [a, b, c] = &plan.hosts[..] else { panic!() };
+        match &a.job.module {
+            crate::capture::ModuleSource::Repository(spec) => {
+                assert_eq!(spec.location.to_string(), "https://modules.example/lime/");
+                assert_eq!(spec.key.origin, "built-in key");
+            }
+            crate::capture::ModuleSource::File(_) => panic!("a has no repository"),
+        }
+        // module: wins; kcore needs none.
+        assert!(!b.job.module.file().unwrap().bytes.is_empty());
+        assert!(c.job.module.file().unwrap().bytes.is_empty());
+
+        for (text, expected) in [
+            ("gpg_verify: false", "always verifies"),
+            ("manifest: secondary", "one manifest"),
+            (
+                "url: \"https://x/\"\n  key: /nonexistent.pub",
+                "neither a minisign public key",
+            ),
+            ("url: \"ftp://x/y\"", "not supported"),
+        ] {
+            let errors = check(&format!(
+                "repository:\n  enabled: true\n  {text}\nhosts:\n  - {{addr: a}}\n"
+            ))
+            .err()
+            .unwrap_or_else(|| panic!("{text} accepted"))
+            .to_string();
+            assert!(errors.contains(expected), "{text}: {errors}");
         }
     }
 }

@@ -659,6 +659,69 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .unwrap()
 }
 
+#[test]
+fn a_fleet_takes_its_modules_from_the_repository() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Python3
+    );
+    let release = host_release();
+    let repo = Repo::create(&[&release]);
+    let server = HttpServer::serve(&repo.dir())?;
+    let one = Target::start()?;
+    let two = Target::start()?;
+    two.sshd.authorize(user::NOPW, &one.key)?;
+    let work = tempfile::tempdir()?;
+    let known_hosts = work.path().join("known_hosts");
+    one.sshd.append_known_hosts(&known_hosts)?;
+    two.sshd.append_known_hosts(&known_hosts)?;
+    let config = format!(
+        "output_dir: out\nrepository:\n  enabled: true\n  url: {url}\n  key: {key}\ndefaults:\n  known_hosts: {kh}\n  key: {client}\n  username: {user}\n  agent: false\n  method: lime\nhosts:\n  - {{addr: 127.0.0.1, port: {p1}, name: one, filename: one.lime}}\n  - {{addr: 127.0.0.1, port: {p2}, name: two, filename: two.lime}}\n",
+        url = server.url(),
+        key = repo.public_key.display(),
+        kh = known_hosts.display(),
+        client = one.key.private.display(),
+        user = user::NOPW,
+        p1 = one.sshd.port(),
+        p2 = two.sshd.port(),
+    );
+    let config_path = work.path().join("fleet.yaml");
+    std::fs::write(&config_path, config)?;
+    let output = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--dry-run")
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for host in ["one", "two"] {
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            work.path().join(format!("out/{host}.json")),
+        )?)?;
+        assert_eq!(
+            manifest["module"]["repository"]["entry"]["kernel_release"],
+            release.as_str(),
+            "{manifest:#}"
+        );
+        assert!(
+            manifest["module"]["remote_path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/tmp/mshot.")
+        );
+    }
+    assert_eq!(server.gets("/manifest.json"), 2);
+    Ok(())
+}
+
 /// Port of the lab guest for the repository end-to-end test (issue 4's range).
 const LAB_PORT: u16 = 2250;
 
