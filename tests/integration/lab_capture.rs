@@ -92,8 +92,13 @@ impl Setup {
 
     /// A guest booted with `append` added to its kernel command line.
     pub(crate) fn start_with(port: u16, append: &str) -> anyhow::Result<Setup> {
+        Self::start_in(Path::new(&std::env::var("MSHOT_LAB_DIR")?), port, append)
+    }
+
+    /// A guest of the lab build in `dir` (another kernel than MSHOT_LAB_DIR's).
+    pub(crate) fn start_in(dir: &Path, port: u16, append: &str) -> anyhow::Result<Setup> {
         let lab = Lab {
-            dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
+            dir: std::fs::canonicalize(dir)?,
         };
         let ns = NetNs::create("lab")?;
         let jump = Sshd::builder().netns(&ns).start()?;

@@ -722,8 +722,9 @@ fn a_fleet_takes_its_modules_from_the_repository() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Port of the lab guest for the repository end-to-end test (issue 4's range).
+/// Ports of the lab guests for the repository end-to-end tests (issue 4's range).
 const LAB_PORT: u16 = 2250;
+const SHIPPED_LAB_PORT: u16 = 2251;
 
 #[test]
 fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Result<()> {
@@ -833,4 +834,71 @@ fn the_shipped_repository_verifies_with_the_builtin_key() {
             "no {prefix}*{suffix} in {releases:?}"
         );
     }
+}
+
+#[test]
+fn the_shipped_repository_serves_a_real_kernel() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    // The 6.12 cloud guest when tests/run built it, else the main (6.1) one:
+    // either way a module from kernel-modules/repo loads into a real kernel,
+    // trusted through the key built into mshot (no --repository-key).
+    let main = PathBuf::from(std::env::var("MSHOT_LAB_DIR")?);
+    let dir = std::env::var_os("MSHOT_LAB_CLOUD_DIR")
+        .map(PathBuf::from)
+        .or_else(|| Some(main.parent()?.join("cloud-amd64")))
+        .filter(|d| d.join("vmlinuz").is_file() && d.join("release").is_file())
+        .unwrap_or(main);
+    let setup = crate::lab_capture::Setup::start_in(&dir, SHIPPED_LAB_PORT, "")?;
+    let release = setup.lab.release();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-modules/repo");
+    let shipped_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json"))?)?;
+    let has_release = shipped_manifest["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["kernel_release"] == release.as_str() && m["arch"] == "x86_64");
+
+    let out_dir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let output = setup
+        .mshot_without_module(out_dir.path())
+        .arg("--repository-url")
+        .arg(format!("file://{}", shipped.display()))
+        .args(["--method", "lime"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("MSHOT_REPOSITORY_URL")
+        .env_remove("MSHOT_REPOSITORY_KEY")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
+    if !has_release {
+        // Debian moved on since kernel-modules/repo was built: the refusal
+        // must say so and point at the closest shipped releases.
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("no LiME module for kernel {release}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("closest it has: "), "{stderr}");
+        return Ok(());
+    }
+    assert!(output.status.success(), "mshot failed: {stderr}");
+    let image = std::fs::read(out_dir.path().join("guest.lime"))?;
+    let ram = crate::lab_capture::system_ram(&setup.ssh("cat /proc/iomem"));
+    assert_eq!(crate::lab_capture::lime_ranges(&image), ram);
+    let origin = &manifest["module"]["repository"];
+    assert_eq!(origin["key_origin"], "built-in key");
+    assert_eq!(origin["entry"]["kernel_release"], release.as_str());
+    assert_eq!(manifest["source"]["method"], "lime");
+    setup.assert_target_clean(&manifest);
+    Ok(())
 }
