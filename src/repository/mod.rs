@@ -371,14 +371,17 @@ pub fn check_module(bytes: &[u8], entry: &ModuleEntry, name: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Writes `path` whole or not at all (temporary name, then rename).
+/// Writes `path` whole or not at all (temporary name, then rename). The
+/// temporary name is unique per call: a fleet's hosts may store the same
+/// module at once.
 fn store_in_cache(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().ok_or_else(|| anyhow!("no cache directory"))?;
     std::fs::create_dir_all(dir)?;
     let temp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{:016x}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        rand::random::<u64>()
     ));
     std::fs::write(&temp, bytes)?;
     std::fs::rename(&temp, path).inspect_err(|_| {
