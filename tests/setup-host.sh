@@ -5,7 +5,8 @@
 # - installs the Debian packages the harness drives: openssh-server (the real
 #   sshd the tests start on loopback and in network namespaces),
 #   openssh-client (ssh, ssh-keygen), sudo, iproute2 (ip netns, veth), python3
-#   (its http.server serves module repositories), minisign (signature interop);
+#   (its http.server serves module repositories), minisign (signature interop),
+#   openssl (test certificates for the HTTPS repository test);
 # - creates the test users:
 #     mshot-nopw    key login only, passwordless sudo (NOPASSWD: ALL)
 #     mshot-pw      password "mshot-pw-secret", sudo asks for that password
@@ -25,7 +26,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(openssh-server openssh-client sudo iproute2 python3 python3-venv zstd minisign)
+packages=(openssh-server openssh-client sudo iproute2 python3 python3-venv zstd minisign openssl)
 
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -902,3 +902,138 @@ fn the_shipped_repository_serves_a_real_kernel() -> anyhow::Result<()> {
     setup.assert_target_clean(&manifest);
     Ok(())
 }
+
+/// Python's http.server behind TLS, with a certificate for 127.0.0.1 from a
+/// CA made for the test.
+const TLS_SERVER: &str = r#"
+import http.server, ssl, sys, functools
+port, directory, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+"#;
+
+#[test]
+fn https_repository_checks_the_server_certificate() -> anyhow::Result<()> {
+    support::require!(Need::Python3, Need::Openssl);
+    let release = host_release();
+    let repo = Repo::create(&[&release]);
+    let tls = repo.root.path().join("tls");
+    std::fs::create_dir_all(&tls)?;
+    let openssl = |args: &[&str]| {
+        ok(Command::new("openssl").current_dir(&tls).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mshot test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        tls.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let port = support::free_port([127, 0, 0, 1].into())?;
+    let _server = support::KillOnDrop(
+        Command::new("python3")
+            .arg("-c")
+            .arg(TLS_SERVER)
+            .arg(port.to_string())
+            .arg(repo.dir())
+            .arg(tls.join("srv.pem"))
+            .arg(tls.join("srv.key"))
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/");
+    let verify = |ca: Option<&Path>| {
+        let mut cmd = mshot();
+        cmd.args(["repo", "verify", &url, "--repository-key"])
+            .arg(&repo.public_key)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output().unwrap()
+    };
+    // Trusted through the CA: fetched over TLS and verified.
+    let out = verify(Some(&tls.join("ca.pem")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("ok x86_64   {release}")),
+        "{stdout}"
+    );
+    // Without the CA the certificate is refused, and the error says so.
+    let out = verify(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot fetch {url}manifest.json"))
+            && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -34,6 +34,8 @@ pub enum Need {
     Volatility,
     /// The `minisign` tool (Debian package `minisign`).
     Minisign,
+    /// The `openssl` command (test certificates).
+    Openssl,
 }
 
 impl Need {
@@ -55,6 +57,9 @@ impl Need {
             Need::Volatility => volatility().is_none().then(|| {
                 "Volatility 3 not found: set MSHOT_VOL, or install it into $MSHOT_TOOLS_DIR/vol3 (tests/run does)".to_string()
             }),
+            Need::Openssl => find_program("openssl")
+                .is_none()
+                .then(|| "openssl is not on PATH (apt-get install openssl)".to_string()),
             Need::Minisign => find_program("minisign")
                 .is_none()
                 .then(|| "minisign is not on PATH (apt-get install minisign)".to_string()),
