@@ -175,7 +175,8 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     let session = pid_of("dropbear", sshd).expect("the session's dropbear");
     assert!(has(session, "ESTABLISHED"), "{socks:?}");
 
-    // memdump of the lab-sleeper shell: its heap holds the script it runs.
+    // memdump of the lab-sleeper shell: its memory holds the script's path
+    // (argv, on its stack; the heap copy of the script text comes and goes).
     let dump = out_dir.path().join("dump");
     let out = mshot()
         .arg("analyze")
@@ -196,9 +197,11 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     assert!(!regions.is_empty());
     let found = regions.iter().any(|r| {
         let bytes = std::fs::read(dump.join(r["file"].as_str().unwrap())).unwrap();
-        bytes.windows(22).any(|w| w == b"/tmp/lab-sleeper.count")
+        bytes
+            .windows(26)
+            .any(|w| w == b"/usr/local/bin/lab-sleeper")
     });
-    assert!(found, "no region of pid {sleeper} holds its script");
+    assert!(found, "no region of pid {sleeper} holds its script's path");
 
     // Kernel addresses from kallsyms, made link-time, equal the dwarf2json
     // ISF's for the same kernel build.
@@ -313,6 +316,43 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
             theirs.iter().all(|r| r["CREATION TIME"].is_string()),
             "{stdout}"
         );
+        // lsmod: same modules and code sizes (taint_flags typed for Volatility).
+        let out = Command::new(prereq::volatility().unwrap())
+            .arg("-q")
+            .arg("-s")
+            .arg(out_dir.path().join("symbols"))
+            .arg("-f")
+            .arg(&image)
+            .args(["-r", "json", "linux.lsmod"])
+            .env("HOME", out_dir.path())
+            .output()?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "vol lsmod: {stderr}");
+        let theirs: BTreeSet<(String, i64)> =
+            serde_json::from_str::<Vec<serde_json::Value>>(&stdout)?
+                .iter()
+                .map(|r| {
+                    (
+                        r["Module Name"].as_str().unwrap().to_string(),
+                        r["Code Size"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+        let (mods, _) = analyze(&image, "lsmod", &[]);
+        let ours: BTreeSet<(String, i64)> = mods
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["size"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            ours.iter().any(|(n, _)| n == "e1000" || n == "virtio_net"),
+            "{ours:?}"
+        );
+        assert_eq!(ours, theirs);
     }
 
     // Truncated BTF (the index then disagrees too): the kernel's own BTF

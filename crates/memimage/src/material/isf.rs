@@ -49,6 +49,28 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("__pgtable_l5_enabled", "unsigned int"),
 ];
 
+/// Arrays of structs whose length is a macro, not in BTF (`taint_flags`,
+/// which Volatility's lsmod reads). The count is `TAINT_FLAGS_COUNT` for
+/// the kernel versions we know it for, else the gap to the next symbol
+/// divided by the element size (which may overcount: kallsyms omits some
+/// objects).
+const ARRAY_SYMBOL_TYPES: &[(&str, &str)] = &[("taint_flags", "taint_flag")];
+
+/// `TAINT_FLAGS_COUNT` by kernel version (include/linux/panic.h): 19 from
+/// 6.0 (TAINT_TEST) until 6.15 adds TAINT_FWCTL.
+fn taint_flags_count(banner: Option<&[u8]>) -> Option<u64> {
+    let b = std::str::from_utf8(banner?).ok()?;
+    let release = b.strip_prefix("Linux version ")?.split(' ').next()?;
+    let mut it = release.split(['.', '-', '+']);
+    let major: u32 = it.next()?.parse().ok()?;
+    let minor: u32 = it.next()?.parse().ok()?;
+    match (major, minor) {
+        (6, 0..=14) => Some(19),
+        (6, _) => Some(20),
+        _ => None,
+    }
+}
+
 /// Variables whose type is an anonymous struct, found by its member names
 /// (`static struct { seqcount_raw_spinlock_t seq; struct timekeeper
 /// timekeeper; } tk_core`, which Volatility reads for boot time).
@@ -400,8 +422,16 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
         }
     }
     let struct_names = struct_names(btf);
+    let all_symbols = inputs.kallsyms.link_symbols();
+    let mut addresses: Vec<u64> = all_symbols.iter().map(|(_, a)| *a).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    let gap_after = |a: u64| -> Option<u64> {
+        let i = addresses.partition_point(|&x| x <= a);
+        addresses.get(i).map(|n| n - a)
+    };
     let mut symbols = Map::new();
-    for (name, addr) in inputs.kallsyms.link_symbols() {
+    for (name, addr) in all_symbols {
         if !sel.keeps_symbol(name) {
             continue;
         }
@@ -424,6 +454,18 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             } else if struct_names.contains(t) {
                 s.insert("type".into(), json!({"kind": "struct", "name": t}));
             }
+        } else if let Some((_, elem)) = ARRAY_SYMBOL_TYPES.iter().find(|(n, _)| *n == name)
+            && let Some(size) = users.get(*elem).and_then(|t| t["size"].as_u64())
+            && size > 0
+            && let Some(count) =
+                taint_flags_count(inputs.banner).or_else(|| gap_after(addr).map(|g| g / size))
+            && count > 0
+            && count < 4096
+        {
+            s.insert(
+                "type".into(),
+                json!({"kind": "array", "count": count, "subtype": {"kind": "struct", "name": elem}}),
+            );
         } else if let Some(t) = var_types.get(name) {
             s.insert("type".into(), conv.desc(*t, 0));
         } else if let Some((_, shape)) = ANONYMOUS_SYMBOL_TYPES.iter().find(|(n, _)| *n == name)

@@ -14,16 +14,20 @@ fn size(k: &Kernel<'_, '_>, m: u64) -> Result<u64, KernelError> {
     if p.has_field("module", "mem") {
         let mem = m.wrapping_add(p.offset("module", "mem")?);
         let elem = p.struct_def("module_memory")?.size;
+        // MOD_MEM_NUM_TYPES itself when known: counting the constants
+        // would also count MOD_INVALID (-1, 6.4+) and read past mem[].
         let count = p
-            .enums
-            .get("mod_mem_type")
-            .map(|e| {
-                e.constants
-                    .iter()
-                    .filter(|(n, _)| n.as_str() != "MOD_MEM_NUM_TYPES")
-                    .count()
+            .enum_value("mod_mem_type", "MOD_MEM_NUM_TYPES")
+            .and_then(|n| u64::try_from(n).ok())
+            .or_else(|| {
+                p.enums.get("mod_mem_type").map(|e| {
+                    e.constants
+                        .iter()
+                        .filter(|(n, v)| n.as_str() != "MOD_MEM_NUM_TYPES" && **v >= 0)
+                        .count() as u64
+                })
             })
-            .unwrap_or(7) as u64;
+            .unwrap_or(7);
         let mut total = 0u64;
         for i in 0..count {
             total =
