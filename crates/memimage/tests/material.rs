@@ -67,6 +67,8 @@ const ORACLE_TYPES: &[&str] = &[
     "atomic_t",
     "fs_struct",
     "mm_context_t",
+    "timekeeper",
+    "tk_read_base",
 ];
 
 /// The plugins' own selection, with the oracle's types and `__start_BTF`.
