@@ -1,7 +1,8 @@
 //! The stream sources on a real kernel: LiME with compression and its own
 //! digest, /proc/kcore without any module, a corrupted byte caught by the
-//! digest, and `--method auto` falling back to kcore on a guest that refuses
-//! unsigned modules. Several checks share one guest boot to keep CI time down.
+//! digest, and `--method auto` falling back to kcore when insmod refuses the
+//! module or the guest enforces module signatures. Several checks share one
+//! guest boot to keep CI time down.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -74,7 +75,8 @@ fn assert_nothing_left(setup: &Setup) {
 }
 
 #[test]
-fn lime_compressed_with_digest_kcore_without_module_and_a_corrupted_byte() -> anyhow::Result<()> {
+fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refused_insmod()
+-> anyhow::Result<()> {
     support::require!(
         Need::Root,
         Need::Sshd,
@@ -249,6 +251,36 @@ fn lime_compressed_with_digest_kcore_without_module_and_a_corrupted_byte() -> an
     assert_eq!(m["source"]["test_corrupt_offset"], 1048576);
     assert!(m["error"].as_str().unwrap().contains("DIGEST MISMATCH"));
     assert_eq!(m["cleanup"]["module_unloaded"], true, "{}", m["cleanup"]);
+    assert_nothing_left(&setup);
+
+    // 4. insmod itself refuses the module (a damaged section table that passes
+    //    mshot's pre-flight checks): --method auto falls back to kcore and says so.
+    let broken_dir = out.join("broken");
+    std::fs::create_dir(&broken_dir)?;
+    let mut module = std::fs::read(setup.lab.module())?;
+    module[0x28..0x30].copy_from_slice(&(u64::MAX / 2).to_le_bytes()); // e_shoff
+    let broken = out.join("broken.ko");
+    std::fs::write(&broken, &module)?;
+    let output = setup
+        .mshot_without_module(&broken_dir)
+        .arg("--module")
+        .arg(&broken)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("insmod refused the LiME module") && stderr.contains("method kcore"),
+        "{stderr}"
+    );
+    let m = manifest(&broken_dir.join("guest.json"));
+    assert_eq!(m["source"]["method"], "kcore");
+    let audit = m["audit"].as_array().unwrap();
+    assert!(audit.iter().any(|a| {
+        a["command"].as_str().unwrap().starts_with("insmod ") && a["exit_status"] != 0
+    }));
+    let image = std::fs::read(broken_dir.join("guest.lime"))?;
+    assert_eq!(lime_ranges(&image).len(), ram.len());
+    assert_eq!(m["image"]["bytes"], image.len() as u64);
     assert_nothing_left(&setup);
     Ok(())
 }
