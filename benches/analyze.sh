@@ -2,10 +2,14 @@
 # Benchmark: `mshot analyze IMAGE pstree` vs Volatility 3 `linux.pstree`
 # on the Debian 6.1 fixture, first run (no profile cache) and warm run,
 # reported as ratios from one invocation. Peak RSS from /usr/bin/time.
+# Then the same, warm, for netstat vs linux.sockstat (goal >= 50x) and
+# maps vs linux.proc.Maps.
 #
 # Usage: benches/analyze.sh            (needs shared/fixtures, zstd, python3)
 #   MSHOT_BIN=path/to/mshot  use `mshot analyze` instead of the example binary
 #   RUNS=3                   warm runs per tool (best is kept)
+#   MSHOT_VOL=path/to/vol    Volatility 3 to compare with (default: the venv
+#                            tests/run installs, else one made here)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 T=${CARGO_TARGET_DIR:-$ROOT/target-analysis}
@@ -26,8 +30,14 @@ else
 fi
 
 # Volatility 3 in a venv, with the ISF in a symbol directory.
-VENV=$T/vol3-venv
-[ -x "$VENV/bin/vol" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q volatility3; }
+TOOLS=${MSHOT_TOOLS_DIR:-${HOME:-/root}/.cache/mshot-tools}
+VOLBIN=${MSHOT_VOL:-}
+[ -n "$VOLBIN" ] || { [ -x "$TOOLS/vol3/bin/vol" ] && VOLBIN=$TOOLS/vol3/bin/vol; } || true
+if [ -z "$VOLBIN" ]; then
+  VENV=$T/vol3-venv
+  [ -x "$VENV/bin/vol" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q volatility3; }
+  VOLBIN=$VENV/bin/vol
+fi
 SYM=$W/symbols/linux
 mkdir -p "$SYM" && cp -f "$PROFILE" "$SYM/"
 
@@ -47,7 +57,7 @@ best() { # best of RUNS warm runs
 }
 
 VHOME=$W/vol-home; rm -rf "$VHOME"; mkdir -p "$VHOME"
-VOL=(env HOME="$VHOME" "$VENV/bin/vol" -q -r json -s "$W/symbols" -f "$IMG" linux.pstree)
+VOL=(env HOME="$VHOME" "$VOLBIN" -q -r json -s "$W/symbols" -f "$IMG" linux.pstree)
 MCACHE=$W/mshot-cache; rm -rf "$MCACHE"
 MS=("${MSHOT[@]}" "$IMG" pstree --profile "$PROFILE" --cache-dir "$MCACHE" --format json)
 
@@ -64,3 +74,17 @@ printf '%-28s %10s %12s\n' "mshot first (no cache)" "$mf" "$mfm"
 printf '%-28s %10s %12s\n' "mshot warm (best)" "$mw" "$mwm"
 echo "speed-up first: $(ratio "$vf" "$mf") (goal >= 100x)   warm: $(ratio "$vw" "$mw") (goal >= 50x)"
 echo "peak RSS warm: mshot ${mwm} KB vs volatility3 ${vwm} KB (goal <= ~107 MB)"
+
+# Warm runs of the plugins added for issue 7, each against its Volatility
+# counterpart (same image, same ISF, caches warm on both sides).
+for pair in netstat:linux.sockstat maps:linux.proc.Maps; do
+  ours=${pair%%:*} theirs=${pair#*:}
+  VOLP=(env HOME="$VHOME" "$VOLBIN" -q -r json -s "$W/symbols" -f "$IMG" "$theirs")
+  MSP=("${MSHOT[@]}" "$IMG" "$ours" --profile "$PROFILE" --cache-dir "$MCACHE" --format json)
+  read -r pw pwm <<<"$(best "${VOLP[@]}")"
+  read -r ow owm <<<"$(best "${MSP[@]}")"
+  printf '%-28s %10s %12s\n' "volatility3 $theirs" "$pw" "$pwm"
+  printf '%-28s %10s %12s\n' "mshot $ours" "$ow" "$owm"
+  goal=""; [ "$ours" = netstat ] && goal=" (goal >= 50x)"
+  echo "speed-up warm $ours: $(ratio "$pw" "$ow")$goal; peak RSS ${owm} KB vs ${pwm} KB"
+done

@@ -668,3 +668,72 @@ mod tests {
         assert_eq!(j["pstree"][0]["comm"], "a\u{1b}[2J");
     }
 }
+
+#[cfg(test)]
+mod memdump_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use memimage::memory::{PagingMode, VirtualMemory};
+    use memimage::synth::proc;
+
+    #[test]
+    fn memdump_writes_complete_files_zero_filled_holes_and_an_index() {
+        let pk = proc::build(true);
+        let phys = PhysicalMemory::parse(&pk.mem.bytes).unwrap();
+        let profile = Profile::load(pk.isf.as_bytes(), "synth").unwrap();
+        let k = Kernel {
+            phys: &phys,
+            profile: &profile,
+            vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
+            aslr_shift: 0,
+            phys_shift: 0,
+            dtb: pk.mem.dtb,
+            mode: PagingMode::Level4,
+            banner: Vec::new(),
+            banner_pa: 0,
+            vmcoreinfo: None,
+            method: "synthetic",
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dump");
+        let rows = dump_memory(&k, &[100], &dir).unwrap();
+        assert_eq!(rows.len(), 4);
+        let heap = format!(
+            "pid.100.vma.{:#x}-{:#x}.dmp",
+            proc::HEAP,
+            proc::HEAP + 0x3000
+        );
+        let bytes = std::fs::read(dir.join(&heap)).unwrap();
+        assert_eq!(bytes.len(), 0x3000);
+        assert_eq!(&bytes[0x200..0x20c], b"ls -la /root");
+        assert!(bytes[0x2000..].iter().all(|&b| b == 0));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("memdump.json")).unwrap()).unwrap();
+        let entry = index["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["file"] == heap.as_str())
+            .unwrap();
+        assert_eq!(entry["path"], "[heap]");
+        assert_eq!(entry["unmapped_bytes"], 0x1000);
+        assert_eq!(
+            entry["unmapped"],
+            serde_json::json!([[proc::HEAP + 0x2000, proc::HEAP + 0x3000]])
+        );
+        // No .part file is left; a second dump into the same directory is refused.
+        assert!(
+            std::fs::read_dir(&dir).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".part"))
+        );
+        let e = dump_memory(&k, &[100], &dir).unwrap_err().to_string();
+        assert!(e.contains("is not empty"), "{e}");
+        let e = dump_memory(&k, &[4242], &tmp.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no process with pid [4242]"), "{e}");
+    }
+}
