@@ -802,7 +802,8 @@ async fn cleanup(
         session.close().await;
         return report;
     };
-    let session = if session.is_closed() {
+    let reconnected = session.is_closed();
+    let session = if reconnected {
         tracing::warn!("connection lost; reconnecting to clean up");
         match Session::connect(&job.route, &job.host_keys, &job.ssh).await {
             Ok(s) => s,
@@ -848,6 +849,29 @@ async fn cleanup(
         match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
             Ok(Ok(out)) => pending.finish(audit, Some(&out)),
             _ => pending.finish(audit, None),
+        }
+    }
+
+    // After a reconnect the insmod handle died with the old connection and
+    // tells nothing; ask the target instead, and hang up on LiME (its digest
+    // listener, say) for as long as its init is still running.
+    if reconnected
+        && state.module_loaded_by_us
+        && let Some(port) = state.port
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let initialising = shell
+                .run_plain(commands::MODULES)
+                .await
+                .is_ok_and(|m| remote::module_initialising(&m.stdout_text(), "lime"));
+            if !initialising {
+                break;
+            }
+            if let Ok(channel) = session.open_tcp("127.0.0.1", port).await {
+                let _ = channel.close().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

@@ -273,6 +273,15 @@ pub fn module_loaded(proc_modules: &str, name: &str) -> bool {
         .any(|line| line.split_whitespace().next() == Some(name))
 }
 
+/// True while the module's init is still running (`/proc/modules` state
+/// `Loading`): LiME sits there until its client has come and gone.
+pub fn module_initialising(proc_modules: &str, name: &str) -> bool {
+    proc_modules.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(name) && fields.nth(3) == Some("Loading")
+    })
+}
+
 /// The hash from `sha256sum FILE` output.
 pub fn parse_sha256sum(stdout: &str) -> Option<String> {
     let hash = stdout.split_whitespace().next()?;
@@ -427,6 +436,12 @@ mod tests {
         let modules = "limey 100 0 - Live 0x0\nlime 16384 0 - Live 0xffffffffc0000000 (OE)\n";
         assert!(module_loaded(modules, "lime"));
         assert!(!module_loaded("limey 1 0 - Live 0\n", "lime"));
+        assert!(!module_initialising(modules, "lime"));
+        assert!(module_initialising(
+            "lime 16384 1 - Loading 0xffffffffc0000000 (OE)\n",
+            "lime"
+        ));
+        assert!(!module_initialising("limey 1 0 - Loading 0\n", "lime"));
         let hash = "a".repeat(64);
         assert_eq!(parse_sha256sum(&format!("{hash}  /tmp/x\n")), Some(hash));
         assert_eq!(parse_sha256sum("sha256sum: /tmp/x: No such file\n"), None);
