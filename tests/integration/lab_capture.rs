@@ -361,6 +361,36 @@ fn capture_the_lab_guest_through_a_jump_host() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts a capture into `out_dir` and returns once 64 MiB of it has landed
+/// in the `.part` file, so a test can break it mid-stream.
+fn start_and_wait_for_64_mib(
+    setup: &Setup,
+    out_dir: &Path,
+) -> anyhow::Result<(std::process::Child, PathBuf)> {
+    let mut child = setup
+        .mshot(out_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let part = out_dir.join("guest.lime.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture never got going"
+        );
+        if child.try_wait()?.is_some() {
+            let output = child.wait_with_output()?;
+            panic!(
+                "mshot ended mid-stream on its own: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok((child, part))
+}
+
 #[test]
 fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()> {
     support::require!(
@@ -373,25 +403,7 @@ fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()
     );
     let setup = Setup::start(INTERRUPT_PORT)?;
     let out_dir = tempfile::tempdir()?;
-    let mut child = setup
-        .mshot(out_dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    // Interrupt once a good part of the image has arrived.
-    let part = out_dir.path().join("guest.lime.part");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 << 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the capture never got going"
-        );
-        assert!(
-            child.try_wait()?.is_none(),
-            "mshot ended before it was interrupted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (child, part) = start_and_wait_for_64_mib(&setup, out_dir.path())?;
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = child.wait_with_output()?;
@@ -428,27 +440,7 @@ fn dropped_connection_mid_stream_reconnects_and_cleans_the_target() -> anyhow::R
     );
     let setup = Setup::start(DROP_PORT)?;
     let out_dir = tempfile::tempdir()?;
-    let mut child = setup
-        .mshot(out_dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let part = out_dir.path().join("guest.lime.part");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 << 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the capture never got going"
-        );
-        if child.try_wait()?.is_some() {
-            let output = child.wait_with_output()?;
-            panic!(
-                "mshot ended before the drop: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (child, part) = start_and_wait_for_64_mib(&setup, out_dir.path())?;
     // The jump host kills mshot's connection, as a network drop would; it
     // still accepts new ones, so cleanup can come back.
     setup.jump.drop_connections()?;
