@@ -37,7 +37,10 @@ fn capture() -> Option<(PathBuf, PathBuf)> {
     let _guard = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{NAME}.lime"));
     if std::fs::metadata(&out).map(|m| m.len()).ok() != Some(LIME_SIZE) {
-        let tmp = out.with_extension("partial");
+        // nextest runs each test in a process of its own, so the mutex above
+        // does not cover them all: unpack to a name of this process's own and
+        // rename over (same bytes whoever wins).
+        let tmp = out.with_extension(format!("partial.{}", std::process::id()));
         let st = std::process::Command::new("zstd")
             .args(["-d", "-q", "-f", "--long=27", "-o"])
             .arg(&tmp)
