@@ -18,10 +18,9 @@ use memimage::plugins::{Options, run_plugin};
 use memimage::profile::{Selection, TypeRef};
 use memimage::{Kernel, PhysicalMemory, Profile};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-const NAME: &str = "debian-6.1.0-56-amd64";
-const LIME_SIZE: u64 = 536_341_568;
+mod common;
+use common::{NAME, capture};
 
 /// Every struct the plugins read (today's and netstat/maps/bash/envars').
 const ORACLE_TYPES: &[&str] = &[
@@ -83,41 +82,6 @@ fn oracle() -> Selection {
         symbols: Box::leak(syms.into_boxed_slice()),
         enums,
     }
-}
-
-fn fixture_dir() -> PathBuf {
-    match std::env::var_os("MSHOT_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    }
-    .join(NAME)
-}
-
-/// Unpacks capture.lime.zst once into the target directory.
-fn capture() -> Option<(PathBuf, PathBuf)> {
-    let dir = fixture_dir();
-    let zst = dir.join("capture.lime.zst");
-    if !zst.exists() {
-        eprintln!("skipped: fixture not found at {}", dir.display());
-        return None;
-    }
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{NAME}.lime"));
-    if std::fs::metadata(&out).map(|m| m.len()).ok() != Some(LIME_SIZE) {
-        let tmp = out.with_extension(format!("partial{}", std::process::id()));
-        let st = std::process::Command::new("zstd")
-            .args(["-d", "-q", "-f", "--long=27", "-o"])
-            .arg(&tmp)
-            .arg(&zst)
-            .status();
-        match st {
-            Ok(s) if s.success() => std::fs::rename(&tmp, &out).unwrap(),
-            _ => {
-                eprintln!("skipped: `zstd -d` is unavailable for {}", zst.display());
-                return None;
-            }
-        }
-    }
-    Some((out, dir))
 }
 
 /// kallsyms text for `profile`'s symbols as a boot with `slide` prints them.
