@@ -689,30 +689,37 @@ pub fn lime_extra_arguments(options: &SourceOptions) -> String {
 /// same port (on loopback) and sends 64 hex characters on a second connection.
 pub async fn fetch_lime_digest(session: &Session, port: u16) -> anyhow::Result<String> {
     // LiME reopens its listener only after it has finished the image and the
-    // hash; until then the channel open is refused.
+    // hash; until then the channel open is refused. An open can also land in
+    // the image listener's backlog just before LiME releases it, and then
+    // closes without a byte: that is a retry too, not an empty digest.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        match session.open_tcp("127.0.0.1", port).await {
-            Ok(channel) => break channel,
+    loop {
+        let channel = match session.open_tcp("127.0.0.1", port).await {
+            Ok(channel) => channel,
             Err(e) if Instant::now() > deadline => {
                 bail!("LiME offered no digest on 127.0.0.1:{port} within 60 s: {e}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut stream = channel.into_stream();
+        let mut text = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(60),
+            (&mut stream).take(256).read_to_end(&mut text),
+        )
+        .await;
+        match read {
+            Ok(Ok(_)) if text.is_empty() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Ok(_)) => return parse_digest(&text),
+            Ok(Err(e)) => bail!("reading LiME's digest failed: {e}"),
+            Err(_) => bail!("LiME's digest connection stayed silent for 60 s"),
         }
-    };
-    let mut stream = channel.into_stream();
-    let mut text = Vec::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(60),
-        (&mut stream).take(256).read_to_end(&mut text),
-    )
-    .await;
-    match read {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => bail!("reading LiME's digest failed: {e}"),
-        Err(_) => bail!("LiME's digest connection stayed silent for 60 s"),
     }
-    parse_digest(&text)
 }
 
 pub fn parse_digest(text: &[u8]) -> anyhow::Result<String> {
