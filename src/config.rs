@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
 use crate::cli::CaptureArgs;
 use crate::secret::Secret;
+use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 
 pub const ENV_PASSWORD: &str = "MSHOT_PASSWORD";
@@ -263,7 +264,7 @@ fn prompt_secret(prompt: &str, env: &str) -> anyhow::Result<Secret> {
 fn load_key(path: &Path, password: Option<&Secret>) -> anyhow::Result<LoadedKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
-    let decoded = match russh::keys::decode_secret_key(&text, None) {
+    let decoded = match decode_secret_key(&text, None) {
         Ok(key) => key,
         Err(russh::keys::Error::KeyIsEncrypted) => {
             let passphrase = match std::env::var(ENV_KEY_PASSPHRASE) {
@@ -276,7 +277,7 @@ fn load_key(path: &Path, password: Option<&Secret>) -> anyhow::Result<LoadedKey>
                     )?,
                 },
             };
-            russh::keys::decode_secret_key(&text, Some(passphrase.expose())).map_err(|e| {
+            decode_secret_key(&text, Some(passphrase.expose())).map_err(|e| {
                 anyhow!(
                     "cannot decrypt key {}: {e}; check the passphrase ({ENV_KEY_PASSPHRASE} or the prompt)",
                     path.display()

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use super::yaml::{self, Node, Pos, Value};
 use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
 use crate::secret::Secret;
+use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 
 const TOP_KEYS: &[&str] = &[
@@ -1266,7 +1267,7 @@ impl Checker {
                 return None;
             }
         };
-        let key = match russh::keys::decode_secret_key(&text, None) {
+        let key = match decode_secret_key(&text, None) {
             Ok(key) => key,
             Err(russh::keys::Error::KeyIsEncrypted) => {
                 let passphrase = match passphrase_env {
@@ -1286,7 +1287,7 @@ impl Checker {
                         }
                     },
                 };
-                match russh::keys::decode_secret_key(&text, Some(passphrase.expose())) {
+                match decode_secret_key(&text, Some(passphrase.expose())) {
                     Ok(key) => key,
                     Err(e) => {
                         self.error(

@@ -7,6 +7,7 @@
 //! of mshot: run a command (with stdin), start a command and collect it later,
 //! and open a TCP channel to an address as seen from the target.
 
+pub mod keyfile;
 pub mod known_hosts;
 
 use std::path::{Path, PathBuf};

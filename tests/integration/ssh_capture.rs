@@ -157,6 +157,66 @@ fn key_auth_with_every_key_type_and_passwordless_sudo() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One P-256 key in 512 from ssh-keygen has a private scalar below 2^247,
+/// stored as a 31-byte mpint, which ssh-key alone refuses ("length invalid").
+/// The checked-in fixtures are such a key from ssh-keygen, plain and
+/// encrypted; both must load and log in.
+#[test]
+fn ecdsa_keys_with_a_short_private_scalar_log_in() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    let sshd = Sshd::builder().start()?;
+    let known_hosts = known_hosts_for(&sshd);
+    let plain = KeyPair::fixture(sshd.dir(), "ecdsa-p256-short-scalar", KeyType::Ecdsa, None)?;
+    let locked = KeyPair::fixture(
+        sshd.dir(),
+        "ecdsa-p256-short-scalar-encrypted",
+        KeyType::Ecdsa,
+        Some("mshot fixture"),
+    )?;
+    assert_eq!(plain.public_key, locked.public_key, "one key, two files");
+    sshd.authorize(user::NOPW, &plain)?;
+    let fingerprint = String::from_utf8(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&plain.public)
+            .output()?
+            .stdout,
+    )?;
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    // sshd (LogLevel VERBOSE) names the key it accepted by fingerprint.
+    let accepted = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("Accepted publickey for {}", user::NOPW))
+                    && l.contains(&fingerprint)
+            })
+            .count()
+    };
+    for (key, env) in [
+        (&plain, vec![]),
+        (&locked, vec![("MSHOT_KEY_PASSPHRASE", "mshot fixture")]),
+    ] {
+        let logins_before = accepted(&sshd.log());
+        let run = dry_run(&sshd, user::NOPW, Some(key), &known_hosts, &[], &env);
+        assert_eq!(
+            run.code(),
+            Some(0),
+            "{}: {}",
+            key.private.display(),
+            run.stderr()
+        );
+        assert!(run.stdout().contains("dry run OK"), "{}", run.stdout());
+        let log = sshd.log();
+        assert_eq!(
+            accepted(&log),
+            logins_before + 1,
+            "sshd did not accept the fixture key {fingerprint} once:\n{log}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn encrypted_key_reads_its_passphrase_from_the_environment() -> anyhow::Result<()> {
     support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);

@@ -1,5 +1,6 @@
 //! SSH key pairs made with the real `ssh-keygen`, for clients and hosts.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,6 +81,38 @@ impl KeyPair {
             .arg(format!("mshot-test-{name}"))
             .arg("-f")
             .arg(&private))?;
+        KeyPair::from_files(private, public, kind, passphrase)
+    }
+
+    /// Copies the checked-in key `tests/fixtures/ssh-keys/<name>` (and its
+    /// `.pub`) into `dir`, mode 0600 as ssh-keygen leaves it: for keys with a
+    /// property that ssh-keygen makes only now and then.
+    pub fn fixture(
+        dir: &Path,
+        name: &str,
+        kind: KeyType,
+        passphrase: Option<&str>,
+    ) -> anyhow::Result<KeyPair> {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ssh-keys");
+        let private = dir.join(name);
+        let public = dir.join(format!("{name}.pub"));
+        for (from, to) in [
+            (source.join(name), &private),
+            (source.join(format!("{name}.pub")), &public),
+        ] {
+            std::fs::copy(&from, to)
+                .with_context(|| format!("cannot copy fixture key {}", from.display()))?;
+        }
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+        KeyPair::from_files(private, public, kind, passphrase)
+    }
+
+    fn from_files(
+        private: PathBuf,
+        public: PathBuf,
+        kind: KeyType,
+        passphrase: Option<&str>,
+    ) -> anyhow::Result<KeyPair> {
         let line = std::fs::read_to_string(&public)
             .with_context(|| format!("cannot read {}", public.display()))?;
         let public_key = line
