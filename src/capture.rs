@@ -23,7 +23,7 @@ use crate::progress::CaptureProgress;
 use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
 use crate::secret::Secret;
 use crate::shell::{PendingAudit, Shell};
-use crate::sink::FileSink;
+use crate::sink::ImageSink;
 use crate::source::{self, SourceOptions, SourceStream, Used};
 use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
 
@@ -35,7 +35,12 @@ pub struct CaptureJob {
     pub ssh: SshOptions,
     /// A module file, or a repository resolved once the kernel is known.
     pub module: ModuleSource,
+    /// The local image. With `local_image` false only its name (also the S3
+    /// object's) and its directory (the manifest's local copy) are used.
     pub image_path: PathBuf,
+    pub local_image: bool,
+    /// Stream the image into S3 as well (or only, without `local_image`).
+    pub s3: Option<crate::s3::S3Spec>,
     pub sudo_password: Option<Secret>,
     /// Unload a LiME module that is already loaded instead of refusing.
     pub force: bool,
@@ -125,6 +130,8 @@ struct RemoteState {
     port: Option<u16>,
     insmod: Option<(RunningCommand, PendingAudit)>,
     module_loaded_by_us: bool,
+    /// The S3 destination; `capture` aborts its upload unless it completed.
+    s3: Option<crate::s3::Destination>,
 }
 
 /// Facts gathered before the stream starts; they go into the manifest.
@@ -161,14 +168,66 @@ pub async fn bench_receive(
     port: u16,
     progress: &CaptureProgress,
 ) -> anyhow::Result<Received> {
+    let mut s3 = prepare_s3(job).await?;
     let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
-    let sink = FileSink::create(&job.image_path)?;
-    let channel = session.open_tcp("127.0.0.1", port).await?;
-    let stream = SourceStream::plain(Box::new(channel.into_stream()));
-    let (received, sink) = receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
-    sink.commit()?;
+    let metadata = s3_metadata(job, "unknown (bench-receive)");
+    let sink = ImageSink::open(
+        job.local_image.then_some(job.image_path.as_path()),
+        s3.as_mut(),
+        None,
+        metadata,
+        progress.s3_acked(),
+    )
+    .await?;
+    let result = async {
+        let channel = session.open_tcp("127.0.0.1", port).await?;
+        let stream = SourceStream::plain(Box::new(channel.into_stream()));
+        let (received, sink) =
+            receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
+        sink.commit().await?;
+        Ok(received)
+    }
+    .await;
     session.close().await;
-    Ok(received)
+    if let Some(s3) = &s3 {
+        if let Err(abort) = s3.abort_unfinished().await {
+            return Err(result.err().unwrap_or_else(|| anyhow!("S3")).context(abort));
+        }
+        if let Ok(received) = &result {
+            let record = serde_json::to_vec_pretty(&s3.record()).unwrap_or_default();
+            s3.put_manifest(record, &received.sha256).await?;
+        }
+    }
+    result
+}
+
+/// Connects to S3 and checks the bucket and the keys before anything
+/// happens on the target.
+async fn prepare_s3(job: &CaptureJob) -> anyhow::Result<Option<crate::s3::Destination>> {
+    let Some(spec) = &job.s3 else {
+        return Ok(None);
+    };
+    let name = job
+        .image_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::s3::Destination::prepare(spec, &job.target().host, &name)
+        .await
+        .map(Some)
+}
+
+/// The image object's metadata: what it is, known before the first byte.
+pub(crate) fn s3_metadata(job: &CaptureJob, kernel_release: &str) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([
+        ("mshot-host".to_string(), job.target().host.clone()),
+        ("mshot-kernel-release".to_string(), kernel_release.to_string()),
+        ("mshot-capture-time".to_string(), Timestamp::now().to_string()),
+        (
+            "mshot-tool-version".to_string(),
+            format!("mshot {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ])
 }
 
 /// Captures one host. `cancel` stops the work (the single-host path wires it to
@@ -184,12 +243,19 @@ pub async fn capture(
     let target = job.target().clone();
 
     progress.phase("connecting");
+    let s3 = tokio::select! {
+        s = prepare_s3(job) => s?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted by Ctrl-C while checking the S3 bucket; nothing was changed on the target"),
+    };
     let session = tokio::select! {
         s = Session::connect(&job.route, &job.host_keys, &job.ssh) => s?,
         _ = cancel.cancelled() => bail!("interrupted by Ctrl-C while connecting; nothing was changed on the target"),
     };
 
-    let mut state = RemoteState::default();
+    let mut state = RemoteState {
+        s3,
+        ..RemoteState::default()
+    };
     let mut facts = Facts::default();
     let result = tokio::select! {
         r = run(job, &session, &audit, &mut state, &mut facts, progress) => r,
@@ -198,11 +264,24 @@ pub async fn capture(
 
     progress.phase("cleaning up");
     let cleanup = cleanup(job, session, &audit, &mut state).await;
+    // A capture that did not prove its image whole never completes the
+    // upload: abort it, so no parts are left billing.
+    let s3_abort = match &state.s3 {
+        Some(s3) => {
+            progress.phase("aborting the S3 upload");
+            s3.abort_unfinished().await.err()
+        }
+        None => None,
+    };
     progress.finish();
 
     let (received, image_path) = match &result {
         Ok(Some((received, path))) => (Some(received), Some(path.clone())),
         _ => (None, None),
+    };
+    let result = match (result, s3_abort) {
+        (Err(e), Some(abort)) => Err(e.context(format!("{abort:#}"))),
+        (result, _) => result,
     };
     let manifest = Manifest {
         tool: "mshot".into(),
@@ -244,6 +323,7 @@ pub async fn capture(
         error: result.as_ref().err().map(|e| format!("{e:#}")),
         material: crate::material::finish(facts.material.take(), image_path.as_deref()),
         source: facts.source.clone(),
+        s3: state.s3.as_ref().and_then(|s3| s3.record()),
         cleanup: cleanup.clone(),
         audit: audit.entries(),
     };
@@ -253,6 +333,19 @@ pub async fn capture(
     manifest::write(&manifest_path, &manifest)
         .with_context(|| format!("writing manifest {}", manifest_path.display()))?;
     let manifest_path = Some(manifest_path);
+    if let (Some(s3), Some(image)) = (&state.s3, &manifest.image)
+        && s3.completed()
+    {
+        let json = serde_json::to_vec_pretty(&manifest)?;
+        s3.put_manifest(json, &image.sha256).await.with_context(|| {
+            format!(
+                "the image {} is complete, but its manifest was not uploaded (local copy: {})",
+                s3.bucket.uri(&s3.image_key),
+                manifest::manifest_path_for(&job.image_path).display()
+            )
+        })?;
+    }
+    let image_path = image_path.filter(|_| job.local_image);
     let cleanup_failed = !cleanup.errors.is_empty();
     match result {
         Ok(_) => Ok(CaptureOutcome {
@@ -348,6 +441,8 @@ async fn run(
             &shell,
             &mut facts.expected_ranges,
             &mut facts.source,
+            state.s3.as_mut(),
+            s3_metadata(job, &facts.kernel_release),
             progress,
         )
         .await;
@@ -432,7 +527,14 @@ async fn run(
         return Ok(None);
     }
 
-    let sink = FileSink::create(&job.image_path)?;
+    let sink = ImageSink::open(
+        job.local_image.then_some(job.image_path.as_path()),
+        state.s3.as_mut(),
+        Some(expected_bytes),
+        s3_metadata(job, &facts.kernel_release),
+        progress.s3_acked(),
+    )
+    .await?;
 
     progress.phase("loading LiME");
     let lime_args = remote::lime_arguments(port) + &source::lime_extra_arguments(&job.source);
@@ -456,6 +558,8 @@ async fn run(
                     &shell,
                     &mut facts.expected_ranges,
                     &mut facts.source,
+                    state.s3.as_mut(),
+                    s3_metadata(job, &facts.kernel_release),
                     progress,
                 )
                 .await;
@@ -522,8 +626,14 @@ async fn run(
             received.bytes
         );
     }
-    let path = sink.commit()?;
-    Ok(Some((received, path)))
+    if job.s3.is_some() {
+        progress.phase("completing the S3 upload");
+    }
+    let path = sink.commit().await?;
+    Ok(Some((
+        received,
+        path.unwrap_or_else(|| job.image_path.clone()),
+    )))
 }
 
 /// Whether `module` can serve this kernel: the input of `source::choose`.
@@ -668,10 +778,10 @@ async fn wait_for_listener(
 /// both cores.
 pub async fn receive_image(
     source: SourceStream,
-    sink: FileSink,
+    sink: ImageSink,
     idle_timeout: Duration,
     progress: &CaptureProgress,
-) -> anyhow::Result<(Received, FileSink)> {
+) -> anyhow::Result<(Received, ImageSink)> {
     let SourceStream {
         plain: mut stream,
         store_wire,
@@ -738,8 +848,8 @@ pub async fn receive_image(
 
 fn write_image(
     mut receiver: tokio::sync::mpsc::Receiver<Chunk>,
-    mut sink: FileSink,
-) -> (anyhow::Result<Received>, FileSink) {
+    mut sink: ImageSink,
+) -> (anyhow::Result<Received>, ImageSink) {
     // SHA-256 runs on a thread of its own: writing to the page cache costs as
     // much CPU as hashing, and the two need not wait for each other.
     let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
@@ -759,7 +869,7 @@ fn write_image(
         }
         let _ = to_hasher.send(plain);
         if let Err(e) = sink.write(store) {
-            failure = Some(e.into());
+            failure = Some(e);
             break;
         }
     }
@@ -775,7 +885,8 @@ fn write_image(
             sha256,
             ranges,
         })
-        .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"));
+        .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"))
+        .and_then(|received| sink.end_of_stream().map(|()| received));
     (result, sink)
 }
 

@@ -131,9 +131,10 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "KEY|FILE", env = "MSHOT_REPOSITORY_KEY")]
     pub repository_key: Option<String>,
 
-    /// Directory for the image and its manifest.
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub output_dir: PathBuf,
+    /// Directory for the image and its manifest (default: the current
+    /// directory; with --bucket alone, no local image is written).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 
     /// Image file name (default: HOST-TIMESTAMP-mem.lime).
     #[arg(long, value_name = "NAME")]
@@ -230,6 +231,48 @@ pub struct CaptureArgs {
     /// (as the target sees it) instead of loading LiME.
     #[arg(long, value_name = "PORT", requires = "config", hide = true)]
     pub bench_source_port: Option<u16>,
+
+    /// Stream the image into this S3 bucket while it arrives (multipart, CRC32C
+    /// per part). Credentials come from the standard AWS chain only.
+    #[arg(long, value_name = "BUCKET", help_heading = "S3")]
+    pub bucket: Option<String>,
+
+    /// Key prefix: objects go to PREFIX/HOST/NAME.lime and PREFIX/HOST/NAME.json.
+    #[arg(long, value_name = "PREFIX", requires = "bucket", help_heading = "S3")]
+    pub prefix: Option<String>,
+
+    /// AWS region of the bucket (default: AWS_REGION or the profile's).
+    #[arg(long, value_name = "REGION", requires = "bucket", help_heading = "S3")]
+    pub region: Option<String>,
+
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:3900 (path-style requests).
+    #[arg(long, value_name = "URL", requires = "bucket", help_heading = "S3")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS profile from ~/.aws/config (default: AWS_PROFILE or "default").
+    #[arg(long, value_name = "NAME", requires = "bucket", help_heading = "S3")]
+    pub aws_profile: Option<String>,
+
+    /// Server-side encryption: AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    #[arg(long, value_name = "MODE", value_parser = ["AES256", "aws:kms"], requires = "bucket", help_heading = "S3")]
+    pub sse: Option<String>,
+
+    /// KMS key id or ARN for --sse aws:kms (default: the bucket's or AWS's key).
+    #[arg(long, value_name = "ID", requires = "sse", help_heading = "S3")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Parts uploaded at once. Memory is about part size x (this + 1).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "S3")]
+    pub s3_concurrency: u16,
+
+    /// Smallest part size in MiB (at least 8); grows so that the image fits in
+    /// S3's 10,000 parts.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(8..=5120), help_heading = "S3")]
+    pub s3_part_size: u64,
+
+    /// Replace existing objects under the same keys (refused otherwise).
+    #[arg(long, requires = "bucket", help_heading = "S3")]
+    pub overwrite: bool,
 }
 
 fn parse_workers(text: &str) -> Result<crate::fleet::config::Workers, String> {

@@ -135,8 +135,20 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
     } else {
         filename
     };
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create --output-dir {}", args.output_dir.display()))?;
+    let s3 = s3_spec(args)?;
+    // With --bucket alone there is no local image; the manifest's local copy
+    // goes to --log-dir, else the current directory.
+    let local_image = args.output_dir.is_some() || s3.is_none();
+    let local_dir = match (&args.output_dir, &s3, &args.log_dir) {
+        (Some(dir), _, _) => dir.clone(),
+        (None, Some(_), Some(log_dir)) => log_dir.clone(),
+        _ => PathBuf::from("."),
+    };
+    if !local_image && !args.analyze.is_empty() {
+        bail!("--analyze needs a local image: add --output-dir to keep one beside the upload");
+    }
+    std::fs::create_dir_all(&local_dir)
+        .with_context(|| format!("cannot create directory {}", local_dir.display()))?;
 
     Ok(CaptureJob {
         route,
@@ -149,7 +161,9 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             keepalive_interval: Duration::from_secs(15),
         },
         module,
-        image_path: args.output_dir.join(filename),
+        image_path: local_dir.join(filename),
+        local_image,
+        s3,
         sudo_password,
         force: args.force,
         dry_run: args.dry_run,
@@ -162,6 +176,41 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             corrupt_offset: args.test_corrupt_offset,
         },
     })
+}
+
+/// The S3 destination from `--bucket` and friends, checked for shape.
+fn s3_spec(args: &CaptureArgs) -> anyhow::Result<Option<crate::s3::S3Spec>> {
+    let Some(bucket) = &args.bucket else {
+        return Ok(None);
+    };
+    if bucket.is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
+        bail!("--bucket takes a bucket name (no s3:// and no slash): {bucket:?}; use --prefix for a path");
+    }
+    if let Some(url) = &args.endpoint_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("--endpoint-url must start with http:// or https://: {url:?}");
+    }
+    let prefix = args
+        .prefix
+        .as_deref()
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if prefix.split('/').any(|p| p == ".." || p == ".") {
+        bail!("--prefix must not contain . or .. segments: {prefix:?}");
+    }
+    Ok(Some(crate::s3::S3Spec {
+        bucket: bucket.clone(),
+        prefix,
+        region: args.region.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        profile: args.aws_profile.clone(),
+        sse: crate::s3::parse_sse(args.sse.as_deref(), args.sse_kms_key_id.as_deref())?,
+        concurrency: args.s3_concurrency.max(1) as usize,
+        min_part_size: args.s3_part_size * crate::s3::MIB,
+        overwrite: args.overwrite,
+    }))
 }
 
 /// Jump hosts from `-J` or MargaritaShotgun's `--jump-server` flags.

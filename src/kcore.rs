@@ -25,7 +25,7 @@ use crate::lime_stream::{HEADER_LEN, LIME_MAGIC, LIME_VERSION};
 use crate::progress::CaptureProgress;
 use crate::remote::{self, PhysRange, commands, quote};
 use crate::shell::Shell;
-use crate::sink::FileSink;
+use crate::sink::ImageSink;
 use crate::source::{ChunkReader, SourceRecord, SourceStream, WireCounter, WireStats};
 
 pub const KCORE: &str = "/proc/kcore";
@@ -400,6 +400,8 @@ pub async fn acquire(
     shell: &Shell<'_>,
     expected_ranges: &mut Vec<PhysRange>,
     record: &mut SourceRecord,
+    s3: Option<&mut crate::s3::Destination>,
+    s3_metadata: std::collections::HashMap<String, String>,
     progress: &CaptureProgress,
 ) -> anyhow::Result<Option<(Received, PathBuf)>> {
     let host = shell.host;
@@ -454,7 +456,14 @@ pub async fn acquire(
         return Ok(None);
     }
 
-    let sink = FileSink::create(&job.image_path)?;
+    let sink = ImageSink::open(
+        job.local_image.then_some(job.image_path.as_path()),
+        s3,
+        Some(expected_bytes),
+        s3_metadata,
+        progress.s3_acked(),
+    )
+    .await?;
     progress.phase("capturing (kcore)");
     progress.start_bytes(expected_bytes);
     let (stdout, command, pending) = shell.start_root_stream(&stream_command(&plan)).await?;
@@ -504,8 +513,11 @@ pub async fn acquire(
             ranges.len()
         );
     }
-    let path = sink.commit()?;
-    Ok(Some((received, path)))
+    let path = sink.commit().await?;
+    Ok(Some((
+        received,
+        path.unwrap_or_else(|| job.image_path.clone()),
+    )))
 }
 
 #[cfg(test)]

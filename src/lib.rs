@@ -19,6 +19,7 @@ pub mod profile_cmd;
 pub mod progress;
 pub mod remote;
 pub mod repository;
+pub mod s3;
 pub mod sanitize;
 pub mod secret;
 pub mod shell;

@@ -85,6 +85,7 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
     let clock = std::time::Instant::now();
     match mshot::capture::bench_receive(&job, port, &progress).await {
         Ok(received) => {
+            progress.finish();
             let secs = clock.elapsed().as_secs_f64();
             println!(
                 "bytes={} seconds={secs:.3} mib_per_s={:.1} sha256={}",
@@ -115,8 +116,19 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
     match mshot::capture::capture(&job, &progress, &cancel).await {
         Ok(outcome) => {
             match (&outcome.image_path, &outcome.manifest.image) {
-                (Some(path), Some(image)) => {
-                    println!("image    {}", path.display());
+                (path, Some(image)) => {
+                    if let Some(path) = path {
+                        println!("image    {}", path.display());
+                    }
+                    if let Some(s3) = &outcome.manifest.s3 {
+                        println!("s3       {}", s3.uri);
+                        println!(
+                            "crc32c   {} ({} parts of {} MiB)",
+                            s3.checksum_crc32c.as_deref().unwrap_or("?"),
+                            s3.parts,
+                            s3.part_size >> 20
+                        );
+                    }
                     println!("bytes    {}", image.bytes);
                     println!("sha256   {}", image.sha256);
                     println!(

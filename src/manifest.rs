@@ -34,6 +34,9 @@ pub struct Manifest {
     pub material: Option<crate::material::MaterialRecord>,
     /// How the stream was produced (LiME or kcore, and why), wire bytes, digest.
     pub source: crate::source::SourceRecord,
+    /// The S3 upload, when `--bucket` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::s3::S3Record>,
     pub cleanup: CleanupReport,
     pub audit: Vec<AuditEntry>,
 }

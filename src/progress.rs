@@ -15,6 +15,10 @@ pub struct CaptureProgress {
     /// Fleet runs: a per-host log of phases, and a byte counter shared by all hosts.
     log: Option<Mutex<std::fs::File>>,
     total: Option<Arc<AtomicU64>>,
+    /// Bytes S3 acknowledged (parts uploaded), counted by the upload tasks.
+    s3_acked: Arc<AtomicU64>,
+    s3_shown: AtomicU64,
+    phase: Mutex<String>,
 }
 
 struct PlainState {
@@ -47,6 +51,9 @@ impl CaptureProgress {
         CaptureProgress {
             host: host.to_string(),
             bar,
+            s3_acked: Arc::new(AtomicU64::new(0)),
+            s3_shown: AtomicU64::new(u64::MAX),
+            phase: Mutex::new(String::new()),
             plain: Mutex::new(PlainState {
                 total: 0,
                 done: 0,
@@ -74,8 +81,44 @@ impl CaptureProgress {
         }
     }
 
+    /// The counter S3 upload tasks add acknowledged bytes to; the bar shows it.
+    pub fn s3_acked(&self) -> Arc<AtomicU64> {
+        self.s3_shown.store(0, Ordering::Relaxed);
+        self.s3_acked.clone()
+    }
+
+    /// `received` bytes shown by the bar, `S3 acknowledged` in its message.
+    fn s3_note(&self) -> Option<String> {
+        let shown = self.s3_shown.load(Ordering::Relaxed);
+        if shown == u64::MAX {
+            return None; // no S3 upload
+        }
+        let acked = self.s3_acked.load(Ordering::Relaxed);
+        Some(format!(
+            "S3 acknowledged {}",
+            indicatif::HumanBytes(acked)
+        ))
+    }
+
+    fn refresh_s3(&self) {
+        let Some(bar) = &self.bar else { return };
+        let acked = self.s3_acked.load(Ordering::Relaxed);
+        let shown = self.s3_shown.load(Ordering::Relaxed);
+        if shown == u64::MAX || acked == shown {
+            return;
+        }
+        self.s3_shown.store(acked, Ordering::Relaxed);
+        let phase = self.phase.lock().map(|p| p.clone()).unwrap_or_default();
+        if let Some(note) = self.s3_note() {
+            bar.set_message(format!("{phase} ({note})"));
+        }
+    }
+
     pub fn phase(&self, phase: &str) {
         self.log_line(phase);
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase.to_string();
+        }
         match &self.bar {
             Some(bar) => bar.set_message(phase.to_string()),
             None => tracing::info!("{}: {phase}", self.host),
@@ -104,6 +147,7 @@ impl CaptureProgress {
         }
         if let Some(bar) = &self.bar {
             bar.inc(n);
+            self.refresh_s3();
             return;
         }
         if let Ok(mut p) = self.plain.lock() {
@@ -112,7 +156,7 @@ impl CaptureProgress {
                 p.last_line = Instant::now();
                 let secs = p.started.elapsed().as_secs_f64().max(0.001);
                 let line = format!(
-                    "{}: captured {:.1} of {:.1} MiB ({:.0}%, {:.1} MiB/s)",
+                    "{}: captured {:.1} of {:.1} MiB ({:.0}%, {:.1} MiB/s){}",
                     self.host,
                     p.done as f64 / 1048576.0,
                     p.total as f64 / 1048576.0,
@@ -121,7 +165,8 @@ impl CaptureProgress {
                     } else {
                         0.0
                     },
-                    p.done as f64 / 1048576.0 / secs
+                    p.done as f64 / 1048576.0 / secs,
+                    self.s3_note().map(|n| format!(", {n}")).unwrap_or_default()
                 );
                 self.log_line(&line);
                 tracing::info!("{line}");

@@ -166,6 +166,87 @@ impl Drop for FileSink {
     }
 }
 
+/// Where the validated stream goes: the local file, an S3 multipart upload,
+/// or both at once. Either is optional, not both (`config` checks).
+pub struct ImageSink {
+    file: Option<FileSink>,
+    s3: Option<crate::s3::PartFeeder>,
+    /// Bytes written (what is stored: the plain image, or the wire stream
+    /// with --store-compressed); S3 must have acknowledged exactly these.
+    written: u64,
+}
+
+impl ImageSink {
+    /// Creates `local` (if given) and starts the S3 upload (if `s3` is set up)
+    /// of an image of about `expected` bytes. Call on the runtime.
+    pub async fn open(
+        local: Option<&Path>,
+        s3: Option<&mut crate::s3::Destination>,
+        expected: Option<u64>,
+        metadata: std::collections::HashMap<String, String>,
+        acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<ImageSink> {
+        let file = local.map(FileSink::create).transpose()?;
+        let s3 = match s3 {
+            Some(destination) => {
+                let upload = destination.start(expected, metadata, acked).await?;
+                Some(crate::s3::PartFeeder::new(
+                    upload,
+                    tokio::runtime::Handle::current(),
+                ))
+            }
+            None => None,
+        };
+        Ok(ImageSink {
+            file,
+            s3,
+            written: 0,
+        })
+    }
+
+    /// Writer thread only: the S3 side may block while all parts are in flight.
+    pub fn write(&mut self, data: bytes::Bytes) -> anyhow::Result<()> {
+        self.written += data.len() as u64;
+        if let Some(s3) = &mut self.s3 {
+            s3.write(&data)?;
+        }
+        if let Some(file) = &mut self.file {
+            file.write(data)?;
+        }
+        Ok(())
+    }
+
+    /// Writer thread only, once the stream is known whole: sends the last part.
+    pub fn end_of_stream(&mut self) -> anyhow::Result<()> {
+        match &mut self.s3 {
+            Some(s3) => s3.finish(),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the local file its final name, then completes the S3 upload and
+    /// checks the object. Returns the local image's path, if there is one.
+    pub async fn commit(self) -> anyhow::Result<Option<PathBuf>> {
+        let bytes = self.written;
+        let path = self.file.map(FileSink::commit).transpose()?;
+        if let Some(s3) = self.s3 {
+            let upload = s3.upload().clone();
+            upload.complete(bytes).await.map_err(|e| match &path {
+                Some(p) => e.context(format!(
+                    "the local image {} is complete, but the S3 upload failed",
+                    p.display()
+                )),
+                None => e,
+            })?;
+        }
+        Ok(path)
+    }
+
+    /// Removes the partial file; the S3 upload is aborted by its owner
+    /// (`capture` aborts it on every path that did not complete it).
+    pub fn discard(self) {}
+}
+
 /// Writes a small file atomically (temp + rename) with mode 0600.
 pub fn write_small_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();

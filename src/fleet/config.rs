@@ -1172,6 +1172,8 @@ impl Checker {
                 },
                 module,
                 image_path: output_dir.join(filename),
+                local_image: true,
+                s3: None,
                 sudo_password,
                 force,
                 dry_run: self.overrides.dry_run,

@@ -15,6 +15,9 @@ use crate::support::{self, KeyPair, KeyType, Need, NetNs, Sshd, user};
 const CAPTURE_PORT: u16 = 2240;
 const INTERRUPT_PORT: u16 = 2241;
 const DROP_PORT: u16 = 2242;
+/// The S3 tests' guest ports (issue 5's range).
+const S3_CAPTURE_PORT: u16 = 2260;
+const S3_INTERRUPT_PORT: u16 = 2261;
 
 pub(crate) struct Lab {
     pub(crate) dir: PathBuf,
@@ -167,6 +170,19 @@ impl Setup {
 
     /// mshot's command line without a LiME module.
     pub(crate) fn mshot_without_module(&self, out_dir: &Path) -> Command {
+        let mut cmd = self.mshot_base();
+        cmd.arg("--output-dir").arg(out_dir);
+        cmd
+    }
+
+    /// mshot's command line with the module but no --output-dir (S3 only).
+    pub(crate) fn mshot_no_output(&self) -> Command {
+        let mut cmd = self.mshot_base();
+        cmd.arg("--module").arg(self.lab.module());
+        cmd
+    }
+
+    fn mshot_base(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
         cmd.args([
             "--server",
@@ -189,8 +205,6 @@ impl Setup {
         .arg(&self.jump_key.private)
         .arg("--known-hosts")
         .arg(&self.known_hosts)
-        .arg("--output-dir")
-        .arg(out_dir)
         .args(["--filename", "guest.lime"])
         .env_remove("SSH_AUTH_SOCK");
         cmd
@@ -475,6 +489,142 @@ fn dropped_connection_mid_stream_reconnects_and_cleans_the_target() -> anyhow::R
         setup.jump.log()
     );
 
+    setup.assert_target_clean(&manifest);
+    Ok(())
+}
+
+#[test]
+fn capture_the_lab_guest_straight_into_s3() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir,
+        Need::Garage
+    );
+    let garage = support::Garage::start()?;
+    let setup = Setup::start(S3_CAPTURE_PORT)?;
+    let ram = system_ram(&setup.ssh("cat /proc/iomem"));
+    let log_dir = tempfile::tempdir()?;
+    let mut cmd = setup.mshot_no_output();
+    cmd.args(["--bucket", &garage.bucket, "--prefix", "ir/case-7"])
+        .args(["--endpoint-url", &garage.endpoint()])
+        .arg("--log-dir")
+        .arg(log_dir.path());
+    garage.env(&mut cmd);
+    let output = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "mshot failed: {stderr}");
+    assert!(
+        stdout.contains("s3       s3://mshot-evidence/ir/case-7/127.0.0.1/guest.lime"),
+        "{stdout}"
+    );
+
+    // No local image; the manifest's local copy is in --log-dir.
+    assert!(!log_dir.path().join("guest.lime").exists());
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(log_dir.path().join("guest.json"))?)?;
+
+    // The object's bytes hash to the manifest's SHA-256, uploaded beside it.
+    let image = garage.get("ir/case-7/127.0.0.1/guest.lime")?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&garage.get("ir/case-7/127.0.0.1/guest.json")?)?;
+    assert_eq!(
+        manifest["image"]["sha256"],
+        hex::encode(Sha256::digest(&image))
+    );
+    assert_eq!(manifest["image"]["sha256"], local["image"]["sha256"]);
+    assert_eq!(lime_ranges(&image), ram);
+    assert_eq!(manifest["s3"]["completed"], true);
+    assert_eq!(manifest["s3"]["key"], "ir/case-7/127.0.0.1/guest.lime");
+    let meta = garage.metadata("ir/case-7/127.0.0.1/guest.lime")?;
+    assert_eq!(
+        meta["mshot-kernel-release"],
+        setup.lab.release(),
+        "{meta:?}"
+    );
+    assert!(garage.open_uploads()?.is_empty());
+    setup.assert_target_clean(&manifest);
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_mid_upload_aborts_it_and_cleans_the_target() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir,
+        Need::Garage
+    );
+    let garage = support::Garage::start()?;
+    let setup = Setup::start(S3_INTERRUPT_PORT)?;
+    let log_dir = tempfile::tempdir()?;
+    let mut cmd = setup.mshot_no_output();
+    cmd.args(["--bucket", &garage.bucket])
+        .args(["--endpoint-url", &garage.endpoint()])
+        .arg("--log-dir")
+        .arg(log_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    garage.env(&mut cmd);
+    let mut child = cmd.spawn()?;
+    // Interrupt once parts are stored in the open upload.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        let parts = garage.block_on(async {
+            let uploads = garage
+                .client()
+                .list_multipart_uploads()
+                .bucket(&garage.bucket)
+                .send()
+                .await
+                .ok()?;
+            let upload = uploads.uploads().first()?.clone();
+            let parts = garage
+                .client()
+                .list_parts()
+                .bucket(&garage.bucket)
+                .key(upload.key()?)
+                .upload_id(upload.upload_id()?)
+                .send()
+                .await
+                .ok()?;
+            Some(parts.parts().len())
+        });
+        if parts.unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got going"
+        );
+        assert!(
+            child.try_wait()?.is_none(),
+            "mshot ended before it was interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
+
+    // No object, no open upload, the target clean; the local manifest says so.
+    assert!(garage.objects()?.is_empty(), "{:?}", garage.objects()?);
+    assert!(garage.open_uploads()?.is_empty());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(log_dir.path().join("guest.json"))?)?;
+    assert!(manifest["image"].is_null());
+    assert_eq!(manifest["s3"]["aborted"], true, "{}", manifest["s3"]);
+    assert_eq!(manifest["s3"]["completed"], false);
     setup.assert_target_clean(&manifest);
     Ok(())
 }

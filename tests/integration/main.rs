@@ -5,5 +5,6 @@ mod lab_capture;
 mod lab_material;
 mod lab_sources;
 mod repository;
+mod s3_capture;
 mod ssh_capture;
 mod support;

@@ -24,6 +24,8 @@ The pieces:
   directory (module repositories), with its request log.
 - [`datasource`]: [`DataSource`], a TCP listener that serves a deterministic
   byte pattern (or a file) for streaming tests and benchmarks.
+- [`garage`]: [`Garage`], a real S3-compatible server (single-node Garage)
+  on loopback with a bucket and key of its own.
 
 A test reads like this:
 
@@ -51,6 +53,8 @@ fn key_login() -> anyhow::Result<()> {
 
 pub mod datasource;
 pub mod http;
+pub mod faultproxy;
+pub mod garage;
 pub mod keys;
 pub mod netns;
 pub mod openssh;
@@ -61,6 +65,8 @@ pub mod topology;
 
 pub use datasource::{DataSource, pattern};
 pub use http::HttpServer;
+pub use faultproxy::FaultProxy;
+pub use garage::Garage;
 pub use keys::{KeyPair, KeyType};
 pub use netns::{NetChain, NetNs};
 pub use openssh::OpenSsh;

@@ -36,6 +36,8 @@ pub enum Need {
     Minisign,
     /// The `openssl` command (test certificates).
     Openssl,
+    /// The Garage S3 server (`tests/run` installs it into /opt/garage).
+    Garage,
 }
 
 impl Need {
@@ -73,6 +75,9 @@ impl Need {
                 )),
                 Some(_) => None,
             },
+            Need::Garage => super::garage::binary().is_none().then(|| {
+                "garage is not installed: cargo install garage@2.5.0 --no-default-features --features bundled-libs,sqlite --locked --root /opt/garage (tests/run does this), or set MSHOT_GARAGE".to_string()
+            }),
         }
     }
 }
