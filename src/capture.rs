@@ -179,7 +179,7 @@ pub async fn bench_receive(
         progress.s3_acked(),
     )
     .await?;
-    let result = async {
+    let result: anyhow::Result<Received> = async {
         let channel = session.open_tcp("127.0.0.1", port).await?;
         let stream = SourceStream::plain(Box::new(channel.into_stream()));
         let (received, sink) =
@@ -191,7 +191,10 @@ pub async fn bench_receive(
     session.close().await;
     if let Some(s3) = &s3 {
         if let Err(abort) = s3.abort_unfinished().await {
-            return Err(result.err().unwrap_or_else(|| anyhow!("S3")).context(abort));
+            return Err(result
+                .err()
+                .unwrap_or_else(|| anyhow!("S3"))
+                .context(format!("{abort:#}")));
         }
         if let Ok(received) = &result {
             let record = serde_json::to_vec_pretty(&s3.record()).unwrap_or_default();
@@ -218,11 +221,20 @@ async fn prepare_s3(job: &CaptureJob) -> anyhow::Result<Option<crate::s3::Destin
 }
 
 /// The image object's metadata: what it is, known before the first byte.
-pub(crate) fn s3_metadata(job: &CaptureJob, kernel_release: &str) -> std::collections::HashMap<String, String> {
+pub(crate) fn s3_metadata(
+    job: &CaptureJob,
+    kernel_release: &str,
+) -> std::collections::HashMap<String, String> {
     std::collections::HashMap::from([
         ("mshot-host".to_string(), job.target().host.clone()),
-        ("mshot-kernel-release".to_string(), kernel_release.to_string()),
-        ("mshot-capture-time".to_string(), Timestamp::now().to_string()),
+        (
+            "mshot-kernel-release".to_string(),
+            kernel_release.to_string(),
+        ),
+        (
+            "mshot-capture-time".to_string(),
+            Timestamp::now().to_string(),
+        ),
         (
             "mshot-tool-version".to_string(),
             format!("mshot {}", env!("CARGO_PKG_VERSION")),
@@ -337,13 +349,15 @@ pub async fn capture(
         && s3.completed()
     {
         let json = serde_json::to_vec_pretty(&manifest)?;
-        s3.put_manifest(json, &image.sha256).await.with_context(|| {
-            format!(
-                "the image {} is complete, but its manifest was not uploaded (local copy: {})",
-                s3.bucket.uri(&s3.image_key),
-                manifest::manifest_path_for(&job.image_path).display()
-            )
-        })?;
+        s3.put_manifest(json, &image.sha256)
+            .await
+            .with_context(|| {
+                format!(
+                    "the image {} is complete, but its manifest was not uploaded (local copy: {})",
+                    s3.bucket.uri(&s3.image_key),
+                    manifest::manifest_path_for(&job.image_path).display()
+                )
+            })?;
     }
     let image_path = image_path.filter(|_| job.local_image);
     let cleanup_failed = !cleanup.errors.is_empty();

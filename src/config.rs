@@ -184,7 +184,9 @@ fn s3_spec(args: &CaptureArgs) -> anyhow::Result<Option<crate::s3::S3Spec>> {
         return Ok(None);
     };
     if bucket.is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
-        bail!("--bucket takes a bucket name (no s3:// and no slash): {bucket:?}; use --prefix for a path");
+        bail!(
+            "--bucket takes a bucket name (no s3:// and no slash): {bucket:?}; use --prefix for a path"
+        );
     }
     if let Some(url) = &args.endpoint_url
         && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -94,10 +94,7 @@ impl CaptureProgress {
             return None; // no S3 upload
         }
         let acked = self.s3_acked.load(Ordering::Relaxed);
-        Some(format!(
-            "S3 acknowledged {}",
-            indicatif::HumanBytes(acked)
-        ))
+        Some(format!("S3 acknowledged {}", indicatif::HumanBytes(acked)))
     }
 
     fn refresh_s3(&self) {

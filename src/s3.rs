@@ -176,10 +176,9 @@ impl Bucket {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        let region = sdk
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| anyhow!("no AWS region: give --region, or set AWS_REGION or a region in the profile"))?;
+        let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+            anyhow!("no AWS region: give --region, or set AWS_REGION or a region in the profile")
+        })?;
         let credentials = sdk.credentials_provider().ok_or_else(|| {
             anyhow!("no AWS credentials provider; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --aws-profile, SSO or an instance role")
         })?;
@@ -452,7 +451,13 @@ impl Destination {
 /// S3 metadata travels in HTTP headers: printable ASCII only.
 fn ascii_value(v: &str) -> String {
     v.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -698,7 +703,12 @@ impl Upload {
         let mut parts = self.parts.lock().map(|p| p.clone()).unwrap_or_default();
         parts.sort_by_key(|p| p.number);
         let sent: u64 = parts.iter().map(|p| p.len).sum();
-        if sent != bytes || parts.iter().enumerate().any(|(i, p)| p.number != i as i32 + 1) {
+        if sent != bytes
+            || parts
+                .iter()
+                .enumerate()
+                .any(|(i, p)| p.number != i as i32 + 1)
+        {
             bail!(
                 "S3 acknowledged {sent} bytes in {} parts, but the image has {bytes}; not completing the upload",
                 parts.len()
@@ -791,7 +801,10 @@ impl Upload {
                 self.uri(),
                 match deleted {
                     Ok(_) => "the object was deleted".to_string(),
-                    Err(e) => format!("deleting it failed too ({}): delete it by hand", describe(&e)),
+                    Err(e) => format!(
+                        "deleting it failed too ({}): delete it by hand",
+                        describe(&e)
+                    ),
                 }
             );
         }
@@ -1030,10 +1043,9 @@ where
                 _ => format!("HTTP {status}"),
             }
         }
-        SdkError::DispatchFailure(_) => format!(
-            "cannot reach the S3 endpoint: {}",
-            DisplayErrorContext(e)
-        ),
+        SdkError::DispatchFailure(_) => {
+            format!("cannot reach the S3 endpoint: {}", DisplayErrorContext(e))
+        }
         SdkError::TimeoutError(_) => "S3 did not answer in time".to_string(),
         _ => DisplayErrorContext(e).to_string(),
     }

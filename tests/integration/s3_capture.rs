@@ -81,7 +81,10 @@ impl Rig {
             "objects left: {objects:?}"
         );
         let open = self.garage.open_uploads().unwrap();
-        assert!(open.is_empty(), "incomplete multipart uploads left: {open:?}");
+        assert!(
+            open.is_empty(),
+            "incomplete multipart uploads left: {open:?}"
+        );
     }
 }
 
@@ -129,7 +132,10 @@ fn capture_streams_into_the_bucket_and_to_disk_at_once() -> anyhow::Result<()> {
     );
 
     let meta = rig.garage.metadata(key)?;
-    assert_eq!(meta.get("mshot-host").map(String::as_str), Some("127.0.0.1"));
+    assert_eq!(
+        meta.get("mshot-host").map(String::as_str),
+        Some("127.0.0.1")
+    );
     assert!(meta["mshot-tool-version"].starts_with("mshot "), "{meta:?}");
     assert!(meta.contains_key("mshot-capture-time"), "{meta:?}");
     assert_eq!(meta["mshot-manifest"], "cases/s3-test/127.0.0.1/host1.json");

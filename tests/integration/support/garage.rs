@@ -141,7 +141,10 @@ root_domain = ".s3.garage.localhost"
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("garage did not serve its bucket within {timeout:?}:\n{}", self.log());
+                bail!(
+                    "garage did not serve its bucket within {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -272,10 +275,7 @@ root_domain = ".s3.garage.localhost"
     }
 
     /// An object's user metadata (`x-amz-meta-*`).
-    pub fn metadata(
-        &self,
-        key: &str,
-    ) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    pub fn metadata(&self, key: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
         self.block_on(async {
             let out = self
                 .client()
