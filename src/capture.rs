@@ -287,13 +287,13 @@ pub async fn capture(
     };
     progress.finish();
 
-    let (received, image_path) = match &result {
-        Ok(Some((received, path))) => (Some(received), Some(path.clone())),
-        _ => (None, None),
-    };
     let result = match (result, s3_abort) {
         (Err(e), Some(abort)) => Err(e.context(format!("{abort:#}"))),
         (result, _) => result,
+    };
+    let (received, image_path) = match &result {
+        Ok(Some((received, path))) => (Some(received), Some(path.clone())),
+        _ => (None, None),
     };
     let manifest = Manifest {
         tool: "mshot".into(),
