@@ -52,9 +52,9 @@ fn key_login() -> anyhow::Result<()> {
 #![allow(dead_code, unused_imports)]
 
 pub mod datasource;
-pub mod http;
 pub mod faultproxy;
 pub mod garage;
+pub mod http;
 pub mod keys;
 pub mod netns;
 pub mod openssh;
@@ -64,9 +64,9 @@ pub mod sshd;
 pub mod topology;
 
 pub use datasource::{DataSource, pattern};
-pub use http::HttpServer;
 pub use faultproxy::FaultProxy;
 pub use garage::Garage;
+pub use http::HttpServer;
 pub use keys::{KeyPair, KeyType};
 pub use netns::{NetChain, NetNs};
 pub use openssh::OpenSsh;
