@@ -183,36 +183,19 @@ fn s3_spec(args: &CaptureArgs) -> anyhow::Result<Option<crate::s3::S3Spec>> {
     let Some(bucket) = &args.bucket else {
         return Ok(None);
     };
-    if bucket.is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
-        bail!(
-            "--bucket takes a bucket name (no s3:// and no slash): {bucket:?}; use --prefix for a path"
-        );
-    }
-    if let Some(url) = &args.endpoint_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        bail!("--endpoint-url must start with http:// or https://: {url:?}");
-    }
-    let prefix = args
-        .prefix
-        .as_deref()
-        .unwrap_or("")
-        .trim_matches('/')
-        .to_string();
-    if prefix.split('/').any(|p| p == ".." || p == ".") {
-        bail!("--prefix must not contain . or .. segments: {prefix:?}");
-    }
-    Ok(Some(crate::s3::S3Spec {
-        bucket: bucket.clone(),
-        prefix,
+    let request = crate::s3::BucketRequest {
+        name: bucket.clone(),
+        prefix: args.prefix.clone(),
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
         profile: args.aws_profile.clone(),
-        sse: crate::s3::parse_sse(args.sse.as_deref(), args.sse_kms_key_id.as_deref())?,
-        concurrency: args.s3_concurrency.max(1) as usize,
-        min_part_size: args.s3_part_size * crate::s3::MIB,
+        sse: args.sse.clone(),
+        sse_kms_key_id: args.sse_kms_key_id.clone(),
+        concurrency: Some(u64::from(args.s3_concurrency)),
+        part_size_mib: Some(args.s3_part_size),
         overwrite: args.overwrite,
-    }))
+    };
+    request.validate().map(Some)
 }
 
 /// Jump hosts from `-J` or MargaritaShotgun's `--jump-server` flags.

@@ -78,6 +78,69 @@ pub struct S3Spec {
     pub overwrite: bool,
 }
 
+/// An upload as asked for, before validation: from the flags or from a fleet
+/// file's `bucket:`. One validation serves both.
+#[derive(Clone, Debug, Default)]
+pub struct BucketRequest {
+    pub name: String,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Parts in flight (default 4).
+    pub concurrency: Option<u64>,
+    /// Smallest part size in MiB (default 8).
+    pub part_size_mib: Option<u64>,
+    pub overwrite: bool,
+}
+
+impl BucketRequest {
+    /// Checks the names and sizes.
+    pub fn validate(&self) -> anyhow::Result<S3Spec> {
+        let bucket = &self.name;
+        if bucket.is_empty() || bucket.contains('/') || bucket.starts_with("s3:") {
+            bail!(
+                "bucket must be a plain bucket name, without s3:// or a slash: {bucket:?}; put a path in the prefix"
+            );
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("the endpoint URL must start with http:// or https://: {url:?}");
+        }
+        let prefix = self
+            .prefix
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_string();
+        if prefix.split('/').any(|p| p == ".." || p == ".") {
+            bail!("the prefix must not contain . or .. segments: {prefix:?}");
+        }
+        let concurrency = self.concurrency.unwrap_or(4);
+        if !(1..=64).contains(&concurrency) {
+            bail!("S3 concurrency must be 1 to 64 parts in flight, not {concurrency}");
+        }
+        let part_size_mib = self.part_size_mib.unwrap_or(8);
+        if !(8..=5120).contains(&part_size_mib) {
+            bail!("the S3 part size must be 8 to 5120 MiB, not {part_size_mib}");
+        }
+        Ok(S3Spec {
+            bucket: bucket.clone(),
+            prefix,
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            profile: self.profile.clone(),
+            sse: parse_sse(self.sse.as_deref(), self.sse_kms_key_id.as_deref())?,
+            concurrency: concurrency as usize,
+            min_part_size: part_size_mib * MIB,
+            overwrite: self.overwrite,
+        })
+    }
+}
+
 impl S3Spec {
     /// `PREFIX/HOST/NAME`, the image's key.
     pub fn image_key(&self, host: &str, name: &str) -> String {

@@ -71,6 +71,7 @@ const HOST_KEYS: &[&str] = &[
     "compress",
     "store_compressed",
     "digest",
+    "bucket",
 ];
 const PER_HOST_ONLY: &[&str] = &["addr", "name", "filename"];
 
@@ -87,7 +88,18 @@ const HOP_KEYS: &[&str] = &[
 
 const LOGGING_KEYS: &[&str] = &["dir", "prefix"];
 const AWS_KEYS: &[&str] = &["bucket"];
-const BUCKET_KEYS: &[&str] = &["name", "prefix", "region", "endpoint_url", "profile"];
+const BUCKET_KEYS: &[&str] = &[
+    "name",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "profile",
+    "sse",
+    "sse_kms_key_id",
+    "concurrency",
+    "part_size_mib",
+    "overwrite",
+];
 const REPOSITORY_KEYS: &[&str] = &["enabled", "url", "key", "gpg_verify", "manifest", "dir"];
 const ANALYZE_KEYS: &[&str] = &["plugins", "profile"];
 
@@ -164,15 +176,8 @@ pub struct AnalyzeSpec {
     pub profile: Option<PathBuf>,
 }
 
-/// `bucket:` (or MargaritaShotgun's `aws.bucket`).
-#[derive(Clone, Debug, Default)]
-pub struct BucketSpec {
-    pub name: String,
-    pub prefix: Option<String>,
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub profile: Option<String>,
-}
+/// `bucket:` (or MargaritaShotgun's `aws.bucket`), validated as the flags are.
+pub type BucketSpec = crate::s3::BucketRequest;
 
 /// `repository:` (MargaritaShotgun's keys plus `dir` and `key`, the minisign
 /// public key or key file, as `--repository-key`).
@@ -561,6 +566,8 @@ impl Checker {
             output_dir: &output_dir,
             repository: repository.as_ref(),
             bucket: bucket.as_ref(),
+            output_dir_given: top.get("output_dir").is_some(),
+            analyze: analyze.is_some(),
         };
         let mut hosts = Vec::new();
         for item in items {
@@ -709,6 +716,11 @@ impl Checker {
                 name,
                 ..BucketSpec::default()
             });
+            if let Some(spec) = &spec
+                && let Err(e) = spec.validate()
+            {
+                self.error(name.pos, format!("aws.bucket: {e:#}"));
+            }
         }
         if let Some(node) = top.get("bucket") {
             if spec.is_some() {
@@ -717,35 +729,56 @@ impl Checker {
                     "give the bucket either as aws.bucket or as bucket:, not both",
                 );
             }
-            let map = self.map(node, "bucket", BUCKET_KEYS)?;
-            let Some(name) = map.get("name") else {
-                self.error(node.pos, "bucket needs name:");
-                return None;
-            };
-            let mut get = |key: &str| {
-                map.get(key)
-                    .and_then(|n| self.string(n, &format!("bucket.{key}")))
-            };
-            spec = Some(BucketSpec {
-                name: get("name").unwrap_or_default(),
-                prefix: get("prefix"),
-                region: get("region"),
-                endpoint_url: get("endpoint_url"),
-                profile: get("profile"),
-            });
-            let _ = name;
-        }
-        if spec.is_some() {
-            let pos = top
-                .key_pos("bucket")
-                .or(top.key_pos("aws"))
-                .unwrap_or_default();
-            self.error(
-                pos,
-                "uploading to a bucket is not wired into fleet captures in this build yet; remove the bucket and use output_dir",
-            );
+            spec = self.bucket_map(node);
         }
         spec
+    }
+
+    /// A `bucket:` map, at the top, in `defaults:` or on a host; checked here
+    /// so that a bad value is reported with its line like any other.
+    fn bucket_map(&mut self, node: &Node) -> Option<BucketSpec> {
+        let map = self.map(node, "bucket", BUCKET_KEYS)?;
+        let Some(name_node) = map.get("name") else {
+            self.error(node.pos, "bucket needs name:");
+            return None;
+        };
+        let mut text = |key: &str| {
+            map.get(key)
+                .and_then(|n| self.string(n, &format!("bucket.{key}")))
+        };
+        let mut spec = BucketSpec {
+            name: text("name")?,
+            prefix: text("prefix"),
+            region: text("region"),
+            endpoint_url: text("endpoint_url"),
+            profile: text("profile"),
+            sse: text("sse"),
+            sse_kms_key_id: text("sse_kms_key_id"),
+            ..BucketSpec::default()
+        };
+        let mut ok = true;
+        if let Some(n) = map.get("concurrency") {
+            spec.concurrency = self
+                .integer(n, "bucket.concurrency", 1, 64)
+                .map(|v| v as u64);
+            ok &= spec.concurrency.is_some();
+        }
+        if let Some(n) = map.get("part_size_mib") {
+            spec.part_size_mib = self
+                .integer(n, "bucket.part_size_mib", 8, 5120)
+                .map(|v| v as u64);
+            ok &= spec.part_size_mib.is_some();
+        }
+        if let Some(n) = map.get("overwrite") {
+            let overwrite = self.boolean(n, "bucket.overwrite");
+            ok &= overwrite.is_some();
+            spec.overwrite = overwrite.unwrap_or(false);
+        }
+        if let Err(e) = spec.validate() {
+            self.error(name_node.pos, format!("bucket: {e:#}"));
+            return None;
+        }
+        ok.then_some(spec)
     }
 
     fn repository(&mut self, node: &Node) -> Option<RepositorySpec> {
@@ -1048,6 +1081,21 @@ impl Checker {
             Some(n) => self.path(n, "output_dir"),
             None => Some(context.output_dir.to_path_buf()),
         };
+        // A host's own bucket: replaces the top one; with a bucket, the image
+        // is written locally only when an output_dir is given too.
+        let bucket = match layered.get("bucket") {
+            Some(n) => self.bucket_map(n),
+            None => context.bucket.cloned(),
+        };
+        let s3 = bucket.as_ref().and_then(|b| b.validate().ok());
+        let local_image =
+            s3.is_none() || context.output_dir_given || layered.get("output_dir").is_some();
+        if !local_image && context.analyze {
+            self.error(
+                node.pos,
+                "analyze: needs the image on disk but this host only uploads to the bucket; add output_dir:",
+            );
+        }
         let filename = match map.get("filename") {
             Some(n) => self.string(n, "filename").and_then(|f| {
                 if f.contains('/') || f == "." || f == ".." {
@@ -1172,8 +1220,8 @@ impl Checker {
                 },
                 module,
                 image_path: output_dir.join(filename),
-                local_image: true,
-                s3: None,
+                local_image,
+                s3,
                 sudo_password,
                 force,
                 dry_run: self.overrides.dry_run,
@@ -1361,8 +1409,11 @@ struct Context<'a> {
     chains: &'a HashMap<String, (Pos, Vec<HopSpec>)>,
     output_dir: &'a Path,
     repository: Option<&'a RepositorySpec>,
-    #[allow(dead_code)]
     bucket: Option<&'a BucketSpec>,
+    /// `output_dir:` was given at the top: keep local images beside a bucket.
+    output_dir_given: bool,
+    /// `analyze:` was given: every host needs a local image.
+    analyze: bool,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -249,15 +249,19 @@ async fn capture_host(
             report.method = outcome.manifest.source.method;
             report.cleanup = Some(outcome.manifest.cleanup.clone());
             report.manifest = outcome.manifest_path.clone();
-            match (&outcome.image_path, &outcome.manifest.image) {
-                (Some(path), Some(image)) => {
+            // With a bucket alone there is no local path, but there is an image.
+            match &outcome.manifest.image {
+                Some(image) => {
                     report.status = Status::Captured;
-                    report.image = Some(path.clone());
+                    report.image = outcome.image_path.clone();
                     report.bytes = Some(image.bytes);
                     report.sha256 = Some(image.sha256.clone());
                 }
-                _ => report.status = Status::DryRunOk,
+                None => report.status = Status::DryRunOk,
             }
+            report.s3 = (outcome.manifest.s3.as_ref())
+                .filter(|s3| s3.completed)
+                .map(|s3| s3.uri.clone());
             if outcome.cleanup_failed {
                 report.status = Status::CleanupFailed;
                 report.error = Some(format!(
@@ -302,7 +306,7 @@ async fn bench_host(
     match capture::bench_receive(job, port, progress).await {
         Ok(received) => {
             report.status = Status::Captured;
-            report.image = Some(job.image_path.clone());
+            report.image = job.local_image.then(|| job.image_path.clone());
             report.bytes = Some(received.bytes);
             report.sha256 = Some(received.sha256);
         }

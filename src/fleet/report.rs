@@ -64,6 +64,8 @@ pub struct HostReport {
     pub finished: Option<Timestamp>,
     pub duration_seconds: f64,
     pub image: Option<PathBuf>,
+    /// `s3://bucket/key` of the completed object, when uploaded.
+    pub s3: Option<String>,
     pub manifest: Option<PathBuf>,
     pub analysis: Vec<PathBuf>,
     pub log: Option<PathBuf>,
@@ -92,6 +94,7 @@ impl HostReport {
             finished: None,
             duration_seconds: 0.0,
             image: None,
+            s3: None,
             manifest: None,
             analysis: Vec::new(),
             log: None,

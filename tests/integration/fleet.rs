@@ -79,8 +79,14 @@ const CORPUS: &[(&str, &[&str])] = &[
         &["1:10: workers (a number or auto) must be an integer, found a string"],
     ),
     (
-        "bucket-not-wired.yaml",
-        &["1:1: uploading to a bucket is not wired into fleet captures"],
+        "bad-bucket.yaml",
+        &[
+            "3:9: bucket: bucket must be a plain bucket name, without s3:// or a slash",
+            "4:18: bucket.part_size_mib must be between 8 and 5120, found 4",
+            "7:5: analyze: needs the image on disk but this host only uploads to the bucket",
+            "9:30: unknown key `concurrenc` in bucket; did you mean `concurrency`?",
+            "10:5: analyze: needs the image on disk but this host only uploads to the bucket",
+        ],
     ),
     (
         "filename-is-a-path.yaml",

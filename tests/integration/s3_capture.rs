@@ -340,3 +340,81 @@ fn server_stopped_mid_upload_fails_clearly_and_leaves_no_upload() -> anyhow::Res
     rig.assert_nothing_left("outage");
     Ok(())
 }
+
+#[test]
+fn a_fleet_file_with_a_bucket_uploads_every_host() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let (image, sha256) = lime_image(dir, 20 * MIB + 777);
+    // Every host reads the same image; the fleet's bench source is one port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let source_port = listener.local_addr()?.port();
+    let bytes = std::fs::read(&image)?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut stream = stream;
+                let _ = stream.write_all(&bytes);
+            });
+        }
+    });
+    // `kept` also writes locally; `uploaded` only goes to the bucket.
+    let config = format!(
+        "workers: 2\n\
+         bucket: {{name: {bucket}, prefix: fleet/run-1, endpoint_url: {endpoint}, concurrency: 2}}\n\
+         defaults: {{username: {u}, key: {k}, known_hosts: {kh}, agent: false, port: {p}}}\n\
+         hosts:\n\
+         \x20 - {{addr: 127.0.0.1, name: kept, filename: kept.lime, output_dir: {out}}}\n\
+         \x20 - {{addr: 127.0.0.1, name: uploaded, filename: uploaded.lime}}\n",
+        bucket = rig.garage.bucket,
+        endpoint = rig.garage.endpoint(),
+        u = user::NOPW,
+        k = rig.key.private.display(),
+        kh = rig.known_hosts.display(),
+        p = rig.sshd.port(),
+        out = dir.join("out").display(),
+    );
+    std::fs::write(dir.join("fleet.yaml"), config)?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    cmd.current_dir(dir)
+        .arg("-c")
+        .arg(dir.join("fleet.yaml"))
+        .args(["--bench-source-port", &source_port.to_string()])
+        .arg("--report")
+        .arg(dir.join("report.json"))
+        .env_remove("SSH_AUTH_SOCK");
+    rig.garage.env(&mut cmd);
+    let out = cmd.output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    for name in ["kept", "uploaded"] {
+        let object = rig
+            .garage
+            .get(&format!("fleet/run-1/127.0.0.1/{name}.lime"))?;
+        assert_eq!(hex::encode(Sha256::digest(&object)), sha256, "{name}");
+    }
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(dir.join("out/kept.lime"))?)),
+        sha256
+    );
+    assert!(
+        !dir.join("uploaded.lime").exists(),
+        "bucket-only host wrote locally"
+    );
+    assert!(rig.garage.open_uploads()?.is_empty());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)?;
+    assert_eq!(report["summary"]["succeeded"], 2, "{report:#}");
+    Ok(())
+}
