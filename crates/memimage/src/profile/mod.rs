@@ -11,6 +11,7 @@ mod isf;
 mod model;
 mod raw;
 mod rekall;
+mod xz;
 
 pub use model::{
     BaseType, EnumDef, Field, IntLayout, Profile, ProfileFormat, StructDef, Symbol, TypeRef,
@@ -175,14 +176,12 @@ impl Selection {
 /// Decompresses xz or gzip by magic bytes; anything else is returned as is.
 pub fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProfileError> {
     if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        let mut out = Vec::with_capacity(bytes.len() * 20);
-        liblzma::read::XzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| ProfileError::Decompress {
+        xz::decode(bytes)
+            .map(Cow::Owned)
+            .map_err(|reason| ProfileError::Decompress {
                 format: "xz",
-                reason: e.to_string(),
-            })?;
-        Ok(Cow::Owned(out))
+                reason,
+            })
     } else if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(bytes.len() * 8);
         flate2::read::MultiGzDecoder::new(bytes)
