@@ -20,7 +20,6 @@ pub use model::{
 
 use serde::Deserializer as _;
 use sha2::{Digest, Sha256};
-use std::borrow::Cow;
 use std::io::Read;
 
 /// Errors from loading a profile or looking things up in it.
@@ -173,11 +172,29 @@ impl Selection {
     }
 }
 
+/// A profile's bytes after [`decompress`].
+#[derive(Debug)]
+pub enum Decompressed<'a> {
+    /// The input was not compressed.
+    Plain(&'a [u8]),
+    Decoded(xz::Output),
+}
+
+impl std::ops::Deref for Decompressed<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Decompressed::Plain(b) => b,
+            Decompressed::Decoded(o) => o,
+        }
+    }
+}
+
 /// Decompresses xz or gzip by magic bytes; anything else is returned as is.
-pub fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProfileError> {
+pub fn decompress(bytes: &[u8]) -> Result<Decompressed<'_>, ProfileError> {
     if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         xz::decode(bytes)
-            .map(Cow::Owned)
+            .map(Decompressed::Decoded)
             .map_err(|reason| ProfileError::Decompress {
                 format: "xz",
                 reason,
@@ -190,14 +207,58 @@ pub fn decompress(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ProfileError> {
                 format: "gzip",
                 reason: e.to_string(),
             })?;
-        Ok(Cow::Owned(out))
+        Ok(Decompressed::Decoded(xz::Output::Heap(out)))
     } else if bytes.starts_with(b"BZh") {
         Err(ProfileError::Unsupported {
             expected: "a .json, .json.xz or .json.gz profile".into(),
             found: "bzip2 data".into(),
         })
     } else {
-        Ok(Cow::Borrowed(bytes))
+        Ok(Decompressed::Plain(bytes))
+    }
+}
+
+/// One pass over a whole profile document.
+fn parse(data: &[u8], sel: &Selection) -> Result<raw::RawProfile, ProfileError> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let raw = de
+        .deserialize_map(raw::TopLevel { sel })
+        .map_err(|e| ProfileError::Json(e.to_string()))?;
+    de.end().map_err(|e| ProfileError::Json(e.to_string()))?;
+    Ok(raw)
+}
+
+/// Parses an ISF in two halves on two threads: the 6.1 ISF's `symbols`
+/// (26 of its 38 MB, last of the members) beside everything before it.
+///
+/// dwarf2json indents members by two spaces, so `,\n  "symbols":` marks
+/// where to cut. The cut turns `,\n` into `}{`: the text before becomes
+/// `{...}` and the text after `{"symbols": ...}`. If both parse as whole
+/// objects with at least one member, the original is exactly one object
+/// with their members in order (a misplaced cut leaves one of them
+/// unbalanced), so the result equals a single pass. `None` (bytes restored)
+/// when there is no such mark or either half fails; the caller then parses
+/// the whole, and reports its errors.
+fn parse_split(data: &mut [u8], sel: &Selection) -> Option<raw::RawProfile> {
+    const MARK: &[u8] = b"\n  \"symbols\":";
+    let cut = memchr::memmem::find(data, MARK).filter(|&at| at > 0)?;
+    if data.get(cut - 1) != Some(&b',') {
+        return None;
+    }
+    let original = [b',', b'\n'];
+    data.get_mut(cut - 1..=cut)?.copy_from_slice(b"}{");
+    let (head, tail) = data.split_at(cut);
+    let both = std::thread::scope(|s| {
+        let later = s.spawn(|| parse(tail, sel));
+        let earlier = parse(head, sel);
+        Some((earlier.ok()?, later.join().ok()?.ok()?))
+    });
+    match both {
+        Some((a, b)) if a.members > 0 && b.members > 0 => Some(a.then(b)),
+        _ => {
+            data.get_mut(cut - 1..=cut)?.copy_from_slice(&original);
+            None
+        }
     }
 }
 
@@ -221,12 +282,13 @@ impl Profile {
     }
 
     pub fn load_with(bytes: &[u8], name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
-        let data = decompress(bytes)?;
-        let mut de = serde_json::Deserializer::from_slice(&data);
-        let raw = de
-            .deserialize_map(raw::TopLevel { sel })
-            .map_err(|e| ProfileError::Json(e.to_string()))?;
-        de.end().map_err(|e| ProfileError::Json(e.to_string()))?;
+        let raw = match decompress(bytes)? {
+            Decompressed::Decoded(mut data) => match parse_split(&mut data, sel) {
+                Some(raw) => raw,
+                None => parse(&data, sel)?,
+            },
+            Decompressed::Plain(data) => parse(data, sel)?,
+        };
         if raw.user_types.is_some() && raw.symbols.is_some() {
             isf::build(raw, name, sel)
         } else if raw.rk_structs.is_some() {

@@ -149,6 +149,30 @@ pub(super) struct RawProfile {
     pub rk_structs: Option<BTreeMap<String, RekallStruct>>,
     pub rk_enums: Option<BTreeMap<String, BTreeMap<String, String>>>,
     pub other_keys: Vec<String>,
+    /// How many top-level members were read.
+    pub members: usize,
+}
+
+impl RawProfile {
+    /// The members of `later` follow this one's: a key read again
+    /// replaces the earlier value, as in one pass.
+    pub(super) fn then(self, later: RawProfile) -> RawProfile {
+        let mut other_keys = self.other_keys;
+        other_keys.extend(later.other_keys);
+        RawProfile {
+            isf_meta: later.isf_meta.or(self.isf_meta),
+            base_types: later.base_types.or(self.base_types),
+            user_types: later.user_types.or(self.user_types),
+            enums: later.enums.or(self.enums),
+            symbols: later.symbols.or(self.symbols),
+            rk_meta: later.rk_meta.or(self.rk_meta),
+            rk_constants: later.rk_constants.or(self.rk_constants),
+            rk_structs: later.rk_structs.or(self.rk_structs),
+            rk_enums: later.rk_enums.or(self.rk_enums),
+            other_keys,
+            members: self.members + later.members,
+        }
+    }
 }
 
 pub(super) struct TopLevel<'s> {
@@ -167,6 +191,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
         let keep_enum = |n: &str| sel.keeps_enum(n);
         let mut raw = RawProfile::default();
         while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            raw.members += 1;
             match &*k {
                 "metadata" => raw.isf_meta = Some(map.next_value()?),
                 "base_types" => {

@@ -64,6 +64,52 @@ fn compressed_and_cache_roundtrip() {
 }
 
 #[test]
+fn split_parse_equals_one_pass() {
+    // Pretty-printed as dwarf2json does: two-space indents, so the cut mark
+    // `,\n  "symbols":` is there.
+    let doc: serde_json::Value = serde_json::from_str(MINI_ISF).unwrap();
+    let pretty = serde_json::to_vec_pretty(&doc).unwrap();
+    assert!(memchr::memmem::find(&pretty, b",\n  \"symbols\":").is_some());
+    let whole = parse(&pretty, &Selection::PLUGINS).unwrap();
+    let mut data = pretty.clone();
+    let split = parse_split(&mut data, &Selection::PLUGINS).unwrap();
+    assert_eq!(split.members, whole.members);
+    assert_eq!(split.other_keys, whole.other_keys);
+    let name = "mini";
+    assert_eq!(
+        isf::build(split, name, &Selection::PLUGINS).unwrap(),
+        isf::build(whole, name, &Selection::PLUGINS).unwrap()
+    );
+}
+
+#[test]
+fn split_parse_refuses_what_one_pass_refuses() {
+    // The mark inside a nested object, an empty first half, a missing
+    // brace: each leaves one half unbalanced or empty, so no split result
+    // and the bytes are as they were.
+    for doc in [
+        "{\"a\": {\"b\": 1,\n  \"symbols\": {}}, \"c\": 2}",
+        "{,\n  \"symbols\": {}}",
+        "{\"a\": 1,\n  \"symbols\": {}",
+        "{\"a\": \"x,\n  \"symbols\": {}}",
+    ] {
+        let mut data = doc.as_bytes().to_vec();
+        assert!(
+            parse_split(&mut data, &Selection::PLUGINS).is_none(),
+            "{doc}"
+        );
+        assert_eq!(data, doc.as_bytes());
+    }
+    assert!(
+        parse(
+            "{\"a\": {\"b\": 1,\n  \"symbols\": {}}, \"c\": 2}".as_bytes(),
+            &Selection::PLUGINS
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn rekall_roundtrip_same_model() {
     let p = Profile::load(MINI_ISF.as_bytes(), "mini").unwrap();
     let rk = serde_json::to_vec(&p.to_rekall_json()).unwrap();
