@@ -11,6 +11,7 @@ mod isf;
 mod model;
 mod raw;
 mod rekall;
+mod split;
 mod xz;
 
 pub use model::{
@@ -172,6 +173,8 @@ impl Selection {
     }
 }
 
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+
 /// A profile's bytes after [`decompress`].
 #[derive(Debug)]
 pub enum Decompressed<'a> {
@@ -192,7 +195,7 @@ impl std::ops::Deref for Decompressed<'_> {
 
 /// Decompresses xz or gzip by magic bytes; anything else is returned as is.
 pub fn decompress(bytes: &[u8]) -> Result<Decompressed<'_>, ProfileError> {
-    if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+    if bytes.starts_with(XZ_MAGIC) {
         xz::decode(bytes)
             .map(Decompressed::Decoded)
             .map_err(|reason| ProfileError::Decompress {
@@ -218,6 +221,17 @@ pub fn decompress(bytes: &[u8]) -> Result<Decompressed<'_>, ProfileError> {
     }
 }
 
+fn split_or_whole(
+    data: &mut [u8],
+    tail: Option<split::Tail>,
+    sel: &Selection,
+) -> Result<raw::RawProfile, ProfileError> {
+    match split::parse_split(data, tail, sel) {
+        Some(raw) => Ok(raw),
+        None => parse(data, sel),
+    }
+}
+
 /// One pass over a whole profile document.
 fn parse(data: &[u8], sel: &Selection) -> Result<raw::RawProfile, ProfileError> {
     let mut de = serde_json::Deserializer::from_slice(data);
@@ -226,40 +240,6 @@ fn parse(data: &[u8], sel: &Selection) -> Result<raw::RawProfile, ProfileError> 
         .map_err(|e| ProfileError::Json(e.to_string()))?;
     de.end().map_err(|e| ProfileError::Json(e.to_string()))?;
     Ok(raw)
-}
-
-/// Parses an ISF in two halves on two threads: the 6.1 ISF's `symbols`
-/// (26 of its 38 MB, last of the members) beside everything before it.
-///
-/// dwarf2json indents members by two spaces, so `,\n  "symbols":` marks
-/// where to cut. The cut turns `,\n` into `}{`: the text before becomes
-/// `{...}` and the text after `{"symbols": ...}`. If both parse as whole
-/// objects with at least one member, the original is exactly one object
-/// with their members in order (a misplaced cut leaves one of them
-/// unbalanced), so the result equals a single pass. `None` (bytes restored)
-/// when there is no such mark or either half fails; the caller then parses
-/// the whole, and reports its errors.
-fn parse_split(data: &mut [u8], sel: &Selection) -> Option<raw::RawProfile> {
-    const MARK: &[u8] = b"\n  \"symbols\":";
-    let cut = memchr::memmem::find(data, MARK).filter(|&at| at > 0)?;
-    if data.get(cut - 1) != Some(&b',') {
-        return None;
-    }
-    let original = [b',', b'\n'];
-    data.get_mut(cut - 1..=cut)?.copy_from_slice(b"}{");
-    let (head, tail) = data.split_at(cut);
-    let both = std::thread::scope(|s| {
-        let later = s.spawn(|| parse(tail, sel));
-        let earlier = parse(head, sel);
-        Some((earlier.ok()?, later.join().ok()?.ok()?))
-    });
-    match both {
-        Some((a, b)) if a.members > 0 && b.members > 0 => Some(a.then(b)),
-        _ => {
-            data.get_mut(cut - 1..=cut)?.copy_from_slice(&original);
-            None
-        }
-    }
 }
 
 /// Cache key of a profile file's raw bytes (compressed or not).
@@ -282,12 +262,22 @@ impl Profile {
     }
 
     pub fn load_with(bytes: &[u8], name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
-        let raw = match decompress(bytes)? {
-            Decompressed::Decoded(mut data) => match parse_split(&mut data, sel) {
-                Some(raw) => raw,
-                None => parse(&data, sel)?,
-            },
-            Decompressed::Plain(data) => parse(data, sel)?,
+        let raw = if bytes.starts_with(XZ_MAGIC) {
+            // The last block's piece of `symbols` is parsed while the other
+            // blocks still decode.
+            let (mut data, tail) =
+                xz::decode_with(bytes, |region, at| split::tail(region, at, sel)).map_err(
+                    |reason| ProfileError::Decompress {
+                        format: "xz",
+                        reason,
+                    },
+                )?;
+            split_or_whole(&mut data, tail, sel)?
+        } else {
+            match decompress(bytes)? {
+                Decompressed::Decoded(mut data) => split_or_whole(&mut data, None, sel)?,
+                Decompressed::Plain(data) => parse(data, sel)?,
+            }
         };
         if raw.user_types.is_some() && raw.symbols.is_some() {
             isf::build(raw, name, sel)

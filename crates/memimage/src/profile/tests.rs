@@ -63,50 +63,112 @@ fn compressed_and_cache_roundtrip() {
     assert_ne!(cache_key(MINI_ISF.as_bytes()), cache_key(&gz));
 }
 
+/// MINI_ISF with more symbols, laid out as dwarf2json does: two-space
+/// indents, `symbols` last.
+fn dwarf2json_layout() -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        metadata: &'a serde_json::Value,
+        base_types: &'a serde_json::Value,
+        user_types: &'a serde_json::Value,
+        enums: &'a serde_json::Value,
+        symbols: &'a serde_json::Value,
+    }
+    let mut v: serde_json::Value = serde_json::from_str(MINI_ISF).unwrap();
+    for i in 0..20 {
+        v["symbols"][format!("s{i:02}")] = serde_json::json!({"address": i});
+    }
+    serde_json::to_vec_pretty(&Doc {
+        metadata: &v["metadata"],
+        base_types: &v["base_types"],
+        user_types: &v["user_types"],
+        enums: &v["enums"],
+        symbols: &v["symbols"],
+    })
+    .unwrap()
+}
+
 #[test]
 fn split_parse_equals_one_pass() {
-    // Pretty-printed as dwarf2json does: two-space indents, so the cut mark
-    // `,\n  "symbols":` is there.
-    let doc: serde_json::Value = serde_json::from_str(MINI_ISF).unwrap();
-    let pretty = serde_json::to_vec_pretty(&doc).unwrap();
-    assert!(memchr::memmem::find(&pretty, b",\n  \"symbols\":").is_some());
-    let whole = parse(&pretty, &Selection::PLUGINS).unwrap();
-    let mut data = pretty.clone();
-    let split = parse_split(&mut data, &Selection::PLUGINS).unwrap();
-    assert_eq!(split.members, whole.members);
-    assert_eq!(split.other_keys, whole.other_keys);
-    let name = "mini";
-    assert_eq!(
-        isf::build(split, name, &Selection::PLUGINS).unwrap(),
-        isf::build(whole, name, &Selection::PLUGINS).unwrap()
-    );
+    let text = dwarf2json_layout();
+    let sel = Selection::All;
+    let whole = parse(&text, &sel).unwrap();
+    let expect = isf::build(whole, "mini", &sel).unwrap();
+    assert_eq!(expect.symbols.len(), 23);
+    // Split after decoding, and with the last piece cut early (as from the
+    // last xz block) at several places.
+    let mut data = text.clone();
+    let split = split::parse_split(&mut data, None, &sel).unwrap();
+    assert_eq!(split.members, 5);
+    assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
+    let open = memchr::memmem::find(&text, b"\"symbols\": {").unwrap();
+    for base in [open + 20, open + 200, text.len() - 120] {
+        let mut data = text.clone();
+        let tail = split::tail(&mut data[base..], base, &sel);
+        assert!(tail.is_some(), "{base}");
+        let split = split::parse_split(&mut data, tail, &sel).unwrap();
+        assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
+    }
+    // A tail cut before `symbols` starts is not used, and is undone.
+    let mut data = text.clone();
+    let tail = split::tail(&mut data[10..], 10, &sel);
+    assert!(tail.is_some());
+    assert!(split::parse_split(&mut data, tail, &sel).is_none());
+    assert_eq!(data, text);
+}
+
+#[test]
+fn multi_block_xz_loads_as_the_plain_text() {
+    use liblzma::stream::{Action, Check, Status, Stream};
+    let text = dwarf2json_layout();
+    // Two blocks (a full flush ends one), the second inside `symbols`, so
+    // its piece is parsed while the first block decodes.
+    let mut enc = Stream::new_easy_encoder(1, Check::Crc64).unwrap();
+    let mut xz = Vec::with_capacity(text.len() + 4096);
+    let cut = text.len() - 300;
+    let (mut at, mut action) = (0, Action::FullFlush);
+    for end in [cut, text.len()] {
+        loop {
+            let before = enc.total_in() as usize;
+            let st = enc.process_vec(&text[at..end], &mut xz, action).unwrap();
+            at += enc.total_in() as usize - before;
+            if st == Status::StreamEnd {
+                break;
+            }
+        }
+        action = Action::Finish;
+    }
+    assert_eq!(at, text.len());
+    let plain = Profile::load(&text, "mini").unwrap();
+    assert_eq!(Profile::load(&xz, "mini").unwrap(), plain);
+    assert_eq!(plain.symbols.len(), 2);
 }
 
 #[test]
 fn split_parse_refuses_what_one_pass_refuses() {
-    // The mark inside a nested object, an empty first half, a missing
-    // brace: each leaves one half unbalanced or empty, so no split result
-    // and the bytes are as they were.
+    // The mark inside a nested object, an empty part, a missing brace, the
+    // mark inside a string, `symbols` not last: each leaves some part
+    // unbalanced or empty, so no split result and the bytes are as they
+    // were.
     for doc in [
-        "{\"a\": {\"b\": 1,\n  \"symbols\": {}}, \"c\": 2}",
-        "{,\n  \"symbols\": {}}",
-        "{\"a\": 1,\n  \"symbols\": {}",
-        "{\"a\": \"x,\n  \"symbols\": {}}",
+        "{\"a\": {\"b\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}}, \"c\": 2}",
+        "{,\n  \"symbols\": {\"x\": {\"address\": 1}}}",
+        "{\"a\": 1,\n  \"symbols\": {}}",
+        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}",
+        "{\"a\": \"x,\n  \"symbols\": {\"x\": {\"address\": 1}}}",
+        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}, \"c\": 2}",
+        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1},\n    \"y\": {\"address\": 2},\n    ,\n    \"z\": {\"address\": 3}}}",
     ] {
         let mut data = doc.as_bytes().to_vec();
         assert!(
-            parse_split(&mut data, &Selection::PLUGINS).is_none(),
+            split::parse_split(&mut data, None, &Selection::All).is_none(),
             "{doc}"
         );
         assert_eq!(data, doc.as_bytes());
     }
-    assert!(
-        parse(
-            "{\"a\": {\"b\": 1,\n  \"symbols\": {}}, \"c\": 2}".as_bytes(),
-            &Selection::PLUGINS
-        )
-        .is_ok()
-    );
+    // Parsed whole, the last one of those that is valid JSON.
+    let ok = "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}, \"c\": 2}";
+    assert_eq!(parse(ok.as_bytes(), &Selection::All).unwrap().members, 3);
 }
 
 #[test]

@@ -76,12 +76,22 @@ fn zeroed(len: usize) -> Output {
 
 /// Decodes a whole xz file.
 pub(super) fn decode(input: &[u8]) -> Result<Output, String> {
+    decode_with(input, |_, _| None::<()>).map(|(out, _)| out)
+}
+
+/// Decodes a whole xz file; when its blocks decode in parallel, `last` runs
+/// on the last block's output (and its offset) as soon as that block is
+/// done, beside the others still decoding.
+pub(super) fn decode_with<T: Send>(
+    input: &[u8],
+    last: impl Fn(&mut [u8], usize) -> Option<T> + Sync,
+) -> Result<(Output, Option<T>), String> {
     if let Some(blocks) = plan(input)
-        && let Ok(out) = decode_blocks(input, &blocks)
+        && let Ok(done) = decode_blocks(input, &blocks, &last)
     {
-        return Ok(out);
+        return Ok(done);
     }
-    decode_serial(input).map(Output::Heap)
+    decode_serial(input).map(|out| (Output::Heap(out), None))
 }
 
 /// liblzma's single-threaded stream decoder (with its own checks), writing
@@ -238,7 +248,11 @@ fn plan(f: &[u8]) -> Option<Vec<Block>> {
 
 /// Decodes the blocks on up to one thread per core, each into its own part
 /// of the output, and checks each one's CRC64.
-fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
+fn decode_blocks<T: Send>(
+    f: &[u8],
+    blocks: &[Block],
+    last: &(impl Fn(&mut [u8], usize) -> Option<T> + Sync),
+) -> Result<(Output, Option<T>), String> {
     let total = blocks.last().map_or(0, |b| b.out.end);
     let mut out = zeroed(total);
     let mut parts = Vec::with_capacity(blocks.len());
@@ -249,6 +263,11 @@ fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
         rest = tail;
     }
     let queue = Mutex::new(parts.into_iter());
+    let early = Mutex::new(None);
+    let last_start = blocks
+        .last()
+        .map(|b| b.out.start)
+        .filter(|_| blocks.len() > 1);
     let work = || -> Result<(), String> {
         loop {
             let next = queue.lock().map_err(|e| e.to_string())?.next();
@@ -256,6 +275,10 @@ fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
                 return Ok(());
             };
             decode_block(f, block, part)?;
+            if Some(block.out.start) == last_start {
+                let r = last(part, block.out.start);
+                *early.lock().map_err(|e| e.to_string())? = r;
+            }
         }
     };
     let threads = std::thread::available_parallelism()
@@ -272,7 +295,8 @@ fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
         }
         result
     })?;
-    Ok(out)
+    let early = early.into_inner().map_err(|e| e.to_string())?;
+    Ok((out, early))
 }
 
 fn decode_block(f: &[u8], block: &Block, out: &mut [u8]) -> Result<(), String> {
@@ -353,7 +377,10 @@ mod tests {
         let xz = multi_block(&data, 1 << 20, Check::Crc64);
         let blocks = plan(&xz).unwrap();
         assert_eq!(blocks.len(), 3);
-        assert_eq!(*decode_blocks(&xz, &blocks).unwrap(), *data);
+        assert_eq!(
+            *decode_blocks(&xz, &blocks, &|_, _| None::<()>).unwrap().0,
+            *data
+        );
         assert_eq!(*decode(&xz).unwrap(), *data);
     }
 
@@ -382,7 +409,11 @@ mod tests {
         let check_at = round4(blocks[0].data.end).unwrap();
         xz[check_at] ^= 1;
         let blocks = plan(&xz).unwrap();
-        assert!(decode_blocks(&xz, &blocks).unwrap_err().contains("CRC64"));
+        assert!(
+            decode_blocks(&xz, &blocks, &|_, _| None::<()>)
+                .unwrap_err()
+                .contains("CRC64")
+        );
         assert!(decode(&xz).is_err());
     }
 

@@ -1,0 +1,176 @@
+//! Parsing a decoded ISF in pieces on several threads, some of them while
+//! the last xz block is still being decoded.
+//!
+//! dwarf2json indents by two spaces and writes `symbols` (26 of the 6.1
+//! ISF's 38 MB) last, so `,\n  "symbols":` marks where the other members
+//! end and `,\n    "` where one symbol entry ends. A cut turns such a `,\n`
+//! into `}{`, and the final `}` of the document becomes a space: the text
+//! before the first cut is then `{...}` (the other members) and each piece
+//! of `symbols` is `{...}` (a map of entries). If every part parses as a
+//! whole, non-empty object, the original is exactly one object with those
+//! members and entries in order (a cut in the wrong place leaves some part
+//! unbalanced), so the result equals a single pass. Otherwise every byte is
+//! put back and the caller parses the whole, and reports its errors.
+
+use super::raw::{IsfSymbol, RawProfile, Selective};
+use super::{Selection, parse};
+use serde::de::DeserializeSeed;
+use std::collections::BTreeMap;
+
+const MARK: &[u8] = b"\n  \"symbols\":";
+const ENTRY: &[u8] = b",\n    \"";
+
+type Symbols = BTreeMap<String, IsfSymbol>;
+
+/// A piece of `symbols` cut from the end of the text, parsed early.
+#[derive(Debug)]
+pub(super) struct Tail {
+    /// Where its `,\n` became `}{`.
+    cut: usize,
+    /// Where the document's final `}` became a space.
+    close: usize,
+    symbols: Option<Symbols>,
+}
+
+impl Tail {
+    fn shift(mut self, by: usize) -> Tail {
+        self.cut += by;
+        self.close += by;
+        self
+    }
+}
+
+/// Cuts the last piece of `symbols` out of `region`, the end of the text
+/// (the last xz block), and parses it. `base` is the region's offset.
+pub(super) fn tail(region: &mut [u8], base: usize, sel: &Selection) -> Option<Tail> {
+    let close = region.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    let cut = memchr::memmem::find(region, ENTRY).filter(|&c| c < close)?;
+    if region.get(close) != Some(&b'}') {
+        return None;
+    }
+    set(region, cut, b"}{")?;
+    set(region, close, b" ")?;
+    let symbols = region.get(cut + 1..).and_then(|p| piece(p, sel));
+    Some(
+        Tail {
+            cut,
+            close,
+            symbols,
+        }
+        .shift(base),
+    )
+}
+
+fn set(data: &mut [u8], at: usize, bytes: &[u8]) -> Option<()> {
+    data.get_mut(at..at + bytes.len())?.copy_from_slice(bytes);
+    Some(())
+}
+
+/// One piece `{ "name": {...}, ... }` of the symbols map.
+fn piece(text: &[u8], sel: &Selection) -> Option<Symbols> {
+    // Not empty: `{` then an entry's key.
+    let first = text.get(1..)?.iter().find(|b| !b.is_ascii_whitespace());
+    if text.first() != Some(&b'{') || first != Some(&b'"') {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let map = Selective::new(|n: &str| sel.keeps_symbol(n))
+        .deserialize(&mut de)
+        .ok()?;
+    de.end().ok()?;
+    Some(map)
+}
+
+/// Parses `data` in parts (see the module comment), with `tail` already
+/// cut and parsed if the decoder did that. `None`, with every byte as it
+/// was, when the text does not split that way.
+pub(super) fn parse_split(
+    data: &mut [u8],
+    tail: Option<Tail>,
+    sel: &Selection,
+) -> Option<RawProfile> {
+    let mut undo: Vec<(usize, u8)> = Vec::new();
+    if let Some(t) = &tail {
+        undo.extend([(t.cut, b','), (t.cut + 1, b'\n'), (t.close, b'}')]);
+    }
+    let result = cut_and_parse(data, tail, sel, &mut undo);
+    if result.is_none() {
+        for (at, b) in undo {
+            if let Some(slot) = data.get_mut(at) {
+                *slot = b;
+            }
+        }
+    }
+    result
+}
+
+fn cut_and_parse(
+    data: &mut [u8],
+    tail: Option<Tail>,
+    sel: &Selection,
+    undo: &mut Vec<(usize, u8)>,
+) -> Option<RawProfile> {
+    let mark = memchr::memmem::find(data, MARK).filter(|&at| at > 0)?;
+    if data.get(mark - 1) != Some(&b',') {
+        return None;
+    }
+    let after = mark + MARK.len();
+    let open = after
+        + data
+            .get(after..)?
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+    if data.get(open) != Some(&b'{') {
+        return None;
+    }
+    // Where the pieces parsed here end: at the tail's cut, or at the end.
+    let (end, tail_symbols) = match tail {
+        Some(t) if t.cut > open => (t.cut + 1, Some(t.symbols?)),
+        Some(_) => return None,
+        None => {
+            let close = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
+            if data.get(close) != Some(&b'}') {
+                return None;
+            }
+            set(data, close, b" ")?;
+            undo.push((close, b'}'));
+            (data.len(), None)
+        }
+    };
+    set(data, mark - 1, b"}")?;
+    undo.push((mark - 1, b','));
+    // One more cut halfway, so the symbols before the tail are two pieces.
+    let half = open + (end - open) / 2;
+    let mid = memchr::memmem::find(data.get(half..end)?, ENTRY)
+        .map(|c| half + c)
+        .filter(|&c| c + 1 < end);
+    if let Some(c) = mid {
+        set(data, c, b"}{")?;
+        undo.extend([(c, b','), (c + 1, b'\n')]);
+    }
+    let data = &*data;
+    let head = data.get(..mark)?;
+    let (first, second) = match mid {
+        Some(c) => (data.get(open..=c)?, data.get(c + 1..end)?),
+        None => (data.get(open..end)?, &[][..]),
+    };
+    let (others, one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| piece(first, sel));
+        let two = s.spawn(|| (!second.is_empty()).then(|| piece(second, sel)));
+        let others = parse(head, sel).ok();
+        (others, one.join().ok().flatten(), two.join().ok().flatten())
+    });
+    let others = others.filter(|o| o.members > 0)?;
+    let mut symbols = one?;
+    if mid.is_some() {
+        symbols.extend(two??);
+    }
+    if let Some(t) = tail_symbols {
+        symbols.extend(t);
+    }
+    Some(others.then(RawProfile {
+        symbols: Some(symbols),
+        members: 1,
+        ..RawProfile::default()
+    }))
+}
