@@ -175,7 +175,10 @@ fn plan(f: &[u8]) -> Option<Vec<Block>> {
     {
         return None;
     }
-    let index_size = (usize::try_from(le32(f, footer + 4)?).ok()? + 1) * 4;
+    let index_size = usize::try_from(le32(f, footer + 4)?)
+        .ok()?
+        .checked_add(1)?
+        .checked_mul(4)?;
     let index_start = footer.checked_sub(index_size).filter(|&s| s >= 12)?;
     let index = f.get(index_start..footer)?;
     let crc_at = index_size - 4;
