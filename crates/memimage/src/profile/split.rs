@@ -154,11 +154,22 @@ fn cut_and_parse(
         Some(c) => (data.get(open..=c)?, data.get(c + 1..end)?),
         None => (data.get(open..end)?, &[][..]),
     };
+    let parse_one = || piece(first, sel);
+    let parse_two = || (!second.is_empty()).then(|| piece(second, sel));
     let (others, one, two) = std::thread::scope(|s| {
-        let one = s.spawn(|| piece(first, sel));
-        let two = s.spawn(|| (!second.is_empty()).then(|| piece(second, sel)));
+        // A piece whose thread cannot be started is parsed here.
+        let one = std::thread::Builder::new().spawn_scoped(s, parse_one);
+        let two = std::thread::Builder::new().spawn_scoped(s, parse_two);
         let others = parse(head, sel).ok();
-        (others, one.join().ok().flatten(), two.join().ok().flatten())
+        let one = match one {
+            Ok(h) => h.join().ok().flatten(),
+            Err(_) => parse_one(),
+        };
+        let two = match two {
+            Ok(h) => h.join().ok().flatten(),
+            Err(_) => parse_two(),
+        };
+        (others, one, two)
     });
     let others = others.filter(|o| o.members > 0)?;
     let mut symbols = one?;

@@ -288,7 +288,10 @@ fn decode_blocks<T: Send>(
         .map_or(1, |n| n.get())
         .min(blocks.len());
     std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        // A thread that cannot be started leaves its share to the others.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
+            .collect();
         let mut result = work();
         for h in helpers {
             let r = h
