@@ -23,6 +23,8 @@ with open(path, "wb", buffering=0) as out:
         if digest:
             digest.update(view[:n])
         total += n
-    import os
-    os.fsync(out.fileno())
-print(total, digest.hexdigest() if digest else "")
+    import os, stat
+    # A pipe (into `aws s3 cp -`) cannot be synced; a file is, as mshot's is.
+    if stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+        os.fsync(out.fileno())
+print(total, digest.hexdigest() if digest else "", file=sys.stderr if path == "/dev/stdout" else sys.stdout)

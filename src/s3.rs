@@ -380,6 +380,7 @@ impl Bucket {
             state: Mutex::new(UploadState::Open),
             completed: Mutex::new(None),
             acked,
+            spare: Mutex::new(Vec::new()),
         }))
     }
 
@@ -574,6 +575,10 @@ pub struct Upload {
     state: Mutex<UploadState>,
     completed: Mutex<Option<Completed>>,
     acked: Arc<AtomicU64>,
+    /// Part buffers S3 is done with, for the feeder to fill again: the same
+    /// `concurrency + 1` buffers serve the whole image, so memory neither
+    /// grows with it nor depends on how the allocator treats 8 MiB blocks.
+    spare: Mutex<Vec<BytesMut>>,
 }
 
 #[derive(Clone, Debug)]
@@ -690,6 +695,7 @@ impl Upload {
             }
             let len = data.len() as u64;
             let crc = crc32c::crc32c(&data);
+            let buffer = data.clone();
             let crc_b64 = b64(&crc.to_be_bytes());
             let b = &upload.bucket;
             // The SDK retries transient failures (5xx, throttling, timeouts,
@@ -736,6 +742,15 @@ impl Upload {
                     }
                 },
                 Err(e) => upload.fail(failure(describe(&e))),
+            }
+            // The request (and every retry's clone of the body) is gone, so
+            // the buffer is ours again; return it before freeing the slot,
+            // or the feeder could find no spare and allocate another.
+            if let Ok(mut buffer) = buffer.try_into_mut() {
+                buffer.clear();
+                if let Ok(mut spare) = upload.spare.lock() {
+                    spare.push(buffer);
+                }
             }
             drop(slot);
         });
@@ -1033,10 +1048,13 @@ impl PartFeeder {
         if let Some(failure) = self.upload.failure() {
             bail!("{failure}");
         }
-        // The next buffer is allocated only now that a slot is free: at most
+        // The next buffer is taken only now that a slot is free: at most
         // `concurrency` parts in flight plus this one.
         let size = self.upload.part_size as usize;
-        let data = std::mem::replace(&mut self.current, BytesMut::with_capacity(size)).freeze();
+        let next = (self.upload.spare.lock().ok())
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(size));
+        let data = std::mem::replace(&mut self.current, next).freeze();
         let len = data.len() as u64;
         self.upload
             .spawn_part(&self.handle, self.next_part, self.offset, data, slot);
