@@ -802,10 +802,10 @@ pub async fn receive_image(
     } = source;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(64);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
-    let mut buffer = BytesMut::with_capacity(256 << 10);
+    let mut buffer = BytesMut::with_capacity(BATCH);
     loop {
         if buffer.capacity() - buffer.len() < 64 * 1024 {
-            buffer.reserve(256 << 10);
+            buffer.reserve(BATCH);
         }
         let n = match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buffer)).await {
             Ok(Ok(n)) => n,
@@ -823,7 +823,36 @@ pub async fn receive_image(
                 );
             }
         };
-        if n == 0 {
+        let mut eof = n == 0;
+        // Take along what has already arrived, up to BATCH: one hand-off per
+        // 32 KiB SSH packet costs the writer and hasher threads a wake-up each.
+        while !eof && buffer.len() < BATCH {
+            if buffer.capacity() - buffer.len() < 64 * 1024 {
+                buffer.reserve(BATCH);
+            }
+            match read_if_ready(&mut stream, &mut buffer) {
+                Some(Ok(0)) => eof = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    drop(sender);
+                    let _ = writer.await;
+                    bail!("the capture stream failed: {e}");
+                }
+                None => break,
+            }
+        }
+        if !buffer.is_empty() {
+            progress.add_bytes(buffer.len() as u64);
+            let plain = buffer.split().freeze();
+            let store = match &store_wire {
+                Some(wire) => wire.take(),
+                None => plain.clone(),
+            };
+            if sender.send(Chunk { plain, store }).await.is_err() {
+                break; // the writer stopped: its error says why
+            }
+        }
+        if eof {
             // The end of a compressed stream (its checksum) yields no plain bytes.
             if let Some(wire) = &store_wire {
                 let rest = wire.take();
@@ -838,15 +867,6 @@ pub async fn receive_image(
             }
             break;
         }
-        progress.add_bytes(n as u64);
-        let plain = buffer.split().freeze();
-        let store = match &store_wire {
-            Some(wire) => wire.take(),
-            None => plain.clone(),
-        };
-        if sender.send(Chunk { plain, store }).await.is_err() {
-            break; // the writer stopped: its error says why
-        }
     }
     drop(sender);
     drop(stream);
@@ -857,6 +877,25 @@ pub async fn receive_image(
             sink.discard();
             Err(error)
         }
+    }
+}
+
+/// How much of the stream one hand-off to the writer thread carries at most.
+const BATCH: usize = 256 << 10;
+
+/// One read that does not wait: `None` when nothing has arrived yet. The
+/// no-op waker is fine because the caller's next read awaits and registers
+/// the real one; `read_buf` is cancel-safe, so dropping it loses nothing.
+fn read_if_ready(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
+    buffer: &mut BytesMut,
+) -> Option<std::io::Result<usize>> {
+    use std::future::Future;
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut read = std::pin::pin!(stream.read_buf(buffer));
+    match read.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(result) => Some(result),
+        std::task::Poll::Pending => None,
     }
 }
 
