@@ -310,7 +310,24 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
             })
             .collect();
         assert!(m.len() > 40, "{m:?}");
-        assert_eq!(m, v, "mshot and Volatility 3 (exported ISF) disagree");
+        // The guest's lab-sleeper starts a new `sleep` every 5 s, during the
+        // capture too, so that one task's list links are smeared across the
+        // image and the two tools have been seen to pick different ones (152
+        // vs 153). Everything else must agree exactly; the fixture test, on a
+        // capture without that churn, compares every row.
+        let settled = |set: &BTreeSet<(i64, i64, i64, String, u64)>| {
+            let sleeps = set.iter().filter(|t| t.3 == "sleep").count();
+            assert!(sleeps <= 1, "{sleeps} sleep tasks: {set:?}");
+            set.iter()
+                .filter(|t| t.3 != "sleep")
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(
+            settled(&m),
+            settled(&v),
+            "mshot and Volatility 3 (exported ISF) disagree"
+        );
         // Boot time from tk_core, typed from BTF: Volatility prints creation times.
         assert!(
             theirs.iter().all(|r| r["CREATION TIME"].is_string()),
