@@ -800,7 +800,8 @@ pub async fn receive_image(
         plain: mut stream,
         store_wire,
     } = source;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(64);
+    // Chunks are up to BATCH long: 16 of them queue at most 4 MiB.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
     let mut buffer = BytesMut::with_capacity(BATCH);
     loop {
@@ -905,7 +906,7 @@ fn write_image(
 ) -> (anyhow::Result<Received>, ImageSink) {
     // SHA-256 runs on a thread of its own: writing to the page cache costs as
     // much CPU as hashing, and the two need not wait for each other.
-    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
+    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
     let hasher = std::thread::spawn(move || {
         let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for chunk in hasher_input {
