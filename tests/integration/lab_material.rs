@@ -197,16 +197,16 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     assert!(!regions.is_empty());
     let read =
         |r: &serde_json::Value| std::fs::read(dump.join(r["file"].as_str().unwrap())).unwrap();
-    // The shell's binary, mapped from offset 0, starts with its ELF header: a
-    // file-backed page the process never writes, so every capture has it.
-    let elf = regions.iter().any(|r| {
-        r["pgoff"] == 0
-            && r["path"].as_str().is_some_and(|p| p.starts_with('/'))
-            && read(r).starts_with(b"\x7fELF")
-    });
+    // The shell's binary, mapped lowest and from offset 0, starts with its ELF
+    // header: a file-backed page the process never writes, so every capture
+    // has it.
+    let binary = regions
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.starts_with('/')))
+        .expect("a file-backed region");
     assert!(
-        elf,
-        "no region of pid {sleeper} starts with its binary's ELF header: {regions:?}"
+        read(binary).starts_with(b"\x7fELF"),
+        "pid {sleeper}'s first file-backed region is not its binary's ELF header: {binary}"
     );
     // argv is on the stack's top page; the shell forks a `sleep` every 5 s,
     // and a copy-on-write break during the capture can leave that page's
