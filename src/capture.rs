@@ -804,24 +804,20 @@ pub async fn receive_image(
     let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
     let mut buffer = BytesMut::with_capacity(BATCH);
-    loop {
+    // A read error ends the loop with the error; the writer is then stopped
+    // in one place below.
+    let read: anyhow::Result<()> = 'read: loop {
         if buffer.capacity() - buffer.len() < 64 * 1024 {
             buffer.reserve(BATCH);
         }
         let n = match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buffer)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                drop(sender);
-                let _ = writer.await;
-                bail!("the capture stream failed: {e}");
-            }
+            Ok(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
             Err(_) => {
-                drop(sender);
-                let _ = writer.await;
-                bail!(
+                break 'read Err(anyhow!(
                     "the target sent nothing for {} s; the capture stream stalled",
                     idle_timeout.as_secs()
-                );
+                ));
             }
         };
         let mut eof = n == 0;
@@ -834,11 +830,7 @@ pub async fn receive_image(
             match read_if_ready(&mut stream, &mut buffer) {
                 Some(Ok(0)) => eof = true,
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    drop(sender);
-                    let _ = writer.await;
-                    bail!("the capture stream failed: {e}");
-                }
+                Some(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
                 None => break,
             }
         }
@@ -850,7 +842,7 @@ pub async fn receive_image(
                 None => plain.clone(),
             };
             if sender.send(Chunk { plain, store }).await.is_err() {
-                break; // the writer stopped: its error says why
+                break 'read Ok(()); // the writer stopped: its error says why
             }
         }
         if eof {
@@ -866,8 +858,13 @@ pub async fn receive_image(
                         .await;
                 }
             }
-            break;
+            break 'read Ok(());
         }
+    };
+    if let Err(error) = read {
+        drop(sender);
+        let _ = writer.await;
+        return Err(error);
     }
     drop(sender);
     drop(stream);
