@@ -1,8 +1,9 @@
 //! Fleet capture (`mshot -c fleet.yaml`): many hosts at once.
 //!
 //! `config` validates the whole file and builds one `CaptureJob` per host
-//! before anything connects. `run` then starts every host as a tokio task; a
-//! semaphore bounds how many capture at once. A host's failure is its own: it
+//! before anything connects. `run` then hands out worker slots (a semaphore)
+//! in file order and starts each host as a tokio task once it holds one, so
+//! hosts start in the order the file lists them. A host's failure is its own: it
 //! is recorded and the others go on. Cancelling the token (Ctrl-C) stops
 //! hosts that have not started and interrupts the running ones, whose
 //! `capture::capture` still unloads LiME and removes its files before
@@ -86,9 +87,22 @@ pub async fn run(plan: FleetPlan, options: &FleetOptions, cancel: CancellationTo
     let analyze = Arc::new(plan.analyze.clone());
     let mut tasks = Vec::with_capacity(host_count);
     for host in plan.hosts {
+        let name = host.name.clone();
+        let mut summary = HostReport::new(&host);
+        // Slots go out here, in file order: were each task to wait for its
+        // own, the runtime could start the last host first.
+        let permit = tokio::select! {
+            permit = semaphore.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => None,
+        };
+        let Some(permit) = permit.filter(|_| !cancel.is_cancelled()) else {
+            summary.status = Status::NotStarted;
+            summary.error = Some("not started: interrupted by Ctrl-C".into());
+            tasks.push((name, summary, None));
+            continue;
+        };
         let display = multi.clone().zip(overall.clone());
         let context = HostContext {
-            semaphore: semaphore.clone(),
             cancel: cancel.clone(),
             totals: totals.clone(),
             analyze: analyze.clone(),
@@ -98,17 +112,19 @@ pub async fn run(plan: FleetPlan, options: &FleetOptions, cancel: CancellationTo
             label: format!("{:width$}", host.name),
             display,
         };
-        let name = host.name.clone();
-        let summary = HostReport::new(&host);
         tasks.push((
             name,
             summary,
-            tokio::spawn(async move { run_host(host, context).await }),
+            Some(tokio::spawn(run_host(host, context, permit))),
         ));
     }
 
     let mut hosts = Vec::with_capacity(tasks.len());
     for (name, mut fallback, task) in tasks {
+        let Some(task) = task else {
+            hosts.push(fallback);
+            continue;
+        };
         match task.await {
             Ok(report) => hosts.push(report),
             Err(e) => {
@@ -135,7 +151,6 @@ pub async fn run(plan: FleetPlan, options: &FleetOptions, cancel: CancellationTo
 }
 
 struct HostContext {
-    semaphore: Arc<Semaphore>,
     cancel: CancellationToken,
     totals: Arc<Totals>,
     analyze: Arc<Option<AnalyzeSpec>>,
@@ -147,18 +162,13 @@ struct HostContext {
     display: Option<(MultiProgress, ProgressBar)>,
 }
 
-async fn run_host(host: HostPlan, context: HostContext) -> HostReport {
+/// Captures one host while holding its worker slot (`permit`).
+async fn run_host(
+    host: HostPlan,
+    context: HostContext,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> HostReport {
     let mut report = HostReport::new(&host);
-    // Wait for a worker slot, unless Ctrl-C comes first.
-    let permit = tokio::select! {
-        permit = context.semaphore.clone().acquire_owned() => permit.ok(),
-        _ = context.cancel.cancelled() => None,
-    };
-    if permit.is_none() || context.cancel.is_cancelled() {
-        report.status = Status::NotStarted;
-        report.error = Some("not started: interrupted by Ctrl-C".into());
-        return report;
-    }
     context.totals.running.fetch_add(1, Ordering::Relaxed);
     let log_path = context
         .log_dir
