@@ -24,7 +24,7 @@ use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
 use crate::secret::Secret;
 use crate::shell::{PendingAudit, Shell};
 use crate::sink::ImageSink;
-use crate::source::{self, SourceOptions, SourceStream, Used};
+use crate::source::{self, PlainSource, SourceOptions, SourceStream, Used};
 use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
 
 /// Everything one capture needs, already validated by `config`.
@@ -154,11 +154,11 @@ pub struct Received {
     pub ranges: Vec<PhysRange>,
 }
 
-/// One piece of the stream: `plain` is validated and hashed, `store` goes to
-/// the sink (the same bytes, unless the compressed stream is what is kept).
+/// One batch of the stream: `plain` is validated and hashed, and goes to the
+/// sink too unless `store` holds the compressed stream to keep instead.
 pub struct Chunk {
-    pub plain: bytes::Bytes,
-    pub store: bytes::Bytes,
+    pub plain: Vec<bytes::Bytes>,
+    pub store: Option<bytes::Bytes>,
 }
 
 /// The receive path alone, for the tunnel benchmark: connect, stream a
@@ -181,7 +181,7 @@ pub async fn bench_receive(
     .await?;
     let result: anyhow::Result<Received> = async {
         let channel = session.open_tcp("127.0.0.1", port).await?;
-        let stream = SourceStream::plain(Box::new(channel.into_stream()));
+        let stream = SourceStream::channel(channel, source::WireStats::new(false));
         let (received, sink) =
             receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
         sink.commit().await?;
@@ -585,7 +585,7 @@ async fn run(
     progress.phase("capturing");
     progress.start_bytes(expected_bytes);
     let channel = session.open_tcp("127.0.0.1", port).await?;
-    let wire = source::lime_stream(Box::new(channel.into_stream()), &job.source);
+    let wire = source::lime_stream(channel, &job.source);
     let received = receive_image(wire.stream, sink, job.stream_idle_timeout, progress).await;
     facts.source.wire_bytes = wire.stats.bytes();
     let (received, sink) = match received {
@@ -796,22 +796,16 @@ pub async fn receive_image(
     idle_timeout: Duration,
     progress: &CaptureProgress,
 ) -> anyhow::Result<(Received, ImageSink)> {
-    let SourceStream {
-        plain: mut stream,
-        store_wire,
-    } = source;
-    // Chunks are up to BATCH long: 16 of them queue at most 4 MiB.
+    let SourceStream { plain, store_wire } = source;
+    let mut reader = PieceReader::new(plain);
+    // Batches are up to BATCH long: 16 of them queue at most 4 MiB.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
-    let mut buffer = BytesMut::with_capacity(BATCH);
     // A read error ends the loop with the error; the writer is then stopped
     // in one place below.
     let read: anyhow::Result<()> = 'read: loop {
-        if buffer.capacity() - buffer.len() < 64 * 1024 {
-            buffer.reserve(BATCH);
-        }
-        let n = match tokio::time::timeout(idle_timeout, stream.read_buf(&mut buffer)).await {
-            Ok(Ok(n)) => n,
+        let first = match tokio::time::timeout(idle_timeout, reader.next()).await {
+            Ok(Ok(piece)) => piece,
             Ok(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
             Err(_) => {
                 break 'read Err(anyhow!(
@@ -820,28 +814,33 @@ pub async fn receive_image(
                 ));
             }
         };
-        let mut eof = n == 0;
+        let mut eof = first.is_none();
+        let mut pieces: Vec<bytes::Bytes> = first.into_iter().collect();
+        let mut length: usize = pieces.iter().map(|p| p.len()).sum();
         // Take along what has already arrived, up to BATCH: one hand-off per
         // 32 KiB SSH packet costs the writer and hasher threads a wake-up each.
-        while !eof && buffer.len() < BATCH {
-            if buffer.capacity() - buffer.len() < 64 * 1024 {
-                buffer.reserve(BATCH);
-            }
-            match read_if_ready(&mut stream, &mut buffer) {
-                Some(Ok(0)) => eof = true,
-                Some(Ok(_)) => {}
+        while !eof && length < BATCH {
+            match reader.next_if_ready() {
+                Some(Ok(Some(piece))) => {
+                    length += piece.len();
+                    pieces.push(piece);
+                }
+                Some(Ok(None)) => eof = true,
                 Some(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
                 None => break,
             }
         }
-        if !buffer.is_empty() {
-            progress.add_bytes(buffer.len() as u64);
-            let plain = buffer.split().freeze();
-            let store = match &store_wire {
-                Some(wire) => wire.take(),
-                None => plain.clone(),
-            };
-            if sender.send(Chunk { plain, store }).await.is_err() {
+        if length > 0 {
+            progress.add_bytes(length as u64);
+            let store = store_wire.as_ref().map(|wire| wire.take());
+            if sender
+                .send(Chunk {
+                    plain: pieces,
+                    store,
+                })
+                .await
+                .is_err()
+            {
                 break 'read Ok(()); // the writer stopped: its error says why
             }
         }
@@ -852,8 +851,8 @@ pub async fn receive_image(
                 if !rest.is_empty() {
                     let _ = sender
                         .send(Chunk {
-                            plain: bytes::Bytes::new(),
-                            store: rest,
+                            plain: Vec::new(),
+                            store: Some(rest),
                         })
                         .await;
                 }
@@ -867,7 +866,7 @@ pub async fn receive_image(
         return Err(error);
     }
     drop(sender);
-    drop(stream);
+    drop(reader);
     let (result, sink) = writer.await.context("image writer thread")?;
     match result {
         Ok(received) => Ok((received, sink)),
@@ -880,6 +879,60 @@ pub async fn receive_image(
 
 /// How much of the stream one hand-off to the writer thread carries at most.
 const BATCH: usize = 256 << 10;
+
+/// The plain stream as pieces of bytes: the channel's own packets, or what
+/// each read of a byte stream gave (slices of one buffer, not copies).
+enum PieceReader {
+    Stream {
+        stream: source::ByteStream,
+        buffer: BytesMut,
+    },
+    Channel(source::ChannelChunks),
+}
+
+impl PieceReader {
+    fn new(plain: PlainSource) -> Self {
+        match plain {
+            PlainSource::Stream(stream) => PieceReader::Stream {
+                stream,
+                buffer: BytesMut::new(),
+            },
+            PlainSource::Channel(chunks) => PieceReader::Channel(chunks),
+        }
+    }
+
+    /// The next piece; `None` at the end of the stream.
+    async fn next(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        match self {
+            PieceReader::Channel(chunks) => Ok(chunks.next().await),
+            PieceReader::Stream { stream, buffer } => {
+                reserve(buffer);
+                let n = stream.read_buf(buffer).await?;
+                Ok((n > 0).then(|| buffer.split().freeze()))
+            }
+        }
+    }
+
+    /// Like `next`, but `None` at once when nothing has arrived yet.
+    fn next_if_ready(&mut self) -> Option<std::io::Result<Option<bytes::Bytes>>> {
+        match self {
+            PieceReader::Channel(chunks) => chunks.next_if_ready().map(Ok),
+            PieceReader::Stream { stream, buffer } => {
+                reserve(buffer);
+                read_if_ready(stream, buffer)
+                    .map(|read| read.map(|n| (n > 0).then(|| buffer.split().freeze())))
+            }
+        }
+    }
+}
+
+/// Room for one more read: small reads into the rest of a buffer keep the
+/// pieces of a batch in one allocation.
+fn reserve(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < 64 * 1024 {
+        buffer.reserve(BATCH);
+    }
+}
 
 /// One read that does not wait: `None` when nothing has arrived yet. The
 /// no-op waker is fine because the caller's next read awaits and registers
@@ -903,25 +956,35 @@ fn write_image(
 ) -> (anyhow::Result<Received>, ImageSink) {
     // SHA-256 runs on a thread of its own: writing to the page cache costs as
     // much CPU as hashing, and the two need not wait for each other.
-    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
+    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(16);
     let hasher = std::thread::spawn(move || {
         let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for chunk in hasher_input {
-            hasher.update(&chunk);
+        for pieces in hasher_input {
+            for piece in pieces {
+                hasher.update(&piece);
+            }
         }
         hex::encode(hasher.finish())
     });
     let mut validator = LimeValidator::new();
     let mut failure = None;
-    while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
-        if let Err(e) = validator.feed(&plain) {
-            failure = Some(anyhow!("the stream is not a valid LiME image: {e}"));
-            break;
+    'chunks: while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
+        for piece in &plain {
+            if let Err(e) = validator.feed(piece) {
+                failure = Some(anyhow!("the stream is not a valid LiME image: {e}"));
+                break 'chunks;
+            }
         }
+        let stored = match store {
+            Some(wire) => vec![wire],
+            None => plain.clone(),
+        };
         let _ = to_hasher.send(plain);
-        if let Err(e) = sink.write(store) {
-            failure = Some(e);
-            break;
+        for piece in stored {
+            if let Err(e) = sink.write(piece) {
+                failure = Some(e);
+                break 'chunks;
+            }
         }
     }
     drop(to_hasher);
