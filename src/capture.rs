@@ -169,6 +169,8 @@ pub async fn bench_receive(
     progress: &CaptureProgress,
 ) -> anyhow::Result<Received> {
     let mut s3 = prepare_s3(job).await?;
+    let started = Timestamp::now();
+    let clock = std::time::Instant::now();
     let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
     let metadata = s3_metadata(job, "unknown (bench-receive)");
     let sink = ImageSink::open(
@@ -200,6 +202,54 @@ pub async fn bench_receive(
             let record = serde_json::to_vec_pretty(&s3.record()).unwrap_or_default();
             s3.put_manifest(record, &received.sha256).await?;
         }
+    }
+    // A local image gets a manifest as a capture's does, so that `mshot
+    // upload` can be tested and benchmarked on what the receive path wrote.
+    if let Ok(received) = &result
+        && job.local_image
+    {
+        let target = job.target();
+        let manifest = Manifest {
+            tool: "mshot".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            host: target.host.clone(),
+            port: target.port,
+            user: target.user.clone(),
+            jump_hosts: Vec::new(),
+            kernel_release: "unknown (bench-receive)".into(),
+            machine: String::new(),
+            privilege: None,
+            dry_run: false,
+            module: job.module.record(),
+            lime_arguments: format!("bench-receive from 127.0.0.1:{port}"),
+            started,
+            finished: Timestamp::now(),
+            duration_seconds: clock.elapsed().as_secs_f64(),
+            image: Some(manifest::ImageRecord {
+                file: job
+                    .image_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                bytes: received.bytes,
+                sha256: received.sha256.clone(),
+                ranges: received
+                    .ranges
+                    .iter()
+                    .map(manifest::RangeRecord::from)
+                    .collect(),
+            }),
+            expected_ranges: Vec::new(),
+            error: None,
+            material: None,
+            source: Default::default(),
+            s3: s3.as_ref().and_then(|s3| s3.record()),
+            cleanup: Default::default(),
+            audit: Vec::new(),
+        };
+        let path = manifest::manifest_path_for(&job.image_path);
+        manifest::write(&path, &manifest)
+            .with_context(|| format!("writing manifest {}", path.display()))?;
     }
     result
 }

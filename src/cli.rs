@@ -34,6 +34,9 @@ pub enum Command {
     Profile(crate::profile_cmd::ProfileArgs),
     /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
     Repo(crate::repository::cmd::RepoArgs),
+    /// Upload an image captured to disk earlier, with its manifest:
+    /// mshot upload IMAGE --bucket B [--prefix P ...].
+    Upload(UploadArgs),
     /// Benchmark aid: stream a LiME-format TCP source on the target (HOST:PORT as the
     /// target sees it) through the capture path into --output-dir/--filename.
     #[command(hide = true)]
@@ -232,6 +235,14 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PORT", requires = "config", hide = true)]
     pub bench_source_port: Option<u16>,
 
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// The S3 flags, shared by a capture and `mshot upload` (one definition,
+/// validated by `config::s3_spec`).
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
     /// Stream the image into this S3 bucket while it arrives (multipart, CRC32C
     /// per part). Credentials come from the standard AWS chain only.
     #[arg(long, value_name = "BUCKET", help_heading = "S3")]
@@ -279,4 +290,29 @@ fn parse_workers(text: &str) -> Result<crate::fleet::config::Workers, String> {
     crate::fleet::config::Workers::parse(text).ok_or_else(|| {
         format!("--workers {text:?}: expected a number of hosts (1 or more) or auto")
     })
+}
+
+/// `mshot upload IMAGE --bucket B`: the S3 flags of a capture, plus what
+/// only an upload needs.
+#[derive(Args, Debug, Clone)]
+pub struct UploadArgs {
+    /// The image file; its manifest (NAME.json, written by the capture) must be beside it.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Upload an image that has no manifest: nothing to check its SHA-256
+    /// against. Needs --host for the object's key and metadata.
+    #[arg(long, requires = "host")]
+    pub no_manifest: bool,
+
+    /// Host name for the key PREFIX/HOST/NAME of an image without a manifest.
+    #[arg(long, value_name = "HOST", requires = "no_manifest")]
+    pub host: Option<String>,
+
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }

@@ -135,7 +135,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
     } else {
         filename
     };
-    let s3 = s3_spec(args)?;
+    let s3 = s3_spec(&args.s3)?;
     // With --bucket alone there is no local image; the manifest's local copy
     // goes to --log-dir, else the current directory.
     let local_image = args.output_dir.is_some() || s3.is_none();
@@ -179,7 +179,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
 }
 
 /// The S3 destination from `--bucket` and friends, checked for shape.
-fn s3_spec(args: &CaptureArgs) -> anyhow::Result<Option<crate::s3::S3Spec>> {
+pub fn s3_spec(args: &crate::cli::S3Args) -> anyhow::Result<Option<crate::s3::S3Spec>> {
     let Some(bucket) = &args.bucket else {
         return Ok(None);
     };

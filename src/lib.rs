@@ -26,3 +26,4 @@ pub mod shell;
 pub mod sink;
 pub mod source;
 pub mod transport;
+pub mod upload;

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Upload(args)) => return ExitCode::from(run_upload(args)),
         Some(Command::Capture(args)) => (args.clone(), None),
         Some(Command::BenchReceive {
             capture,
@@ -102,6 +103,75 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
                 received.bytes,
                 received.bytes as f64 / 1048576.0 / secs,
                 received.sha256
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `mshot upload IMAGE --bucket B`: exit 0 when the object and its manifest
+/// are stored and verified, 2 for bad flags, 1 otherwise.
+fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let _ = fmt()
+        .with_writer(|| mshot::progress::Stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            EnvFilter::try_from_env("MSHOT_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(format!("mshot={level},warn"))),
+        )
+        .try_init();
+    match mshot::config::s3_spec(&args.s3) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            eprintln!("mshot: mshot upload needs --bucket BUCKET");
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            return exit::USAGE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mshot: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    let label = args
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let progress = std::sync::Arc::new(CaptureProgress::new(&label));
+    let clock = std::time::Instant::now();
+    match runtime.block_on(mshot::upload::run(args, &progress)) {
+        Ok(done) => {
+            progress.finish();
+            let secs = clock.elapsed().as_secs_f64();
+            println!("s3       {}", done.image_uri);
+            println!("manifest {}", done.manifest_uri);
+            println!("crc32c   {}", done.checksum_crc32c);
+            println!("bytes    {}", done.bytes);
+            println!("sha256   {}", done.sha256);
+            println!(
+                "time     {secs:.1} s ({:.1} MiB/s)",
+                done.bytes as f64 / 1048576.0 / secs.max(0.001)
             );
             exit::OK
         }

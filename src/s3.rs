@@ -990,6 +990,9 @@ pub struct PartFeeder {
     current: BytesMut,
     next_part: i32,
     offset: u64,
+    /// Time the stream spent waiting for a free part slot: how much S3
+    /// (rather than the source) held the stream back.
+    waited: Duration,
 }
 
 impl PartFeeder {
@@ -1002,6 +1005,7 @@ impl PartFeeder {
             current: BytesMut::with_capacity(size),
             next_part: 1,
             offset: 0,
+            waited: Duration::ZERO,
         }
     }
 
@@ -1027,6 +1031,10 @@ impl PartFeeder {
         if !self.current.is_empty() {
             self.submit()?;
         }
+        tracing::debug!(
+            "S3: the stream waited {:.1} s in all for free part slots",
+            self.waited.as_secs_f64()
+        );
         Ok(())
     }
 
@@ -1041,10 +1049,12 @@ impl PartFeeder {
                 max_image_for(self.upload.part_size)
             );
         }
+        let clock = std::time::Instant::now();
         let slot = self
             .handle
             .block_on(self.upload.slots.clone().acquire_owned())
             .context("the S3 upload is being aborted")?;
+        self.waited += clock.elapsed();
         if let Some(failure) = self.upload.failure() {
             bail!("{failure}");
         }

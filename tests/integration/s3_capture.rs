@@ -418,3 +418,218 @@ fn a_fleet_file_with_a_bucket_uploads_every_host() -> anyhow::Result<()> {
     assert_eq!(report["summary"]["succeeded"], 2, "{report:#}");
     Ok(())
 }
+
+/// A capture to a local directory (no bucket) through the real receive path:
+/// the image and the manifest mshot wrote beside it, as `mshot upload` finds
+/// them on a jump box.
+fn capture_locally(rig: &Rig, dir: &Path, name: &str, body: u64) -> anyhow::Result<PathBuf> {
+    let (image, sha256) = lime_image(dir, body);
+    let source = DataSource::file(&image)?;
+    let out_dir = dir.join("captured");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    cmd.arg("bench-receive")
+        .args(["--server", "127.0.0.1", "--port"])
+        .arg(rig.sshd.port().to_string())
+        .args(["--user", user::NOPW, "--key"])
+        .arg(&rig.key.private)
+        .arg("--known-hosts")
+        .arg(&rig.known_hosts)
+        .arg("--source-port")
+        .arg(source.port().to_string())
+        .args(["--filename", name, "--output-dir"])
+        .arg(&out_dir)
+        .env_remove("SSH_AUTH_SOCK");
+    let out = cmd.output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("sha256={sha256}")), "{stdout}");
+    Ok(out_dir.join(name))
+}
+
+/// `mshot upload IMAGE` into the rig's bucket under `cases/up`.
+fn upload(rig: &Rig, image: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    cmd.arg("upload")
+        .arg(image)
+        .args(["--bucket", &rig.garage.bucket, "--prefix", "cases/up"])
+        .args(["--endpoint-url", &rig.garage.endpoint()]);
+    rig.garage.env(&mut cmd);
+    cmd
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn upload_of_a_local_capture_stores_it_with_the_manifests_metadata() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    // Three parts of 8 MiB, the last one short.
+    let image = capture_locally(&rig, work.path(), "jump1.lime", 20 * MIB + 12345)?;
+    let bytes = std::fs::read(&image)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let local_manifest = read_json(&work.path().join("captured/jump1.json"));
+    assert_eq!(local_manifest["image"]["sha256"], sha256.as_str());
+
+    let out = upload(&rig, &image)
+        .args(["--s3-concurrency", "2"])
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}\n{}", rig.garage.log());
+    assert!(stdout.contains(&format!("sha256   {sha256}")), "{stdout}");
+
+    // The object is the file byte for byte, under the capture's key.
+    let key = "cases/up/127.0.0.1/jump1.lime";
+    assert_eq!(rig.garage.get(key)?, bytes);
+    let meta = rig.garage.metadata(key)?;
+    assert_eq!(meta["mshot-host"], "127.0.0.1");
+    assert_eq!(
+        meta["mshot-kernel-release"],
+        local_manifest["kernel_release"].as_str().unwrap()
+    );
+    assert_eq!(
+        meta["mshot-capture-time"],
+        local_manifest["started"].as_str().unwrap()
+    );
+    assert_eq!(
+        meta["mshot-tool-version"],
+        format!("mshot {}", local_manifest["tool_version"].as_str().unwrap())
+    );
+    assert_eq!(meta["mshot-manifest"], "cases/up/127.0.0.1/jump1.json");
+
+    // The manifest beside it is the capture's, with the upload recorded.
+    let manifest_key = "cases/up/127.0.0.1/jump1.json";
+    let stored: serde_json::Value = serde_json::from_slice(&rig.garage.get(manifest_key)?)?;
+    for field in [
+        "host",
+        "started",
+        "finished",
+        "image",
+        "kernel_release",
+        "module",
+    ] {
+        assert_eq!(stored[field], local_manifest[field], "{field}");
+    }
+    assert_eq!(stored["s3"]["completed"], true, "{stored:#}");
+    assert_eq!(stored["s3"]["parts"], 3);
+    assert_eq!(stored["s3"]["key"], key);
+    assert!(
+        stored["s3"]["checksum_crc32c"]
+            .as_str()
+            .unwrap()
+            .ends_with("-3")
+    );
+    assert_eq!(
+        rig.garage.metadata(manifest_key)?["mshot-image-sha256"],
+        sha256
+    );
+    assert!(rig.garage.open_uploads()?.is_empty());
+
+    // Once stored, it is not replaced without --overwrite ...
+    let again = upload(&rig, &image).output()?;
+    let (_, stderr) = text(&again);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("s3://{}/{key} already exists", rig.garage.bucket)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    rig.garage.put(key, b"something else")?;
+    let again = upload(&rig, &image).output()?;
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(rig.garage.get(key)?, b"something else");
+    // ... and is with it.
+    let again = upload(&rig, &image).arg("--overwrite").output()?;
+    let (_, stderr) = text(&again);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(rig.garage.get(key)?, bytes);
+    assert!(rig.garage.open_uploads()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn upload_of_a_tampered_image_is_aborted_and_names_both_hashes() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let image = capture_locally(&rig, work.path(), "tampered.lime", 30 * MIB)?;
+    let captured = read_json(&work.path().join("captured/tampered.json"));
+    let want = captured["image"]["sha256"].as_str().unwrap().to_string();
+    // One byte changed after the capture, in the third of four parts: the
+    // first parts are already stored when the hash is known.
+    let mut bytes = std::fs::read(&image)?;
+    bytes[20 * MIB as usize] ^= 0x01;
+    std::fs::write(&image, &bytes)?;
+    let got = hex::encode(Sha256::digest(&bytes));
+
+    let out = upload(&rig, &image).output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not match its manifest"), "{stderr}");
+    assert!(stderr.contains(&image.display().to_string()), "{stderr}");
+    assert!(stderr.contains(&got), "{stderr}");
+    assert!(stderr.contains(&want), "{stderr}");
+    // Neither the image nor the manifest is stored, and no parts are left.
+    rig.assert_nothing_left("tampered");
+    Ok(())
+}
+
+#[test]
+fn upload_without_a_manifest_is_refused_unless_asked_for_bare() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let (image, sha256) = lime_image(work.path(), 9 * MIB);
+
+    let out = upload(&rig, &image).output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} has no manifest {} beside it",
+            image.display(),
+            work.path().join("source.json").display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--no-manifest --host HOST"), "{stderr}");
+    rig.assert_nothing_left("source");
+
+    let out = upload(&rig, &image)
+        .args(["--no-manifest", "--host", "web1"])
+        .output()?;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let key = "cases/up/web1/source.lime";
+    assert_eq!(hex::encode(Sha256::digest(rig.garage.get(key)?)), sha256);
+    let meta = rig.garage.metadata(key)?;
+    assert_eq!(meta["mshot-host"], "web1");
+    assert_eq!(meta["mshot-bare-upload"], "true");
+    let record: serde_json::Value =
+        serde_json::from_slice(&rig.garage.get("cases/up/web1/source.json")?)?;
+    assert_eq!(record["bare_upload"], true);
+    assert_eq!(record["image"]["sha256"], sha256.as_str());
+    assert_eq!(record["s3"]["completed"], true);
+    Ok(())
+}
