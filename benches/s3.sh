@@ -13,13 +13,20 @@
 # RSS of mshot is compared with the stated bound: the capture path's own RSS
 # (measured here, to a local file) + part_size x (concurrency + 1).
 #
-# Usage: benches/s3.sh [SIZE_GIB=4] [CONCURRENCY=4] [PART_MIB=8]
+# `mshot upload FILE` (an image and manifest written by mshot's receive path
+# to local disk) is timed against `aws s3 cp FILE` of the same file, in
+# alternation, REPEAT times: that pair is the like-for-like "upload
+# throughput" comparison; the capture rows are the like-for-like comparison
+# of the streaming path (mshot vs ssh -L | aws s3 cp -).
+#
+# Usage: benches/s3.sh [SIZE_GIB=4] [CONCURRENCY=4] [PART_MIB=8]   (REPEAT=3 in the environment)
 # Needs: garage (tests/run installs it into /opt/garage), python3, sshd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_GIB=${1:-4}
 CONCURRENCY=${2:-4}
 PART_MIB=${3:-8}
+REPEAT=${REPEAT:-3}
 SIZE=$((SIZE_GIB * 1024 * 1024 * 1024))
 MSHOT=${MSHOT:-target/release/mshot}
 GARAGE=${MSHOT_GARAGE:-/opt/garage/bin/garage}
@@ -122,9 +129,28 @@ pipe_rate=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
     --key "$W/client_key" --known-hosts "$W/known_hosts" --source-port "$SRC_PORT" \
     --output-dir "$W" --filename local.lime > "$W/local.out" 2> "$W/local.err" \
   || { cat "$W/local.err"; exit 1; }
-rm -f "$W/local.lime"
 base_mb=$(( $(cat "$W/rss_base") / 1024 ))
 local_rate=$(sed -n 's/.*mib_per_s=\([0-9.]*\).*/\1/p' "$W/local.out")
+
+# (d) the same file (local.lime, with the manifest local.json the receive
+# path wrote) uploaded by `aws s3 cp` and by `mshot upload`, alternately.
+cat "$W/local.lime" > /dev/null  # into the page cache
+up_ratios=() aws_up=() mshot_up=()
+for i in $(seq "$REPEAT"); do
+  t0=$(date +%s.%N)
+  "$AWS" --endpoint-url "$EP" s3 cp --only-show-errors "$W/local.lime" "s3://bench/awsfile$i.lime"
+  t1=$(date +%s.%N)
+  a=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o "$W/rss_up" "$MSHOT" upload "$W/local.lime" --bucket bench --endpoint-url "$EP" \
+      --prefix "up$i" --s3-concurrency "$CONCURRENCY" --s3-part-size "$PART_MIB" > "$W/up.out" 2> "$W/up.err" \
+    || { cat "$W/up.err"; exit 1; }
+  t1=$(date +%s.%N)
+  m=$(python3 -c "print($SIZE/1048576/($t1-$t0))")
+  aws_up+=("$a"); mshot_up+=("$m"); up_ratios+=("$(python3 -c "print($m/$a)")")
+done
+up_rss_mb=$(( $(cat "$W/rss_up") / 1024 ))
+rm -f "$W/local.lime"
 
 # (b) mshot: capture receive path straight into the bucket, no local image.
 /usr/bin/time -f '%M' -o "$W/rss" "$MSHOT" bench-receive --server 127.0.0.1 --port "$SSHD_PORT" --user root \
@@ -148,3 +174,9 @@ printf '%-6s %-6s %-4s %9s %8s %8s %8s %8s %8s %9s %8s %8s\n' size parts conc aw
 printf '%-6s %-6s %-4s %9.1f %8.1f %8.1f %8.1f %8.2f %8.2f %9s %8s %8s\n' "${SIZE_GIB}GiB" "${PART_MIB}MiB" "$CONCURRENCY" \
   "$aws_rate" "$pipe_rate" "$local_rate" "$mshot_rate" "$(python3 -c "print($mshot_rate/$aws_rate)")" \
   "$(python3 -c "print($mshot_rate/$pipe_rate)")" "$base_mb" "$rss_mb" "$bound_mb"
+range() { python3 -c "import sys;v=[float(x) for x in sys.argv[1:]];print(f'{min(v):.2f}-{max(v):.2f}')" "$@"; }
+echo
+echo "Upload of the same ${SIZE_GIB} GiB file, $REPEAT runs alternating (MiB/s; ratio = mshot upload / aws s3 cp):"
+printf '%-6s %-6s %-4s %-17s %-17s %-11s %8s\n' size parts conc aws_s3_cp_file mshot_upload ratio RSS_MiB
+printf '%-6s %-6s %-4s %-17s %-17s %-11s %8s\n' "${SIZE_GIB}GiB" "${PART_MIB}MiB" "$CONCURRENCY" \
+  "$(range "${aws_up[@]}")" "$(range "${mshot_up[@]}")" "$(range "${up_ratios[@]}")" "$up_rss_mb"
