@@ -157,6 +157,60 @@ fn key_auth_with_every_key_type_and_passwordless_sudo() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With AES in hardware mshot asks for AES-GCM first (cheaper for the
+/// target's sshd than ChaCha20); a server that allows only one of the others
+/// still gets a session. sshd's DEBUG log names the cipher it agreed to.
+#[test]
+fn cipher_preference_and_servers_that_allow_one_cipher() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| {
+        flags
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == flag))
+    };
+    let preferred = if has("aes") && has("pclmulqdq") {
+        "aes256-gcm@openssh.com"
+    } else {
+        "chacha20-poly1305@openssh.com"
+    };
+    for (allowed, expected) in [
+        (None, preferred),
+        (
+            Some("chacha20-poly1305@openssh.com"),
+            "chacha20-poly1305@openssh.com",
+        ),
+        (Some("aes128-gcm@openssh.com"), "aes128-gcm@openssh.com"),
+        (Some("aes128-ctr"), "aes128-ctr"),
+    ] {
+        let mut builder = Sshd::builder().log_level("DEBUG1");
+        if let Some(cipher) = allowed {
+            builder = builder.config_line(format!("Ciphers {cipher}"));
+        }
+        let sshd = builder.start()?;
+        let known_hosts = known_hosts_for(&sshd);
+        let key = KeyPair::generate(sshd.dir(), "client", KeyType::Ed25519, None)?;
+        sshd.authorize(user::NOPW, &key)?;
+        let run = dry_run(&sshd, user::NOPW, Some(&key), &known_hosts, &[], &[]);
+        assert_eq!(run.code(), Some(0), "{allowed:?}: {}", run.stderr());
+        let log = sshd.log();
+        let agreed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("kex: client->server cipher:"))
+            .filter_map(|l| l.split("cipher: ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert!(!agreed.is_empty(), "no kex line in sshd's log:\n{log}");
+        assert!(
+            agreed.iter().all(|c| *c == expected),
+            "{allowed:?}: expected {expected}, sshd agreed to {agreed:?}"
+        );
+        assert_cleaned_up(&run.out_dir);
+    }
+    Ok(())
+}
+
 /// One P-256 key in 512 from ssh-keygen has a private scalar below 2^247,
 /// stored as a 31-byte mpint, which ssh-key alone refuses ("length invalid").
 /// The checked-in fixtures are such a key from ssh-keygen, plain and
