@@ -6,11 +6,15 @@
 # direct-tcpip path into a file (validation + SHA-256 included). Same cipher,
 # same size, same invocation; reports the ratio and peak RSS.
 #
-# Usage: benches/tunnel.sh [SIZE_GIB=2] [CIPHERS="chacha20-poly1305@openssh.com aes256-gcm@openssh.com"]
+# `default` in CIPHERS lets each client negotiate as it does out of the box
+# (OpenSSH: chacha20-poly1305 first; mshot: AES-GCM first when the CPU has
+# AES); the row names what sshd agreed to with each.
+#
+# Usage: benches/tunnel.sh [SIZE_GIB=2] [CIPHERS="chacha20-poly1305@openssh.com aes256-gcm@openssh.com default"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_GIB=${1:-2}
-CIPHERS=${2:-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com"}
+CIPHERS=${2:-"chacha20-poly1305@openssh.com aes256-gcm@openssh.com default"}
 SIZE=$((SIZE_GIB * 1024 * 1024 * 1024))
 MSHOT=${MSHOT:-target/release/mshot}
 [ -x "$MSHOT" ] || cargo build --release
@@ -33,7 +37,7 @@ sleep 0.5
 # the rates, this hardly moves when the machine is busy.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
-printf '%-30s %10s %12s %10s %8s %10s %10s %12s %12s\n' cipher ssh_MiB/s ssh+sha_MiB/s mshot_MiB/s ratio ratio_sha mshot_RSS ssh+sha_cpu/GiB mshot_cpu/GiB
+printf '%-44s %10s %12s %10s %8s %10s %10s %12s %12s\n' cipher ssh_MiB/s ssh+sha_MiB/s mshot_MiB/s ratio ratio_sha mshot_RSS ssh+sha_cpu/GiB mshot_cpu/GiB
 for cipher in $CIPHERS; do
   cat > "$W/sshd_config" <<CFG
 Port $SSHD_PORT
@@ -45,15 +49,16 @@ StrictModes no
 UsePAM no
 PermitRootLogin yes
 AllowTcpForwarding yes
-Ciphers $cipher
+LogLevel DEBUG1
 CFG
+  if [ "$cipher" != default ]; then echo "Ciphers $cipher" >> "$W/sshd_config"; fi
   /usr/sbin/sshd -f "$W/sshd_config" -D -e 2> "$W/sshd.log" &
   SSHD=$!
   sleep 0.5
 
   # (a) OpenSSH: ssh -L and a plain reader.
   ssh -N -i "$W/client_key" -o UserKnownHostsFile="$W/known_hosts" -o StrictHostKeyChecking=yes \
-      -o BatchMode=yes -c "$cipher" -o ExitOnForwardFailure=yes \
+      -o BatchMode=yes $([ "$cipher" = default ] || echo "-c $cipher") -o ExitOnForwardFailure=yes \
       -L "127.0.0.1:$FWD_PORT:127.0.0.1:$SRC_PORT" -p "$SSHD_PORT" root@127.0.0.1 &
   FWD=$!
   for _ in $(seq 50); do python3 -c "import socket;socket.create_connection(('127.0.0.1',$FWD_PORT)).close()" 2>/dev/null && break; sleep 0.1; done
@@ -81,8 +86,12 @@ CFG
   rm -f "$W/mshot.lime"
   kill $SSHD; wait $SSHD 2>/dev/null || true
   read -r rss_kb m_user m_sys < "$W/rss"
+  # What sshd agreed to for the image's direction: OpenSSH's session, then mshot's.
+  agreed=$(sed -n 's/.*kex: server->client cipher: \([^ ]*\).*/\1/p' "$W/sshd.log" | sed 's/@openssh.com//' | uniq | paste -sd/)
+  label=$cipher
+  [ "$cipher" = default ] && label="default ($agreed)"
   mshot_cpu=$(awk -v u="$m_user" -v s="$m_sys" -v g="$SIZE_GIB" 'BEGIN {print (u + s) / g}')
-  printf '%-30s %10.1f %12.1f %10.1f %8.2f %10.2f %7s MB %12.2f %12.2f\n' "$cipher" "$ossh" "$ossh_sha" "$mshot_rate" \
+  printf '%-44s %10.1f %12.1f %10.1f %8.2f %10.2f %7s MB %12.2f %12.2f\n' "$label" "$ossh" "$ossh_sha" "$mshot_rate" \
      "$(python3 -c "print($mshot_rate/$ossh)")" "$(python3 -c "print($mshot_rate/$ossh_sha)")" "$(( rss_kb / 1024 ))" \
      "$ossh_cpu" "$mshot_cpu"
 done
