@@ -223,10 +223,11 @@ pub fn decompress(bytes: &[u8]) -> Result<Decompressed<'_>, ProfileError> {
 
 fn split_or_whole(
     data: &mut [u8],
+    head: Option<split::Head>,
     tail: Option<split::Tail>,
     sel: &Selection,
 ) -> Result<raw::RawProfile, ProfileError> {
-    match split::parse_split(data, tail, sel) {
+    match split::parse_split(data, head, tail, sel) {
         Some(raw) => Ok(raw),
         None => parse(data, sel),
     }
@@ -263,19 +264,22 @@ impl Profile {
 
     pub fn load_with(bytes: &[u8], name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
         let raw = if bytes.starts_with(XZ_MAGIC) {
-            // The last block's piece of `symbols` is parsed while the other
-            // blocks still decode.
-            let (mut data, tail) =
-                xz::decode_with(bytes, |region, at| split::tail(region, at, sel)).map_err(
-                    |reason| ProfileError::Decompress {
-                        format: "xz",
-                        reason,
-                    },
-                )?;
-            split_or_whole(&mut data, tail, sel)?
+            // The head and the last block's piece of `symbols` are parsed
+            // while the blocks still decode.
+            let hooks = xz::Hooks {
+                last: &|region, at| split::tail(region, at, sel),
+                cut: &split::head_cut,
+                first: &|start| split::head(start, sel),
+            };
+            let (mut data, tail, head) =
+                xz::decode_with(bytes, &hooks).map_err(|reason| ProfileError::Decompress {
+                    format: "xz",
+                    reason,
+                })?;
+            split_or_whole(&mut data, head, tail, sel)?
         } else {
             match decompress(bytes)? {
-                Decompressed::Decoded(mut data) => split_or_whole(&mut data, None, sel)?,
+                Decompressed::Decoded(mut data) => split_or_whole(&mut data, None, None, sel)?,
                 Decompressed::Plain(data) => parse(data, sel)?,
             }
         };

@@ -1,5 +1,7 @@
 //! Parsing a decoded ISF in pieces on several threads, some of them while
-//! the last xz block is still being decoded.
+//! xz blocks are still being decoded: the members before `symbols` (the
+//! head) as soon as the first block has decoded past them, the last
+//! block's piece of `symbols` as soon as that block is done.
 //!
 //! dwarf2json indents by two spaces and writes `symbols` (26 of the 6.1
 //! ISF's 38 MB) last, so `,\n  "symbols":` marks where the other members
@@ -13,6 +15,7 @@
 //! put back and the caller parses the whole, and reports its errors.
 
 use super::raw::{IsfSymbol, RawProfile, Selective};
+use super::xz::Cut;
 use super::{Selection, parse};
 use serde::de::DeserializeSeed;
 use std::collections::BTreeMap;
@@ -61,6 +64,81 @@ pub(super) fn tail(region: &mut [u8], base: usize, sel: &Selection) -> Option<Ta
     )
 }
 
+/// Where the decoded start of the text (`prefix`, searched from `from`)
+/// may be handed over: just after the `,` that ends the first entry of
+/// `symbols`, so the head can be parsed while the rest decodes.
+pub(super) fn head_cut(prefix: &[u8], from: usize) -> Cut {
+    let Some(mark) = prefix
+        .get(from..)
+        .and_then(|p| memchr::memmem::find(p, MARK))
+        .map(|m| m + from)
+    else {
+        return Cut::From(prefix.len().saturating_sub(MARK.len()));
+    };
+    if mark == 0 || prefix.get(mark - 1) != Some(&b',') {
+        return Cut::Never;
+    }
+    let after = mark + MARK.len();
+    let Some(open) = prefix
+        .get(after..)
+        .and_then(|p| p.iter().position(|b| !b.is_ascii_whitespace()))
+        .map(|p| after + p)
+    else {
+        return Cut::From(mark);
+    };
+    if prefix.get(open) != Some(&b'{') {
+        return Cut::Never;
+    }
+    match prefix
+        .get(open..)
+        .and_then(|p| memchr::memmem::find(p, ENTRY))
+    {
+        Some(c) => Cut::At(open + c + 1),
+        None => Cut::From(mark),
+    }
+}
+
+/// The head and the first entry of `symbols`, parsed from the start of the
+/// text that [`head_cut`] chose.
+#[derive(Debug)]
+pub(super) struct Head {
+    /// Where `,\n  "symbols":` begins (its `,` became `}`).
+    mark: usize,
+    /// The `,` after the first entry (became `}`); the `\n` after it is
+    /// the first byte not handed over.
+    cut: usize,
+    others: Option<RawProfile>,
+    first: Option<Symbols>,
+}
+
+/// Parses the head of `start` (the text up to and including the `,` after
+/// the first entry of `symbols`). `None`, with nothing changed, when it
+/// does not have that shape.
+pub(super) fn head(start: &mut [u8], sel: &Selection) -> Option<Head> {
+    let cut = start.len().checked_sub(1)?;
+    let mark = memchr::memmem::find(start, MARK).filter(|&m| m > 0 && m < cut)?;
+    let after = mark + MARK.len();
+    let open = after
+        + start
+            .get(after..)?
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+    if start.get(mark - 1) != Some(&b',') || start.get(cut) != Some(&b',') || open >= cut {
+        return None;
+    }
+    set(start, mark - 1, b"}")?;
+    set(start, cut, b"}")?;
+    let start = &*start;
+    let others = start.get(..mark).and_then(|h| parse(h, sel).ok());
+    let first = start.get(open..=cut).and_then(|p| piece(p, sel));
+    Some(Head {
+        mark,
+        cut,
+        others,
+        first,
+    })
+}
+
 fn set(data: &mut [u8], at: usize, bytes: &[u8]) -> Option<()> {
     data.get_mut(at..at + bytes.len())?.copy_from_slice(bytes);
     Some(())
@@ -86,6 +164,7 @@ fn piece(text: &[u8], sel: &Selection) -> Option<Symbols> {
 /// was, when the text does not split that way.
 pub(super) fn parse_split(
     data: &mut [u8],
+    head: Option<Head>,
     tail: Option<Tail>,
     sel: &Selection,
 ) -> Option<RawProfile> {
@@ -93,7 +172,13 @@ pub(super) fn parse_split(
     if let Some(t) = &tail {
         undo.extend([(t.cut, b','), (t.cut + 1, b'\n'), (t.close, b'}')]);
     }
-    let result = cut_and_parse(data, tail, sel, &mut undo);
+    if let Some(h) = &head {
+        undo.extend([(h.mark - 1, b','), (h.cut, b',')]);
+    }
+    let result = match head {
+        Some(h) => parse_after_head(data, h, tail, sel, &mut undo),
+        None => cut_and_parse(data, tail, sel, &mut undo),
+    };
     if result.is_none() {
         for (at, b) in undo {
             if let Some(slot) = data.get_mut(at) {
@@ -102,6 +187,72 @@ pub(super) fn parse_split(
         }
     }
     result
+}
+
+/// The symbols between the head's cut and the tail (or the end), in two
+/// pieces on two threads, joined to what was parsed early.
+fn parse_after_head(
+    data: &mut [u8],
+    head: Head,
+    tail: Option<Tail>,
+    sel: &Selection,
+    undo: &mut Vec<(usize, u8)>,
+) -> Option<RawProfile> {
+    let start = head.cut + 1;
+    let (end, tail_symbols) = match tail {
+        Some(t) if t.cut > start => (t.cut + 1, Some(t.symbols?)),
+        Some(_) => return None,
+        None => {
+            let close = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
+            if data.get(close) != Some(&b'}') || close <= start {
+                return None;
+            }
+            set(data, close, b" ")?;
+            undo.push((close, b'}'));
+            (data.len(), None)
+        }
+    };
+    let others = head.others.filter(|o| o.members > 0)?;
+    let mut symbols = head.first?;
+    // The `\n` after the head's cut opens the next piece.
+    undo.push((start, data.get(start).copied()?));
+    set(data, start, b"{")?;
+    let half = start + (end - start) / 2;
+    let mid = memchr::memmem::find(data.get(half..end)?, ENTRY)
+        .map(|c| half + c)
+        .filter(|&c| c + 1 < end);
+    if let Some(c) = mid {
+        set(data, c, b"}{")?;
+        undo.extend([(c, b','), (c + 1, b'\n')]);
+    }
+    let data = &*data;
+    let (first, second) = match mid {
+        Some(c) => (data.get(start..=c)?, data.get(c + 1..end)?),
+        None => (data.get(start..end)?, &[][..]),
+    };
+    let parse_two = || (!second.is_empty()).then(|| piece(second, sel));
+    let (one, two) = std::thread::scope(|s| {
+        // A piece whose thread cannot be started is parsed here.
+        let two = std::thread::Builder::new().spawn_scoped(s, parse_two);
+        let one = piece(first, sel);
+        let two = match two {
+            Ok(h) => h.join().ok().flatten(),
+            Err(_) => parse_two(),
+        };
+        (one, two)
+    });
+    symbols.extend(one?);
+    if mid.is_some() {
+        symbols.extend(two??);
+    }
+    if let Some(t) = tail_symbols {
+        symbols.extend(t);
+    }
+    Some(others.then(RawProfile {
+        symbols: Some(symbols),
+        members: 1,
+        ..RawProfile::default()
+    }))
 }
 
 fn cut_and_parse(

@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 use super::*;
 
 pub(crate) const MINI_ISF: &str = r#"{
@@ -98,7 +98,7 @@ fn split_parse_equals_one_pass() {
     // Split after decoding, and with the last piece cut early (as from the
     // last xz block) at several places.
     let mut data = text.clone();
-    let split = split::parse_split(&mut data, None, &sel).unwrap();
+    let split = split::parse_split(&mut data, None, None, &sel).unwrap();
     assert_eq!(split.members, 5);
     assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
     let open = memchr::memmem::find(&text, b"\"symbols\": {").unwrap();
@@ -106,14 +106,39 @@ fn split_parse_equals_one_pass() {
         let mut data = text.clone();
         let tail = split::tail(&mut data[base..], base, &sel);
         assert!(tail.is_some(), "{base}");
-        let split = split::parse_split(&mut data, tail, &sel).unwrap();
+        let split = split::parse_split(&mut data, None, tail, &sel).unwrap();
+        assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
+    }
+    // The head parsed early (while the first xz block decodes on), with and
+    // without a tail; the cut is found the same way in growing prefixes.
+    let xz::Cut::At(d) = split::head_cut(&text, 0) else {
+        panic!("no head cut")
+    };
+    let mut from = 0;
+    for len in (0..text.len()).step_by(7) {
+        match split::head_cut(&text[..len], from) {
+            xz::Cut::From(f) => from = f,
+            xz::Cut::At(at) => {
+                assert_eq!(at, d);
+                break;
+            }
+            xz::Cut::Never => panic!("never at {len}"),
+        }
+    }
+    for base in [None, Some(open + 200), Some(text.len() - 120)] {
+        let mut data = text.clone();
+        let head = split::head(&mut data[..d], &sel);
+        assert!(head.is_some());
+        let tail = base.and_then(|b| split::tail(&mut data[b..], b, &sel));
+        assert_eq!(tail.is_some(), base.is_some());
+        let split = split::parse_split(&mut data, head, tail, &sel).unwrap();
         assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
     }
     // A tail cut before `symbols` starts is not used, and is undone.
     let mut data = text.clone();
     let tail = split::tail(&mut data[10..], 10, &sel);
     assert!(tail.is_some());
-    assert!(split::parse_split(&mut data, tail, &sel).is_none());
+    assert!(split::parse_split(&mut data, None, tail, &sel).is_none());
     assert_eq!(data, text);
 }
 
@@ -161,10 +186,19 @@ fn split_parse_refuses_what_one_pass_refuses() {
     ] {
         let mut data = doc.as_bytes().to_vec();
         assert!(
-            split::parse_split(&mut data, None, &Selection::All).is_none(),
+            split::parse_split(&mut data, None, None, &Selection::All).is_none(),
             "{doc}"
         );
         assert_eq!(data, doc.as_bytes());
+        // Nor with the head parsed early, where a cut is found.
+        if let xz::Cut::At(d) = split::head_cut(&data, 0) {
+            let head = split::head(&mut data[..d], &Selection::All);
+            assert!(
+                split::parse_split(&mut data, head, None, &Selection::All).is_none(),
+                "{doc}"
+            );
+            assert_eq!(data, doc.as_bytes(), "{doc}");
+        }
     }
     // Parsed whole, the last one of those that is valid JSON.
     let ok = "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}, \"c\": 2}";
