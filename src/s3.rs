@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -712,6 +713,16 @@ impl Upload {
                 .checksum_crc32_c(&crc_b64)
                 .body(ByteStream::from(data))
                 .customize()
+                // A server that accepts a part and never answers (seen with
+                // Garage under load) would otherwise hold its slot forever:
+                // cut the attempt off, and the retry sends the part again.
+                .config_override(
+                    aws_sdk_s3::config::Builder::default().timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_attempt_timeout(part_attempt_timeout(len))
+                            .build(),
+                    ),
+                )
                 // CRC32C already guards the bytes (and TLS the way there):
                 // signing would hash every byte once more.
                 .disable_payload_signing()
@@ -1072,6 +1083,12 @@ impl PartFeeder {
         self.offset += len;
         Ok(())
     }
+}
+
+/// How long one attempt at a part may take: a minute, plus the part at
+/// 1 MiB/s (a slow link still gets through; a hung request does not wait forever).
+fn part_attempt_timeout(len: u64) -> Duration {
+    Duration::from_secs(60 + len / MIB)
 }
 
 /// The composite checksum S3 gives a multipart object: CRC32C of the parts'
