@@ -162,7 +162,9 @@ fn matches_volatility3() {
     assert_eq!(ours, theirs);
 
     // The cache and a Rekall export of the same profile give the same tree.
-    let cached = Profile::from_cache_bytes(&profile.to_cache_bytes(), NAME).unwrap();
+    let bytes = profile.to_cache_bytes();
+    assert_eq!(bytes, serde_json::to_vec(&profile.to_isf_json()).unwrap());
+    let cached = Profile::from_cache_bytes(&bytes, NAME).unwrap();
     let kc = Kernel::locate(&phys, &cached).unwrap();
     assert_eq!(run_plugin("pstree", &kc, &opts).unwrap(), tree);
     let rekall = serde_json::to_vec(&profile.to_rekall_json()).unwrap();

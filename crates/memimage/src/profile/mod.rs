@@ -305,7 +305,7 @@ impl Profile {
 
     /// A compact ISF holding just this profile's (selected) content.
     pub fn to_cache_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&export::to_isf(self)).unwrap_or_default()
+        export::to_isf_bytes(self).unwrap_or_default()
     }
 
     /// Reads bytes written by [`Profile::to_cache_bytes`].

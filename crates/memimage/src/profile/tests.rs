@@ -56,6 +56,11 @@ fn compressed_and_cache_roundtrip() {
     xz.write_all(MINI_ISF.as_bytes()).unwrap();
     let xz = xz.finish().unwrap();
     assert_eq!(Profile::load(&xz, "mini").unwrap(), p);
+    // Serialised straight from the model, byte for byte the `Value` route.
+    assert_eq!(
+        p.to_cache_bytes(),
+        serde_json::to_vec(&p.to_isf_json()).unwrap()
+    );
     let cached = Profile::from_cache_bytes(&p.to_cache_bytes(), "mini").unwrap();
     assert_eq!(cached.structs, p.structs);
     assert_eq!(cached.banner, p.banner);
