@@ -92,6 +92,49 @@ fn flatten_into(
     Ok(())
 }
 
+/// Struct names a type refers to (through pointers, arrays, bitfields).
+fn struct_names<'t>(t: &'t IsfType, out: &mut Vec<&'t str>) {
+    if matches!(t.kind.as_str(), "struct" | "union" | "class")
+        && let Some(n) = &t.name
+    {
+        out.push(n);
+    }
+    for inner in [&t.subtype, &t.ty].into_iter().flatten() {
+        struct_names(inner, out);
+    }
+}
+
+/// Parses the anonymous types that the kept ones reach through their
+/// fields, directly or through other anonymous types; flattening looks up
+/// no others.
+fn parse_reached(
+    types: &mut BTreeMap<String, IsfStruct>,
+    mut unnamed: BTreeMap<String, Box<serde_json::value::RawValue>>,
+) -> Result<(), ProfileError> {
+    let mut todo: Vec<String> = types.keys().cloned().collect();
+    while let Some(t) = todo.pop() {
+        let mut names = Vec::new();
+        for f in types
+            .get(&t)
+            .and_then(|s| s.fields.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            struct_names(&f.1.ty, &mut names);
+        }
+        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+        for n in names {
+            if let Some(text) = unnamed.remove(&n) {
+                let st: IsfStruct = serde_json::from_str(text.get())
+                    .map_err(|e| ProfileError::Json(format!("user type {n}: {e}")))?;
+                types.insert(n.clone(), st);
+                todo.push(n);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn build(raw: RawProfile, name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
     if let Some(fmt) = raw.isf_meta.as_ref().and_then(|m| m.format.as_deref()) {
         let major: u32 = fmt
@@ -106,7 +149,8 @@ pub(super) fn build(raw: RawProfile, name: &str, sel: &Selection) -> Result<Prof
             });
         }
     }
-    let user_types = raw.user_types.unwrap_or_default();
+    let mut user_types = raw.user_types.unwrap_or_default();
+    parse_reached(&mut user_types, raw.unnamed)?;
     let mut structs = BTreeMap::new();
     for (tname, st) in &user_types {
         if !sel.keeps_final_type(tname) {

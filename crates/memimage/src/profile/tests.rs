@@ -262,3 +262,26 @@ fn errors_are_one_line_and_explain() {
     );
     assert!(!e.to_string().contains('\n'));
 }
+
+#[test]
+fn anonymous_types_are_parsed_when_a_kept_type_reaches_them() {
+    // A damaged anonymous type nothing kept refers to is skipped like any
+    // unselected type; one that a kept type reaches is an error naming it.
+    let unreached = MINI_ISF.replace(
+        r#""unused": {"kind": "struct", "size": 1, "fields": {}}"#,
+        r#""unused": {"kind": "struct", "size": 1, "fields": {}}, "unnamed_9": {"size": "x"}"#,
+    );
+    assert_eq!(
+        Profile::load(unreached.as_bytes(), "mini").unwrap(),
+        Profile::load(MINI_ISF.as_bytes(), "mini").unwrap()
+    );
+    let reached = MINI_ISF.replace(
+        r#""unnamed_2": {"kind": "union", "size": 8,"#,
+        r#""unnamed_2": {"kind": "union", "size": "8","#,
+    );
+    assert_ne!(reached, MINI_ISF);
+    let e = Profile::load(reached.as_bytes(), "mini")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("user type unnamed_2"), "{e}");
+}
