@@ -1181,6 +1181,12 @@ mod tests {
         }
         assert!(part_size_for(Some(MAX_OBJECT_SIZE + 1), 0).is_err());
         assert_eq!(part_size_for(Some(1 << 30), 64 * MIB).unwrap(), 64 * MIB);
+        // A part attempt's deadline grows with the part: 1 MiB/s plus a minute.
+        assert_eq!(part_attempt_timeout(8 * MIB), Duration::from_secs(68));
+        assert_eq!(
+            part_attempt_timeout(MAX_PART_SIZE),
+            Duration::from_secs(60 + 5120)
+        );
     }
 
     #[test]
