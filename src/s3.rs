@@ -1087,8 +1087,13 @@ impl PartFeeder {
 
 /// How long one attempt at a part may take: a minute, plus the part at
 /// 1 MiB/s (a slow link still gets through; a hung request does not wait forever).
+/// `MSHOT_S3_ATTEMPT_TIMEOUT` (seconds) overrides it, for tests and odd links.
 fn part_attempt_timeout(len: u64) -> Duration {
-    Duration::from_secs(60 + len / MIB)
+    let configured = std::env::var("MSHOT_S3_ATTEMPT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&secs| secs > 0);
+    Duration::from_secs(configured.unwrap_or(60 + len / MIB))
 }
 
 /// The composite checksum S3 gives a multipart object: CRC32C of the parts'

@@ -448,11 +448,15 @@ fn capture_locally(rig: &Rig, dir: &Path, name: &str, body: u64) -> anyhow::Resu
 
 /// `mshot upload IMAGE` into the rig's bucket under `cases/up`.
 fn upload(rig: &Rig, image: &Path) -> Command {
+    upload_via(rig, image, &rig.garage.endpoint())
+}
+
+fn upload_via(rig: &Rig, image: &Path, endpoint: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
     cmd.arg("upload")
         .arg(image)
         .args(["--bucket", &rig.garage.bucket, "--prefix", "cases/up"])
-        .args(["--endpoint-url", &rig.garage.endpoint()]);
+        .args(["--endpoint-url", endpoint]);
     rig.garage.env(&mut cmd);
     cmd
 }
@@ -631,5 +635,45 @@ fn upload_without_a_manifest_is_refused_unless_asked_for_bare() -> anyhow::Resul
     assert_eq!(record["bare_upload"], true);
     assert_eq!(record["image"]["sha256"], sha256.as_str());
     assert_eq!(record["s3"]["completed"], true);
+    Ok(())
+}
+
+#[test]
+fn a_part_the_server_never_answers_is_sent_again_after_its_attempt_timeout() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let image = capture_locally(&rig, work.path(), "hang.lime", 20 * MIB)?;
+    let bytes = std::fs::read(&image)?;
+    // The request carrying byte 10 MiB (the second part) is swallowed and
+    // never answered, as Garage did under load.
+    let proxy = FaultProxy::start_with(rig.garage.port(), None, Some(10 * MIB))?;
+    let clock = Instant::now();
+    let mut child = upload_via(&rig, &image, &proxy.endpoint())
+        .env("MSHOT_S3_ATTEMPT_TIMEOUT", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Without the attempt timeout the upload waits forever: bound it.
+    while child.try_wait()?.is_none() {
+        if clock.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the upload still hangs after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output()?;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // It waited for the timeout, then the retry stored the part.
+    assert!(clock.elapsed() >= Duration::from_secs(3), "{stderr}");
+    assert_eq!(rig.garage.get("cases/up/127.0.0.1/hang.lime")?, bytes);
+    assert!(rig.garage.open_uploads()?.is_empty());
     Ok(())
 }

@@ -23,11 +23,26 @@ struct Faults {
     /// connections counted together), once.
     corrupt_at: Option<u64>,
     flipped: AtomicBool,
+    /// The connection whose client bytes reach this offset stops forwarding
+    /// (it swallows what the client sends and never answers), once: a server
+    /// that took a request and hangs.
+    hang_at: Option<u64>,
+    hung: AtomicBool,
 }
 
 impl FaultProxy {
     /// Forwards 127.0.0.1:PORT (a free port) to 127.0.0.1:`upstream`.
     pub fn start(upstream: u16, corrupt_at: Option<u64>) -> anyhow::Result<FaultProxy> {
+        Self::start_with(upstream, corrupt_at, None)
+    }
+
+    /// As `start`, and the request that carries client byte `hang_at` never
+    /// gets an answer.
+    pub fn start_with(
+        upstream: u16,
+        corrupt_at: Option<u64>,
+        hang_at: Option<u64>,
+    ) -> anyhow::Result<FaultProxy> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -36,6 +51,8 @@ impl FaultProxy {
         let faults = Arc::new(Faults {
             corrupt_at,
             flipped: AtomicBool::new(false),
+            hang_at,
+            hung: AtomicBool::new(false),
         });
         let (stop2, sent2) = (stop.clone(), sent.clone());
         let thread = std::thread::spawn(move || {
@@ -92,12 +109,23 @@ fn pump(client: TcpStream, server: TcpStream, sent: Arc<AtomicU64>, faults: Arc<
     std::thread::spawn(move || {
         let (mut from, mut to) = (client, server);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut swallowing = false;
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if swallowing {
+                continue;
+            }
             let start = sent.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(at) = faults.hang_at
+                && (start..start + n as u64).contains(&at)
+                && !faults.hung.swap(true, Ordering::Relaxed)
+            {
+                swallowing = true;
+                continue;
+            }
             if let Some(at) = faults.corrupt_at
                 && (start..start + n as u64).contains(&at)
                 && !faults.flipped.swap(true, Ordering::Relaxed)
