@@ -160,7 +160,11 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
         .unwrap_or_default();
     let progress = std::sync::Arc::new(CaptureProgress::new(&label));
     let clock = std::time::Instant::now();
-    match runtime.block_on(mshot::upload::run(args, &progress)) {
+    let uploaded = runtime.block_on(async {
+        let cancel = ctrl_c_token();
+        mshot::upload::run(args, &progress, &cancel).await
+    });
+    match uploaded {
         Ok(done) => {
             progress.finish();
             let secs = clock.elapsed().as_secs_f64();

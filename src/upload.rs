@@ -149,7 +149,11 @@ fn expected(args: &UploadArgs, image: &Path) -> anyhow::Result<Expected> {
 
 /// Runs `mshot upload`. Aborts the multipart upload on every path that did
 /// not complete it, Ctrl-C included.
-pub async fn run(args: &UploadArgs, progress: &Arc<CaptureProgress>) -> anyhow::Result<Uploaded> {
+pub async fn run(
+    args: &UploadArgs,
+    progress: &Arc<CaptureProgress>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Uploaded> {
     let spec = crate::config::s3_spec(&args.s3)?
         .ok_or_else(|| anyhow!("mshot upload needs --bucket BUCKET"))?;
     let image = args.image.clone();
@@ -172,7 +176,7 @@ pub async fn run(args: &UploadArgs, progress: &Arc<CaptureProgress>) -> anyhow::
     let mut dest = Destination::prepare(&spec, &expected.host, &name).await?;
     let result = tokio::select! {
         r = upload(&mut dest, &image, size, &expected, progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted by Ctrl-C")),
+        _ = cancel.cancelled() => Err(anyhow!("interrupted (Ctrl-C or SIGTERM)")),
     };
     // Whatever happened, no unfinished upload stays behind.
     if let Err(abort) = dest.abort_unfinished().await {

@@ -677,3 +677,55 @@ fn a_part_the_server_never_answers_is_sent_again_after_its_attempt_timeout() -> 
     assert!(rig.garage.open_uploads()?.is_empty());
     Ok(())
 }
+
+/// SIGTERM (a scheduler stopping the job) stops an upload like Ctrl-C: the
+/// multipart upload is aborted and no object appears.
+#[test]
+fn sigterm_aborts_an_upload_and_leaves_nothing() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let image = capture_locally(&rig, work.path(), "term.lime", 20 * MIB)?;
+    // The second part is swallowed, so the upload is surely under way and
+    // unfinished when the signal comes.
+    let proxy = FaultProxy::start_with(rig.garage.port(), None, Some(10 * MIB))?;
+    let mut child = upload_via(&rig, &image, &proxy.endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let clock = Instant::now();
+    while rig.garage.open_uploads()?.is_empty() {
+        assert!(
+            child.try_wait()?.is_none(),
+            "the upload ended before SIGTERM"
+        );
+        assert!(
+            clock.elapsed() < Duration::from_secs(60),
+            "no multipart upload started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    while child.try_wait()?.is_none() {
+        if stopped.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the upload ignored SIGTERM for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(rig.garage.open_uploads()?.is_empty(), "{stderr}");
+    assert!(rig.garage.get("cases/up/127.0.0.1/term.lime").is_err());
+    Ok(())
+}
