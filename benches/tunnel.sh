@@ -7,8 +7,8 @@
 # same size, same invocation; reports the ratio and peak RSS.
 #
 # `default` in CIPHERS lets each client negotiate as it does out of the box
-# (OpenSSH: chacha20-poly1305 first; mshot: AES-GCM first when the CPU has
-# AES); the row names what sshd agreed to with each.
+# (both offer chacha20-poly1305 first today); the row names what sshd agreed
+# to with each.
 #
 # Usage: benches/tunnel.sh [SIZE_GIB=2] [CIPHERS="chacha20-poly1305@openssh.com aes256-gcm@openssh.com default"]
 set -euo pipefail
