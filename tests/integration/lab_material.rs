@@ -339,13 +339,19 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
             .collect();
         assert!(m.len() > 40, "{m:?}");
         // The guest's lab-sleeper starts a new `sleep` every 5 s, during the
-        // capture too, so that one task's list links are smeared across the
-        // image and the two tools have been seen to pick different ones (152
-        // vs 153). Everything else must agree exactly; the fixture test, on a
-        // capture without that churn, compares every row.
+        // capture too. A sleep that exits after its neighbour's page was
+        // copied stays linked in the image beside the one forked after it
+        // (smear: CI saw 116 and 142 both listed), and the two tools have
+        // been seen to pick different ones (152 vs 153). So sleeps are only
+        // checked to be the sleeper's children; everything else must agree
+        // exactly. The fixture test, on a capture without that churn,
+        // compares every row.
         let settled = |set: &BTreeSet<(i64, i64, i64, String, u64)>| {
-            let sleeps = set.iter().filter(|t| t.3 == "sleep").count();
-            assert!(sleeps <= 1, "{sleeps} sleep tasks: {set:?}");
+            let stray: Vec<_> = set
+                .iter()
+                .filter(|t| t.3 == "sleep" && t.2 != sleeper)
+                .collect();
+            assert!(stray.is_empty(), "sleeps not under the sleeper: {stray:?}");
             set.iter()
                 .filter(|t| t.3 != "sleep")
                 .cloned()
