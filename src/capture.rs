@@ -7,7 +7,7 @@
 //! gets its final name only after the LiME headers, byte count and ranges all
 //! match /proc/iomem; and `cleanup` runs on every path, Ctrl-C included.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -154,6 +154,25 @@ pub struct Received {
     pub ranges: Vec<PhysRange>,
 }
 
+impl Received {
+    /// The manifest's record of this image, stored at `path`.
+    fn image_record(&self, path: &Path) -> manifest::ImageRecord {
+        manifest::ImageRecord {
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes: self.bytes,
+            sha256: self.sha256.clone(),
+            ranges: self
+                .ranges
+                .iter()
+                .map(manifest::RangeRecord::from)
+                .collect(),
+        }
+    }
+}
+
 /// One batch of the stream: `plain` is validated and hashed, and goes to the
 /// sink too unless `store` holds the compressed stream to keep instead.
 pub struct Chunk {
@@ -225,20 +244,7 @@ pub async fn bench_receive(
             started,
             finished: Timestamp::now(),
             duration_seconds: clock.elapsed().as_secs_f64(),
-            image: Some(manifest::ImageRecord {
-                file: job
-                    .image_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                bytes: received.bytes,
-                sha256: received.sha256.clone(),
-                ranges: received
-                    .ranges
-                    .iter()
-                    .map(manifest::RangeRecord::from)
-                    .collect(),
-            }),
+            image: Some(received.image_record(&job.image_path)),
             expected_ranges: Vec::new(),
             error: None,
             material: None,
@@ -367,16 +373,9 @@ pub async fn capture(
         started,
         finished: Timestamp::now(),
         duration_seconds: clock.elapsed().as_secs_f64(),
-        image: received.map(|r| manifest::ImageRecord {
-            file: image_path
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            bytes: r.bytes,
-            sha256: r.sha256.clone(),
-            ranges: r.ranges.iter().map(manifest::RangeRecord::from).collect(),
-        }),
+        image: received
+            .zip(image_path.as_deref())
+            .map(|(r, path)| r.image_record(path)),
         expected_ranges: facts
             .expected_ranges
             .iter()

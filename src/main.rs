@@ -57,15 +57,8 @@ fn main() -> ExitCode {
         return ExitCode::from(run_fleet(&args, file));
     }
     let _log_guard = init_logging(&args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mshot: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED);
-        }
+    let Some(runtime) = build_runtime() else {
+        return ExitCode::from(exit::FAILED);
     };
     // The capture runs as a task on the runtime's workers, beside russh's
     // session task, rather than on this thread: each SSH packet then passes
@@ -143,15 +136,8 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
             return exit::USAGE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mshot: cannot start the async runtime: {e}");
-            return exit::FAILED;
-        }
+    let Some(runtime) = build_runtime() else {
+        return exit::FAILED;
     };
     let label = args
         .image
@@ -366,15 +352,8 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
         eprintln!("mshot: cannot create --log-dir {}: {e}", dir.display());
         return exit::USAGE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mshot: cannot start the async runtime: {e}");
-            return exit::FAILED;
-        }
+    let Some(runtime) = build_runtime() else {
+        return exit::FAILED;
     };
     let report = runtime.block_on(async {
         let cancel = ctrl_c_token();
@@ -500,4 +479,19 @@ fn init_logging(args: &CaptureArgs) -> Option<()> {
         .with(file_layer)
         .init();
     Some(())
+}
+
+/// The multi-thread runtime every networked command runs on; `None` after
+/// saying why it could not start.
+fn build_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("mshot: cannot start the async runtime: {e}");
+            None
+        }
+    }
 }

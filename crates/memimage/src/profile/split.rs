@@ -199,32 +199,13 @@ fn parse_after_head(
     undo: &mut Vec<(usize, u8)>,
 ) -> Option<RawProfile> {
     let start = head.cut + 1;
-    let (end, tail_symbols) = match tail {
-        Some(t) if t.cut > start => (t.cut + 1, Some(t.symbols?)),
-        Some(_) => return None,
-        None => {
-            let close = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
-            if data.get(close) != Some(&b'}') || close <= start {
-                return None;
-            }
-            set(data, close, b" ")?;
-            undo.push((close, b'}'));
-            (data.len(), None)
-        }
-    };
+    let (end, tail_symbols) = symbols_end(data, tail, start, undo)?;
     let others = head.others.filter(|o| o.members > 0)?;
     let mut symbols = head.first?;
     // The `\n` after the head's cut opens the next piece.
     undo.push((start, data.get(start).copied()?));
     set(data, start, b"{")?;
-    let half = start + (end - start) / 2;
-    let mid = memchr::memmem::find(data.get(half..end)?, ENTRY)
-        .map(|c| half + c)
-        .filter(|&c| c + 1 < end);
-    if let Some(c) = mid {
-        set(data, c, b"}{")?;
-        undo.extend([(c, b','), (c + 1, b'\n')]);
-    }
+    let mid = cut_halfway(data, start, end, undo)?;
     let data = &*data;
     let (first, second) = match mid {
         Some(c) => (data.get(start..=c)?, data.get(c + 1..end)?),
@@ -242,17 +223,7 @@ fn parse_after_head(
         (one, two)
     });
     symbols.extend(one?);
-    if mid.is_some() {
-        symbols.extend(two??);
-    }
-    if let Some(t) = tail_symbols {
-        symbols.extend(t);
-    }
-    Some(others.then(RawProfile {
-        symbols: Some(symbols),
-        members: 1,
-        ..RawProfile::default()
-    }))
+    joined(others, symbols, mid.map(|_| two.flatten()), tail_symbols)
 }
 
 fn cut_and_parse(
@@ -274,31 +245,11 @@ fn cut_and_parse(
     if data.get(open) != Some(&b'{') {
         return None;
     }
-    // Where the pieces parsed here end: at the tail's cut, or at the end.
-    let (end, tail_symbols) = match tail {
-        Some(t) if t.cut > open => (t.cut + 1, Some(t.symbols?)),
-        Some(_) => return None,
-        None => {
-            let close = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
-            if data.get(close) != Some(&b'}') {
-                return None;
-            }
-            set(data, close, b" ")?;
-            undo.push((close, b'}'));
-            (data.len(), None)
-        }
-    };
+    let (end, tail_symbols) = symbols_end(data, tail, open, undo)?;
     set(data, mark - 1, b"}")?;
     undo.push((mark - 1, b','));
     // One more cut halfway, so the symbols before the tail are two pieces.
-    let half = open + (end - open) / 2;
-    let mid = memchr::memmem::find(data.get(half..end)?, ENTRY)
-        .map(|c| half + c)
-        .filter(|&c| c + 1 < end);
-    if let Some(c) = mid {
-        set(data, c, b"}{")?;
-        undo.extend([(c, b','), (c + 1, b'\n')]);
-    }
+    let mid = cut_halfway(data, open, end, undo)?;
     let data = &*data;
     let head = data.get(..mark)?;
     let (first, second) = match mid {
@@ -323,11 +274,64 @@ fn cut_and_parse(
         (others, one, two)
     });
     let others = others.filter(|o| o.members > 0)?;
-    let mut symbols = one?;
-    if mid.is_some() {
-        symbols.extend(two??);
+    joined(others, one?, mid.map(|_| two.flatten()), tail_symbols)
+}
+
+/// Where the pieces parsed here end: at the tail's cut (the tail's symbols
+/// come with it), or at the document's final `}`, which becomes a space.
+fn symbols_end(
+    data: &mut [u8],
+    tail: Option<Tail>,
+    start: usize,
+    undo: &mut Vec<(usize, u8)>,
+) -> Option<(usize, Option<Symbols>)> {
+    match tail {
+        Some(t) if t.cut > start => Some((t.cut + 1, Some(t.symbols?))),
+        Some(_) => None,
+        None => {
+            let close = data.iter().rposition(|b| !b.is_ascii_whitespace())?;
+            if data.get(close) != Some(&b'}') || close <= start {
+                return None;
+            }
+            set(data, close, b" ")?;
+            undo.push((close, b'}'));
+            Some((data.len(), None))
+        }
     }
-    if let Some(t) = tail_symbols {
+}
+
+/// Cuts `data[start..end]` at the first entry past its middle, if any, so
+/// it parses as two pieces; `None` only when the text is too short to cut.
+fn cut_halfway(
+    data: &mut [u8],
+    start: usize,
+    end: usize,
+    undo: &mut Vec<(usize, u8)>,
+) -> Option<Option<usize>> {
+    let half = start + (end - start) / 2;
+    let mid = memchr::memmem::find(data.get(half..end)?, ENTRY)
+        .map(|c| half + c)
+        .filter(|&c| c + 1 < end);
+    if let Some(c) = mid {
+        set(data, c, b"}{")?;
+        undo.extend([(c, b','), (c + 1, b'\n')]);
+    }
+    Some(mid)
+}
+
+/// The other sections with every piece of symbols joined in: the first
+/// piece, the second when there was a cut (`None` inside when it failed to
+/// parse), and the tail's.
+fn joined(
+    others: RawProfile,
+    mut symbols: Symbols,
+    second: Option<Option<Symbols>>,
+    tail: Option<Symbols>,
+) -> Option<RawProfile> {
+    if let Some(two) = second {
+        symbols.extend(two?);
+    }
+    if let Some(t) = tail {
         symbols.extend(t);
     }
     Some(others.then(RawProfile {
