@@ -212,6 +212,10 @@ pub fn analyze_image(
             (Some(k), _) => plugins::run_plugin(&n, k, &opts)?,
             (None, _) => plugins::run_banner(&phys)?,
         };
+        // Said as soon as they are known, before the rows they qualify.
+        for note in kernel.iter().flat_map(|k| k.take_notes()) {
+            eprintln!("mshot: note: {n}: {note}");
+        }
         results.push((n, filter_pids(rows, &cfg.pids)));
     }
     Ok(Analysis { results })
@@ -693,6 +697,7 @@ mod memdump_tests {
             banner_pa: 0,
             vmcoreinfo: None,
             method: "synthetic",
+            notes: Default::default(),
         };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("dump");

@@ -148,7 +148,15 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
             && stderr.contains("BTF checked against the image"),
         "{stderr}"
     );
-    assert!(!stderr.contains("note:"), "{stderr}");
+    // The only notes allowed say a list was repaired from its other end
+    // (a task freed while the capture ran; see smeared lists below).
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("note:"))
+            .all(|l| l.contains("list's")),
+        "{stderr}"
+    );
     let t = tree(&rows);
     let pid_of = |comm: &str, ppid: i64| {
         t.iter()
@@ -159,7 +167,11 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     assert!(pid_of("dropbear", 1).is_some(), "{t:?}");
     assert!(pid_of("httpd", 1).is_some(), "{t:?}");
     let sleeper = pid_of("sh", 1).expect("lab-sleeper shell under init");
-    assert!(pid_of("sleep", sleeper).is_some(), "{t:?}");
+    // Its sleep is replaced every 5 s; a capture that copied the list's
+    // tail between one sleep's exit and the next one's fork has none.
+    if pid_of("sleep", sleeper).is_none() {
+        eprintln!("note: no sleep under the lab-sleeper in this capture: {t:?}");
+    }
     assert!(pid_of("kthreadd", 0) == Some(2), "{t:?}");
 
     // netstat with no profile: dropbear listens on 22, and the session this
@@ -173,16 +185,12 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
     };
     assert!(has(sshd, "LISTEN"), "{socks:?}");
     // The session's dropbear sits in the task list among the lab-sleeper's
-    // short-lived `sleep`s; when one exits while the capture is under way,
-    // its neighbour's `next` in the image can point past the session (smear:
-    // pages copied at different times), as in one CI run. Then the walk, as
-    // Volatility's would, does not reach it: reported, not failed.
-    match pid_of("dropbear", sshd) {
-        Some(session) => assert!(has(session, "ESTABLISHED"), "{socks:?}"),
-        None => eprintln!(
-            "note: the capture session's dropbear is not in the task list walk (smeared list); tasks: {t:?}"
-        ),
-    }
+    // short-lived `sleep`s. When one exits while the capture runs, its
+    // neighbour's `next` in the image can point past the session (smear:
+    // pages copied at different times); the walk back along `prev` finds
+    // it then, as Volatility's does.
+    let session = pid_of("dropbear", sshd).expect("the capture session's dropbear");
+    assert!(has(session, "ESTABLISHED"), "{socks:?}");
 
     // memdump of the lab-sleeper shell: its memory holds the script's path
     // (argv, on its stack; the heap copy of the script text comes and goes).
@@ -341,11 +349,12 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
         // The guest's lab-sleeper starts a new `sleep` every 5 s, during the
         // capture too. A sleep that exits after its neighbour's page was
         // copied stays linked in the image beside the one forked after it
-        // (smear: CI saw 116 and 142 both listed), and the two tools have
-        // been seen to pick different ones (152 vs 153). So sleeps are only
-        // checked to be the sleeper's children; everything else must agree
-        // exactly. The fixture test, on a capture without that churn,
-        // compares every row.
+        // (smear: CI saw 116 and 142 both listed), and before both tools
+        // walked the list both ways they were seen to pick different ones
+        // (152 vs 153). So sleeps are only checked to be the sleeper's
+        // children; everything else must agree exactly, tasks found only
+        // walking backwards included. The fixture test, on a capture
+        // without that churn, compares every row.
         let settled = |set: &BTreeSet<(i64, i64, i64, String, u64)>| {
             let stray: Vec<_> = set
                 .iter()

@@ -656,15 +656,17 @@ fn a_part_the_server_never_answers_is_sent_again_after_its_attempt_timeout() -> 
     let proxy = FaultProxy::start_with(rig.garage.port(), None, Some(10 * MIB))?;
     let clock = Instant::now();
     let mut child = upload_via(&rig, &image, &proxy.endpoint())
-        .env("MSHOT_S3_ATTEMPT_TIMEOUT", "3")
+        // Long enough that a healthy part never hits it on a loaded CI
+        // machine (disks busy with lab images), short enough for a test.
+        .env("MSHOT_S3_ATTEMPT_TIMEOUT", "10")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     // Without the attempt timeout the upload waits forever: bound it.
     while child.try_wait()?.is_none() {
-        if clock.elapsed() > Duration::from_secs(60) {
+        if clock.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
-            panic!("the upload still hangs after 60 s");
+            panic!("the upload still hangs after 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -672,7 +674,7 @@ fn a_part_the_server_never_answers_is_sent_again_after_its_attempt_timeout() -> 
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     // It waited for the timeout, then the retry stored the part.
-    assert!(clock.elapsed() >= Duration::from_secs(3), "{stderr}");
+    assert!(clock.elapsed() >= Duration::from_secs(10), "{stderr}");
     assert_eq!(rig.garage.get("cases/up/127.0.0.1/hang.lime")?, bytes);
     assert!(rig.garage.open_uploads()?.is_empty());
     Ok(())

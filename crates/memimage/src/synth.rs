@@ -288,6 +288,8 @@ pub mod proc {
             w32(&mut m, t + 0x20, pid);
             w32(&mut m, t + 0x24, pid);
             w64(&mut m, t + 0x28, d(INIT_TASK));
+            w64(&mut m, t + 0x30, d(INIT_TASK)); // real_parent
+            w64(&mut m, t + 0x80, d(0x1_2800)); // signal
             m.write(t + 0x38, comm.as_bytes());
             w64(&mut m, t + 0x48, d(0x1_2000));
             w64(&mut m, t + 0x70, d(t) + 0x70);

@@ -221,6 +221,7 @@ proptest! {
             banner_pa: 0,
             vmcoreinfo: None,
             method: "fuzz",
+            notes: Default::default(),
         };
         for p in ["netstat", "maps", "envars", "bash", "memdump", "psaux"] {
             if let Err(e) = run_plugin(p, &k, &Options { threads: true }) {

@@ -161,6 +161,8 @@ fn build(five: bool) -> Built {
         m.write(pa + 0x38, &c);
         m.write_u64(pa + 0x48, dva(cred));
         m.write_u64(pa + 0x68, 1_000_000 * pid as u64);
+        // A live task has its signal_struct (Volatility's validity test).
+        m.write_u64(pa + 0x80, dva(0x18_3000));
         // Empty thread_group rings point at themselves.
         m.write_u64(pa + 0x70, va_of(pa) + 0x70);
         m.write_u64(pa + 0x78, va_of(pa) + 0x70);

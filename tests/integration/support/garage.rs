@@ -7,9 +7,11 @@ rejects a wrong one, lists and aborts multipart uploads, and computes
 composite checksums with AWS's formulas, so a test that passes here says
 something about S3. moto accepts wrong checksums; s3s-fs cannot list uploads.
 
-Ports come from 39500-39599 (this issue's range), two per server (S3 API,
-RPC), in *slots* held with an exclusive `flock`, so parallel tests and
-parallel test processes never share one.
+Ports come from 29500-29599, two per server (S3 API, RPC), in *slots* held
+with an exclusive `flock`, so parallel tests and parallel test processes
+never share one. The range sits below Linux's ephemeral ports (32768 and
+up): Garage does not retry a taken port, and an outgoing connection could
+take one there between the slot's check and Garage's bind.
 */
 
 use std::fs::File;
@@ -25,7 +27,7 @@ use super::process::{KillOnDrop, find_program};
 
 /// Where tests/run installs Garage (`cargo install --root /opt/garage`).
 pub const DEFAULT_BINARY: &str = "/opt/garage/bin/garage";
-const FIRST_PORT: u16 = 39500;
+const FIRST_PORT: u16 = 29500;
 const SLOTS: u16 = 50;
 const SLOT_DIR: &str = "/run/mshot-tests";
 pub const REGION: &str = "garage";
@@ -329,5 +331,6 @@ fn claim_slot() -> anyhow::Result<(File, u16)> {
             }
         }
     }
-    bail!("all {SLOTS} Garage slots (ports {FIRST_PORT}-39599) are in use (see {SLOT_DIR})")
+    let last = FIRST_PORT + 2 * SLOTS - 1;
+    bail!("all {SLOTS} Garage slots (ports {FIRST_PORT}-{last}) are in use (see {SLOT_DIR})")
 }

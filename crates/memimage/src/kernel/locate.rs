@@ -270,6 +270,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
             banner_pa,
             vmcoreinfo: None,
             method,
+            notes: Default::default(),
         })
     }
 

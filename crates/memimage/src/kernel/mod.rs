@@ -83,9 +83,26 @@ pub struct Kernel<'p, 'a> {
     pub vmcoreinfo: Option<VmcoreInfo>,
     /// Which strategy found the kernel ("probe", "vmcoreinfo", "swapper-scan").
     pub method: &'static str,
+    /// What plugins noticed about the image that their rows cannot say
+    /// (see [`Kernel::note`]); each said once.
+    pub notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'p, 'a> Kernel<'p, 'a> {
+    /// Records something the reader of a plugin's output should know, such
+    /// as a list repaired from its other end; repeats are dropped.
+    pub fn note(&self, text: String) {
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        if !notes.contains(&text) {
+            notes.push(text);
+        }
+    }
+
+    /// The notes recorded since the last call.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Locates the kernel described by `profile` in `phys`.
     pub fn locate(phys: &'p PhysicalMemory<'a>, profile: &'p Profile) -> Result<Self, KernelError> {
         locate::locate(phys, profile, true)

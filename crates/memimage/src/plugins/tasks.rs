@@ -8,20 +8,63 @@ pub(crate) const MAX_LIST: usize = 1 << 20;
 
 /// Entries of a kernel `list_head` ring, as addresses of the containing
 /// objects (`link - member_offset`); stops at the head or a repeat.
+///
+/// The ring is walked forwards (`next`, as Volatility does) and then
+/// backwards (`prev`). In a live capture the pages holding a list's links
+/// are copied at different moments, so an entry that was freed and reused
+/// while the capture ran can send the forward walk to the end of the ring,
+/// skipping every entry after it (the lab saw the capture's own SSH session
+/// vanish that way). The backward walk finds those; entries it alone finds
+/// follow the forward ones in the order found (Volatility 3's order), and
+/// a kernel note says the ring disagreed.
 pub(crate) fn walk_list(
     k: &Kernel<'_, '_>,
     head: u64,
     member_off: u64,
     what: &str,
 ) -> Result<Vec<u64>, KernelError> {
-    let mut out = Vec::new();
+    let mut links = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut link = k.read_u64(head, || format!("{what} list head at {head:#x}"))?;
-    while link != head && link != 0 && seen.insert(link) && out.len() < MAX_LIST {
-        out.push(link.wrapping_sub(member_off));
-        link = k.read_u64(link, || format!("{what} list entry at {link:#x}"))?;
+    while link != head && link != 0 && seen.insert(link) && links.len() < MAX_LIST {
+        // An entry whose link cannot be read ends the forward walk, as in
+        // Volatility; the backward walk may still reach what lies beyond.
+        match k.vm.read_u64(link) {
+            Ok(next) => links.push(std::mem::replace(&mut link, next)),
+            Err(e) => {
+                k.note(format!(
+                    "the {what} list's entry at {link:#x} cannot be read ({e}); walked from its other end"
+                ));
+                break;
+            }
+        }
     }
-    Ok(out)
+    // `prev` sits after `next` in every `list_head`. A link that cannot be
+    // read backwards ends that walk only: the forward one already stands.
+    let mut back = Vec::new();
+    let mut back_seen = std::collections::HashSet::new();
+    let mut link = k.vm.read_u64(head.wrapping_add(8)).unwrap_or(0);
+    while link != head && link != 0 && back_seen.insert(link) && back.len() < MAX_LIST {
+        if !seen.contains(&link) {
+            back.push(link);
+        }
+        match k.vm.read_u64(link.wrapping_add(8)) {
+            Ok(prev) => link = prev,
+            Err(_) => break,
+        }
+    }
+    if !back.is_empty() {
+        k.note(format!(
+            "the {what} list's forward and backward links disagree (pages copied at different \
+             moments of a live capture); {} entries found only walking it backwards are included",
+            back.len()
+        ));
+        links.extend(back);
+    }
+    Ok(links
+        .into_iter()
+        .map(|l| l.wrapping_sub(member_off))
+        .collect())
 }
 
 /// One task as the process plugins report it.
@@ -151,11 +194,80 @@ pub(crate) fn wall_clock(boot_ns: Option<i128>, since_boot_ns: u64) -> super::Va
     }
 }
 
-/// Thread-group leaders from `init_task.tasks` (init_task excluded).
+/// Thread-group leaders from `init_task.tasks` (init_task excluded), the
+/// entries that pass [`is_live_task`].
 pub(crate) fn processes(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
     let off = k.profile.offset("task_struct", "tasks")?;
     let head = k.symbol("init_task")?.wrapping_add(off);
-    walk_list(k, head, off, "init_task.tasks")
+    let mut out = walk_list(k, head, off, "init_task.tasks")?;
+    out.retain(|&t| is_live_task(k, t));
+    Ok(out)
+}
+
+/// Volatility 3's test (`task_struct.is_valid`) that a list entry is a
+/// task still in use rather than freed or half torn down memory reached
+/// through a stale link: the whole struct is readable, the ids are not
+/// negative, `signal`, `nsproxy` and `real_parent` point at readable
+/// objects, and `mm`, when set, is readable and equals `active_mm`. A
+/// zombie fails it too (its `nsproxy` is already gone), as in Volatility.
+pub(crate) fn is_live_task(k: &Kernel<'_, '_>, va: u64) -> bool {
+    let p = k.profile;
+    // Readable from the first byte to the last, page by page; a type the
+    // profile lacks is taken as readable.
+    let readable = |at: u64, st: &str| {
+        let Ok(def) = p.struct_def(st) else {
+            return true;
+        };
+        let end = at.wrapping_add(def.size.max(1) - 1);
+        let mut page = at;
+        let mut byte = [0u8; 1];
+        loop {
+            if k.vm.read(page, &mut byte).is_err() {
+                return false;
+            }
+            let next = (page | 0xfff).wrapping_add(1);
+            if next > end || next <= page {
+                return k.vm.read(end, &mut byte).is_ok();
+            }
+            page = next;
+        }
+    };
+    let pointer = |field: &str| -> Option<Option<u64>> {
+        let off = p.offset("task_struct", field).ok()?;
+        Some(k.vm.read_u64(va.wrapping_add(off)).ok())
+    };
+    if !readable(va, "task_struct") {
+        return false;
+    }
+    let ids_ok = ["pid", "tgid"]
+        .iter()
+        .all(|f| k.read_int(va, "task_struct", f).is_ok_and(|v| v >= 0));
+    if !ids_ok {
+        return false;
+    }
+    for (field, st) in [
+        ("signal", "signal_struct"),
+        ("nsproxy", "nsproxy"),
+        ("real_parent", "task_struct"),
+    ] {
+        match pointer(field) {
+            None => {}
+            Some(Some(ptr)) if ptr != 0 && readable(ptr, st) => {}
+            Some(_) => return false,
+        }
+    }
+    let active_mm = pointer("active_mm").flatten();
+    if let Some(Some(a)) = pointer("active_mm")
+        && a != 0
+        && !readable(a, "mm_struct")
+    {
+        return false;
+    }
+    match pointer("mm") {
+        Some(Some(0)) | None => true,
+        Some(Some(mm)) => readable(mm, "mm_struct") && active_mm.is_none_or(|a| a == mm),
+        Some(None) => false,
+    }
 }
 
 /// The other threads of a leader: `signal->thread_head`/`thread_node` on
@@ -183,7 +295,7 @@ pub(crate) fn threads(k: &Kernel<'_, '_>, leader: u64) -> Result<Vec<u64>, Kerne
         let off = p.offset("task_struct", "thread_group")?;
         walk_list(k, leader.wrapping_add(off), off, "thread_group")?
     };
-    out.retain(|&t| t != leader);
+    out.retain(|&t| t != leader && is_live_task(k, t));
     Ok(out)
 }
 

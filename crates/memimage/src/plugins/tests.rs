@@ -30,6 +30,7 @@ fn with_image<T>(bytes: &[u8], isf: &str, dtb: u64, f: impl FnOnce(&Kernel<'_, '
         banner_pa: 0,
         vmcoreinfo: None,
         method: "synthetic",
+        notes: Default::default(),
     };
     f(&k)
 }
@@ -287,4 +288,34 @@ fn a_corrupt_kernel_gives_rows_or_errors_never_panics() {
         });
     }
     let _ = DIRECT;
+}
+
+/// A ring smeared as a live capture leaves it: entry S was freed and its
+/// memory reused for a new tail entry N after A's page was copied, so the
+/// forward walk goes H -> A -> N -> H and misses B and C; walking `prev`
+/// from H finds them, and a note says the ring disagreed.
+#[test]
+fn a_smeared_list_is_completed_from_its_other_end() {
+    let mut pk = proc::build(true);
+    let [h, a, n, b, c] = [0x38_0000u64, 0x38_0100, 0x38_0200, 0x38_0300, 0x38_0400];
+    let v = |pa: u64| DIRECT + pa;
+    for (at, next, prev) in [(h, a, n), (a, n, h), (n, h, c), (b, c, a), (c, n, b)] {
+        pk.mem.write_u64(at, v(next));
+        pk.mem.write_u64(at + 8, v(prev));
+    }
+    with_image(&pk.mem.bytes, &pk.isf, pk.mem.dtb, |k| {
+        let got = super::tasks::walk_list(k, v(h), 0x10, "test").unwrap();
+        let want: Vec<u64> = [a, n, c, b].iter().map(|&pa| v(pa) - 0x10).collect();
+        assert_eq!(got, want);
+        let notes = k.take_notes();
+        assert!(
+            notes.len() == 1 && notes[0].contains("2 entries found only walking it backwards"),
+            "{notes:?}"
+        );
+    });
+    // The consistent ring of the unsmeared kernel gives no note.
+    with_kernel(true, |k| {
+        run(k, "pslist");
+        assert!(k.take_notes().is_empty());
+    });
 }
