@@ -20,7 +20,7 @@ use crate::audit::AuditLog;
 use crate::lime_stream::LimeValidator;
 use crate::manifest::{self, CleanupReport, Manifest};
 use crate::progress::CaptureProgress;
-use crate::remote::{self, ListenState, PhysRange, Privilege, commands};
+use crate::remote::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
 use crate::secret::Secret;
 use crate::shell::{PendingAudit, Shell};
 use crate::sink::ImageSink;
@@ -42,6 +42,8 @@ pub struct CaptureJob {
     /// Stream the image into S3 as well (or only, without `local_image`).
     pub s3: Option<crate::s3::S3Spec>,
     pub sudo_password: Option<Secret>,
+    /// `--sudo` / `sudo:`, and where the sudo password came from.
+    pub sudo: SudoPolicy,
     /// Unload a LiME module that is already loaded instead of refusing.
     pub force: bool,
     /// Check everything up to loading the module, then clean up.
@@ -50,6 +52,15 @@ pub struct CaptureJob {
     pub stream_idle_timeout: Duration,
     /// Which source produces the stream (LiME, kcore), compression, digest.
     pub source: SourceOptions,
+}
+
+/// How a capture becomes root: the mode, and where the sudo password came
+/// from (a flag or variable name, never the value), so a refusal says which
+/// secret to check.
+#[derive(Clone, Debug, Default)]
+pub struct SudoPolicy {
+    pub mode: SudoMode,
+    pub password_from: Option<String>,
 }
 
 impl CaptureJob {
@@ -490,7 +501,7 @@ async fn run(
         None => module_availability(module_file, &kernel),
     };
 
-    let privilege = become_root(&shell, kernel.uid).await?;
+    let privilege = become_root(&shell, kernel.uid, &job.sudo).await?;
     state.privilege = Some(privilege);
     let shell = Shell { privilege, ..shell };
 
@@ -762,9 +773,13 @@ pub fn find_vermagic(module: &[u8]) -> Option<String> {
     String::from_utf8(rest[..end].to_vec()).ok()
 }
 
-async fn become_root(shell: &Shell<'_>, uid: u32) -> anyhow::Result<Privilege> {
-    if uid == 0 {
-        return Ok(Privilege::Root);
+async fn become_root(shell: &Shell<'_>, uid: u32, sudo: &SudoPolicy) -> anyhow::Result<Privilege> {
+    match sudo.mode {
+        SudoMode::Auto | SudoMode::Never if uid == 0 => return Ok(Privilege::Root),
+        SudoMode::Never => bail!(
+            "logged in as uid {uid}, not root, and sudo is set to never; log in as root, or allow sudo (sudo: auto, --sudo auto)"
+        ),
+        SudoMode::Auto | SudoMode::Always => {}
     }
     let out = shell.run_plain(commands::SUDO_NO_PASSWORD).await?;
     if out.success() {
@@ -773,7 +788,7 @@ async fn become_root(shell: &Shell<'_>, uid: u32) -> anyhow::Result<Privilege> {
     let no_password_reason = out.stderr_line();
     let Some(password) = shell.sudo_password else {
         bail!(
-            "sudo refused without a password ({no_password_reason}); give --sudo-password (prompt) or MSHOT_SUDO_PASSWORD, or log in as root"
+            "sudo refused without a password ({no_password_reason}); give one (--sudo-password, MSHOT_SUDO_PASSWORD, or sudo_password_env: in a fleet file), or log in as root"
         );
     };
     let mut stdin = password.expose().as_bytes().to_vec();
@@ -789,7 +804,8 @@ async fn become_root(shell: &Shell<'_>, uid: u32) -> anyhow::Result<Privilege> {
         return Ok(Privilege::SudoPassword);
     }
     bail!(
-        "sudo refused: {}; check the sudo password and that the user may run sudo",
+        "sudo refused the password from {}: {}; check that password and that the user may run sudo",
+        sudo.password_from.as_deref().unwrap_or("the configuration"),
         if out.stderr_line().is_empty() {
             out.describe_status()
         } else {

@@ -82,6 +82,12 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
     pub sudo_password: Option<String>,
 
+    /// How to become root: auto (root login as is, else sudo -n, else sudo with
+    /// the password), never (the login must be root), always (sudo for every
+    /// root command, even as root, so the target's sudo log has them all).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub sudo: crate::remote::SudoMode,
+
     /// Jump hosts, OpenSSH style: user@host:port[,user@host:port...], first hop first.
     #[arg(short = 'J', long = "jump", value_name = "CHAIN")]
     pub jump: Option<String>,
@@ -209,7 +215,7 @@ pub struct CaptureArgs {
         short = 'c',
         long = "config",
         value_name = "FILE",
-        conflicts_with_all = ["server", "module", "key", "jump", "jump_server", "password", "sudo_password", "filename"]
+        conflicts_with_all = ["server", "module", "key", "jump", "jump_server", "password", "sudo_password", "sudo", "filename"]
     )]
     pub config: Option<PathBuf>,
 

@@ -103,14 +103,22 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         }),
     };
 
-    let sudo_password = match secret_from(
+    let sudo_password = secret_from(
         args.sudo_password.as_deref(),
         ENV_SUDO_PASSWORD,
         &format!("sudo password for {user}@{server}: "),
-    )? {
-        Some(s) => Some(s),
-        None => password,
+    )?;
+    // Named in a sudo refusal, so the user knows which secret to check.
+    let sudo_password_from = match (&sudo_password, args.sudo_password.as_deref(), &password) {
+        (Some(_), Some(""), _) if std::env::var_os(ENV_SUDO_PASSWORD).is_none() => {
+            Some("the prompt".to_string())
+        }
+        (Some(_), Some(v), _) if !v.is_empty() => Some("--sudo-password".to_string()),
+        (Some(_), _, _) => Some(ENV_SUDO_PASSWORD.to_string()),
+        (None, _, Some(_)) => Some("the login password".to_string()),
+        (None, _, None) => None,
     };
+    let sudo_password = sudo_password.or(password);
 
     let filename = match &args.filename {
         Some(name) => {
@@ -165,6 +173,10 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         local_image,
         s3,
         sudo_password,
+        sudo: crate::capture::SudoPolicy {
+            mode: args.sudo,
+            password_from: sudo_password_from,
+        },
         force: args.force,
         dry_run: args.dry_run,
         stream_idle_timeout: Duration::from_secs(args.stream_timeout.max(1)),

@@ -19,6 +19,34 @@ pub fn quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
+/// `--sudo` / a fleet host's `sudo:`: whether sudo may, must or must not be used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SudoMode {
+    /// A root login runs commands directly; otherwise `sudo -n`, then sudo
+    /// with the password.
+    #[default]
+    Auto,
+    /// Never run sudo: the login must be root, else the capture is refused
+    /// before anything is pushed.
+    Never,
+    /// Every root command goes through sudo, even for a root login, so the
+    /// target's sudo log records each one.
+    Always,
+}
+
+impl SudoMode {
+    /// The fleet file's spelling: `auto`, `never`, `always`, or true/false.
+    pub fn parse(text: &str) -> Option<SudoMode> {
+        match text {
+            "auto" => Some(SudoMode::Auto),
+            "never" | "false" => Some(SudoMode::Never),
+            "always" | "true" => Some(SudoMode::Always),
+            _ => None,
+        }
+    }
+}
+
 /// How commands become root on the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -320,6 +348,17 @@ mod tests {
             let words = shlex::split(&quote(hostile)).unwrap();
             assert_eq!(words, vec![hostile.to_string()]);
         }
+    }
+
+    #[test]
+    fn sudo_mode_spellings() {
+        assert_eq!(SudoMode::parse("auto"), Some(SudoMode::Auto));
+        assert_eq!(SudoMode::parse("never"), Some(SudoMode::Never));
+        assert_eq!(SudoMode::parse("false"), Some(SudoMode::Never));
+        assert_eq!(SudoMode::parse("always"), Some(SudoMode::Always));
+        assert_eq!(SudoMode::parse("true"), Some(SudoMode::Always));
+        assert_eq!(SudoMode::parse("sometimes"), None);
+        assert_eq!(SudoMode::default(), SudoMode::Auto);
     }
 
     #[test]

@@ -56,6 +56,7 @@ const HOST_KEYS: &[&str] = &[
     "password_env",
     "sudo_password",
     "sudo_password_env",
+    "sudo",
     "agent",
     "module",
     "filename",
@@ -985,6 +986,46 @@ impl Checker {
         if let Some(n) = layered.get("sudo_password") {
             sudo_password = self.inline_secret(n, "sudo_password", &owner);
         }
+        // Named (never the value) when sudo refuses the password.
+        let env_name = |key: &str| match layered.get(key).map(|n| &n.value) {
+            Some(Value::Str(var)) => format!("{key} {var}"),
+            _ => key.to_string(),
+        };
+        let sudo_password_from = if layered.get("sudo_password").is_some() {
+            Some("sudo_password (inline)".to_string())
+        } else if layered.get("sudo_password_env").is_some() {
+            Some(env_name("sudo_password_env"))
+        } else if layered.get("password").is_some() {
+            Some("password (inline; the login password)".to_string())
+        } else if layered.get("password_env").is_some() {
+            Some(format!("{} (the login password)", env_name("password_env")))
+        } else {
+            None
+        };
+        let sudo_mode = match layered.get("sudo") {
+            None => Some(crate::remote::SudoMode::Auto),
+            Some(n) => {
+                let parsed = match &n.value {
+                    Value::Bool(true) => Some(crate::remote::SudoMode::Always),
+                    Value::Bool(false) => Some(crate::remote::SudoMode::Never),
+                    Value::Str(text) => crate::remote::SudoMode::parse(text),
+                    _ => None,
+                };
+                if parsed.is_none() {
+                    let found = match &n.value {
+                        Value::Str(text) => format!("{text:?}"),
+                        other => other.kind().to_string(),
+                    };
+                    self.error(
+                        n.pos,
+                        format!(
+                            "sudo must be auto, never or always (or true for always, false for never), found {found}"
+                        ),
+                    );
+                }
+                parsed
+            }
+        };
 
         let key = match layered.get("key") {
             Some(n) => {
@@ -1155,6 +1196,7 @@ impl Checker {
         };
 
         let source = source?;
+        let sudo_mode = sudo_mode?;
         let (addr, port, name, user, module, output_dir, filename, known_hosts) = (
             addr?,
             port?,
@@ -1223,6 +1265,10 @@ impl Checker {
                 local_image,
                 s3,
                 sudo_password,
+                sudo: crate::capture::SudoPolicy {
+                    mode: sudo_mode,
+                    password_from: sudo_password_from,
+                },
                 force,
                 dry_run: self.overrides.dry_run,
                 stream_idle_timeout: Duration::from_secs(stream_timeout),
@@ -1340,10 +1386,15 @@ impl Checker {
                 match decode_secret_key(&text, Some(passphrase.expose())) {
                     Ok(key) => key,
                     Err(e) => {
+                        // Name where the passphrase came from, never the value.
+                        let from = match passphrase_env.map(|n| &n.value) {
+                            Some(Value::Str(var)) => format!("key_passphrase_env {var}"),
+                            _ => "the host's password (no key_passphrase_env)".to_string(),
+                        };
                         self.error(
                             node.pos,
                             format!(
-                                "cannot decrypt key {}: {e}; check its passphrase",
+                                "cannot decrypt key {} with the passphrase from {from}: {e}; check that passphrase",
                                 path.display()
                             ),
                         );
@@ -1569,6 +1620,34 @@ mod tests {
         .unwrap();
         assert_eq!(plan.warnings.len(), 1);
         assert!(!plan.warnings[0].contains("hunter2"));
+    }
+
+    #[test]
+    fn sudo_modes_are_inherited_and_the_password_source_is_named() {
+        use crate::remote::SudoMode;
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("MSHOT_UNIT_SUDO_PW", "not-shown") };
+        let plan = check(
+            "defaults: {module: lime.ko, sudo: never}\nhosts:\n  - {addr: a}\n  - {addr: b, sudo: auto, sudo_password_env: MSHOT_UNIT_SUDO_PW}\n  - {addr: c, sudo: true}\n  - {addr: d, sudo: always}\n",
+        )
+        .unwrap();
+        let modes: Vec<SudoMode> = plan.hosts.iter().map(|h| h.job.sudo.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                SudoMode::Never,
+                SudoMode::Auto,
+                SudoMode::Always,
+                SudoMode::Always
+            ]
+        );
+        assert_eq!(
+            plan.hosts[1].job.sudo.password_from.as_deref(),
+            Some("sudo_password_env MSHOT_UNIT_SUDO_PW")
+        );
+        assert!(plan.hosts[0].job.sudo.password_from.is_none());
+        let default = check("hosts: [{addr: a, module: lime.ko}]\n").unwrap();
+        assert_eq!(default.hosts[0].job.sudo.mode, SudoMode::Auto);
     }
 
     #[test]

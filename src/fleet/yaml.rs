@@ -4,6 +4,13 @@
 //! stops at the first problem), we keep a located tree and let `config` walk
 //! it, so every problem in a fleet file is reported at once, each with its
 //! position.
+//!
+//! Why serde-saphyr (README, "Why serde-saphyr for YAML"): serde_yaml is
+//! deprecated; its forks serde_norway and serde_yaml_ng still parse with
+//! libyaml machine-translated into unsafe Rust, and serde_yml is archived and
+//! unsound up to 0.0.12 (RUSTSEC-2025-0068). serde-saphyr and its parser are
+//! `forbid(unsafe_code)`, `Spanned` gives every value's line and column, and
+//! its default options make duplicate keys an error and bound aliases.
 
 use std::fmt;
 

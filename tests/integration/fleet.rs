@@ -113,6 +113,13 @@ const CORPUS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad-sudo.yaml",
+        &[
+            "2:9: sudo must be auto, never or always (or true for always, false for never), found \"sometimes\"",
+            "7:11: sudo must be auto, never or always (or true for always, false for never), found an integer",
+        ],
+    ),
+    (
         "many-problems.yaml",
         &[
             "1:10: workers (a number or auto) must be between 1 and 1024, found 0",
@@ -403,6 +410,239 @@ hosts:
         "{}",
         text(&unknown.stderr)
     );
+    Ok(())
+}
+
+/// Secrets by reference and `sudo:` against one real sshd: an encrypted key
+/// unlocked from `key_passphrase_env`, sudo's password from
+/// `sudo_password_env` (right and wrong), root logins under `sudo: never` and
+/// `always`, a user refused under `never`; then the same file with the
+/// variables unset or the passphrase wrong, refused before anything connects.
+/// No secret may appear in the output, report, logs or manifests.
+#[test]
+fn fleet_secrets_from_variables_and_sudo_modes() -> anyhow::Result<()> {
+    support::require!(Need::Root, Need::Sshd, Need::SshClient, Need::TestUsers);
+    const PASSPHRASE: &str = "fleet-key-passphrase-9c1e";
+    const WRONG_SUDO: &str = "fleet-wrong-sudo-7d2f";
+    const WRONG_PASSPHRASE: &str = "fleet-wrong-passphrase-4b8a";
+    let sshd = Sshd::builder().start()?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let encrypted = KeyPair::generate(dir, "encrypted", KeyType::Ed25519, Some(PASSPHRASE))?;
+    let plain = KeyPair::generate(dir, "plain", KeyType::Ed25519, None)?;
+    sshd.authorize(user::PW, &encrypted)?;
+    sshd.authorize(user::NOPW, &plain)?;
+    sshd.authorize("root", &plain)?;
+    let known_hosts = dir.join("known_hosts");
+    sshd.append_known_hosts(&known_hosts)?;
+    let module = dry_run_module(dir);
+    let config = format!(
+        r#"workers: 2
+output_dir: out
+defaults:
+  port: {port}
+  module: {module}
+  known_hosts: {known_hosts}
+  agent: false
+  connect_timeout: 30
+hosts:
+  - name: encrypted-key
+    addr: 127.0.0.1
+    username: {pw}
+    key: {encrypted}
+    key_passphrase_env: FLEET_KEY_PASSPHRASE
+    sudo_password_env: FLEET_SUDO_PASSWORD
+  - name: wrong-sudo-password
+    addr: 127.0.0.1
+    username: {pw}
+    key: {encrypted}
+    key_passphrase_env: FLEET_KEY_PASSPHRASE
+    sudo_password_env: FLEET_WRONG_SUDO_PASSWORD
+  - name: root-never
+    addr: 127.0.0.1
+    username: root
+    key: {plain}
+    sudo: never
+  - name: root-always
+    addr: 127.0.0.1
+    username: root
+    key: {plain}
+    sudo: always
+  - name: user-never
+    addr: 127.0.0.1
+    username: {nopw}
+    key: {plain}
+    sudo: false
+"#,
+        port = sshd.port(),
+        module = module.display(),
+        known_hosts = known_hosts.display(),
+        pw = user::PW,
+        nopw = user::NOPW,
+        encrypted = encrypted.private.display(),
+        plain = plain.private.display(),
+    );
+    let config_path = dir.join("fleet.yaml");
+    std::fs::write(&config_path, &config)?;
+    let report_path = dir.join("report.json");
+    let logs = dir.join("logs");
+    let output = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--dry-run")
+        .arg("--report")
+        .arg(&report_path)
+        .arg("--log-dir")
+        .arg(&logs)
+        .env("FLEET_KEY_PASSPHRASE", PASSPHRASE)
+        .env("FLEET_SUDO_PASSWORD", user::PW_PASSWORD)
+        .env("FLEET_WRONG_SUDO_PASSWORD", WRONG_SUDO)
+        .output()?;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let report = read_json(&report_path);
+    assert_eq!(report["summary"]["succeeded"], 3, "{report:#}");
+
+    let mut written = format!("{stdout}{stderr}{}", std::fs::read_to_string(&report_path)?);
+    for (name, privilege) in [
+        ("encrypted-key", "sudo_password"),
+        ("root-never", "root"),
+        ("root-always", "sudo_no_password"),
+    ] {
+        let host = report_host(&report, name);
+        assert_eq!(host["status"], "dry_run_ok", "{name}: {host:#}");
+        let manifest_path = PathBuf::from(host["manifest"].as_str().unwrap());
+        let manifest = read_json(&manifest_path);
+        assert_eq!(manifest["privilege"], privilege, "{name}: {manifest:#}");
+        assert_eq!(manifest["cleanup"]["temp_dir_removed"], true, "{name}");
+        written.push_str(&std::fs::read_to_string(&manifest_path)?);
+    }
+    let failure = |name: &str| {
+        let host = report_host(&report, name);
+        assert_eq!(host["status"], "failed", "{name}: {host:#}");
+        assert!(host["image"].is_null(), "{name}");
+        host["error"].as_str().unwrap().to_string()
+    };
+    let wrong_sudo = failure("wrong-sudo-password");
+    assert!(
+        wrong_sudo
+            .contains("sudo refused the password from sudo_password_env FLEET_WRONG_SUDO_PASSWORD"),
+        "{wrong_sudo}"
+    );
+    let never = failure("user-never");
+    assert!(never.contains("sudo is set to never"), "{never}");
+    // The summary names each failing host beside its error.
+    for name in ["wrong-sudo-password", "user-never"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("FAILED")),
+            "{name}:\n{stdout}"
+        );
+    }
+    // sudo: never runs no sudo at all, not even the probe.
+    let never_log = std::fs::read_to_string(logs.join("user-never.log"))?;
+    assert!(never_log.contains("id -u"), "{never_log}");
+    assert!(
+        !never_log.contains("sudo -n") && !never_log.contains("sudo -k"),
+        "{never_log}"
+    );
+    // sudo: always goes through sudo although the login is root.
+    let always_log = std::fs::read_to_string(logs.join("root-always.log"))?;
+    assert!(always_log.contains("sudo -n true"), "{always_log}");
+    let sudo_log = std::fs::read_to_string(logs.join("encrypted-key.log"))?;
+    assert!(sudo_log.contains("sudo password (redacted)"), "{sudo_log}");
+    for entry in std::fs::read_dir(&logs)? {
+        written.push_str(&std::fs::read_to_string(entry?.path())?);
+    }
+    for secret in [PASSPHRASE, user::PW_PASSWORD, WRONG_SUDO] {
+        assert!(!written.contains(secret), "a secret was written out");
+    }
+
+    // Unset variables: refused before anything connects, each located and named.
+    let unset = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--dry-run")
+        .env_remove("FLEET_KEY_PASSPHRASE")
+        .env_remove("FLEET_SUDO_PASSWORD")
+        .env("FLEET_WRONG_SUDO_PASSWORD", WRONG_SUDO)
+        .output()?;
+    let unset_err = text(&unset.stderr);
+    assert_eq!(unset.status.code(), Some(2), "{unset_err}");
+    let located =
+        |line: usize, column: usize| format!("{}:{line}:{column}: ", config_path.display());
+    for (line, column, message) in [
+        (
+            14,
+            25,
+            "key_passphrase_env: environment variable FLEET_KEY_PASSPHRASE is not set",
+        ),
+        (
+            15,
+            24,
+            "sudo_password_env: environment variable FLEET_SUDO_PASSWORD is not set",
+        ),
+    ] {
+        let want = format!("{}{message}", located(line, column));
+        assert!(
+            unset_err.lines().any(|l| l.starts_with(&want)),
+            "no line starting {want:?} in:\n{unset_err}"
+        );
+    }
+    assert!(unset_err.contains("nothing was started"), "{unset_err}");
+
+    // A wrong passphrase: the key's line, the variable's name, not its value.
+    let wrong = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .arg("--dry-run")
+        .env("FLEET_KEY_PASSPHRASE", WRONG_PASSPHRASE)
+        .env("FLEET_SUDO_PASSWORD", user::PW_PASSWORD)
+        .env("FLEET_WRONG_SUDO_PASSWORD", WRONG_SUDO)
+        .output()?;
+    let wrong_err = text(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{wrong_err}");
+    let want = format!(
+        "{}cannot decrypt key {} with the passphrase from key_passphrase_env FLEET_KEY_PASSPHRASE",
+        located(13, 10),
+        encrypted.private.display()
+    );
+    assert!(
+        wrong_err.lines().any(|l| l.starts_with(&want)),
+        "no line starting {want:?} in:\n{wrong_err}"
+    );
+    for secret in [WRONG_PASSPHRASE, user::PW_PASSWORD, WRONG_SUDO] {
+        assert!(!wrong_err.contains(secret), "a secret was printed");
+        assert!(
+            !text(&wrong.stdout).contains(secret),
+            "a secret was printed"
+        );
+    }
+
+    // One host, the same rule through --sudo: a non-root login is refused.
+    let single = mshot()
+        .args(["--server", "127.0.0.1", "--port", &sshd.port().to_string()])
+        .args(["--user", user::NOPW, "--key"])
+        .arg(&plain.private)
+        .arg("--module")
+        .arg(&module)
+        .arg("--known-hosts")
+        .arg(&known_hosts)
+        .arg("--output-dir")
+        .arg(dir.join("single"))
+        .args(["--no-agent", "--sudo", "never", "--dry-run"])
+        .output()?;
+    let single_err = text(&single.stderr);
+    assert_eq!(single.status.code(), Some(1), "{single_err}");
+    assert!(single_err.contains("sudo is set to never"), "{single_err}");
+    // --sudo belongs to one host; a fleet file says it per host.
+    let both = mshot()
+        .arg("-c")
+        .arg(&config_path)
+        .args(["--sudo", "never"])
+        .output()?;
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
     Ok(())
 }
 

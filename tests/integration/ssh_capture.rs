@@ -336,7 +336,9 @@ fn password_login_and_sudo_password_on_stdin() -> anyhow::Result<()> {
     );
     assert_eq!(wrong_sudo.code(), Some(1));
     assert!(
-        wrong_sudo.stderr().contains("sudo refused"),
+        wrong_sudo
+            .stderr()
+            .contains("sudo refused the password from MSHOT_SUDO_PASSWORD"),
         "{}",
         wrong_sudo.stderr()
     );
