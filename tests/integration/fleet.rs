@@ -809,6 +809,8 @@ fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
     let config = format!(
         r#"workers: 4
 output_dir: images
+# The capture's profile material is enough: no profile given.
+analyze: [pstree]
 jump_chains:
   loopback:
     - addr: 127.0.0.1
@@ -916,6 +918,30 @@ hosts:
         let log = std::fs::read_to_string(logs.join(format!("{name}.log")))?;
         assert!(log.contains("insmod "), "{name}: {log}");
         assert!(log.contains("rmmod lime"), "{name}: {log}");
+
+        // analyze: ran on the image as it landed; the report lists its output.
+        let analysis: Vec<PathBuf> = host["analysis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| PathBuf::from(p.as_str().unwrap()))
+            .collect();
+        let pstree = image.with_file_name(format!(
+            "{}.pstree.json",
+            image.file_name().unwrap().to_string_lossy()
+        ));
+        assert_eq!(analysis, std::slice::from_ref(&pstree), "{name}: {host:#}");
+        let rows = read_json(&pstree);
+        let rows = rows.as_array().unwrap();
+        let task = |pid: i64| {
+            rows.iter()
+                .find(|r| r["pid"] == pid)
+                .map(|r| (r["ppid"].as_i64().unwrap(), r["comm"].as_str().unwrap()))
+        };
+        // Only long-lived tasks: init and kthreadd exist from boot to shutdown.
+        assert_eq!(task(1), Some((0, "init")), "{name}: {rows:?}");
+        assert_eq!(task(2), Some((0, "kthreadd")), "{name}: {rows:?}");
+        assert!(rows.len() >= 10, "{name}: only {} tasks", rows.len());
     }
     assert!(
         report_host(&report, "second-kernel")["image"]
