@@ -319,6 +319,20 @@ async fn bench_host(
             report.image = job.local_image.then(|| job.image_path.clone());
             report.bytes = Some(received.bytes);
             report.sha256 = Some(received.sha256);
+            // bench_receive completes the upload or fails; the key is the
+            // one `Destination::prepare` used.
+            report.s3 = job.s3.as_ref().map(|spec| {
+                let name = job
+                    .image_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!(
+                    "s3://{}/{}",
+                    spec.bucket,
+                    spec.image_key(&job.target().host, &name)
+                )
+            });
         }
         Err(e) => {
             report.status = Status::Failed;

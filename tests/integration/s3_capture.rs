@@ -416,6 +416,22 @@ fn a_fleet_file_with_a_bucket_uploads_every_host() -> anyhow::Result<()> {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)?;
     assert_eq!(report["summary"]["succeeded"], 2, "{report:#}");
+    for name in ["kept", "uploaded"] {
+        let host = report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap();
+        assert_eq!(
+            host["s3"],
+            format!(
+                "s3://{}/fleet/run-1/127.0.0.1/{name}.lime",
+                rig.garage.bucket
+            ),
+            "{host:#}"
+        );
+    }
     Ok(())
 }
 
