@@ -12,7 +12,8 @@
 //! `logging.dir/prefix`, `repository.enabled/url/gpg_verify/manifest`), so its
 //! users can bring their files. mshot adds `defaults:`, named `jump_chains:`,
 //! secrets by reference (`password_env`, `key_passphrase_env`,
-//! `sudo_password_env`), `known_hosts`, `output_dir`, `bucket:` and `analyze:`.
+//! `sudo_password_env`), `sudo: auto|never|always`, `known_hosts`,
+//! `output_dir`, `bucket:` and `analyze:`.
 //! Inline passwords need `allow_inline_passwords: true` and are warned about.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1625,10 +1626,9 @@ mod tests {
     #[test]
     fn sudo_modes_are_inherited_and_the_password_source_is_named() {
         use crate::remote::SudoMode;
-        // SAFETY: a variable only this test reads.
-        unsafe { std::env::set_var("MSHOT_UNIT_SUDO_PW", "not-shown") };
+        // PATH is always set; setting a variable here would race other test threads.
         let plan = check(
-            "defaults: {module: lime.ko, sudo: never}\nhosts:\n  - {addr: a}\n  - {addr: b, sudo: auto, sudo_password_env: MSHOT_UNIT_SUDO_PW}\n  - {addr: c, sudo: true}\n  - {addr: d, sudo: always}\n",
+            "defaults: {module: lime.ko, sudo: never}\nhosts:\n  - {addr: a}\n  - {addr: b, sudo: auto, sudo_password_env: PATH}\n  - {addr: c, sudo: true}\n  - {addr: d, sudo: always}\n",
         )
         .unwrap();
         let modes: Vec<SudoMode> = plan.hosts.iter().map(|h| h.job.sudo.mode).collect();
@@ -1643,7 +1643,7 @@ mod tests {
         );
         assert_eq!(
             plan.hosts[1].job.sudo.password_from.as_deref(),
-            Some("sudo_password_env MSHOT_UNIT_SUDO_PW")
+            Some("sudo_password_env PATH")
         );
         assert!(plan.hosts[0].job.sudo.password_from.is_none());
         let default = check("hosts: [{addr: a, module: lime.ko}]\n").unwrap();
