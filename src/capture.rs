@@ -362,6 +362,23 @@ pub async fn capture(
         Ok(Some((received, path))) => (Some(received), Some(path.clone())),
         _ => (None, None),
     };
+    let material = facts.material.take();
+    // Material goes to the bucket after the image and before the manifest,
+    // which lists its keys; a failure is a warning (`s3::material` says why).
+    if let (Some(s3), Some(fetched), Some(path)) = (state.s3.as_mut(), &material, &image_path)
+        && s3.completed()
+    {
+        let dir = crate::material::dir_for(path);
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let bodies = crate::s3::material::from_fetched(fetched, &name);
+        if let Some(problem) = s3.put_material(bodies, cancel).await.problem() {
+            tracing::warn!(
+                "{}: the image is complete in the bucket, but {problem}; a local copy is written to {}",
+                target.host,
+                dir.display()
+            );
+        }
+    }
     let manifest = Manifest {
         tool: "mshot".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -393,7 +410,7 @@ pub async fn capture(
             .map(manifest::RangeRecord::from)
             .collect(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
-        material: crate::material::finish(facts.material.take(), image_path.as_deref()),
+        material: crate::material::finish(material, image_path.as_deref()),
         source: facts.source.clone(),
         s3: state.s3.as_ref().and_then(|s3| s3.record()),
         cleanup: cleanup.clone(),

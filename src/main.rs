@@ -163,6 +163,17 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
                 "time     {secs:.1} s ({:.1} MiB/s)",
                 done.bytes as f64 / 1048576.0 / secs.max(0.001)
             );
+            if let Some(material) = &done.material {
+                println!("material {material}");
+            }
+            // Unlike a capture's, an upload's material can simply be sent
+            // again (`--overwrite`): fail, so a script retries.
+            if let Some(problem) = &done.material_problem {
+                eprintln!(
+                    "mshot: the image and its manifest are in the bucket, but {problem}; run the upload again with --overwrite"
+                );
+                return exit::FAILED;
+            }
             exit::OK
         }
         Err(e) => {
@@ -198,6 +209,18 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                             s3.parts,
                             s3.part_size >> 20
                         );
+                        if let Some(m) = &s3.material {
+                            println!(
+                                "material s3://{}/{} ({} objects{})",
+                                s3.bucket,
+                                m.prefix,
+                                m.objects.len(),
+                                match m.failed.len() {
+                                    0 => String::new(),
+                                    n => format!(", {n} NOT UPLOADED: see the manifest"),
+                                }
+                            );
+                        }
                     }
                     println!("bytes    {}", image.bytes);
                     println!("sha256   {}", image.sha256);

@@ -74,6 +74,20 @@ pub struct Fetched {
     contents: Vec<(&'static str, Vec<u8>)>,
 }
 
+impl Fetched {
+    pub fn record(&self) -> &MaterialRecord {
+        &self.record
+    }
+
+    /// Each fetched file with its record (name, SHA-256), for the bucket.
+    pub fn files(&self) -> impl Iterator<Item = (&MaterialFile, &[u8])> {
+        self.contents.iter().filter_map(|(name, bytes)| {
+            let file = self.record.files.iter().find(|f| f.name == *name)?;
+            Some((file, bytes.as_slice()))
+        })
+    }
+}
+
 /// Fetches every source; never fails the capture: what the target cannot
 /// give is recorded as missing.
 pub async fn fetch(shell: &Shell<'_>) -> Fetched {

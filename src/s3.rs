@@ -19,6 +19,8 @@
 //! - Nothing is overwritten without `--overwrite`: the keys are checked before
 //!   the capture starts, and completion carries `If-None-Match: *`.
 
+pub mod material;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -423,9 +425,126 @@ impl Bucket {
         Ok(())
     }
 
+    /// Uploads a small object in one request with its SHA-256, which S3
+    /// checks against the body on arrival (a mismatch stores nothing), then
+    /// reads it back and compares size and SHA-256 with what was sent.
+    /// `sha256` is hex, as in the manifest.
+    pub async fn put_sha256(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        sha256: &str,
+        content_type: &str,
+        metadata: HashMap<String, String>,
+    ) -> anyhow::Result<PutChecked> {
+        let raw = hex::decode(sha256)
+            .ok()
+            .filter(|r| r.len() == 32)
+            .ok_or_else(|| anyhow!("{sha256:?} is not a SHA-256"))?;
+        let sha_b64 = b64(&raw);
+        let len = body.len() as u64;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.spec.bucket)
+            .key(key)
+            .content_type(content_type)
+            .checksum_sha256(&sha_b64)
+            .set_metadata(Some(metadata))
+            .body(ByteStream::from(body));
+        if !self.spec.overwrite {
+            request = request.if_none_match("*");
+        }
+        request = match &self.spec.sse {
+            None => request,
+            Some(Sse::S3) => request.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Sse::Kms(key_id)) => request
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        let out = request
+            .customize()
+            // As for a part: a request that never gets an answer is retried.
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(part_attempt_timeout(len))
+                        .build(),
+                ),
+            )
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot upload {}: {}", self.uri(key), describe(&e)))?;
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.spec.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read back {} after uploading it: {}",
+                    self.uri(key),
+                    describe(&e)
+                )
+            })?;
+        let size = head.content_length().unwrap_or(-1);
+        let reported = head.checksum_sha256().or(out.checksum_sha256());
+        if size != len as i64 || reported.is_some_and(|r| r != sha_b64) {
+            bail!(
+                "{} does not match what was sent: S3 holds {size} bytes with SHA-256 {}, mshot sent {len} bytes with {sha_b64}",
+                self.uri(key),
+                reported.unwrap_or("(none)")
+            );
+        }
+        Ok(PutChecked {
+            checksum_sha256: reported.map(str::to_string),
+            version_id: head.version_id().or(out.version_id()).map(str::to_string),
+        })
+    }
+
+    /// Fails if any object's key starts with `prefix` and `--overwrite` was
+    /// not given (the material directory of an earlier capture, say).
+    pub async fn check_prefix_free(&self, prefix: &str) -> anyhow::Result<()> {
+        if self.spec.overwrite {
+            return Ok(());
+        }
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.spec.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot check whether {} holds objects: {}",
+                    self.uri(prefix),
+                    describe(&e)
+                )
+            })?;
+        if let Some(key) = out.contents().first().and_then(|o| o.key()) {
+            bail!(
+                "{} already exists; choose another --filename or --prefix, or give --overwrite",
+                self.uri(key)
+            );
+        }
+        Ok(())
+    }
+
     pub fn uri(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.spec.bucket)
     }
+}
+
+/// What `put_sha256` stored: the SHA-256 as S3 reports it (base64), when it does.
+#[derive(Clone, Debug)]
+pub struct PutChecked {
+    pub checksum_sha256: Option<String>,
+    pub version_id: Option<String>,
 }
 
 /// One capture's place in the bucket: the checked client, the image's and
@@ -435,7 +554,11 @@ pub struct Destination {
     pub bucket: Arc<Bucket>,
     pub image_key: String,
     pub manifest_key: String,
+    /// `PREFIX/HOST/NAME.material/`: the capture's profile material, beside
+    /// the image as `NAME.material/` is on disk.
+    pub material_prefix: String,
     upload: Option<Arc<Upload>>,
+    material: Option<crate::s3::material::MaterialUpload>,
 }
 
 impl Destination {
@@ -446,13 +569,20 @@ impl Destination {
         let manifest_key = crate::manifest::manifest_path_for(std::path::Path::new(&image_key))
             .to_string_lossy()
             .into_owned();
+        let material_prefix = format!(
+            "{}/",
+            crate::material::dir_for(std::path::Path::new(&image_key)).to_string_lossy()
+        );
         bucket.check_absent(&image_key).await?;
         bucket.check_absent(&manifest_key).await?;
+        bucket.check_prefix_free(&material_prefix).await?;
         Ok(Destination {
             bucket,
             image_key,
             manifest_key,
+            material_prefix,
             upload: None,
+            material: None,
         })
     }
 
@@ -497,7 +627,29 @@ impl Destination {
     }
 
     pub fn record(&self) -> Option<S3Record> {
-        self.upload.as_ref().map(|u| u.record(&self.manifest_key))
+        self.upload.as_ref().map(|u| S3Record {
+            material: self.material.clone(),
+            ..u.record(&self.manifest_key)
+        })
+    }
+
+    /// Uploads the capture's profile material beside the completed image
+    /// (never before: a material directory in the bucket belongs to an
+    /// image there). Failures are recorded, not returned: see `s3::material`.
+    pub async fn put_material(
+        &mut self,
+        files: Vec<crate::s3::material::Body>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> &crate::s3::material::MaterialUpload {
+        let record = crate::s3::material::upload(
+            &self.bucket,
+            &self.material_prefix,
+            &self.image_key,
+            files,
+            cancel,
+        )
+        .await;
+        self.material.insert(record)
     }
 
     /// Uploads the manifest beside the completed image, with the image's
@@ -610,6 +762,9 @@ pub struct S3Record {
     pub manifest_key: String,
     pub completed: bool,
     pub aborted: bool,
+    /// The profile material's objects (and any that failed), once uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub material: Option<crate::s3::material::MaterialUpload>,
 }
 
 /// What `complete` verified.
@@ -677,6 +832,7 @@ impl Upload {
             manifest_key: manifest_key.to_string(),
             completed: self.state() == UploadState::Completed,
             aborted: self.state() == UploadState::Aborted,
+            material: None,
         }
     }
 

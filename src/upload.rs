@@ -52,6 +52,10 @@ pub struct Uploaded {
     pub bytes: u64,
     pub sha256: String,
     pub checksum_crc32c: String,
+    /// `s3://BUCKET/PREFIX/HOST/NAME.material/ (N objects)`, when material went too.
+    pub material: Option<String>,
+    /// Material files that did not reach the bucket (recorded in the manifest).
+    pub material_problem: Option<String>,
 }
 
 fn str_field<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
@@ -173,6 +177,12 @@ pub async fn run(
             image.display()
         );
     }
+    // Material is read and checked before anything is sent: a file that
+    // changed since the capture stops the upload as a changed image does.
+    let material = match &expected.manifest {
+        Some(manifest) => crate::s3::material::read_local(&image, manifest)?,
+        None => None,
+    };
     let mut dest = Destination::prepare(&spec, &expected.host, &name).await?;
     let result = tokio::select! {
         r = upload(&mut dest, &image, size, &expected, progress) => r,
@@ -186,6 +196,10 @@ pub async fn run(
             .context(format!("{abort:#}")));
     }
     let (sha256, checksum_crc32c) = result?;
+    // After the image, before the manifest that lists it (see `s3::material`).
+    if let Some(bodies) = material {
+        dest.put_material(bodies, cancel).await;
+    }
     let manifest_json = match &expected.manifest {
         Some(manifest) => {
             let mut manifest = manifest.clone();
@@ -219,12 +233,21 @@ pub async fn run(
             dest.bucket.uri(&dest.image_key)
         )
     })?;
+    let material = dest.record().and_then(|r| r.material);
     Ok(Uploaded {
         image_uri: dest.bucket.uri(&dest.image_key),
         manifest_uri: dest.bucket.uri(&dest.manifest_key),
         bytes: size,
         sha256,
         checksum_crc32c,
+        material: material.as_ref().map(|m| {
+            format!(
+                "{} ({} objects)",
+                dest.bucket.uri(&m.prefix),
+                m.objects.len()
+            )
+        }),
+        material_problem: material.and_then(|m| m.problem()),
     })
 }
 

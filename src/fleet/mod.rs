@@ -272,6 +272,14 @@ async fn capture_host(
             report.s3 = (outcome.manifest.s3.as_ref())
                 .filter(|s3| s3.completed)
                 .map(|s3| s3.uri.clone());
+            // Still a capture (see `s3::material`), but the row says what is missing.
+            if let Some(problem) =
+                (outcome.manifest.s3.as_ref()).and_then(|s3| s3.material.as_ref()?.problem())
+            {
+                report.error = Some(format!(
+                    "the image is complete in the bucket, but {problem}"
+                ));
+            }
             if outcome.cleanup_failed {
                 report.status = Status::CleanupFailed;
                 report.error = Some(format!(

@@ -546,6 +546,58 @@ fn capture_the_lab_guest_straight_into_s3() -> anyhow::Result<()> {
         setup.lab.release(),
         "{meta:?}"
     );
+
+    // The profile material went too, beside the image, before the manifest
+    // that lists it: each object's bytes hash to the manifest's SHA-256 for
+    // that file, and S3 stores that SHA-256 (it checked it on arrival).
+    let prefix = "ir/case-7/127.0.0.1/guest.material/";
+    let files = manifest["material"]["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for name in ["vmlinux.btf", "kallsyms", "iomem", "version", "uname"] {
+        assert!(names.contains(&name), "{name} not fetched: {names:?}");
+    }
+    let record = &manifest["s3"]["material"];
+    assert_eq!(record["prefix"], prefix, "{record:#}");
+    assert_eq!(record["failed"], serde_json::json!([]), "{record:#}");
+    for file in files {
+        let key = format!("{prefix}{}", file["name"].as_str().unwrap());
+        let want = file["sha256"].as_str().unwrap();
+        let object = garage.get(&key)?;
+        assert_eq!(hex::encode(Sha256::digest(&object)), want, "{key}");
+        assert_eq!(
+            object.len() as u64,
+            file["bytes"].as_u64().unwrap(),
+            "{key}"
+        );
+        let stored = garage.block_on(async {
+            garage
+                .client()
+                .head_object()
+                .bucket(&garage.bucket)
+                .key(&key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .map(|h| h.checksum_sha256().map(str::to_string))
+        })?;
+        use base64::Engine;
+        let want_b64 = base64::engine::general_purpose::STANDARD.encode(hex::decode(want)?);
+        assert_eq!(stored, Some(want_b64), "{key}");
+        assert!(
+            record["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["key"] == key.as_str() && o["sha256"] == want),
+            "{key} not in {record:#}"
+        );
+    }
+    // index.json too, so a downloaded copy is checked like a local one.
+    let index: serde_json::Value =
+        serde_json::from_slice(&garage.get(&format!("{prefix}index.json"))?)?;
+    assert_eq!(index["files"], manifest["material"]["files"]);
+    // With --bucket alone the local copy sits beside the manifest's, in --log-dir.
+    assert!(log_dir.path().join("guest.material/kallsyms").is_file());
     assert!(garage.open_uploads()?.is_empty());
     setup.assert_target_clean(&manifest);
     Ok(())
