@@ -126,7 +126,9 @@ pub struct CaptureArgs {
     pub module: Option<PathBuf>,
 
     /// Take the LiME module for the target's kernel from the module repository
-    /// (--repository-url, else the default one the Docker image ships).
+    /// (--repository-url, else `repository.url` in the settings file
+    /// ~/.config/mshot/config.yaml or $MSHOT_CONFIG, else the default one the
+    /// Docker image ships).
     #[arg(long)]
     pub repository: bool,
 
@@ -136,7 +138,8 @@ pub struct CaptureArgs {
     pub repository_url: Option<String>,
 
     /// minisign public key (RW...) or key file the repository's manifest must be
-    /// signed with (default: the key built into mshot).
+    /// signed with (default: `repository.key` in the settings file, else the
+    /// key built into mshot).
     #[arg(long, value_name = "KEY|FILE", env = "MSHOT_REPOSITORY_KEY")]
     pub repository_key: Option<String>,
 

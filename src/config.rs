@@ -86,9 +86,15 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             ModuleSource::File(read_module(path)?)
         }
         None if wants_repository => {
+            // Flags (and their variables) first, then the settings file.
+            let settings = crate::settings::Settings::load()?;
             ModuleSource::Repository(crate::repository::RepositorySpec::new(
-                args.repository_url.as_deref(),
-                args.repository_key.as_deref(),
+                args.repository_url
+                    .as_deref()
+                    .or(settings.repository.url.as_deref()),
+                args.repository_key
+                    .as_deref()
+                    .or(settings.repository.key.as_deref()),
             )?)
         }
         None if needs_module && args.method == crate::source::Method::Lime => {

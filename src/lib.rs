@@ -22,6 +22,7 @@ pub mod repository;
 pub mod s3;
 pub mod sanitize;
 pub mod secret;
+pub mod settings;
 pub mod shell;
 pub mod sink;
 pub mod source;

@@ -114,7 +114,7 @@ impl RepositorySpec {
             && !dir.join(MANIFEST_NAME).is_file()
         {
             bail!(
-                "--repository: the default repository {} is not here (the Docker image ships it); give --repository-url URL (or {ENV_REPOSITORY_URL})",
+                "--repository: the default repository {} is not here (the Docker image ships it); give --repository-url URL (or {ENV_REPOSITORY_URL}, or repository.url in ~/.config/mshot/config.yaml)",
                 dir.display()
             );
         }

@@ -363,6 +363,34 @@ fn directory_repository_by_path_file_url_and_environment() -> anyhow::Result<()>
         "--repository-key"
     );
 
+    // A settings file names the repository and pins its key for a bare
+    // --repository; a misspelt key in it stops the capture before any
+    // connection, naming the file.
+    let settings = repo.root.path().join("config.yaml");
+    std::fs::write(
+        &settings,
+        format!("repository:\n  url: {file_url}\n  key: {key}\n"),
+    )?;
+    let settings_env = [("MSHOT_CONFIG", settings.to_str().unwrap())];
+    let manifest = target
+        .dry_run(&["--repository"], cache.path(), &settings_env)
+        .assert_ok();
+    assert_eq!(
+        manifest["module"]["local_path"],
+        repo.module_path(&release).display().to_string()
+    );
+    assert_eq!(manifest["module"]["repository"]["key_origin"], key);
+    std::fs::write(&settings, format!("repository:\n  ulr: {file_url}\n"))?;
+    let run = target.dry_run(&["--repository"], cache.path(), &settings_env);
+    let stderr = run.stderr();
+    assert!(!run.output.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("mshot:")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("config.yaml") && errors[0].contains("ulr"),
+        "{stderr}"
+    );
+    assert!(!run.out_dir.path().join("img.json").exists(), "{stderr}");
+
     // --module wins over any repository, even one that would be refused.
     let module = repo.root.path().join("own.ko");
     std::fs::write(&module, fake_module(&release, 7))?;
