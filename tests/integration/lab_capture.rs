@@ -592,6 +592,14 @@ fn capture_the_lab_guest_straight_into_s3() -> anyhow::Result<()> {
             "{key} not in {record:#}"
         );
     }
+    assert!(
+        stdout.contains(&format!(
+            "material s3://{}/{prefix} ({} objects)",
+            garage.bucket,
+            files.len() + 1
+        )),
+        "{stdout}"
+    );
     // index.json too, so a downloaded copy is checked like a local one.
     let index: serde_json::Value =
         serde_json::from_slice(&garage.get(&format!("{prefix}index.json"))?)?;
