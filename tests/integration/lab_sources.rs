@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -19,16 +19,6 @@ const SIG_ENFORCE_PORT: u16 = 2292;
 
 fn manifest(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-/// The Volatility ISF of the lab kernel, from ../shared (or MSHOT_FIXTURES).
-fn lab_profile() -> Option<PathBuf> {
-    let base = match std::env::var_os("MSHOT_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    };
-    let isf = base.join("debian-6.1.0-56-amd64/debian-6.1.0-56-amd64.json.xz");
-    isf.is_file().then_some(isf)
 }
 
 /// (pid, ppid, comm) of every task in pslist rows (a JSON array).
@@ -55,13 +45,13 @@ fn transient(&(_, ppid, ref comm): &(u64, u64, String)) -> bool {
         || (matches!(comm.as_str(), "sh" | "dropbear") && ppid != 1)
 }
 
-fn analyze_pslist(image: &Path, profile: &Path) -> BTreeSet<(u64, u64, String)> {
+/// `mshot analyze IMAGE PLUGIN --format json` with no profile (the capture
+/// material beside the image supplies it): the plugin's rows.
+fn analyze_json(image: &Path, plugin: &str) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mshot"))
         .arg("analyze")
         .arg(image)
-        .arg("pslist")
-        .arg("--profile")
-        .arg(profile)
+        .arg(plugin)
         .args(["--format", "json"])
         .output()
         .unwrap();
@@ -70,8 +60,18 @@ fn analyze_pslist(image: &Path, profile: &Path) -> BTreeSet<(u64, u64, String)> 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    pslist(&doc["pslist"])
+    let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc[plugin].take()
+}
+
+/// Pids that listen on TCP port 22 (dropbear) in netstat rows.
+fn ssh_listeners(rows: &serde_json::Value) -> BTreeSet<u64> {
+    rows.as_array()
+        .expect("netstat rows")
+        .iter()
+        .filter(|r| r["proto"] == "TCP" && r["local_port"] == 22 && r["state"] == "LISTEN")
+        .filter_map(|r| r["pid"].as_u64())
+        .collect()
 }
 
 /// Nothing of mshot's left on the target, checked with the OpenSSH client.
@@ -150,18 +150,22 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
     let lime_image = out.join("lime.lime");
     std::fs::write(&lime_image, &plain)?;
     drop(plain);
+    // Its capture material, beside the plain image too, so both analyse alike.
+    let material = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "material"))
+        .expect("the LiME capture's material directory");
+    std::os::unix::fs::symlink(&material, out.join("lime.material"))?;
     assert_nothing_left(&setup);
 
     // 2. /proc/kcore with no module at all: --method auto picks kcore and says why.
     let kcore_dir = out.join("kcore");
     std::fs::create_dir(&kcore_dir)?;
-    // The fixture's ISF fits only its own kernel; the lab builds the newest.
-    let profile = lab_profile().filter(|_| setup.lab.release() == "6.1.0-56-amd64");
-    let mut cmd = setup.mshot_without_module(&kcore_dir);
-    if let Some(profile) = &profile {
-        cmd.args(["--analyze", "pslist", "--profile"]).arg(profile);
-    }
-    let output = cmd.output()?;
+    // Analysed straight away from its own material, as a LiME capture is.
+    let output = setup
+        .mshot_without_module(&kcore_dir)
+        .args(["--analyze", "pslist,pstree,netstat"])
+        .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "kcore capture failed: {stderr}");
     assert!(
@@ -206,40 +210,51 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
         "no kernel banner in the kcore image"
     );
     drop(image);
-    match &profile {
-        Some(profile) => {
-            let from_kcore = pslist(&serde_json::from_slice(&std::fs::read(
-                kcore_dir.join("guest.lime.pslist.json"),
-            )?)?);
-            let from_lime = analyze_pslist(&lime_image, profile);
-            // Same guest, a minute apart: the same long-lived tasks, while
-            // short ones (sleep, the capture's own shell and dd) come and go.
-            for needed in ["init", "kthreadd", "dropbear", "httpd"] {
-                assert!(
-                    from_kcore.iter().any(|(_, _, c)| c == needed),
-                    "{needed} missing (kcore)"
-                );
-                assert!(
-                    from_lime.iter().any(|(_, _, c)| c == needed),
-                    "{needed} missing (lime)"
-                );
-            }
-            let only_one: Vec<_> = from_kcore
-                .symmetric_difference(&from_lime)
-                .filter(|t| !transient(t))
-                .collect();
-            assert!(
-                from_kcore.len() > 20 && only_one.is_empty(),
-                "long-lived tasks in one capture only: {only_one:?} ({} tasks from kcore, {} from LiME)",
-                from_kcore.len(),
-                from_lime.len(),
-            );
-        }
-        None => eprintln!(
-            "pslist comparison skipped: no ISF for the lab kernel {} in ../shared/fixtures (set MSHOT_FIXTURES)",
-            setup.lab.release()
-        ),
+    // The plugins run on the kcore image exactly as on LiME's: same guest,
+    // a minute apart, so the same long-lived tasks, while short ones (sleep,
+    // the capture's own shell and dd) come and go.
+    let read = |plugin: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            kcore_dir.join(format!("guest.lime.{plugin}.json")),
+        )?)?)
+    };
+    let from_kcore = pslist(&read("pslist")?);
+    let from_lime = pslist(&analyze_json(&lime_image, "pslist"));
+    for needed in ["init", "kthreadd", "dropbear", "httpd"] {
+        assert!(
+            from_kcore.iter().any(|(_, _, c)| c == needed),
+            "{needed} missing (kcore)"
+        );
+        assert!(
+            from_lime.iter().any(|(_, _, c)| c == needed),
+            "{needed} missing (lime)"
+        );
     }
+    let only_one: Vec<_> = from_kcore
+        .symmetric_difference(&from_lime)
+        .filter(|t| !transient(t))
+        .collect();
+    assert!(
+        from_kcore.len() > 20 && only_one.is_empty(),
+        "long-lived tasks in one capture only: {only_one:?} ({} tasks from kcore, {} from LiME)",
+        from_kcore.len(),
+        from_lime.len(),
+    );
+    let tree = read("pstree")?;
+    let tree_has = |pid: u64, ppid: u64| {
+        tree.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["pid"] == pid && r["ppid"] == ppid)
+    };
+    assert!(tree_has(1, 0) && tree_has(2, 0), "{tree}");
+    // dropbear's listening socket, owned by the same process in both.
+    let listeners = ssh_listeners(&read("netstat")?);
+    assert!(!listeners.is_empty(), "no port 22 listener from kcore");
+    assert_eq!(
+        listeners,
+        ssh_listeners(&analyze_json(&lime_image, "netstat"))
+    );
     assert_nothing_left(&setup);
 
     // 3. A byte flipped on receipt: LiME's digest disagrees, the capture fails
