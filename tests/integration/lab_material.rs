@@ -239,6 +239,33 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
         );
     }
 
+    // memdump of every process (no --pid): each user process's regions,
+    // each file as long as its region, and none for a kernel thread.
+    let dump_all = out_dir.path().join("dump-all");
+    let out = mshot()
+        .arg("analyze")
+        .arg(&image)
+        .args(["memdump", "--no-cache", "--dump-dir"])
+        .arg(&dump_all)
+        .output()?;
+    assert!(out.status.success(), "memdump: {}", text(&out).1);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump_all.join("memdump.json"))?)?;
+    let regions = index["regions"].as_array().unwrap();
+    let pids: BTreeSet<i64> = regions.iter().map(|r| r["pid"].as_i64().unwrap()).collect();
+    for pid in [1, sleeper, sshd] {
+        assert!(pids.contains(&pid), "pid {pid} not dumped: {pids:?}");
+    }
+    assert!(!pids.contains(&2), "kthreadd has no memory of its own");
+    for r in regions {
+        let file = dump_all.join(r["file"].as_str().unwrap());
+        assert_eq!(
+            std::fs::metadata(&file)?.len(),
+            r["bytes"].as_u64().unwrap(),
+            "{r}"
+        );
+    }
+
     // Kernel addresses from kallsyms, made link-time, equal the dwarf2json
     // ISF's for the same kernel build.
     if let Some(isf) = fixture_isf()
