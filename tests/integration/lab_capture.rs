@@ -18,6 +18,7 @@ const DROP_PORT: u16 = 2242;
 /// The S3 tests' guest ports (issue 5's range).
 const S3_CAPTURE_PORT: u16 = 2260;
 const S3_INTERRUPT_PORT: u16 = 2261;
+const S3_FLEET_PORT: u16 = 2262;
 
 pub(crate) struct Lab {
     pub(crate) dir: PathBuf,
@@ -548,62 +549,16 @@ fn capture_the_lab_guest_straight_into_s3() -> anyhow::Result<()> {
     );
 
     // The profile material went too, beside the image, before the manifest
-    // that lists it: each object's bytes hash to the manifest's SHA-256 for
-    // that file, and S3 stores that SHA-256 (it checked it on arrival).
+    // that lists it.
     let prefix = "ir/case-7/127.0.0.1/guest.material/";
-    let files = manifest["material"]["files"].as_array().unwrap();
-    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    for name in ["vmlinux.btf", "kallsyms", "iomem", "version", "uname"] {
-        assert!(names.contains(&name), "{name} not fetched: {names:?}");
-    }
-    let record = &manifest["s3"]["material"];
-    assert_eq!(record["prefix"], prefix, "{record:#}");
-    assert_eq!(record["failed"], serde_json::json!([]), "{record:#}");
-    for file in files {
-        let key = format!("{prefix}{}", file["name"].as_str().unwrap());
-        let want = file["sha256"].as_str().unwrap();
-        let object = garage.get(&key)?;
-        assert_eq!(hex::encode(Sha256::digest(&object)), want, "{key}");
-        assert_eq!(
-            object.len() as u64,
-            file["bytes"].as_u64().unwrap(),
-            "{key}"
-        );
-        let stored = garage.block_on(async {
-            garage
-                .client()
-                .head_object()
-                .bucket(&garage.bucket)
-                .key(&key)
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .send()
-                .await
-                .map(|h| h.checksum_sha256().map(str::to_string))
-        })?;
-        use base64::Engine;
-        let want_b64 = base64::engine::general_purpose::STANDARD.encode(hex::decode(want)?);
-        assert_eq!(stored, Some(want_b64), "{key}");
-        assert!(
-            record["objects"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|o| o["key"] == key.as_str() && o["sha256"] == want),
-            "{key} not in {record:#}"
-        );
-    }
+    let objects = assert_material_in_bucket(&garage, &manifest, prefix)?;
     assert!(
         stdout.contains(&format!(
-            "material s3://{}/{prefix} ({} objects)",
-            garage.bucket,
-            files.len() + 1
+            "material s3://{}/{prefix} ({objects} objects)",
+            garage.bucket
         )),
         "{stdout}"
     );
-    // index.json too, so a downloaded copy is checked like a local one.
-    let index: serde_json::Value =
-        serde_json::from_slice(&garage.get(&format!("{prefix}index.json"))?)?;
-    assert_eq!(index["files"], manifest["material"]["files"]);
     // With --bucket alone the local copy sits beside the manifest's, in --log-dir.
     assert!(log_dir.path().join("guest.material/kallsyms").is_file());
     assert!(garage.open_uploads()?.is_empty());
@@ -685,6 +640,142 @@ fn ctrl_c_mid_upload_aborts_it_and_cleans_the_target() -> anyhow::Result<()> {
     assert!(manifest["image"].is_null());
     assert_eq!(manifest["s3"]["aborted"], true, "{}", manifest["s3"]);
     assert_eq!(manifest["s3"]["completed"], false);
+    setup.assert_target_clean(&manifest);
+    Ok(())
+}
+
+/// Each material file the manifest lists is an object under `prefix` whose
+/// bytes hash to the manifest's SHA-256 for that file, S3 stores that SHA-256
+/// (it checked it on arrival), the manifest's `s3.material` lists it, and
+/// `index.json` is there too. Returns the number of objects.
+fn assert_material_in_bucket(
+    garage: &support::Garage,
+    manifest: &serde_json::Value,
+    prefix: &str,
+) -> anyhow::Result<usize> {
+    use base64::Engine;
+    let files = manifest["material"]["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for name in ["vmlinux.btf", "kallsyms", "iomem", "version", "uname"] {
+        assert!(names.contains(&name), "{name} not fetched: {names:?}");
+    }
+    let record = &manifest["s3"]["material"];
+    assert_eq!(record["prefix"], prefix, "{record:#}");
+    assert_eq!(record["failed"], serde_json::json!([]), "{record:#}");
+    for file in files {
+        let key = format!("{prefix}{}", file["name"].as_str().unwrap());
+        let want = file["sha256"].as_str().unwrap();
+        let object = garage.get(&key)?;
+        assert_eq!(hex::encode(Sha256::digest(&object)), want, "{key}");
+        assert_eq!(
+            object.len() as u64,
+            file["bytes"].as_u64().unwrap(),
+            "{key}"
+        );
+        let stored = garage.block_on(async {
+            garage
+                .client()
+                .head_object()
+                .bucket(&garage.bucket)
+                .key(&key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .map(|h| h.checksum_sha256().map(str::to_string))
+        })?;
+        let want_b64 = base64::engine::general_purpose::STANDARD.encode(hex::decode(want)?);
+        assert_eq!(stored, Some(want_b64), "{key}");
+        assert!(
+            record["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["key"] == key.as_str() && o["sha256"] == want),
+            "{key} not in {record:#}"
+        );
+    }
+    // index.json too, so a downloaded copy is checked like a local one.
+    let index: serde_json::Value =
+        serde_json::from_slice(&garage.get(&format!("{prefix}index.json"))?)?;
+    assert_eq!(index["files"], manifest["material"]["files"]);
+    Ok(files.len() + 1)
+}
+
+/// A fleet with a bucket goes through the same capture path: the guest's
+/// image, material and manifest all land in the bucket, and the report says so.
+#[test]
+fn a_fleet_with_a_bucket_uploads_the_guests_material_too() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir,
+        Need::Garage
+    );
+    let garage = support::Garage::start()?;
+    let setup = Setup::start(S3_FLEET_PORT)?;
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let config = format!(
+        r#"workers: 1
+bucket: {{name: {bucket}, prefix: fleet/run-7, endpoint_url: {endpoint}}}
+hosts:
+  - addr: 127.0.0.1
+    port: {port}
+    name: guest
+    username: root
+    key: {key}
+    module: {module}
+    known_hosts: {known_hosts}
+    agent: false
+    filename: guest.lime
+    jump_host:
+      addr: {jump_ip}
+      port: {jump_port}
+      username: {jump_user}
+      key: {jump_key}
+"#,
+        bucket = garage.bucket,
+        endpoint = garage.endpoint(),
+        port = setup.guest.port,
+        key = setup.lab.key().display(),
+        module = setup.lab.module().display(),
+        known_hosts = setup.known_hosts.display(),
+        jump_ip = setup.jump.ip(),
+        jump_port = setup.jump.port(),
+        jump_user = user::NOPW,
+        jump_key = setup.jump_key.private.display(),
+    );
+    std::fs::write(dir.join("fleet.yaml"), config)?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+    cmd.current_dir(dir)
+        .arg("-c")
+        .arg(dir.join("fleet.yaml"))
+        .arg("--report")
+        .arg(dir.join("report.json"))
+        .env_remove("SSH_AUTH_SOCK");
+    garage.env(&mut cmd);
+    let output = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)?;
+    assert_eq!(report["summary"]["succeeded"], 1, "{report:#}");
+    let host = &report["hosts"][0];
+    assert!(host["error"].is_null(), "{host:#}");
+
+    let image = garage.get("fleet/run-7/127.0.0.1/guest.lime")?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&garage.get("fleet/run-7/127.0.0.1/guest.json")?)?;
+    assert_eq!(
+        manifest["image"]["sha256"],
+        hex::encode(Sha256::digest(&image))
+    );
+    assert_material_in_bucket(&garage, &manifest, "fleet/run-7/127.0.0.1/guest.material/")?;
+    assert!(garage.open_uploads()?.is_empty());
     setup.assert_target_clean(&manifest);
     Ok(())
 }
