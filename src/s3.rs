@@ -251,10 +251,15 @@ impl Bucket {
         {
             use aws_sdk_s3::config::ProvideCredentials;
             credentials.provide_credentials().await.map_err(|e| {
-                anyhow!(
-                    "no AWS credentials found ({}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --aws-profile, SSO or an instance role",
-                    DisplayErrorContext(&e)
-                )
+                let why = credentials_problem(&e, spec.profile.is_some());
+                match &spec.profile {
+                    Some(profile) => anyhow!(
+                        "no AWS credentials from --aws-profile {profile:?} ({why}); check the profile's name in ~/.aws/config and ~/.aws/credentials (or AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
+                    ),
+                    None => anyhow!(
+                        "no AWS credentials found ({why}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --aws-profile, SSO or an instance role"
+                    ),
+                }
             })?;
         }
         let config = aws_sdk_s3::config::Builder::from(&sdk)
@@ -1238,6 +1243,28 @@ impl PartFeeder {
         self.next_part += 1;
         self.offset += len;
         Ok(())
+    }
+}
+
+/// Why the credential chain found nothing, on one line. The chain's error
+/// lists every provider it tried, a line each; with a profile named, the
+/// profile's line is the one that matters.
+fn credentials_problem(e: &(dyn std::error::Error + 'static), profile_named: bool) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.iter().find(|l| l.starts_with("Profile:")) {
+        Some(line) if profile_named => line.trim_start_matches("Profile:").trim().to_string(),
+        _ => lines.join("; "),
     }
 }
 

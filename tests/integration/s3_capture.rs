@@ -1000,3 +1000,66 @@ fn material_the_server_refuses_is_recorded_and_the_image_kept() -> anyhow::Resul
     assert!(rig.garage.open_uploads()?.is_empty());
     Ok(())
 }
+
+/// `--aws-profile` and `--region`: the credentials come from a named profile
+/// in the shared credentials file (none in the environment), the region from
+/// the flag; a profile that does not exist is a clear error and uploads
+/// nothing.
+#[test]
+fn credentials_from_a_named_profile_and_the_region_from_the_flag() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::TestUsers,
+        Need::Garage
+    );
+    let rig = Rig::start()?;
+    let work = tempfile::tempdir()?;
+    let image = capture_locally(&rig, work.path(), "profile.lime", 9 * MIB)?;
+    let credentials = work.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = GKwrong\naws_secret_access_key = {}\n\n[evidence]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            "0".repeat(64),
+            rig.garage.access_key,
+            rig.garage.secret_key
+        ),
+    )?;
+    let config = work.path().join("config");
+    std::fs::write(&config, "[profile evidence]\n")?;
+    let run = |profile: &str| {
+        let mut cmd = upload_via(&rig, &image, &rig.garage.endpoint());
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .args([
+                "--aws-profile",
+                profile,
+                "--region",
+                support::garage::REGION,
+            ]);
+        cmd.output()
+    };
+    let out = run("evidence")?;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        rig.garage.get("cases/up/127.0.0.1/profile.lime")?,
+        std::fs::read(&image)?
+    );
+    let out = run("no-such-profile")?;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("mshot:")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("no-such-profile"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&rig.garage.secret_key), "{stderr}");
+    assert!(rig.garage.open_uploads()?.is_empty());
+    Ok(())
+}
