@@ -141,6 +141,17 @@ fn expected(args: &UploadArgs, image: &Path) -> anyhow::Result<Expected> {
             format!("mshot {}", field(&["tool_version"])?),
         ),
         ("mshot-uploaded-by".to_string(), tool_version),
+        // Known before the first byte is sent (a streaming capture's is not),
+        // and the upload completes only if what was sent hashes to it.
+        (
+            if compressed {
+                "mshot-stored-sha256"
+            } else {
+                "mshot-image-sha256"
+            }
+            .to_string(),
+            sha256.to_ascii_lowercase(),
+        ),
     ]);
     Ok(Expected {
         host,

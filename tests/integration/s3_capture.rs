@@ -524,6 +524,8 @@ fn upload_of_a_local_capture_stores_it_with_the_manifests_metadata() -> anyhow::
         format!("mshot {}", local_manifest["tool_version"].as_str().unwrap())
     );
     assert_eq!(meta["mshot-manifest"], "cases/up/127.0.0.1/jump1.json");
+    // Known before the upload started, so it is on the image object itself.
+    assert_eq!(meta["mshot-image-sha256"], sha256.as_str());
 
     // The manifest beside it is the capture's, with the upload recorded.
     let manifest_key = "cases/up/127.0.0.1/jump1.json";
