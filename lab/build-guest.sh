@@ -325,6 +325,9 @@ cat >"$IR/init" <<'EOF'
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# securityfs, as systemd mounts it: /sys/kernel/security/lockdown says the
+# kernel's lockdown mode (mshot reads it to pick a capture method).
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts

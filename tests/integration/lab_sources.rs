@@ -16,6 +16,7 @@ use crate::support::{self, Need};
 /// Ports of this file's guests (issue 8's range).
 const SOURCES_PORT: u16 = 2291;
 const SIG_ENFORCE_PORT: u16 = 2292;
+const LOCKDOWN_PORT: u16 = 2293;
 
 fn manifest(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -381,6 +382,52 @@ fn auto_falls_back_to_kcore_when_the_kernel_enforces_module_signatures() -> anyh
             .contains("not signed")
     );
     assert_eq!(m["image"]["bytes"], image.len() as u64);
+    assert_nothing_left(&setup);
+    Ok(())
+}
+
+/// A kernel locked down in confidentiality mode takes neither an unsigned
+/// module nor reads of /proc/kcore: mshot says so, on one line, before it
+/// pushes or loads anything, and leaves nothing behind.
+#[test]
+fn lockdown_in_confidentiality_mode_is_explained_and_nothing_is_tried() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let setup = Setup::start_with(LOCKDOWN_PORT, "lockdown=confidentiality")?;
+    let mode = setup.ssh("cat /sys/kernel/security/lockdown");
+    assert!(mode.contains("[confidentiality]"), "{mode}");
+    let out_dir = tempfile::tempdir()?;
+    let output = setup.mshot(out_dir.path()).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("mshot:")).collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("no way to read memory on this target")
+            && errors[0].contains("lockdown (confidentiality) refuses unsigned modules")
+            && errors[0].contains("forbids reading /proc/kcore"),
+        "{stderr}"
+    );
+    let m = manifest(&out_dir.path().join("guest.json"));
+    assert_eq!(
+        m["source"]["target_policy"]["lockdown"], "confidentiality",
+        "{m:#}"
+    );
+    assert!(m["image"].is_null());
+    assert!(
+        m["audit"].as_array().unwrap().iter().all(|a| {
+            let c = a["command"].as_str().unwrap();
+            !c.contains("cat >") && !c.contains("insmod") && !c.contains("dd if=/proc/kcore")
+        }),
+        "something was pushed, loaded or read: {m:#}"
+    );
+    assert!(!out_dir.path().join("guest.lime").exists());
     assert_nothing_left(&setup);
     Ok(())
 }
