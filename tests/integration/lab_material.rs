@@ -225,6 +225,15 @@ fn capture_with_material_then_analyse_and_export_without_a_profile() -> anyhow::
         read(binary).starts_with(b"\x7fELF"),
         "pid {sleeper}'s first file-backed region is not its binary's ELF header: {binary}"
     );
+    // The shell is busybox: its read-only data, which names it, is in the
+    // dump (file pages the process never writes, so no capture smears them).
+    assert!(
+        regions
+            .iter()
+            .filter(|r| r["path"] == binary["path"])
+            .any(|r| read(r).windows(9).any(|w| w == b"BusyBox v")),
+        "no region of pid {sleeper}'s binary holds \"BusyBox v\": {regions:?}"
+    );
     // argv is on the stack's top page; the shell forks a `sleep` every 5 s,
     // and a copy-on-write break during the capture can leave that page's
     // old frame in the image (smear), so its absence is reported, not failed.
