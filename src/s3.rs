@@ -392,6 +392,36 @@ impl Bucket {
         }))
     }
 
+    /// A one-request upload of `body` to `key` with the spec's
+    /// no-overwrite rule and server-side encryption; the caller adds the
+    /// checksum.
+    fn put_request(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: HashMap<String, String>,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.spec.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_metadata(Some(metadata))
+            .body(ByteStream::from(body));
+        if !self.spec.overwrite {
+            request = request.if_none_match("*");
+        }
+        match &self.spec.sse {
+            None => request,
+            Some(Sse::S3) => request.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Sse::Kms(key_id)) => request
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        }
+    }
+
     /// Uploads a small object (the manifest) in one request.
     pub async fn put_small(
         &self,
@@ -401,25 +431,9 @@ impl Bucket {
         metadata: HashMap<String, String>,
     ) -> anyhow::Result<()> {
         let crc = crc32c::crc32c(&body);
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.spec.bucket)
-            .key(key)
-            .content_type(content_type)
-            .checksum_crc32_c(b64(&crc.to_be_bytes()))
-            .set_metadata(Some(metadata))
-            .body(ByteStream::from(body));
-        if !self.spec.overwrite {
-            request = request.if_none_match("*");
-        }
-        request = match &self.spec.sse {
-            None => request,
-            Some(Sse::S3) => request.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Sse::Kms(key_id)) => request
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
+        let request = self
+            .put_request(key, body, content_type, metadata)
+            .checksum_crc32_c(b64(&crc.to_be_bytes()));
         request.send().await.map_err(|e| {
             anyhow!(
                 "cannot upload s3://{}/{key}: {}",
@@ -448,26 +462,9 @@ impl Bucket {
             .ok_or_else(|| anyhow!("{sha256:?} is not a SHA-256"))?;
         let sha_b64 = b64(&raw);
         let len = body.len() as u64;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.spec.bucket)
-            .key(key)
-            .content_type(content_type)
+        let out = self
+            .put_request(key, body, content_type, metadata)
             .checksum_sha256(&sha_b64)
-            .set_metadata(Some(metadata))
-            .body(ByteStream::from(body));
-        if !self.spec.overwrite {
-            request = request.if_none_match("*");
-        }
-        request = match &self.spec.sse {
-            None => request,
-            Some(Sse::S3) => request.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Sse::Kms(key_id)) => request
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        let out = request
             .customize()
             // As for a part: a request that never gets an answer is retried.
             .config_override(
