@@ -114,7 +114,7 @@ fn exercise_image(bytes: &[u8], profile: &Profile) {
 }
 
 /// MINI_ISF as dwarf2json lays it out (two-space indents, `symbols` last),
-/// so that a compressed copy takes the split parse.
+/// so that it is read by its layout.
 fn dwarf2json_text() -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Doc<'a> {
@@ -145,13 +145,19 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// The split parse of a decompressed profile gives what one pass over
-    /// the same text gives, the same profile or the same error, however
-    /// its structure is broken.
+    /// A laid-out profile (read by its layout; gzip is read whole) gives
+    /// what one pass over the same text gives, the same profile or the
+    /// same error, however its structure is broken; except that damage
+    /// only in entries nothing reads is not seen (then it loads).
     #[test]
-    fn split_parse_agrees_with_one_pass(edits in proptest::collection::vec((any::<usize>(), proptest::sample::select(b"{}[],:\" \n0a".to_vec())), 0..4)) {
+    fn layout_read_agrees_with_one_pass(edits in proptest::collection::vec((any::<usize>(), proptest::sample::select(b"{}[],:\" \n0a".to_vec())), 0..4)) {
         let text = mutate(dwarf2json_text(), &edits, None);
-        prop_assert_eq!(Profile::load(&gzip(&text), "f"), Profile::load(&text, "f"));
+        let by_layout = Profile::load(&text, "f");
+        let whole = Profile::load(&gzip(&text), "f");
+        match (&by_layout, &whole) {
+            (Ok(_), Err(_)) => {}
+            _ => prop_assert_eq!(&by_layout, &whole),
+        }
     }
 
     #[test]

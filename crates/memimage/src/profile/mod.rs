@@ -8,10 +8,10 @@
 
 mod export;
 mod isf;
+mod layout;
 mod model;
 mod raw;
 mod rekall;
-mod split;
 mod xz;
 
 pub use model::{
@@ -221,18 +221,6 @@ pub fn decompress(bytes: &[u8]) -> Result<Decompressed<'_>, ProfileError> {
     }
 }
 
-fn split_or_whole(
-    data: &mut [u8],
-    head: Option<split::Head>,
-    tail: Option<split::Tail>,
-    sel: &Selection,
-) -> Result<raw::RawProfile, ProfileError> {
-    match split::parse_split(data, head, tail, sel) {
-        Some(raw) => Ok(raw),
-        None => parse(data, sel),
-    }
-}
-
 /// One pass over a whole profile document.
 fn parse(data: &[u8], sel: &Selection) -> Result<raw::RawProfile, ProfileError> {
     let mut de = serde_json::Deserializer::from_slice(data);
@@ -255,6 +243,28 @@ pub fn cache_key(raw: &[u8]) -> String {
     s
 }
 
+/// The model from what a pass found, in whichever format it is.
+fn build(raw: raw::RawProfile, name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
+    if raw.user_types.is_some() && raw.symbols.is_some() {
+        isf::build(raw, name, sel)
+    } else if raw.rk_structs.is_some() {
+        rekall::build(raw, name, sel)
+    } else {
+        let mut keys: Vec<&str> = raw.other_keys.iter().map(String::as_str).collect();
+        keys.extend(raw.isf_meta.as_ref().map(|_| "metadata"));
+        keys.extend(raw.user_types.as_ref().map(|_| "user_types"));
+        keys.extend(raw.symbols.as_ref().map(|_| "symbols"));
+        keys.truncate(8);
+        Err(ProfileError::NotAProfile {
+            found: if keys.is_empty() {
+                "no keys".into()
+            } else {
+                format!("keys {}", keys.join(", "))
+            },
+        })
+    }
+}
+
 impl Profile {
     /// Loads a profile (ISF or Rekall, plain/xz/gzip) keeping what the
     /// built-in plugins need.
@@ -263,44 +273,26 @@ impl Profile {
     }
 
     pub fn load_with(bytes: &[u8], name: &str, sel: &Selection) -> Result<Profile, ProfileError> {
-        let raw = if bytes.starts_with(XZ_MAGIC) {
-            // The head and the last block's piece of `symbols` are parsed
-            // while the blocks still decode.
-            let hooks = xz::Hooks {
-                last: &|region, at| split::tail(region, at, sel),
-                cut: &split::head_cut,
-                first: &|start| split::head(start, sel),
+        // A laid-out ISF is read by its layout while it decodes; anything
+        // else, or anything that does not build, is parsed whole, so
+        // errors are the whole parse's.
+        if let Some(names) = layout::Names::new(sel) {
+            let by_layout = if bytes.starts_with(XZ_MAGIC) {
+                layout::read_xz(bytes, &names)
+            } else if bytes.starts_with(b"{\n  \"") {
+                layout::read_text(bytes, &names)
+            } else {
+                None
             };
-            let (mut data, tail, head) =
-                xz::decode_with(bytes, &hooks).map_err(|reason| ProfileError::Decompress {
-                    format: "xz",
-                    reason,
-                })?;
-            split_or_whole(&mut data, head, tail, sel)?
-        } else {
-            match decompress(bytes)? {
-                Decompressed::Decoded(mut data) => split_or_whole(&mut data, None, None, sel)?,
-                Decompressed::Plain(data) => parse(data, sel)?,
+            if let Some(Ok(profile)) = by_layout.map(|raw| build(raw, name, sel)) {
+                return Ok(profile);
             }
-        };
-        if raw.user_types.is_some() && raw.symbols.is_some() {
-            isf::build(raw, name, sel)
-        } else if raw.rk_structs.is_some() {
-            rekall::build(raw, name, sel)
-        } else {
-            let mut keys: Vec<&str> = raw.other_keys.iter().map(String::as_str).collect();
-            keys.extend(raw.isf_meta.as_ref().map(|_| "metadata"));
-            keys.extend(raw.user_types.as_ref().map(|_| "user_types"));
-            keys.extend(raw.symbols.as_ref().map(|_| "symbols"));
-            keys.truncate(8);
-            Err(ProfileError::NotAProfile {
-                found: if keys.is_empty() {
-                    "no keys".into()
-                } else {
-                    format!("keys {}", keys.join(", "))
-                },
-            })
         }
+        let raw = match decompress(bytes)? {
+            Decompressed::Decoded(data) => parse(&data, sel)?,
+            Decompressed::Plain(data) => parse(data, sel)?,
+        };
+        build(raw, name, sel)
     }
 
     /// A compact ISF holding just this profile's (selected) content.

@@ -157,34 +157,6 @@ pub(super) struct RawProfile {
     pub members: usize,
 }
 
-impl RawProfile {
-    /// The members of `later` follow this one's: a key read again
-    /// replaces the earlier value, as in one pass.
-    pub(super) fn then(self, later: RawProfile) -> RawProfile {
-        let mut other_keys = self.other_keys;
-        other_keys.extend(later.other_keys);
-        // The anonymous types come with the `user_types` they were read from.
-        let (user_types, unnamed) = match later.user_types {
-            Some(u) => (Some(u), later.unnamed),
-            None => (self.user_types, self.unnamed),
-        };
-        RawProfile {
-            isf_meta: later.isf_meta.or(self.isf_meta),
-            base_types: later.base_types.or(self.base_types),
-            user_types,
-            unnamed,
-            enums: later.enums.or(self.enums),
-            symbols: later.symbols.or(self.symbols),
-            rk_meta: later.rk_meta.or(self.rk_meta),
-            rk_constants: later.rk_constants.or(self.rk_constants),
-            rk_structs: later.rk_structs.or(self.rk_structs),
-            rk_enums: later.rk_enums.or(self.rk_enums),
-            other_keys,
-            members: self.members + later.members,
-        }
-    }
-}
-
 /// `user_types`: the selected types parsed, anonymous ones kept as text.
 struct UserTypes<'s> {
     sel: &'s Selection,

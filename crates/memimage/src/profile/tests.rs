@@ -94,65 +94,11 @@ fn dwarf2json_layout() -> Vec<u8> {
 }
 
 #[test]
-fn split_parse_equals_one_pass() {
-    let text = dwarf2json_layout();
-    let sel = Selection::All;
-    let whole = parse(&text, &sel).unwrap();
-    let expect = isf::build(whole, "mini", &sel).unwrap();
-    assert_eq!(expect.symbols.len(), 23);
-    // Split after decoding, and with the last piece cut early (as from the
-    // last xz block) at several places.
-    let mut data = text.clone();
-    let split = split::parse_split(&mut data, None, None, &sel).unwrap();
-    assert_eq!(split.members, 5);
-    assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
-    let open = memchr::memmem::find(&text, b"\"symbols\": {").unwrap();
-    for base in [open + 20, open + 200, text.len() - 120] {
-        let mut data = text.clone();
-        let tail = split::tail(&mut data[base..], base, &sel);
-        assert!(tail.is_some(), "{base}");
-        let split = split::parse_split(&mut data, None, tail, &sel).unwrap();
-        assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
-    }
-    // The head parsed early (while the first xz block decodes on), with and
-    // without a tail; the cut is found the same way in growing prefixes.
-    let xz::Cut::At(d) = split::head_cut(&text, 0) else {
-        panic!("no head cut")
-    };
-    let mut from = 0;
-    for len in (0..text.len()).step_by(7) {
-        match split::head_cut(&text[..len], from) {
-            xz::Cut::From(f) => from = f,
-            xz::Cut::At(at) => {
-                assert_eq!(at, d);
-                break;
-            }
-            xz::Cut::Never => panic!("never at {len}"),
-        }
-    }
-    for base in [None, Some(open + 200), Some(text.len() - 120)] {
-        let mut data = text.clone();
-        let head = split::head(&mut data[..d], &sel);
-        assert!(head.is_some());
-        let tail = base.and_then(|b| split::tail(&mut data[b..], b, &sel));
-        assert_eq!(tail.is_some(), base.is_some());
-        let split = split::parse_split(&mut data, head, tail, &sel).unwrap();
-        assert_eq!(isf::build(split, "mini", &sel).unwrap(), expect);
-    }
-    // A tail cut before `symbols` starts is not used, and is undone.
-    let mut data = text.clone();
-    let tail = split::tail(&mut data[10..], 10, &sel);
-    assert!(tail.is_some());
-    assert!(split::parse_split(&mut data, None, tail, &sel).is_none());
-    assert_eq!(data, text);
-}
-
-#[test]
 fn multi_block_xz_loads_as_the_plain_text() {
     use liblzma::stream::{Action, Check, Status, Stream};
     let text = dwarf2json_layout();
     // Two blocks (a full flush ends one), the second inside `symbols`, so
-    // its piece is parsed while the first block decodes.
+    // the layout reader stitches the two blocks' scans.
     let mut enc = Stream::new_easy_encoder(1, Check::Crc64).unwrap();
     let mut xz = Vec::with_capacity(text.len() + 4096);
     let cut = text.len() - 300;
@@ -172,42 +118,6 @@ fn multi_block_xz_loads_as_the_plain_text() {
     let plain = Profile::load(&text, "mini").unwrap();
     assert_eq!(Profile::load(&xz, "mini").unwrap(), plain);
     assert_eq!(plain.symbols.len(), 2);
-}
-
-#[test]
-fn split_parse_refuses_what_one_pass_refuses() {
-    // The mark inside a nested object, an empty part, a missing brace, the
-    // mark inside a string, `symbols` not last: each leaves some part
-    // unbalanced or empty, so no split result and the bytes are as they
-    // were.
-    for doc in [
-        "{\"a\": {\"b\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}}, \"c\": 2}",
-        "{,\n  \"symbols\": {\"x\": {\"address\": 1}}}",
-        "{\"a\": 1,\n  \"symbols\": {}}",
-        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}",
-        "{\"a\": \"x,\n  \"symbols\": {\"x\": {\"address\": 1}}}",
-        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}, \"c\": 2}",
-        "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1},\n    \"y\": {\"address\": 2},\n    ,\n    \"z\": {\"address\": 3}}}",
-    ] {
-        let mut data = doc.as_bytes().to_vec();
-        assert!(
-            split::parse_split(&mut data, None, None, &Selection::All).is_none(),
-            "{doc}"
-        );
-        assert_eq!(data, doc.as_bytes());
-        // Nor with the head parsed early, where a cut is found.
-        if let xz::Cut::At(d) = split::head_cut(&data, 0) {
-            let head = split::head(&mut data[..d], &Selection::All);
-            assert!(
-                split::parse_split(&mut data, head, None, &Selection::All).is_none(),
-                "{doc}"
-            );
-            assert_eq!(data, doc.as_bytes(), "{doc}");
-        }
-    }
-    // Parsed whole, the last one of those that is valid JSON.
-    let ok = "{\"a\": 1,\n  \"symbols\": {\"x\": {\"address\": 1}}, \"c\": 2}";
-    assert_eq!(parse(ok.as_bytes(), &Selection::All).unwrap().members, 3);
 }
 
 #[test]
@@ -284,4 +194,103 @@ fn anonymous_types_are_parsed_when_a_kept_type_reaches_them() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("user type unnamed_2"), "{e}");
+}
+
+fn one_pass(text: &[u8], sel: &Selection) -> Profile {
+    isf::build(parse(text, sel).unwrap(), "mini", sel).unwrap()
+}
+
+#[test]
+fn reading_by_layout_equals_one_pass() {
+    let text = dwarf2json_layout();
+    let sel = Selection::PLUGINS;
+    let names = layout::Names::new(&sel).unwrap();
+    let expect = one_pass(&text, &sel);
+    assert_eq!(expect.symbols.len(), 2);
+    let raw = layout::read_text(&text, &names).unwrap();
+    assert_eq!(isf::build(raw, "mini", &sel).unwrap(), expect);
+    // Blocks ending everywhere after base_types (a block starting inside
+    // it sends the file to the whole-document path): in names, markers,
+    // values, member lines; and three blocks.
+    let from = memchr::memmem::find(&text, b"\"user_types\"").unwrap() - 8;
+    let mut cuts: Vec<Vec<usize>> = (from..text.len() - 1).step_by(3).map(|c| vec![c]).collect();
+    cuts.push(vec![from + 40, text.len() - 40]);
+    cuts.push(vec![from + 1, from + 2, from + 3]);
+    for cut in cuts {
+        let xz = xz_with_blocks_ending_at(&text, &cut);
+        let raw = layout::read_xz(&xz, &names).unwrap_or_else(|| panic!("cut at {cut:?}"));
+        assert_eq!(
+            isf::build(raw, "mini", &sel).unwrap(),
+            expect,
+            "cut at {cut:?}"
+        );
+    }
+    let base = memchr::memmem::find(&text, b"\"char\"").unwrap();
+    let xz = xz_with_blocks_ending_at(&text, &[base + 2]);
+    assert!(layout::read_xz(&xz, &names).is_none());
+    assert_eq!(Profile::load(&xz, "mini").unwrap(), expect);
+}
+
+fn xz_with_blocks_ending_at(text: &[u8], cuts: &[usize]) -> Vec<u8> {
+    use liblzma::stream::{Action, Check, Status, Stream};
+    let mut enc = Stream::new_easy_encoder(0, Check::Crc64).unwrap();
+    let mut xz = Vec::with_capacity(text.len() + 4096);
+    let mut at = 0;
+    for &end in cuts.iter().chain([&text.len()]) {
+        let action = if end == text.len() {
+            Action::Finish
+        } else {
+            Action::FullFlush
+        };
+        loop {
+            xz.reserve(4096);
+            let before = enc.total_in() as usize;
+            let st = enc.process_vec(&text[at..end], &mut xz, action).unwrap();
+            at += enc.total_in() as usize - before;
+            if st == Status::StreamEnd {
+                break;
+            }
+        }
+    }
+    xz
+}
+
+#[test]
+fn what_is_not_laid_out_so_is_parsed_whole() {
+    let sel = Selection::PLUGINS;
+    let names = layout::Names::new(&sel).unwrap();
+    let text = String::from_utf8(dwarf2json_layout()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let four = {
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        serde::Serialize::serialize(&v, &mut ser).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let inner = text.replacen(
+        "\"init_task\": {\n      \"address\"",
+        "\"init_task\": {\n    \"address\"",
+        1,
+    );
+    assert_ne!(inner, text);
+    for (i, doc) in [
+        serde_json::to_string(&v).unwrap(),
+        four,
+        text.replacen("\"symbols\"", "\"$STRUCTS\"", 1),
+        text.replacen("\"init_task\"", "\"init\\u005ftask\"", 1),
+        format!("{text}x"),
+        text.replacen("},\n  \"enums\"", "}\n  \"enums\"", 1),
+        inner,
+        text[..text.len() - 2].to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(layout::read_text(doc.as_bytes(), &names).is_none(), "{i}");
+        // Parsed whole instead: an error where one pass fails.
+        if parse(doc.as_bytes(), &sel).is_err() {
+            assert!(Profile::load(doc.as_bytes(), "mini").is_err(), "{doc}");
+        }
+    }
 }

@@ -74,56 +74,18 @@ fn zeroed(len: usize) -> Output {
     }
 }
 
-/// Output decoded per step of the first block while its start is searched
-/// for a place to hand over.
-const STEP: usize = 1 << 20;
+/// Output decoded per step when streaming into a [`Sink`].
+const STEP: usize = 256 << 10;
 
-/// Where the first block's decoded start may be handed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Cut {
-    /// Hand over everything before this offset.
-    At(usize),
-    /// Not yet: search again from this offset once more is decoded.
-    From(usize),
-    /// Not in this text.
-    Never,
-}
-
-/// Work done on decoded text while other parts still decode.
-pub(super) struct Hooks<'h, T, H> {
-    /// On the last block's output (and its offset) as soon as that block
-    /// is done, when there are several blocks.
-    pub last: &'h (dyn Fn(&mut [u8], usize) -> Option<T> + Sync),
-    /// Asked after each step of the first block, with the text decoded so
-    /// far and where to search from.
-    pub cut: CutFn<'h>,
-    /// On the start of the text that `cut` chose, on its own thread while
-    /// the first block decodes on.
-    pub first: &'h (dyn Fn(&mut [u8]) -> Option<H> + Sync),
-}
-
-/// Decodes a whole xz file.
+/// Decodes a whole xz file: blocks in parallel when [`plan`] handles the
+/// container, else liblzma's stream decoder.
 pub(super) fn decode(input: &[u8]) -> Result<Output, String> {
-    let hooks = Hooks::<(), ()> {
-        last: &|_, _| None,
-        cut: &|_, _| Cut::Never,
-        first: &|_| None,
-    };
-    decode_with(input, &hooks).map(|(out, _, _)| out)
-}
-
-/// Decodes a whole xz file, running `hooks` on parts of the text as they
-/// are decoded when the blocks decode in parallel (otherwise `None`s).
-pub(super) fn decode_with<T: Send, H: Send>(
-    input: &[u8],
-    hooks: &Hooks<'_, T, H>,
-) -> Result<(Output, Option<T>, Option<H>), String> {
     if let Some(blocks) = plan(input)
-        && let Ok(done) = decode_blocks(input, &blocks, hooks)
+        && let Ok(out) = decode_blocks(input, &blocks)
     {
-        return Ok(done);
+        return Ok(out);
     }
-    decode_serial(input).map(|out| (Output::Heap(out), None, None))
+    decode_serial(input).map(Output::Heap)
 }
 
 /// liblzma's single-threaded stream decoder (with its own checks), writing
@@ -283,11 +245,7 @@ fn plan(f: &[u8]) -> Option<Vec<Block>> {
 
 /// Decodes the blocks on up to one thread per core, each into its own part
 /// of the output, and checks each one's CRC64.
-fn decode_blocks<T: Send, H: Send>(
-    f: &[u8],
-    blocks: &[Block],
-    hooks: &Hooks<'_, T, H>,
-) -> Result<(Output, Option<T>, Option<H>), String> {
+fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
     let total = blocks.last().map_or(0, |b| b.out.end);
     let mut out = zeroed(total);
     let mut parts = Vec::with_capacity(blocks.len());
@@ -297,43 +255,19 @@ fn decode_blocks<T: Send, H: Send>(
         parts.push((b, part));
         rest = tail;
     }
-    let queue = Mutex::new(parts.into_iter().enumerate());
-    let early = Mutex::new(None);
-    let head = Mutex::new(None);
-    let last_index = blocks.len() - 1;
+    let queue = Mutex::new(parts.into_iter());
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(blocks.len());
     std::thread::scope(|s| {
-        // The start of the text, parsed beside the decoding; a thread that
-        // cannot be started leaves it to this one.
-        let slot = &head;
-        let hand_over = move |start| {
-            let run = move || {
-                let r = (hooks.first)(start);
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = r;
-                }
-            };
-            std::thread::Builder::new().spawn_scoped(s, run).is_ok()
-        };
-        let (queue, early) = (&queue, &early);
-        // Copied to each thread (it holds only references).
+        let queue = &queue;
         let work = move || -> Result<(), String> {
             loop {
                 let next = queue.lock().map_err(|e| e.to_string())?.next();
-                let Some((index, (block, part))) = next else {
+                let Some((block, part)) = next else {
                     return Ok(());
                 };
-                if index == 0 {
-                    decode_block(f, block, part, Some((hooks.cut, &hand_over)))?;
-                    continue;
-                }
-                decode_block(f, block, part, None)?;
-                if index == last_index {
-                    let r = (hooks.last)(part, block.out.start);
-                    *early.lock().map_err(|e| e.to_string())? = r;
-                }
+                decode_block(f, block, part)?;
             }
         };
         // A thread that cannot be started leaves its share to the others.
@@ -349,27 +283,103 @@ fn decode_blocks<T: Send, H: Send>(
         }
         result
     })?;
-    let early = early.into_inner().map_err(|e| e.to_string())?;
-    let head = head.into_inner().map_err(|e| e.to_string())?;
-    Ok((out, early, head))
+    Ok(out)
 }
 
-/// Names where to cut the decoded text (see [`Hooks::cut`]).
-type CutFn<'f> = &'f (dyn Fn(&[u8], usize) -> Cut + Sync);
+/// Decodes one block into `out` and checks its CRC64.
+fn decode_block(f: &[u8], block: &Block, out: &mut [u8]) -> Result<(), String> {
+    let data = f.get(block.data.clone()).ok_or("block outside the file")?;
+    let mut filters = Filters::new();
+    filters
+        .lzma2_properties(&[block.lzma2_props])
+        .map_err(|e| e.to_string())?;
+    let mut stream = Stream::new_raw_decoder(&filters).map_err(|e| e.to_string())?;
+    match stream
+        .process(data, out, Action::Finish)
+        .map_err(|e| e.to_string())?
+    {
+        Status::StreamEnd => {}
+        // liblzma's "no progress": data or output space ran out.
+        _ => return Err("block data ends early or is too long".into()),
+    }
+    if stream.total_in() != data.len() as u64 || stream.total_out() != out.len() as u64 {
+        return Err("block sizes differ from the index".into());
+    }
+    if crc_fast::checksum(CrcAlgorithm::Crc64Xz, out) != block.check {
+        return Err("block CRC64 mismatch".into());
+    }
+    Ok(())
+}
 
-/// Hands a decoded start of the text to another thread; false if no
-/// thread could be started.
-type HandOver<'o, 'f> = &'f (dyn Fn(&'o mut [u8]) -> bool + Sync);
+/// Takes decoded text a step at a time (see [`decode_into`]).
+pub(super) trait Sink: Send {
+    /// Where the next decoded bytes are appended.
+    fn buffer(&mut self) -> &mut Vec<u8>;
+    /// Takes in what was appended; false stops all decoding.
+    fn take(&mut self) -> bool;
+}
 
-/// Decodes one block into `out` and checks its CRC64. With `split`, the
-/// block decodes a step at a time until the cut function names a place;
-/// the text before it is handed over (its CRC64 already summed, as it may
-/// be changed there) and decoding goes on into the rest.
-fn decode_block<'o>(
+/// Decodes each block into a sink of its own, a step at a time, blocks in
+/// parallel (up to one thread per core), and checks each block's CRC64;
+/// the decoded text is never held whole. `None` when the container is not
+/// one [`plan`] handles; an error when decoding failed or a sink said stop.
+pub(super) fn decode_into<S: Sink>(
+    f: &[u8],
+    make: &(dyn Fn(usize) -> S + Sync),
+) -> Option<Result<Vec<S>, String>> {
+    let blocks = plan(f)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done: Mutex<Vec<Option<Result<S, String>>>> =
+        Mutex::new((0..blocks.len()).map(|_| None).collect());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(blocks.len());
+    let work = || {
+        use std::sync::atomic::Ordering;
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(block) = blocks.get(index) else {
+                return;
+            };
+            let mut sink = make(index);
+            let result = stream_block(f, block, &mut sink, &stop).map(|()| sink);
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if let Ok(mut done) = done.lock()
+                && let Some(slot) = done.get_mut(index)
+            {
+                *slot = Some(result);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        // A thread that cannot be started leaves its share to the others.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
+            .collect();
+        work();
+        for h in helpers {
+            let _ = h.join();
+        }
+    });
+    let done = match done.into_inner() {
+        Ok(d) => d,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(
+        done.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("decoder thread failed".into())))
+            .collect(),
+    )
+}
+
+fn stream_block<S: Sink>(
     f: &[u8],
     block: &Block,
-    out: &'o mut [u8],
-    split: Option<(CutFn<'_>, HandOver<'o, '_>)>,
+    sink: &mut S,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
     let data = f.get(block.data.clone()).ok_or("block outside the file")?;
     let mut filters = Filters::new();
@@ -377,55 +387,40 @@ fn decode_block<'o>(
         .lzma2_properties(&[block.lzma2_props])
         .map_err(|e| e.to_string())?;
     let mut stream = Stream::new_raw_decoder(&filters).map_err(|e| e.to_string())?;
-    let len = out.len();
     let mut crc = crc_fast::Digest::new(CrcAlgorithm::Crc64Xz);
-    // `rest` starts at block offset `base`; the bytes before it are in `crc`.
-    let mut rest = out;
-    let mut base = 0usize;
-    let mut search = split.map(|_| 0usize);
+    let expected = block.out.len();
+    let mut total = 0usize;
     loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("stopped".into());
+        }
+        let buf = sink.buffer();
+        let start = buf.len();
+        // The step ends at the block's end, so a block longer than its
+        // index says is caught below.
+        buf.reserve(STEP.min(expected - total + 1));
         let done_in = usize::try_from(stream.total_in()).map_err(|e| e.to_string())?;
-        let done_out = usize::try_from(stream.total_out()).map_err(|e| e.to_string())?;
-        let input = data.get(done_in..).unwrap_or_default();
-        let at = done_out - base;
-        let end = match search {
-            Some(_) => at.saturating_add(STEP).min(rest.len()),
-            None => rest.len(),
-        };
-        let output = rest.get_mut(at..end).unwrap_or_default();
         let status = stream
-            .process(input, output, Action::Finish)
+            .process_vec(data.get(done_in..).unwrap_or_default(), buf, Action::Finish)
             .map_err(|e| e.to_string())?;
-        if let (Some(from), Some((cut, hand_over))) = (search, split) {
-            let decoded = usize::try_from(stream.total_out()).map_err(|e| e.to_string())? - base;
-            search = match cut(rest.get(..decoded).unwrap_or_default(), from) {
-                Cut::From(next) => Some(next),
-                Cut::Never => None,
-                Cut::At(d) if d > 0 && d <= decoded => {
-                    crc.update(rest.get(..d).unwrap_or_default());
-                    let (start, tail) = std::mem::take(&mut rest).split_at_mut(d);
-                    // Without a thread the serial decoder takes over.
-                    if !hand_over(start) {
-                        return Err("cannot start a parser thread".into());
-                    }
-                    rest = tail;
-                    base = d;
-                    None
-                }
-                Cut::At(_) => None,
-            };
+        let new = buf.get(start..).unwrap_or_default();
+        crc.update(new);
+        total += new.len();
+        if total > expected {
+            return Err("block longer than the index says".into());
+        }
+        if !sink.take() {
+            return Err("the text is not laid out as expected".into());
         }
         match status {
             Status::StreamEnd => break,
-            // liblzma's "no progress": data or output space ran out.
             Status::MemNeeded => return Err("block data ends early or is too long".into()),
             Status::Ok | Status::GetCheck => {}
         }
     }
-    if stream.total_in() != data.len() as u64 || stream.total_out() != len as u64 {
+    if stream.total_in() != data.len() as u64 || total != expected {
         return Err("block sizes differ from the index".into());
     }
-    crc.update(rest);
     if crc.finalize() != block.check {
         return Err("block CRC64 mismatch".into());
     }
@@ -434,13 +429,13 @@ fn decode_block<'o>(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use liblzma::stream::Check;
 
     /// Several blocks (a full flush ends one), like `xz -T` writes, but
     /// without sizes in the block headers; the fixture ISF has them.
-    fn multi_block(data: &[u8], block_size: usize, check: Check) -> Vec<u8> {
+    pub(crate) fn multi_block(data: &[u8], block_size: usize, check: Check) -> Vec<u8> {
         let mut enc = Stream::new_easy_encoder(1, check).unwrap();
         let mut out = Vec::with_capacity(data.len() + 1024);
         for chunk in data.chunks(block_size) {
@@ -467,56 +462,6 @@ mod tests {
         }
     }
 
-    const NO_HOOKS: Hooks<'static, (), ()> = Hooks {
-        last: &|_, _| None,
-        cut: &|_, _| Cut::Never,
-        first: &|_| None,
-    };
-
-    #[test]
-    fn a_start_handed_over_is_checked_before_it_is_changed() {
-        let data = sample(3 << 20);
-        let xz = multi_block(&data, 2 << 20, Check::Crc64);
-        let blocks = plan(&xz).unwrap();
-        // Asked once per step until it names a place; the handed-over
-        // start is overwritten there, after its CRC64 was summed.
-        let asked = Mutex::new(Vec::new());
-        let cut = |prefix: &[u8], from: usize| {
-            asked.lock().unwrap().push((prefix.len(), from));
-            if prefix.len() < 2 * STEP {
-                Cut::From(prefix.len())
-            } else {
-                Cut::At(STEP + 5)
-            }
-        };
-        let first = |start: &mut [u8]| {
-            let n = start.len();
-            start.fill(b'#');
-            Some(n)
-        };
-        let hooks = Hooks {
-            last: &|part: &mut [u8], at: usize| Some((part.len(), at)),
-            cut: &cut,
-            first: &first,
-        };
-        let (out, last, head) = decode_blocks(&xz, &blocks, &hooks).unwrap();
-        assert_eq!(head, Some(STEP + 5));
-        assert_eq!(last, Some((1 << 20, 2 << 20)));
-        assert!(out[..STEP + 5].iter().all(|&b| b == b'#'));
-        assert_eq!(out[STEP + 5..], data[STEP + 5..]);
-        assert_eq!(*asked.lock().unwrap(), [(STEP, 0), (2 * STEP, STEP)]);
-        // A damaged first block is still refused.
-        let mut bad = xz.clone();
-        let check_at = round4(blocks[0].data.end).unwrap();
-        bad[check_at] ^= 1;
-        let blocks = plan(&bad).unwrap();
-        assert!(
-            decode_blocks(&bad, &blocks, &hooks)
-                .unwrap_err()
-                .contains("CRC64")
-        );
-    }
-
     fn sample(n: usize) -> Vec<u8> {
         (0..n)
             .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] % 7 + b'a')
@@ -529,7 +474,7 @@ mod tests {
         let xz = multi_block(&data, 1 << 20, Check::Crc64);
         let blocks = plan(&xz).unwrap();
         assert_eq!(blocks.len(), 3);
-        assert_eq!(*decode_blocks(&xz, &blocks, &NO_HOOKS).unwrap().0, *data);
+        assert_eq!(*decode_blocks(&xz, &blocks).unwrap(), *data);
         assert_eq!(*decode(&xz).unwrap(), *data);
     }
 
@@ -558,11 +503,7 @@ mod tests {
         let check_at = round4(blocks[0].data.end).unwrap();
         xz[check_at] ^= 1;
         let blocks = plan(&xz).unwrap();
-        assert!(
-            decode_blocks(&xz, &blocks, &NO_HOOKS)
-                .unwrap_err()
-                .contains("CRC64")
-        );
+        assert!(decode_blocks(&xz, &blocks).unwrap_err().contains("CRC64"));
         assert!(decode(&xz).is_err());
     }
 

@@ -1,0 +1,630 @@
+//! Reading an ISF by dwarf2json's layout, without parsing what is not used.
+//!
+//! dwarf2json (and any JSON pretty-printer with two-space indents) puts each
+//! top-level member's key on a line of its own, `\n  "KEY": {`, and each
+//! entry of those members' maps at `\n    "NAME": `. A JSON string cannot
+//! hold a raw newline, so these markers only ever stand between tokens, and
+//! in a document laid out that way only at those two depths. Of the 6.1
+//! ISF's 38 MB the plugins use a few hundred entries: here the markers are
+//! found with SIMD substring search, the names compared with the selection,
+//! and only the kept entries' text is parsed by serde_json. The text is
+//! consumed as it decodes, so the decoded document is never held whole (a
+//! first load used to fault in 38 MB for it).
+//!
+//! What is parsed must end where the layout says (a `,`, or the closing
+//! lines of its member or of the document), and the text before each marker
+//! must end as the layout requires; anything else (another layout, a
+//! compact document, a Rekall profile, a name with escapes) makes
+//! [`Scanner`] give up and the caller parse the whole document with
+//! serde_json, whose errors are the ones reported. Entries that are not
+//! used are located, not validated.
+
+use super::Selection;
+use super::raw::{IsfBase, IsfEnum, IsfMeta, IsfStruct, IsfSymbol, RawProfile};
+use memchr::memmem::Finder;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+const MEMBER: &[u8] = b"\n  \"";
+const ENTRY: &[u8] = b"\n    \"";
+/// Bytes kept behind the search point: a marker cut by the end of the
+/// data, and the end of the text before it, which is checked.
+const MARGIN: usize = 16;
+/// A name line longer than this is not dwarf2json's.
+const MAX_NAME: usize = 4096;
+
+/// Names the selection keeps, bucketed by length for a quick test.
+pub(super) struct Names {
+    types: Bucketed,
+    symbols: Bucketed,
+    enums: Bucketed,
+}
+
+struct Bucketed(Vec<Vec<&'static [u8]>>);
+
+impl Bucketed {
+    fn new(names: &[&'static str]) -> Bucketed {
+        let mut by_len: Vec<Vec<&'static [u8]>> = Vec::new();
+        for n in names {
+            if by_len.len() <= n.len() {
+                by_len.resize(n.len() + 1, Vec::new());
+            }
+            if let Some(bucket) = by_len.get_mut(n.len()) {
+                bucket.push(n.as_bytes());
+            }
+        }
+        Bucketed(by_len)
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.0.get(name.len()).is_some_and(|b| b.contains(&name))
+    }
+}
+
+impl Names {
+    /// `None` for [`Selection::All`], which keeps everything anyway.
+    pub(super) fn new(sel: &Selection) -> Option<Names> {
+        match sel {
+            Selection::All => None,
+            Selection::Only {
+                types,
+                symbols,
+                enums,
+            } => Some(Names {
+                types: Bucketed::new(types),
+                symbols: Bucketed::new(symbols),
+                enums: Bucketed::new(enums),
+            }),
+        }
+    }
+
+    fn unnamed(name: &[u8]) -> bool {
+        name.starts_with(b"unnamed") || name.starts_with(b"__unnamed")
+    }
+
+    fn keeps(&self, member: Member, name: &[u8]) -> bool {
+        match member {
+            Member::Metadata => name == b"format",
+            Member::BaseTypes => true,
+            Member::UserTypes => self.types.contains(name) || Self::unnamed(name),
+            Member::Enums => self.enums.contains(name),
+            Member::Symbols => self.symbols.contains(name),
+            // Not yet known (a later xz block's start): whatever any
+            // member could keep; a member that keeps all is refused later.
+            Member::Unknown => {
+                self.keeps(Member::Metadata, name)
+                    || self.keeps(Member::UserTypes, name)
+                    || self.keeps(Member::Enums, name)
+                    || self.keeps(Member::Symbols, name)
+            }
+            Member::Other => false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Member {
+    Unknown,
+    Metadata,
+    BaseTypes,
+    UserTypes,
+    Enums,
+    Symbols,
+    /// A key ISF does not have: the whole document is parsed instead.
+    Other,
+}
+
+impl Member {
+    fn of(key: &[u8]) -> Member {
+        match key {
+            b"metadata" => Member::Metadata,
+            b"base_types" => Member::BaseTypes,
+            b"user_types" => Member::UserTypes,
+            b"enums" => Member::Enums,
+            b"symbols" => Member::Symbols,
+            _ => Member::Other,
+        }
+    }
+}
+
+/// What a scan found, in document order.
+#[derive(Debug)]
+enum Mark {
+    /// A top-level member begins.
+    Member(Member),
+    /// A kept entry: its name, its text from the marker's indent on, and
+    /// whether the document ends with it.
+    Entry {
+        name: String,
+        text: Vec<u8>,
+        last: bool,
+    },
+    /// Entries were skipped before the member was known.
+    SkippedUnknown,
+}
+
+/// The marker being read.
+struct Open {
+    /// Where its `\n` is in the buffer.
+    at: usize,
+    member: bool,
+    /// Its name, once the name's line has arrived.
+    name: Option<(String, bool)>,
+    /// Whether it was kept or skipped before its member was known.
+    unknown: bool,
+}
+
+/// Scans one xz block's text (or a whole document) as it arrives.
+pub(super) struct Scanner<'n> {
+    names: &'n Names,
+    buf: Vec<u8>,
+    /// Text before the first marker, once that marker is found.
+    prefix: Option<Vec<u8>>,
+    open: Option<Open>,
+    /// No marker starts in `buf[..searched]` after `open`'s.
+    searched: usize,
+    /// The next member marker at or after `searched`, when known.
+    next_member: Option<usize>,
+    member_searched: usize,
+    member: Member,
+    marks: Vec<Mark>,
+    entry: Finder<'static>,
+    member_finder: Finder<'static>,
+    /// Whether the first marker was a member's, once found.
+    first_is_member: Option<bool>,
+    /// Set when the text is not laid out as expected.
+    failed: bool,
+}
+
+impl<'n> Scanner<'n> {
+    /// `first` is true for the text that starts the document.
+    pub(super) fn new(names: &'n Names, first: bool) -> Scanner<'n> {
+        Scanner {
+            names,
+            buf: Vec::new(),
+            prefix: None,
+            open: None,
+            searched: 0,
+            next_member: None,
+            member_searched: 0,
+            member: if first {
+                Member::Other
+            } else {
+                Member::Unknown
+            },
+            marks: Vec::new(),
+            entry: Finder::new(ENTRY),
+            member_finder: Finder::new(MEMBER),
+            first_is_member: None,
+            failed: false,
+        }
+    }
+
+    /// Takes in what was appended to the buffer.
+    fn scan(&mut self) {
+        if self.failed {
+            self.buf.clear();
+            return;
+        }
+        if !self.find_marks() {
+            self.failed = true;
+            self.buf.clear();
+            return;
+        }
+        self.compact();
+    }
+
+    /// Appends text (for the start of the next block, see [`join`]).
+    fn feed(&mut self, text: &[u8]) {
+        self.buf.extend_from_slice(text);
+        self.scan();
+    }
+
+    fn find_marks(&mut self) -> bool {
+        loop {
+            if let Some(open) = &mut self.open
+                && open.name.is_none()
+            {
+                let start = open.at + if open.member { MEMBER } else { ENTRY }.len();
+                let rest = self.buf.get(start..).unwrap_or_default();
+                let Some(end) = memchr::memchr(b'"', rest) else {
+                    return rest.len() <= MAX_NAME;
+                };
+                // A key on one line, without escapes, and a colon after it.
+                let name = rest.get(..end).unwrap_or_default();
+                if name.iter().any(|&c| c == b'\\' || c < 0x20) {
+                    return false;
+                }
+                match rest.get(end + 1) {
+                    Some(b':') => {}
+                    Some(_) => return false,
+                    None => return true, // the colon has not arrived yet
+                }
+                let keep = if open.member {
+                    let m = Member::of(name);
+                    if m == Member::Other {
+                        return false;
+                    }
+                    self.member = m;
+                    self.marks.push(Mark::Member(m));
+                    true
+                } else if self.member == Member::Other {
+                    return false; // an entry before the document's first member
+                } else {
+                    self.names.keeps(self.member, name)
+                };
+                // Only a kept name is needed as text (most are skipped).
+                let name = match (keep, std::str::from_utf8(name)) {
+                    (false, _) => String::new(),
+                    (true, Ok(name)) => name.to_string(),
+                    (true, Err(_)) => return false,
+                };
+                open.name = Some((name, keep));
+                open.unknown = self.member == Member::Unknown;
+            }
+            let from = match &self.open {
+                Some(o) => self.searched.max(o.at + 1),
+                None => self.searched,
+            };
+            let Some((at, member)) = self.next_marker(from) else {
+                self.searched = self.buf.len().saturating_sub(ENTRY.len() - 1).max(from);
+                return true;
+            };
+            if !self.close_open(at, member) {
+                return false;
+            }
+            self.open = Some(Open {
+                at,
+                member,
+                name: None,
+                unknown: false,
+            });
+            self.searched = at + 1;
+        }
+    }
+
+    /// The first marker at or after `from`: its position and whether it
+    /// is a member's.
+    fn next_marker(&mut self, from: usize) -> Option<(usize, bool)> {
+        let member = match self.next_member {
+            Some(m) if m >= from => Some(m),
+            _ => {
+                let start = self.member_searched.max(from);
+                let found = self
+                    .member_finder
+                    .find(self.buf.get(start..).unwrap_or_default())
+                    .map(|p| p + start);
+                self.member_searched = match found {
+                    Some(p) => p,
+                    None => self.buf.len().saturating_sub(MEMBER.len() - 1).max(start),
+                };
+                self.next_member = found;
+                found
+            }
+        };
+        let limit = member.unwrap_or(self.buf.len());
+        let entry = self
+            .entry
+            .find(self.buf.get(from..limit).unwrap_or_default())
+            .map(|p| p + from);
+        match (entry, member) {
+            (Some(e), _) => Some((e, false)),
+            (None, Some(m)) => Some((m, true)),
+            (None, None) => None,
+        }
+    }
+
+    /// Ends the open marker's text just before a marker at `next`.
+    fn close_open(&mut self, next: usize, next_is_member: bool) -> bool {
+        let before = trim_end(self.buf.get(..next).unwrap_or_default());
+        let Some(open) = self.open.take() else {
+            if self.prefix.is_some() {
+                return false;
+            }
+            self.prefix = Some(self.buf.get(..next).unwrap_or_default().to_vec());
+            self.first_is_member = Some(next_is_member);
+            return true;
+        };
+        // The text before a marker ends as the layout has it: an entry
+        // with `,`, a member's last entry with its member's `}` and `,` (a
+        // member's key line is checked whole below).
+        let ok = if open.member {
+            true
+        } else if next_is_member {
+            before
+                .strip_suffix(b",")
+                .is_some_and(|b| trim_end(b).ends_with(b"\n  }"))
+        } else {
+            before.ends_with(b",") && !before.ends_with(b"\n  },")
+        };
+        if !ok {
+            return false;
+        }
+        let Some((name, keep)) = open.name else {
+            return false;
+        };
+        if open.member {
+            // A member's key line opens its map: entries follow, or it is
+            // empty and the next member follows.
+            let line = trim_end(self.buf.get(open.at + 1..next).unwrap_or_default());
+            let key = format!("  \"{name}\": {{");
+            let expected = if next_is_member {
+                format!("{key}}},")
+            } else {
+                key
+            };
+            return line == expected.as_bytes();
+        }
+        if keep {
+            let text = self.buf.get(open.at + 1..next).unwrap_or_default().to_vec();
+            self.marks.push(Mark::Entry {
+                name,
+                text,
+                last: false,
+            });
+        } else if !keep && open.unknown {
+            self.marks.push(Mark::SkippedUnknown);
+        }
+        true
+    }
+
+    /// Drops what is no longer needed from the front of the buffer.
+    fn compact(&mut self) {
+        let Some(open) = &self.open else {
+            return; // all of it is the prefix so far
+        };
+        let drop = match &open.name {
+            // Only the end of a skipped entry's text is checked.
+            Some((_, false)) => self.searched.saturating_sub(MARGIN),
+            // A name not read yet, a member's key line, an entry kept whole.
+            _ => open.at,
+        };
+        if drop == 0 {
+            return;
+        }
+        self.buf.drain(..drop);
+        self.searched -= drop;
+        self.member_searched = self.member_searched.saturating_sub(drop);
+        self.next_member = self.next_member.and_then(|m| m.checked_sub(drop));
+        if let Some(o) = &mut self.open {
+            o.at = o.at.saturating_sub(drop);
+        }
+    }
+
+    /// Ends the scan: the open marker's text runs to the end of the data,
+    /// which must close its member and the document.
+    fn finish(&mut self) -> bool {
+        if self.failed {
+            return false;
+        }
+        let Some(Open {
+            at,
+            member: false,
+            name: Some((name, keep)),
+            unknown,
+        }) = self.open.take()
+        else {
+            return false;
+        };
+        if keep {
+            let text = self.buf.get(at + 1..).unwrap_or_default().to_vec();
+            self.marks.push(Mark::Entry {
+                name,
+                text,
+                last: true,
+            });
+        } else if unknown {
+            self.marks.push(Mark::SkippedUnknown);
+        }
+        trim_end(&self.buf).ends_with(b"\n  }\n}")
+    }
+}
+
+impl super::xz::Sink for Scanner<'_> {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    fn take(&mut self) -> bool {
+        self.scan();
+        !self.failed
+    }
+}
+
+/// Reads a whole document (not compressed, or already decoded) by its
+/// layout, a step at a time so the copy stays in cache.
+pub(super) fn read_text(text: &[u8], names: &Names) -> Option<RawProfile> {
+    let mut scanner = Scanner::new(names, true);
+    for step in text.chunks(STEP) {
+        scanner.feed(step);
+        if scanner.failed {
+            return None;
+        }
+    }
+    join(vec![scanner], names)
+}
+
+/// Reads an xz file by its layout as its blocks decode; `None` for
+/// another container or layout (the caller then decodes and parses it
+/// whole, and reports its errors).
+pub(super) fn read_xz(bytes: &[u8], names: &Names) -> Option<RawProfile> {
+    let scans = super::xz::decode_into(bytes, &|i| Scanner::new(names, i == 0))?.ok()?;
+    join(scans, names)
+}
+
+const STEP: usize = 256 << 10;
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    b.get(..n).unwrap_or_default()
+}
+
+/// Joins the scans of consecutive blocks (the first one starting the
+/// document) into one profile; `None` if the text is not laid out as
+/// expected.
+pub(super) fn join(scans: Vec<Scanner<'_>>, names: &Names) -> Option<RawProfile> {
+    let mut scans = scans.into_iter();
+    let mut current = scans.next()?;
+    if current.failed || current.prefix.as_deref() != Some(b"{") {
+        return None;
+    }
+    let mut marks = Vec::new();
+    for mut next in scans {
+        if next.failed {
+            return None;
+        }
+        // A block with no marker is all the middle of one entry.
+        let Some(prefix) = next.prefix.take() else {
+            current.feed(&next.buf);
+            continue;
+        };
+        // The next block's text before its first marker ends the current
+        // block's last entry (and may hold a marker cut in two); that
+        // first marker follows right after it.
+        current.feed(&prefix);
+        let end = current.buf.len();
+        if current.failed || !current.close_open(end, next.first_is_member?) {
+            return None;
+        }
+        marks.append(&mut current.marks);
+        // The next block's first entries belong to the member the current
+        // block ended in.
+        if next.member == Member::Unknown {
+            next.member = current.member;
+        }
+        current = next;
+    }
+    if !current.finish() {
+        return None;
+    }
+    marks.append(&mut current.marks);
+    assemble(marks, names)
+}
+
+/// Builds the profile from the marks, parsing each kept entry.
+fn assemble(marks: Vec<Mark>, names: &Names) -> Option<RawProfile> {
+    let mut raw = RawProfile::default();
+    let mut member = Member::Unknown;
+    let mut base: BTreeMap<String, IsfBase> = BTreeMap::new();
+    let mut types = BTreeMap::new();
+    let mut enums = BTreeMap::new();
+    let mut symbols = BTreeMap::new();
+    let mut format = None;
+    for mark in marks {
+        match mark {
+            Mark::Member(m) => {
+                raw.members += 1;
+                member = m;
+                // A member read again replaces the earlier one, as in one pass.
+                match m {
+                    Member::Metadata => format = Some(None),
+                    Member::BaseTypes => base.clear(),
+                    Member::UserTypes => {
+                        types.clear();
+                        raw.unnamed.clear();
+                    }
+                    Member::Enums => enums.clear(),
+                    Member::Symbols => symbols.clear(),
+                    Member::Unknown | Member::Other => return None,
+                }
+                set_present(&mut raw, m);
+            }
+            // Skipped before its member was known: fine unless that member
+            // keeps every entry.
+            Mark::SkippedUnknown if member == Member::BaseTypes => return None,
+            Mark::SkippedUnknown => {}
+            // Kept before its member was known, by what any member keeps.
+            Mark::Entry { name, .. } if !names.keeps(member, name.as_bytes()) => {}
+            Mark::Entry { name, text, last } => {
+                let value = value_text(&text, &name, last)?;
+                match member {
+                    Member::Metadata => {
+                        format = Some(Some(serde_json::from_slice::<String>(value).ok()?))
+                    }
+                    Member::BaseTypes => {
+                        base.insert(name, parse::<IsfBase>(value)?);
+                    }
+                    Member::UserTypes if Names::unnamed(name.as_bytes()) => {
+                        let text = std::str::from_utf8(value).ok()?.to_string();
+                        let raw_value = serde_json::value::RawValue::from_string(text).ok()?;
+                        raw.unnamed.insert(name, raw_value);
+                    }
+                    Member::UserTypes => {
+                        types.insert(name, parse::<IsfStruct>(value)?);
+                    }
+                    Member::Enums => {
+                        enums.insert(name, parse::<IsfEnum>(value)?);
+                    }
+                    Member::Symbols => {
+                        symbols.insert(name, parse::<IsfSymbol>(value)?);
+                    }
+                    Member::Unknown | Member::Other => return None,
+                }
+            }
+        }
+    }
+    if raw.isf_meta.is_some() {
+        raw.isf_meta = Some(IsfMeta {
+            format: format.flatten(),
+        });
+    }
+    if raw.base_types.is_some() {
+        raw.base_types = Some(base);
+    }
+    if raw.user_types.is_some() {
+        raw.user_types = Some(types);
+    }
+    if raw.enums.is_some() {
+        raw.enums = Some(enums);
+    }
+    if raw.symbols.is_some() {
+        raw.symbols = Some(symbols);
+    }
+    Some(raw)
+}
+
+fn set_present(raw: &mut RawProfile, m: Member) {
+    match m {
+        Member::Metadata => raw.isf_meta = Some(IsfMeta::default()),
+        Member::BaseTypes => raw.base_types = Some(BTreeMap::new()),
+        Member::UserTypes => raw.user_types = Some(BTreeMap::new()),
+        Member::Enums => raw.enums = Some(BTreeMap::new()),
+        Member::Symbols => raw.symbols = Some(BTreeMap::new()),
+        Member::Unknown | Member::Other => {}
+    }
+}
+
+fn parse<T: DeserializeOwned>(value: &[u8]) -> Option<T> {
+    serde_json::from_slice(value).ok()
+}
+
+/// The value in an entry's text (`    "NAME": VALUE` and what closes it):
+/// a `,`, or its member's `}` and `,`, or at the very end the member's and
+/// the document's `}`.
+fn value_text<'t>(text: &'t [u8], name: &str, last: bool) -> Option<&'t [u8]> {
+    let head_len = 4 + 1 + name.len() + 1;
+    if text.get(..4) != Some(b"    ") || text.get(4) != Some(&b'"') {
+        return None;
+    }
+    let after = text.get(head_len..)?;
+    let colon = after.iter().position(|c| !c.is_ascii_whitespace())?;
+    if after.get(colon) != Some(&b':') {
+        return None;
+    }
+    let mut v = trim_end(after.get(colon + 1..)?);
+    if last {
+        v = trim_end(v.strip_suffix(b"\n}")?);
+        v = v.strip_suffix(b"\n  }")?;
+    } else if let Some(s) = v.strip_suffix(b",") {
+        v = trim_end(s);
+        if let Some(s) = v.strip_suffix(b"\n  }") {
+            v = s;
+        }
+    } else {
+        return None;
+    }
+    Some(v)
+}
