@@ -109,7 +109,7 @@ fn struct_names<'t>(t: &'t IsfType, out: &mut Vec<&'t str>) {
 /// no others.
 fn parse_reached(
     types: &mut BTreeMap<String, IsfStruct>,
-    mut unnamed: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    mut unnamed: BTreeMap<String, Box<str>>,
 ) -> Result<(), ProfileError> {
     let mut todo: Vec<String> = types.keys().cloned().collect();
     while let Some(t) = todo.pop() {
@@ -125,7 +125,7 @@ fn parse_reached(
         let names: Vec<String> = names.into_iter().map(str::to_string).collect();
         for n in names {
             if let Some(text) = unnamed.remove(&n) {
-                let st: IsfStruct = serde_json::from_str(text.get())
+                let st: IsfStruct = serde_json::from_str(&text)
                     .map_err(|e| ProfileError::Json(format!("user type {n}: {e}")))?;
                 types.insert(n.clone(), st);
                 todo.push(n);

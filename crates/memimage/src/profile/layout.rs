@@ -548,9 +548,9 @@ fn assemble(marks: Vec<Mark>, names: &Names) -> Option<RawProfile> {
                         base.insert(name, parse::<IsfBase>(value)?);
                     }
                     Member::UserTypes if Names::unnamed(name.as_bytes()) => {
-                        let text = std::str::from_utf8(value).ok()?.to_string();
-                        let raw_value = serde_json::value::RawValue::from_string(text).ok()?;
-                        raw.unnamed.insert(name, raw_value);
+                        // Parsed only if a kept type reaches it (isf.rs).
+                        raw.unnamed
+                            .insert(name, std::str::from_utf8(value).ok()?.into());
                     }
                     Member::UserTypes => {
                         types.insert(name, parse::<IsfStruct>(value)?);

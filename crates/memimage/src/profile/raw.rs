@@ -145,7 +145,7 @@ pub(super) struct RawProfile {
     /// Anonymous types (kept for flattening), as text: of the 6.1 ISF's
     /// 2,222 the plugins' types reach a few dozen, and parsing all of them
     /// cost a good part of the first load. Parsed when reached.
-    pub unnamed: BTreeMap<String, Box<serde_json::value::RawValue>>,
+    pub unnamed: BTreeMap<String, Box<str>>,
     pub enums: Option<BTreeMap<String, IsfEnum>>,
     pub symbols: Option<BTreeMap<String, IsfSymbol>>,
     pub rk_meta: Option<serde_json::Value>,
@@ -162,7 +162,7 @@ struct UserTypes<'s> {
     sel: &'s Selection,
 }
 
-type Unnamed = BTreeMap<String, Box<serde_json::value::RawValue>>;
+type Unnamed = BTreeMap<String, Box<str>>;
 
 impl<'de> DeserializeSeed<'de> for UserTypes<'_> {
     type Value = (BTreeMap<String, IsfStruct>, Unnamed);
@@ -182,7 +182,8 @@ impl<'de> Visitor<'de> for UserTypes<'_> {
             if self.sel.keeps_final_type(&k) {
                 kept.insert(k.into_owned(), map.next_value()?);
             } else if self.sel.keeps_type(&k) {
-                unnamed.insert(k.into_owned(), map.next_value()?);
+                let text: Box<serde_json::value::RawValue> = map.next_value()?;
+                unnamed.insert(k.into_owned(), text.into());
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
