@@ -314,6 +314,14 @@ impl<'n> Scanner<'n> {
         }
     }
 
+    /// Notes entries skipped before their member was known (once for a
+    /// run of them: a block can skip a hundred thousand).
+    fn skipped_unknown(&mut self) {
+        if !matches!(self.marks.last(), Some(Mark::SkippedUnknown)) {
+            self.marks.push(Mark::SkippedUnknown);
+        }
+    }
+
     /// Ends the open marker's text just before a marker at `next`.
     fn close_open(&mut self, next: usize, next_is_member: bool) -> bool {
         let before = trim_end(self.buf.get(..next).unwrap_or_default());
@@ -363,7 +371,7 @@ impl<'n> Scanner<'n> {
                 last: false,
             });
         } else if !keep && open.unknown {
-            self.marks.push(Mark::SkippedUnknown);
+            self.skipped_unknown();
         }
         true
     }
@@ -414,7 +422,7 @@ impl<'n> Scanner<'n> {
                 last: true,
             });
         } else if unknown {
-            self.marks.push(Mark::SkippedUnknown);
+            self.skipped_unknown();
         }
         trim_end(&self.buf).ends_with(b"\n  }\n}")
     }
