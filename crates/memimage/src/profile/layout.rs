@@ -163,9 +163,6 @@ pub(super) struct Scanner<'n> {
     open: Option<Open>,
     /// No marker starts in `buf[..searched]` after `open`'s.
     searched: usize,
-    /// The next member marker at or after `searched`, when known.
-    next_member: Option<usize>,
-    member_searched: usize,
     member: Member,
     marks: Vec<Mark>,
     entry: Finder<'static>,
@@ -185,8 +182,6 @@ impl<'n> Scanner<'n> {
             prefix: None,
             open: None,
             searched: 0,
-            next_member: None,
-            member_searched: 0,
             member: if first {
                 Member::Other
             } else {
@@ -254,10 +249,13 @@ impl<'n> Scanner<'n> {
                     self.names.keeps(self.member, name)
                 };
                 // Only a kept name is needed as text (most are skipped).
-                let name = match (keep, std::str::from_utf8(name)) {
-                    (false, _) => String::new(),
-                    (true, Ok(name)) => name.to_string(),
-                    (true, Err(_)) => return false,
+                let name = if keep {
+                    match std::str::from_utf8(name) {
+                        Ok(name) => name.to_string(),
+                        Err(_) => return false,
+                    }
+                } else {
+                    String::new()
                 };
                 open.name = Some((name, keep));
                 open.unknown = self.member == Member::Unknown;
@@ -284,33 +282,18 @@ impl<'n> Scanner<'n> {
     }
 
     /// The first marker at or after `from`: its position and whether it
-    /// is a member's.
-    fn next_marker(&mut self, from: usize) -> Option<(usize, bool)> {
-        let member = match self.next_member {
-            Some(m) if m >= from => Some(m),
-            _ => {
-                let start = self.member_searched.max(from);
-                let found = self
-                    .member_finder
-                    .find(self.buf.get(start..).unwrap_or_default())
-                    .map(|p| p + start);
-                self.member_searched = match found {
-                    Some(p) => p,
-                    None => self.buf.len().saturating_sub(MEMBER.len() - 1).max(start),
-                };
-                self.next_member = found;
-                found
+    /// is a member's. A member's key line ends with `{` right before its
+    /// first entry, so member markers are searched for only in the text
+    /// before an entry that follows a `{`, and after the last entry.
+    fn next_marker(&self, from: usize) -> Option<(usize, bool)> {
+        let rest = self.buf.get(from..).unwrap_or_default();
+        let member_in = |text: &[u8]| self.member_finder.find(text).map(|m| (from + m, true));
+        match self.entry.find(rest) {
+            Some(e) if trim_end(rest.get(..e).unwrap_or_default()).ends_with(b"{") => {
+                member_in(rest.get(..e).unwrap_or_default()).or(Some((from + e, false)))
             }
-        };
-        let limit = member.unwrap_or(self.buf.len());
-        let entry = self
-            .entry
-            .find(self.buf.get(from..limit).unwrap_or_default())
-            .map(|p| p + from);
-        match (entry, member) {
-            (Some(e), _) => Some((e, false)),
-            (None, Some(m)) => Some((m, true)),
-            (None, None) => None,
+            Some(e) => Some((from + e, false)),
+            None => member_in(rest),
         }
     }
 
@@ -392,8 +375,6 @@ impl<'n> Scanner<'n> {
         }
         self.buf.drain(..drop);
         self.searched -= drop;
-        self.member_searched = self.member_searched.saturating_sub(drop);
-        self.next_member = self.next_member.and_then(|m| m.checked_sub(drop));
         if let Some(o) = &mut self.open {
             o.at = o.at.saturating_sub(drop);
         }
@@ -429,12 +410,8 @@ impl<'n> Scanner<'n> {
 }
 
 impl super::xz::Sink for Scanner<'_> {
-    fn buffer(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-
-    fn take(&mut self) -> bool {
-        self.scan();
+    fn feed(&mut self, text: &[u8]) -> bool {
+        Scanner::feed(self, text);
         !self.failed
     }
 }
