@@ -883,6 +883,10 @@ pub async fn receive_image(
     // Batches are up to BATCH long: 16 of them queue at most 4 MiB.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
     let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
+    // SHA-256 of the plain stream, here as each batch passes: handing every
+    // batch to a hashing thread of its own cost more CPU in wake-ups than
+    // the hashing it moved (benches/tunnel.sh, two cores).
+    let mut sha256 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     // A read error ends the loop with the error; the writer is then stopped
     // in one place below.
     let read: anyhow::Result<()> = 'read: loop {
@@ -900,7 +904,7 @@ pub async fn receive_image(
         let mut pieces: Vec<bytes::Bytes> = first.into_iter().collect();
         let mut length: usize = pieces.iter().map(|p| p.len()).sum();
         // Take along what has already arrived, up to BATCH: one hand-off per
-        // 32 KiB SSH packet costs the writer and hasher threads a wake-up each.
+        // 32 KiB SSH packet costs the writer thread a wake-up each.
         while !eof && length < BATCH {
             match reader.next_if_ready() {
                 Some(Ok(Some(piece))) => {
@@ -913,6 +917,9 @@ pub async fn receive_image(
             }
         }
         if length > 0 {
+            for piece in &pieces {
+                sha256.update(piece);
+            }
             progress.add_bytes(length as u64);
             let store = store_wire.as_ref().map(|wire| wire.take());
             if sender
@@ -951,7 +958,10 @@ pub async fn receive_image(
     drop(reader);
     let (result, sink) = writer.await.context("image writer thread")?;
     match result {
-        Ok(received) => Ok((received, sink)),
+        Ok(mut received) => {
+            received.sha256 = hex::encode(sha256.finish());
+            Ok((received, sink))
+        }
         Err(error) => {
             sink.discard();
             Err(error)
@@ -1036,18 +1046,6 @@ fn write_image(
     mut receiver: tokio::sync::mpsc::Receiver<Chunk>,
     mut sink: ImageSink,
 ) -> (anyhow::Result<Received>, ImageSink) {
-    // SHA-256 runs on a thread of its own: writing to the page cache costs as
-    // much CPU as hashing, and the two need not wait for each other.
-    let (to_hasher, hasher_input) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(16);
-    let hasher = std::thread::spawn(move || {
-        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for pieces in hasher_input {
-            for piece in pieces {
-                hasher.update(&piece);
-            }
-        }
-        hex::encode(hasher.finish())
-    });
     let mut validator = LimeValidator::new();
     let mut failure = None;
     'chunks: while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
@@ -1059,9 +1057,8 @@ fn write_image(
         }
         let stored = match store {
             Some(wire) => vec![wire],
-            None => plain.clone(),
+            None => plain,
         };
-        let _ = to_hasher.send(plain);
         for piece in stored {
             if let Err(e) = sink.write(piece) {
                 failure = Some(e);
@@ -1069,8 +1066,6 @@ fn write_image(
             }
         }
     }
-    drop(to_hasher);
-    let sha256 = hasher.join().unwrap_or_default();
     if let Some(error) = failure {
         return (Err(error), sink);
     }
@@ -1078,7 +1073,8 @@ fn write_image(
         .finish()
         .map(|ranges| Received {
             bytes: validator.bytes_seen(),
-            sha256,
+            // Filled in by the reader, which hashes the stream.
+            sha256: String::new(),
             ranges,
         })
         .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"))

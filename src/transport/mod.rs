@@ -250,6 +250,9 @@ impl Session {
                                     source,
                                 })?;
                         let _ = socket.set_nodelay(true);
+                        // russh reads each packet's length, then its body:
+                        // two syscalls per 32 KiB packet without a buffer.
+                        let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
                         client::connect_stream(config, socket, verifier).await
                     }
                     Some(previous) => {
@@ -467,6 +470,9 @@ fn read_known_hosts(path: &Path) -> Result<String, SshError> {
     }
 }
 
+/// The buffer between the TCP socket and russh's packet reader.
+const READ_BUFFER: usize = 256 << 10;
+
 fn client_config(
     options: &SshOptions,
     known_hosts_text: &str,
@@ -494,12 +500,12 @@ fn client_config(
     }
     preferred.cipher = cipher_order().into();
     client::Config {
-        // 8 MiB windows. OpenSSH's 2 MiB caps a 50 ms path at 40 MiB/s; at
-        // 16 MiB the target's sshd spent 1.7x the CPU per GiB (its buffers
-        // grow with the window) and became the bottleneck on loopback; at
-        // 8 MiB it costs about what OpenSSH's own client does
-        // (benches/tunnel.sh, README).
-        window_size: 8 * 1024 * 1024,
+        // 4 MiB windows. OpenSSH's 2 MiB caps a 50 ms path at 40 MiB/s, this
+        // at 80 MiB/s. The target's sshd buffers up to the window, and its
+        // CPU per GiB grows with it (benches/tunnel.sh, aes256-gcm: 1.04 s
+        // at 2 MiB, 1.12 at 4, 1.34 at 8, 2.0 at 16); on a busy target that
+        // is the capture's own speed.
+        window_size: 4 * 1024 * 1024,
         maximum_packet_size: 65535,
         channel_buffer_size: 256,
         keepalive_interval: Some(options.keepalive_interval),
