@@ -292,14 +292,20 @@ fn decode_blocks(f: &[u8], blocks: &[Block]) -> Result<Output, String> {
     Ok(out)
 }
 
-/// Decodes one block into `out` and checks its CRC64.
-fn decode_block(f: &[u8], block: &Block, out: &mut [u8]) -> Result<(), String> {
+/// A block's LZMA2 data and liblzma's raw decoder for it.
+fn raw_decoder<'f>(f: &'f [u8], block: &Block) -> Result<(&'f [u8], Stream), String> {
     let data = f.get(block.data.clone()).ok_or("block outside the file")?;
     let mut filters = Filters::new();
     filters
         .lzma2_properties(&[block.lzma2_props])
         .map_err(|e| e.to_string())?;
-    let mut stream = Stream::new_raw_decoder(&filters).map_err(|e| e.to_string())?;
+    let stream = Stream::new_raw_decoder(&filters).map_err(|e| e.to_string())?;
+    Ok((data, stream))
+}
+
+/// Decodes one block into `out` and checks its CRC64.
+fn decode_block(f: &[u8], block: &Block, out: &mut [u8]) -> Result<(), String> {
+    let (data, mut stream) = raw_decoder(f, block)?;
     match stream
         .process(data, out, Action::Finish)
         .map_err(|e| e.to_string())?
@@ -490,12 +496,7 @@ fn stream_block<S: Sink>(
     shared: &Shared,
 ) -> Result<(), String> {
     let lane = lanes.get(index).ok_or("no lane for the block")?;
-    let data = f.get(block.data.clone()).ok_or("block outside the file")?;
-    let mut filters = Filters::new();
-    filters
-        .lzma2_properties(&[block.lzma2_props])
-        .map_err(|e| e.to_string())?;
-    let mut stream = Stream::new_raw_decoder(&filters).map_err(|e| e.to_string())?;
+    let (data, mut stream) = raw_decoder(f, block)?;
     let mut crc = crc_fast::Digest::new(CrcAlgorithm::Crc64Xz);
     let expected = block.out.len();
     let mut total = 0usize;
