@@ -509,8 +509,9 @@ fn init_logging(args: &CaptureArgs) -> Option<()> {
     Some(())
 }
 
-/// The multi-thread runtime every networked command runs on; `None` after
-/// saying why it could not start.
+/// The multi-thread runtime every networked command runs on (`workers`
+/// caps its worker threads; default one per core); `None` after saying why
+/// it could not start.
 fn build_runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
