@@ -289,7 +289,13 @@ impl<'n> Scanner<'n> {
         let rest = self.buf.get(from..).unwrap_or_default();
         let member_in = |text: &[u8]| self.member_finder.find(text).map(|m| (from + m, true));
         match self.entry.find(rest) {
-            Some(e) if trim_end(rest.get(..e).unwrap_or_default()).ends_with(b"{") => {
+            Some(e)
+                if rest
+                    .get(..e)
+                    .unwrap_or_default()
+                    .trim_ascii_end()
+                    .ends_with(b"{") =>
+            {
                 member_in(rest.get(..e).unwrap_or_default()).or(Some((from + e, false)))
             }
             Some(e) => Some((from + e, false)),
@@ -307,7 +313,7 @@ impl<'n> Scanner<'n> {
 
     /// Ends the open marker's text just before a marker at `next`.
     fn close_open(&mut self, next: usize, next_is_member: bool) -> bool {
-        let before = trim_end(self.buf.get(..next).unwrap_or_default());
+        let before = self.buf.get(..next).unwrap_or_default().trim_ascii_end();
         let Some(open) = self.open.take() else {
             if self.prefix.is_some() {
                 return false;
@@ -324,7 +330,7 @@ impl<'n> Scanner<'n> {
         } else if next_is_member {
             before
                 .strip_suffix(b",")
-                .is_some_and(|b| trim_end(b).ends_with(b"\n  }"))
+                .is_some_and(|b| b.trim_ascii_end().ends_with(b"\n  }"))
         } else {
             before.ends_with(b",") && !before.ends_with(b"\n  },")
         };
@@ -337,7 +343,11 @@ impl<'n> Scanner<'n> {
         if open.member {
             // A member's key line opens its map: entries follow, or it is
             // empty and the next member follows.
-            let line = trim_end(self.buf.get(open.at + 1..next).unwrap_or_default());
+            let line = self
+                .buf
+                .get(open.at + 1..next)
+                .unwrap_or_default()
+                .trim_ascii_end();
             let key = format!("  \"{name}\": {{");
             let expected = if next_is_member {
                 format!("{key}}},")
@@ -405,7 +415,7 @@ impl<'n> Scanner<'n> {
         } else if unknown {
             self.skipped_unknown();
         }
-        trim_end(&self.buf).ends_with(b"\n  }\n}")
+        self.buf.trim_ascii_end().ends_with(b"\n  }\n}")
     }
 }
 
@@ -438,14 +448,6 @@ pub(super) fn read_xz(bytes: &[u8], names: &Names) -> Option<RawProfile> {
 }
 
 const STEP: usize = 256 << 10;
-
-fn trim_end(b: &[u8]) -> &[u8] {
-    let n = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(0, |p| p + 1);
-    b.get(..n).unwrap_or_default()
-}
 
 /// Joins the scans of consecutive blocks (the first one starting the
 /// document) into one profile; `None` if the text is not laid out as
@@ -599,12 +601,12 @@ fn value_text<'t>(text: &'t [u8], name: &str, last: bool) -> Option<&'t [u8]> {
     if after.get(colon) != Some(&b':') {
         return None;
     }
-    let mut v = trim_end(after.get(colon + 1..)?);
+    let mut v = after.get(colon + 1..)?.trim_ascii_end();
     if last {
-        v = trim_end(v.strip_suffix(b"\n}")?);
+        v = v.strip_suffix(b"\n}")?.trim_ascii_end();
         v = v.strip_suffix(b"\n  }")?;
     } else if let Some(s) = v.strip_suffix(b",") {
-        v = trim_end(s);
+        v = s.trim_ascii_end();
         if let Some(s) = v.strip_suffix(b"\n  }") {
             v = s;
         }
