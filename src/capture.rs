@@ -958,8 +958,12 @@ pub async fn receive_image(
     drop(reader);
     let (result, sink) = writer.await.context("image writer thread")?;
     match result {
-        Ok(mut received) => {
-            received.sha256 = hex::encode(sha256.finish());
+        Ok((bytes, ranges)) => {
+            let received = Received {
+                bytes,
+                sha256: hex::encode(sha256.finish()),
+                ranges,
+            };
             Ok((received, sink))
         }
         Err(error) => {
@@ -1042,10 +1046,12 @@ fn read_if_ready(
     }
 }
 
+/// Validates and writes the batches; the byte count and the ranges of a
+/// complete image, or why it is not one.
 fn write_image(
     mut receiver: tokio::sync::mpsc::Receiver<Chunk>,
     mut sink: ImageSink,
-) -> (anyhow::Result<Received>, ImageSink) {
+) -> (anyhow::Result<(u64, Vec<PhysRange>)>, ImageSink) {
     let mut validator = LimeValidator::new();
     let mut failure = None;
     'chunks: while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
@@ -1071,14 +1077,9 @@ fn write_image(
     }
     let result = validator
         .finish()
-        .map(|ranges| Received {
-            bytes: validator.bytes_seen(),
-            // Filled in by the reader, which hashes the stream.
-            sha256: String::new(),
-            ranges,
-        })
+        .map(|ranges| (validator.bytes_seen(), ranges))
         .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"))
-        .and_then(|received| sink.end_of_stream().map(|()| received));
+        .and_then(|image| sink.end_of_stream().map(|()| image));
     (result, sink)
 }
 
