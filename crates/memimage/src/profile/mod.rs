@@ -288,11 +288,7 @@ impl Profile {
                 return Ok(profile);
             }
         }
-        let raw = match decompress(bytes)? {
-            Decompressed::Decoded(data) => parse(&data, sel)?,
-            Decompressed::Plain(data) => parse(data, sel)?,
-        };
-        build(raw, name, sel)
+        build(parse(&decompress(bytes)?, sel)?, name, sel)
     }
 
     /// A compact ISF holding just this profile's (selected) content.
