@@ -12,6 +12,7 @@
 use anyhow::{Context, Result, bail};
 use memimage::kernel::{Kernel, find_banners};
 use memimage::plugins::{self, Options, Row, Value};
+use memimage::profile::Selection;
 use memimage::{PhysicalMemory, Profile};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ pub fn analyze_image(
     let names: Vec<String> = plugins
         .iter()
         .flat_map(|p| p.split(','))
-        .map(|p| p.trim().to_ascii_lowercase())
+        .map(|p| plugins::canonical(&p.trim().to_ascii_lowercase()).to_string())
         .filter(|p| !p.is_empty())
         .collect();
     for n in &names {
@@ -165,17 +166,18 @@ pub fn analyze_image(
         threads: cfg.threads,
     };
     let needs_kernel = names.iter().any(|n| plugins::needs_kernel(n));
+    let sel = if names.iter().any(|n| plugins::is_integrity(n)) {
+        Selection::INTEGRITY
+    } else {
+        Selection::PLUGINS
+    };
     // Without --profile: the capture's own material (NAME.material/).
     let mut material = None;
     let fallback = std::env::var_os("MSHOT_PROFILES").map(PathBuf::from);
     let profile = profile.map(Path::to_path_buf);
     let (profiles, profile) = match (needs_kernel, profile) {
         (false, p) => (Vec::new(), p),
-        (true, None) => match crate::material_load::load_for_image(
-            image,
-            &phys,
-            &memimage::profile::Selection::PLUGINS,
-        ) {
+        (true, None) => match crate::material_load::load_for_image(image, &phys, &sel) {
             Ok((p, m)) => {
                 eprintln!("mshot: {}", m.summary);
                 material = Some(m);
@@ -187,12 +189,15 @@ pub fn analyze_image(
                         "mshot: note: {e:#}; using the profiles in {} (MSHOT_PROFILES)",
                         dir.display()
                     );
-                    (load_profiles(&dir, cfg.cache_dir.as_deref())?, Some(dir))
+                    (
+                        load_profiles(&dir, cfg.cache_dir.as_deref(), &sel)?,
+                        Some(dir),
+                    )
                 }
                 None => return Err(e),
             },
         },
-        (true, Some(p)) => (load_profiles(&p, cfg.cache_dir.as_deref())?, Some(p)),
+        (true, Some(p)) => (load_profiles(&p, cfg.cache_dir.as_deref(), &sel)?, Some(p)),
     };
     let kernel = if needs_kernel {
         Some(pick_kernel(&phys, &profiles, profile.as_deref())?)
@@ -382,7 +387,11 @@ fn is_profile_file(p: &Path) -> bool {
 }
 
 /// Loads a profile file, or every profile file of a directory.
-pub fn load_profiles(path: &Path, cache_dir: Option<&Path>) -> Result<Vec<Profile>> {
+pub fn load_profiles(
+    path: &Path,
+    cache_dir: Option<&Path>,
+    sel: &Selection,
+) -> Result<Vec<Profile>> {
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading profile directory {}", path.display()))?
@@ -396,29 +405,32 @@ pub fn load_profiles(path: &Path, cache_dir: Option<&Path>) -> Result<Vec<Profil
                 path.display()
             );
         }
-        files.iter().map(|f| load_profile(f, cache_dir)).collect()
+        files
+            .iter()
+            .map(|f| load_profile(f, cache_dir, sel))
+            .collect()
     } else {
-        Ok(vec![load_profile(path, cache_dir)?])
+        Ok(vec![load_profile(path, cache_dir, sel)?])
     }
 }
 
 /// Loads one profile file through the cache.
-pub fn load_profile(path: &Path, cache_dir: Option<&Path>) -> Result<Profile> {
+pub fn load_profile(path: &Path, cache_dir: Option<&Path>, sel: &Selection) -> Result<Profile> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading profile {}", path.display()))?;
     let name = path
         .file_name()
         .map_or_else(|| "profile".into(), |n| n.to_string_lossy().into_owned());
-    let cached =
-        cache_dir.map(|d| d.join(format!("{}.json", memimage::profile::cache_key(&bytes))));
+    let key = memimage::profile::cache_key(&bytes);
+    let cached = cache_dir.map(|d| d.join(format!("{key}-{}.json", sel.tag())));
     if let Some(c) = &cached
         && let Ok(cb) = std::fs::read(c)
         && let Ok(p) = Profile::from_cache_bytes(&cb, &name)
     {
         return Ok(p);
     }
-    let profile =
-        Profile::load(&bytes, &name).with_context(|| format!("profile {}", path.display()))?;
+    let profile = Profile::load_with(&bytes, &name, sel)
+        .with_context(|| format!("profile {}", path.display()))?;
     if let Some(c) = &cached {
         // Best effort: a read-only home must not stop the analysis.
         let _ = write_atomically(c, &profile.to_cache_bytes());

@@ -10,6 +10,7 @@
 mod banner;
 mod bash;
 mod envars;
+pub mod integrity;
 mod lsmod;
 mod maps;
 pub mod memdump;
@@ -59,13 +60,83 @@ pub struct Options {
 
 /// Names of the built-in plugins.
 pub const PLUGINS: &[&str] = &[
-    "banner", "pslist", "pstree", "psaux", "lsmod", "netstat", "maps", "memdump", "envars", "bash",
+    "banner",
+    "pslist",
+    "pstree",
+    "psaux",
+    "lsmod",
+    "netstat",
+    "maps",
+    "memdump",
+    "envars",
+    "bash",
+    "triage",
+    "check_syscall",
+    "hidden_modules",
+    "check_modules",
+    "modxview",
+    "check_idt",
+    "keyboard_notifiers",
+    "netfilter",
+    "check_creds",
+    "malfind",
 ];
+
+/// True for the integrity checks (and triage): they need every symbol of
+/// the profile ([`crate::profile::Selection::INTEGRITY`]).
+pub fn is_integrity(name: &str) -> bool {
+    name == "triage" || name == "modxview" || integrity::CHECKS.contains(&name)
+}
+
+/// A plugin's canonical name: Volatility 3's names are accepted too.
+pub fn canonical(name: &str) -> &str {
+    integrity::ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, n)| n)
+}
+
+const PLUGIN_TYPES: &[&str] = crate::profile::PLUGIN_TYPES;
+const EXTRA_INTEGRITY_TYPES: &[&str] = &[
+    "kset",
+    "kobject",
+    "module_kobject",
+    "mod_tree_root",
+    "atomic_notifier_head",
+    "notifier_block",
+    "netns_nf",
+    "nf_hook_entries",
+    "nf_hook_entry",
+];
+
+// Indexing in a const fn: an out-of-bounds index fails the build, not a run.
+#[allow(clippy::indexing_slicing)]
+const fn concat<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[i + j] = b[j];
+        j += 1;
+    }
+    out
+}
+
+const INTEGRITY_TYPES_ARRAY: [&str; PLUGIN_TYPES.len() + EXTRA_INTEGRITY_TYPES.len()] =
+    concat(PLUGIN_TYPES, EXTRA_INTEGRITY_TYPES);
+
+/// The types the integrity checks read: the plugins' and their own.
+pub const INTEGRITY_TYPES: &[&str] = &INTEGRITY_TYPES_ARRAY;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum PluginError {
     #[error(
-        "unknown plugin \"{0}\": expected one of banner, pslist, pstree, psaux, lsmod, netstat, maps, memdump, envars, bash"
+        "unknown plugin \"{0}\": expected one of {list}",
+        list = PLUGINS.join(", ")
     )]
     Unknown(String),
     #[error("plugin {plugin}: {source}")]
@@ -112,7 +183,10 @@ pub fn run_plugin(
         "memdump" => ("memdump", memdump::run(kernel)),
         "envars" => ("envars", envars::run(kernel)),
         "bash" => ("bash", bash::run(kernel)),
-        other => return Err(PluginError::Unknown(other.to_string())),
+        other => match integrity::plugin_rows(canonical(other), kernel) {
+            Some(res) => ("integrity", res),
+            None => return Err(PluginError::Unknown(other.to_string())),
+        },
     };
     res.map_err(|source| PluginError::Kernel { plugin, source })
 }

@@ -38,6 +38,7 @@ pub(super) struct Names {
     types: Bucketed,
     symbols: Bucketed,
     enums: Bucketed,
+    all_symbols: bool,
 }
 
 struct Bucketed(Vec<Vec<&'static [u8]>>);
@@ -70,10 +71,12 @@ impl Names {
                 types,
                 symbols,
                 enums,
+                all_symbols,
             } => Some(Names {
                 types: Bucketed::new(types),
                 symbols: Bucketed::new(symbols),
                 enums: Bucketed::new(enums),
+                all_symbols: *all_symbols,
             }),
         }
     }
@@ -88,7 +91,7 @@ impl Names {
             Member::BaseTypes => true,
             Member::UserTypes => self.types.contains(name) || Self::unnamed(name),
             Member::Enums => self.enums.contains(name),
-            Member::Symbols => self.symbols.contains(name),
+            Member::Symbols => self.all_symbols || self.symbols.contains(name),
             // Not yet known (a later xz block's start): whatever any
             // member could keep; a member that keeps all is refused later.
             Member::Unknown => {
@@ -521,7 +524,12 @@ fn assemble(marks: Vec<Mark>, names: &Names) -> Option<RawProfile> {
             }
             // Skipped before its member was known: fine unless that member
             // keeps every entry.
-            Mark::SkippedUnknown if member == Member::BaseTypes => return None,
+            Mark::SkippedUnknown
+                if member == Member::BaseTypes
+                    || (member == Member::Symbols && names.all_symbols) =>
+            {
+                return None;
+            }
             Mark::SkippedUnknown => {}
             // Kept before its member was known, by what any member keeps.
             Mark::Entry { name, .. } if !names.keeps(member, name.as_bytes()) => {}

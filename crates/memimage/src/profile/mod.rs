@@ -58,63 +58,69 @@ pub enum Selection {
         types: &'static [&'static str],
         symbols: &'static [&'static str],
         enums: &'static [&'static str],
+        /// Keep every symbol: the integrity checks name addresses by the
+        /// nearest kernel symbol and look handlers up by name.
+        all_symbols: bool,
     },
 }
 
+/// The types kernel discovery and the built-in plugins read.
+pub const PLUGIN_TYPES: &[&str] = &[
+    "task_struct",
+    "list_head",
+    "mm_struct",
+    "cred",
+    "kuid_t",
+    "kgid_t",
+    "module",
+    "module_layout",
+    "module_memory",
+    "signal_struct",
+    // netstat, maps, memdump, envars, bash (file descriptors,
+    // sockets, VMAs and the maple tree, path names).
+    "files_struct",
+    "fdtable",
+    "file",
+    "path",
+    "dentry",
+    "qstr",
+    "dentry_operations",
+    "inode",
+    "atomic_t",
+    "super_block",
+    "vfsmount",
+    "mount",
+    "fs_struct",
+    "socket_alloc",
+    "socket",
+    "sock",
+    "sock_common",
+    "inet_sock",
+    "ipv6_pinfo",
+    "in6_addr",
+    "unix_sock",
+    "unix_address",
+    "sockaddr_un",
+    "nsproxy",
+    "net",
+    "ns_common",
+    "mm_context_t",
+    "vm_area_struct",
+    "maple_tree",
+    "maple_node",
+    "maple_range_64",
+    "maple_arange_64",
+    // Boot time, for wall-clock process start times.
+    "timekeeper",
+];
+
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v3";
+const CACHE_VERSION: &str = "v4";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
     pub const PLUGINS: Selection = Selection::Only {
-        types: &[
-            "task_struct",
-            "list_head",
-            "mm_struct",
-            "cred",
-            "kuid_t",
-            "kgid_t",
-            "module",
-            "module_layout",
-            "module_memory",
-            "signal_struct",
-            // netstat, maps, memdump, envars, bash (file descriptors,
-            // sockets, VMAs and the maple tree, path names).
-            "files_struct",
-            "fdtable",
-            "file",
-            "path",
-            "dentry",
-            "qstr",
-            "dentry_operations",
-            "inode",
-            "atomic_t",
-            "super_block",
-            "vfsmount",
-            "mount",
-            "fs_struct",
-            "socket_alloc",
-            "socket",
-            "sock",
-            "sock_common",
-            "inet_sock",
-            "ipv6_pinfo",
-            "in6_addr",
-            "unix_sock",
-            "unix_address",
-            "sockaddr_un",
-            "nsproxy",
-            "net",
-            "ns_common",
-            "mm_context_t",
-            "vm_area_struct",
-            "maple_tree",
-            "maple_node",
-            "maple_range_64",
-            "maple_arange_64",
-            // Boot time, for wall-clock process start times.
-            "timekeeper",
-        ],
+        types: PLUGIN_TYPES,
         symbols: &[
             "init_task",
             "tk_core",
@@ -140,7 +146,28 @@ impl Selection {
             "ns_dname",
         ],
         enums: &["mod_mem_type", "module_state"],
+        all_symbols: false,
     };
+
+    /// What the integrity checks (and triage) use: the plugins' types and
+    /// theirs, and every symbol.
+    pub const INTEGRITY: Selection = Selection::Only {
+        types: crate::plugins::INTEGRITY_TYPES,
+        symbols: &[],
+        enums: &["mod_mem_type", "module_state"],
+        all_symbols: true,
+    };
+
+    /// A short tag for cache keys: selections are cached apart.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Selection::All => "all",
+            Selection::Only {
+                all_symbols: true, ..
+            } => "integrity",
+            Selection::Only { .. } => "plugins",
+        }
+    }
 
     pub(crate) fn keeps_type(&self, n: &str) -> bool {
         match self {
@@ -161,7 +188,11 @@ impl Selection {
     pub(crate) fn keeps_symbol(&self, n: &str) -> bool {
         match self {
             Selection::All => true,
-            Selection::Only { symbols, .. } => symbols.contains(&n),
+            Selection::Only {
+                symbols,
+                all_symbols,
+                ..
+            } => *all_symbols || symbols.contains(&n),
         }
     }
 

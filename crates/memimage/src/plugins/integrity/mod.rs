@@ -1,0 +1,246 @@
+//! Kernel-integrity and rootkit checks, and the triage verdict built on
+//! them.
+//!
+//! Every check answers with rows (what it looked at), findings (what is
+//! wrong, named by its owner) and "not checked" reasons (what it could not
+//! look at on this kernel or profile). A missing symbol or an unreadable
+//! page is never read as "nothing found": triage lists it.
+//!
+//! Owners come from [`Context`]: kernel text by its symbols, module memory
+//! by the module that holds it, whether the module list shows that module
+//! or only carving or sysfs found it.
+
+mod creds;
+mod dispatch;
+mod hooks;
+mod malfind;
+mod modules;
+mod syscall;
+mod syscall_names;
+mod triage;
+
+pub(crate) use modules::Inventory;
+
+use super::Row;
+use crate::kernel::{Kernel, KernelError};
+
+/// How much a finding weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Severity {
+    High,
+    Medium,
+}
+
+impl Severity {
+    fn name(self) -> &'static str {
+        match self {
+            Severity::High => "high",
+            Severity::Medium => "medium",
+        }
+    }
+}
+
+/// One thing a check found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    pub severity: Severity,
+    pub check: &'static str,
+    pub what: String,
+    pub evidence: String,
+    pub owner: String,
+}
+
+/// What one check produced.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub rows: Vec<Row>,
+    pub findings: Vec<Finding>,
+    /// Parts the check could not look at, each with the reason.
+    pub not_checked: Vec<String>,
+    /// What it looked at, for a reader who sees no findings.
+    pub examined: String,
+}
+
+/// The integrity plugins, in the order triage runs them.
+pub const CHECKS: &[&str] = &[
+    "check_modules",
+    "hidden_modules",
+    "check_syscall",
+    "check_idt",
+    "keyboard_notifiers",
+    "netfilter",
+    "check_creds",
+    "malfind",
+];
+
+/// Volatility 3's names for the same checks.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("linux.malware.check_syscall", "check_syscall"),
+    ("linux.malware.hidden_modules", "hidden_modules"),
+    ("linux.malware.check_modules", "check_modules"),
+    ("linux.malware.modxview", "modxview"),
+    ("linux.malware.check_idt", "check_idt"),
+    ("linux.malware.keyboard_notifiers", "keyboard_notifiers"),
+    ("linux.malware.netfilter", "netfilter"),
+    ("linux.malware.check_creds", "check_creds"),
+    ("linux.malware.malfind", "malfind"),
+];
+
+/// The kernel's symbols by runtime address, for naming code addresses.
+#[derive(Debug)]
+pub(crate) struct Symbols<'k> {
+    by_addr: Vec<(u64, &'k str)>,
+    /// `_stext`..`_etext` and `_sinittext`..`_einittext`, runtime. Init
+    /// text is freed after boot, but unused IDT vectors still point there.
+    text: Vec<(u64, u64)>,
+}
+
+impl<'k> Symbols<'k> {
+    pub(crate) fn new(k: &'k Kernel<'_, '_>) -> Result<Self, KernelError> {
+        let mut text = vec![(k.symbol("_stext")?, k.symbol("_etext")?)];
+        if let (Ok(s), Ok(e)) = (k.symbol("_sinittext"), k.symbol("_einittext")) {
+            text.push((s, e));
+        }
+        let in_text = |a: u64| text.iter().any(|&(s, e)| a >= s && a < e);
+        let mut by_addr: Vec<(u64, &str)> = k
+            .profile
+            .symbols
+            .iter()
+            .map(|(n, s)| (s.address.wrapping_add(k.aslr_shift), n.as_str()))
+            .filter(|(a, _)| in_text(*a))
+            .collect();
+        // Among aliases, the `__pfx_`/`__cfi_` padding names lose.
+        by_addr.sort_unstable_by_key(|(a, n)| (*a, n.starts_with("__pfx_"), n.len()));
+        Ok(Symbols { by_addr, text })
+    }
+
+    pub(crate) fn in_text(&self, addr: u64) -> bool {
+        self.text.iter().any(|&(s, e)| addr >= s && addr < e)
+    }
+
+    /// The symbol at or below `addr` in kernel text, with the offset.
+    pub(crate) fn name(&self, addr: u64) -> Option<(&'k str, u64)> {
+        if !self.in_text(addr) {
+            return None;
+        }
+        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
+        let (a, _) = *self.by_addr.get(i.checked_sub(1)?)?;
+        // The first name of that address (sorted preferred first).
+        let first = self.by_addr.partition_point(|(x, _)| *x < a);
+        self.by_addr.get(first).map(|(a, n)| (*n, addr - a))
+    }
+
+    /// The next symbol address after `addr` (a function's end bound).
+    pub(crate) fn next_after(&self, addr: u64) -> Option<u64> {
+        let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
+        self.by_addr.get(i).map(|(a, _)| *a)
+    }
+}
+
+/// Who owns an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Kernel text: the symbol and offset, when one is known.
+    Kernel(Option<(String, u64)>),
+    /// A module's memory; `hidden` when the module list does not show it.
+    Module { name: String, hidden: bool },
+    /// Neither kernel text nor any module found.
+    Unknown,
+}
+
+impl Owner {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Owner::Kernel(Some((s, 0))) => format!("kernel: {s}"),
+            Owner::Kernel(Some((s, off))) => format!("kernel: {s}+{off:#x}"),
+            Owner::Kernel(None) => "kernel".into(),
+            Owner::Module {
+                name,
+                hidden: false,
+            } => format!("module {name}"),
+            Owner::Module { name, hidden: true } => format!("hidden module {name}"),
+            Owner::Unknown => "unknown (no module owns it)".into(),
+        }
+    }
+
+    pub(crate) fn is_kernel(&self) -> bool {
+        matches!(self, Owner::Kernel(_))
+    }
+}
+
+/// What every check shares: symbols and the module inventory.
+pub(crate) struct Context<'k> {
+    pub symbols: Result<Symbols<'k>, KernelError>,
+    pub modules: Result<Inventory, KernelError>,
+}
+
+impl<'k> Context<'k> {
+    pub(crate) fn new(k: &'k Kernel<'_, '_>) -> Self {
+        Context {
+            symbols: Symbols::new(k),
+            modules: Inventory::gather(k),
+        }
+    }
+
+    pub(crate) fn owner(&self, addr: u64) -> Owner {
+        if let Ok(s) = &self.symbols
+            && s.in_text(addr)
+        {
+            return Owner::Kernel(s.name(addr).map(|(n, o)| (n.to_string(), o)));
+        }
+        if let Ok(inv) = &self.modules
+            && let Some(m) = inv.owner_of(addr)
+        {
+            return Owner::Module {
+                name: m.name.clone(),
+                hidden: !m.in_list,
+            };
+        }
+        Owner::Unknown
+    }
+
+    /// The symbols, or the reason they are missing as a kernel error.
+    pub(crate) fn syms(&self) -> Result<&Symbols<'k>, KernelError> {
+        self.symbols.as_ref().map_err(Clone::clone)
+    }
+
+    pub(crate) fn inventory(&self) -> Result<&Inventory, KernelError> {
+        self.modules.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// Runs one integrity check by name.
+pub(crate) fn run_check(
+    name: &str,
+    k: &Kernel<'_, '_>,
+    cx: &Context<'_>,
+) -> Option<Result<Report, KernelError>> {
+    Some(match name {
+        "check_modules" => modules::check_modules(k, cx),
+        "hidden_modules" => modules::hidden_modules(k, cx),
+        "modxview" => modules::modxview(k, cx),
+        "check_syscall" => syscall::check(k, cx),
+        "check_idt" => hooks::check_idt(k, cx),
+        "keyboard_notifiers" => hooks::keyboard_notifiers(k, cx),
+        "netfilter" => hooks::netfilter(k, cx),
+        "check_creds" => creds::check(k, cx),
+        "malfind" => malfind::check(k, cx),
+        _ => return None,
+    })
+}
+
+/// Rows of a check run on its own: its rows, then its findings and what it
+/// could not check as rows of their own kind, so that nothing is dropped.
+pub(crate) fn plugin_rows(name: &str, k: &Kernel<'_, '_>) -> Option<Result<Vec<Row>, KernelError>> {
+    if name == "triage" {
+        return Some(triage::run(k));
+    }
+    let cx = Context::new(k);
+    let report = run_check(name, k, &cx)?;
+    Some(report.map(|r| {
+        for n in &r.not_checked {
+            k.note(format!("{name}: not checked: {n}"));
+        }
+        r.rows
+    }))
+}
