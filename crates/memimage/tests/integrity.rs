@@ -1,0 +1,189 @@
+//! The integrity checks on the real Debian 6.1 capture in
+//! `shared/fixtures` (skipped, with a message, when it is not there),
+//! against Volatility 3 2.28.2's `linux.malware.*` output on the same
+//! image (kept in tests/data, made with the fixture's ISF). A clean image:
+//! any finding is a false alarm and fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use memimage::plugins::{Options, Row, Value, run_plugin};
+use memimage::profile::Selection;
+use memimage::{Kernel, PhysicalMemory, Profile};
+use serde_json::Value as J;
+use std::collections::BTreeMap;
+
+mod common;
+use common::{NAME, capture};
+
+/// Volatility prints addresses without their top 16 bits.
+const MASK: u64 = 0xffff_ffff_ffff;
+
+fn vol(plugin: &str) -> Vec<J> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(NAME)
+        .join(format!("linux.malware.{plugin}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn with_kernel(f: impl FnOnce(&Kernel<'_, '_>)) {
+    let Some((lime, dir)) = capture() else { return };
+    let bytes = std::fs::read(dir.join(format!("{NAME}.json.xz"))).unwrap();
+    let profile = Profile::load_with(&bytes, NAME, &Selection::INTEGRITY).unwrap();
+    let file = std::fs::File::open(&lime).unwrap();
+    let image = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let phys = PhysicalMemory::parse(&image).unwrap();
+    let k = Kernel::locate(&phys, &profile).unwrap();
+    f(&k);
+}
+
+fn run(k: &Kernel<'_, '_>, plugin: &str) -> Vec<Row> {
+    run_plugin(plugin, k, &Options { threads: false }).unwrap()
+}
+
+fn s(r: &Row, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::Str(v)) => v.clone(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+fn u(r: &Row, key: &str) -> u64 {
+    match r.get(key) {
+        Some(Value::UInt(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// Triage on a clean capture: every check ran, none found anything, and the
+/// capture's own LiME is recognised.
+#[test]
+fn triage_finds_nothing_on_a_clean_capture() {
+    with_kernel(|k| {
+        let rows = run(k, "triage");
+        let results: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (s(r, "check"), s(r, "result"), s(r, "what")))
+            .collect();
+        for (check, result, what) in &results {
+            assert_eq!(result, "ok", "{check}: {result}: {what}");
+        }
+        for check in memimage::plugins::integrity::CHECKS {
+            assert!(
+                results.iter().any(|(c, _, _)| c == check),
+                "{check} missing from triage"
+            );
+        }
+        assert!(results.iter().any(|(_, _, w)| w.contains("lime")));
+    });
+}
+
+/// For every index Volatility prints, the same handler address and symbol;
+/// mshot also reads the entries Volatility's sizing leaves out, and the
+/// three dispatchers, whose every case reaches the table's handler.
+#[test]
+fn check_syscall_agrees_with_volatility() {
+    with_kernel(|k| {
+        let rows = run(k, "check_syscall");
+        let table: BTreeMap<u64, &Row> = rows
+            .iter()
+            .filter(|r| s(r, "source") == "sys_call_table")
+            .map(|r| (u(r, "index"), r))
+            .collect();
+        let theirs = vol("check_syscall");
+        assert_eq!(theirs.len(), 430);
+        for v in &theirs {
+            assert_eq!(v["Table Name"], "64bit");
+            let i = v["Index"].as_u64().unwrap();
+            let ours = table[&i];
+            assert_eq!(u(ours, "handler") & MASK, v["Handler Address"].as_u64().unwrap(), "{i}");
+            assert_eq!(s(ours, "symbol"), v["Handler Symbol"].as_str().unwrap(), "{i}");
+            assert_eq!(s(ours, "hooked"), "false");
+        }
+        assert_eq!(table.len(), 451, "NR_syscalls of 6.1");
+        assert_eq!(s(table[&62], "name"), "kill");
+        // The dispatcher reaches what the table holds, number by number.
+        for r in rows.iter().filter(|r| s(r, "source") == "x64_sys_call") {
+            let i = u(r, "index");
+            if let Some(t) = table.get(&i) {
+                assert_eq!(u(r, "handler"), u(t, "handler"), "x64_sys_call case {i}");
+            }
+            assert_eq!(s(r, "hooked"), "false", "x64_sys_call case {i}");
+        }
+        for d in ["ia32_sys_call", "x32_sys_call"] {
+            let n = rows.iter().filter(|r| s(r, "source") == d).count();
+            assert!(n > 400, "{d}: {n} cases");
+        }
+    });
+}
+
+/// The IDT gates Volatility prints, with the same handler and symbol.
+#[test]
+fn check_idt_agrees_with_volatility() {
+    with_kernel(|k| {
+        let rows = run(k, "check_idt");
+        assert_eq!(rows.len(), 256);
+        for v in vol("check_idt") {
+            let i = v["Index"].as_u64().unwrap() as usize;
+            assert_eq!(u(&rows[i], "index"), i as u64);
+            assert_eq!(u(&rows[i], "address") & MASK, v["Address"].as_u64().unwrap());
+            assert_eq!(s(&rows[i], "symbol"), v["Symbol"].as_str().unwrap());
+        }
+    });
+}
+
+/// Same netfilter hooks, no keyboard notifiers, no hidden modules, and the
+/// module views agree with modxview.
+#[test]
+fn hooks_and_module_views_agree_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<(String, u64, String)> = run(k, "netfilter")
+            .iter()
+            .map(|r| (s(r, "family"), u(r, "address") & MASK, s(r, "symbol")))
+            .collect();
+        let theirs: Vec<(String, u64, String)> = vol("netfilter")
+            .iter()
+            .map(|v| {
+                (
+                    v["Proto"].as_str().unwrap().to_lowercase(),
+                    v["Handler"].as_u64().unwrap(),
+                    v["Symbol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        assert!(run(k, "keyboard_notifiers").is_empty());
+        assert!(vol("keyboard_notifiers").is_empty());
+        assert!(run(k, "hidden_modules").is_empty());
+        assert!(run(k, "check_modules").is_empty());
+        let mut views: Vec<(String, u64, bool, bool)> = run(k, "modxview")
+            .iter()
+            .map(|r| {
+                (
+                    s(r, "name"),
+                    u(r, "offset") & MASK,
+                    s(r, "in_sysfs") == "true",
+                    s(r, "carved") == "true",
+                )
+            })
+            .collect();
+        let mut vol_views: Vec<(String, u64, bool, bool)> = vol("modxview")
+            .iter()
+            .map(|v| {
+                (
+                    v["Name"].as_str().unwrap().to_string(),
+                    v["Address"].as_u64().unwrap(),
+                    v["In sysfs"].as_bool().unwrap(),
+                    v["In scan"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        views.sort();
+        vol_views.sort();
+        assert_eq!(views, vol_views);
+    });
+}
