@@ -241,6 +241,48 @@ proptest! {
         }
     }
 
+    /// The integrity checks (module carving, sysfs and list walks, the
+    /// dispatcher decoder, IDT, notifier chains, netfilter) on a planted
+    /// synthetic kernel whose data, text and module memory are mutated.
+    #[test]
+    fn integrity_checks_on_mutated_kernels(plant_all in any::<bool>(), edits in proptest::collection::vec((0x2_0000usize..0x2_a000, any::<u8>()), 0..32), code in proptest::collection::vec(any::<u8>(), 0..0x100), words in proptest::collection::vec((0x30_0000usize..0x33_0000, any::<u64>()), 0..16)) {
+        use memimage::plugins::{Options, run_plugin};
+        use memimage::profile::Selection;
+        use memimage::synth::integrity::{Plant, build};
+        let ik = build(if plant_all { Plant::all() } else { Plant::default() }, None);
+        let mut bytes = ik.mem.bytes.clone();
+        for (at, v) in edits {
+            bytes[at] = v;
+        }
+        // x64_sys_call's code (physical 0x101000) replaced by garbage.
+        bytes[0x10_1000..0x10_1000 + code.len()].copy_from_slice(&code);
+        for (at, v) in words {
+            bytes[at & !7..(at & !7) + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let phys = PhysicalMemory::parse(&bytes).unwrap();
+        let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+        let k = Kernel {
+            phys: &phys,
+            profile: &profile,
+            vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
+            aslr_shift: 0,
+            phys_shift: 0,
+            dtb: ik.mem.dtb,
+            mode: PagingMode::Level4,
+            banner: Vec::new(),
+            banner_pa: 0,
+            vmcoreinfo: None,
+            method: "fuzz",
+            notes: Default::default(),
+        };
+        for p in ["triage", "modxview"] {
+            match run_plugin(p, &k, &Options { threads: false }) {
+                Ok(rows) => prop_assert!(!rows.is_empty() || p == "modxview"),
+                Err(e) => prop_assert!(!e.to_string().contains('\n')),
+            }
+        }
+    }
+
     #[test]
     fn paging_over_garbage(mem in proptest::collection::vec(any::<u8>(), 0x2000..0x4000), dtb in any::<u64>(), va in any::<u64>(), five in any::<bool>()) {
         let img = lime_image(&[(0, &mem)]);

@@ -100,8 +100,16 @@ fn check_syscall_agrees_with_volatility() {
             assert_eq!(v["Table Name"], "64bit");
             let i = v["Index"].as_u64().unwrap();
             let ours = table[&i];
-            assert_eq!(u(ours, "handler") & MASK, v["Handler Address"].as_u64().unwrap(), "{i}");
-            assert_eq!(s(ours, "symbol"), v["Handler Symbol"].as_str().unwrap(), "{i}");
+            assert_eq!(
+                u(ours, "handler") & MASK,
+                v["Handler Address"].as_u64().unwrap(),
+                "{i}"
+            );
+            assert_eq!(
+                s(ours, "symbol"),
+                v["Handler Symbol"].as_str().unwrap(),
+                "{i}"
+            );
             assert_eq!(s(ours, "hooked"), "false");
         }
         assert_eq!(table.len(), 451, "NR_syscalls of 6.1");
@@ -130,7 +138,10 @@ fn check_idt_agrees_with_volatility() {
         for v in vol("check_idt") {
             let i = v["Index"].as_u64().unwrap() as usize;
             assert_eq!(u(&rows[i], "index"), i as u64);
-            assert_eq!(u(&rows[i], "address") & MASK, v["Address"].as_u64().unwrap());
+            assert_eq!(
+                u(&rows[i], "address") & MASK,
+                v["Address"].as_u64().unwrap()
+            );
             assert_eq!(s(&rows[i], "symbol"), v["Symbol"].as_str().unwrap());
         }
     });

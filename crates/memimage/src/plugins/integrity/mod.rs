@@ -17,6 +17,8 @@ mod malfind;
 mod modules;
 mod syscall;
 mod syscall_names;
+#[cfg(test)]
+mod tests;
 mod triage;
 
 pub(crate) use modules::Inventory;

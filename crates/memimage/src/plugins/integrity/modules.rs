@@ -209,8 +209,16 @@ fn module_bounds(k: &Kernel<'_, '_>) -> Result<(u64, u64), KernelError> {
         let hi = ptr(k, t, "mod_tree_root", "addr_max")?;
         return Ok((lo, hi));
     }
-    let lo = k.read_u64(k.symbol("module_addr_min")?, || "module_addr_min".into())?;
-    let hi = k.read_u64(k.symbol("module_addr_max")?, || "module_addr_max".into())?;
+    let (Ok(lo), Ok(hi)) = (k.symbol("module_addr_min"), k.symbol("module_addr_max")) else {
+        return Err(KernelError::Profile(
+            crate::profile::ProfileError::MissingSymbol {
+                profile: k.profile.name.clone(),
+                name: "mod_tree (or module_addr_min and module_addr_max)".into(),
+            },
+        ));
+    };
+    let lo = k.read_u64(lo, || "module_addr_min".into())?;
+    let hi = k.read_u64(hi, || "module_addr_max".into())?;
     Ok((lo, hi))
 }
 

@@ -99,6 +99,8 @@ impl SynthMemory {
     }
 }
 
+pub mod integrity;
+
 /// A small kernel with one user process, for the process and network
 /// plugins: a bash task with files (a TCP/IPv4, a UDP/IPv6 and a UNIX
 /// socket), a file-backed text region with a path through a mount, heap,

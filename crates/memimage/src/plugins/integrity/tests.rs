@@ -1,0 +1,206 @@
+//! The integrity checks on `synth::integrity`: a clean kernel gives no
+//! findings, each planted item is found and named by its module, and a
+//! missing symbol or unknown code gives "not checked", never "ok".
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use crate::format::PhysicalMemory;
+use crate::kernel::Kernel;
+use crate::memory::{PagingMode, VirtualMemory};
+use crate::plugins::{Options, Row, Value, run_plugin};
+use crate::profile::{Profile, Selection};
+use crate::synth::integrity::{KIT_NAME, Plant, build};
+
+fn with_kernel<T>(plant: Plant, drop: Option<&str>, f: impl FnOnce(&Kernel<'_, '_>) -> T) -> T {
+    let ik = build(plant, drop);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile =
+        Profile::load_with(ik.isf.as_bytes(), "synth-integrity", &Selection::INTEGRITY).unwrap();
+    let k = Kernel {
+        phys: &phys,
+        profile: &profile,
+        vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
+        aslr_shift: 0,
+        phys_shift: 0,
+        dtb: ik.mem.dtb,
+        mode: PagingMode::Level4,
+        banner: Vec::new(),
+        banner_pa: 0,
+        vmcoreinfo: None,
+        method: "synthetic",
+        notes: Default::default(),
+    };
+    f(&k)
+}
+
+fn s(r: &Row, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::Str(v)) => v.clone(),
+        Some(Value::UInt(v)) => v.to_string(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+fn triage(plant: Plant, drop: Option<&str>) -> Vec<(String, String, String, String)> {
+    with_kernel(plant, drop, |k| {
+        run_plugin("triage", k, &Options { threads: false })
+            .unwrap()
+            .iter()
+            .map(|r| (s(r, "check"), s(r, "result"), s(r, "what"), s(r, "owner")))
+            .collect()
+    })
+}
+
+#[test]
+fn clean_kernel_has_no_findings() {
+    let rows = triage(Plant::default(), None);
+    for (check, result, what, _) in &rows {
+        assert_eq!(result, "ok", "{check}: {what}");
+    }
+    assert_eq!(rows.len(), super::CHECKS.len());
+}
+
+#[test]
+fn every_planted_item_is_found_and_named() {
+    let rows = triage(Plant::all(), None);
+    let found = |check: &str, needle: &str| {
+        rows.iter().any(|(c, r, w, o)| {
+            c == check && r == "finding" && w.contains(needle) && o.contains(KIT_NAME)
+        })
+    };
+    let owner = format!("hidden module {KIT_NAME}");
+    assert!(found("hidden_modules", KIT_NAME), "{rows:#?}");
+    assert!(found("check_modules", KIT_NAME), "{rows:#?}");
+    assert!(
+        found("check_syscall", "62 (kill) is redirected in sys_call_table"),
+        "{rows:#?}"
+    );
+    assert!(
+        found("check_syscall", "62 (kill) is redirected in x64_sys_call"),
+        "{rows:#?}"
+    );
+    assert!(found("check_idt", "vector 0x3"), "{rows:#?}");
+    assert!(found("keyboard_notifiers", "keyboard"), "{rows:#?}");
+    assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
+    // Nothing else: exactly one finding per planted item (the syscall
+    // check two), all owned by the hidden module.
+    let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
+    assert_eq!(findings.len(), 7, "{findings:#?}");
+    assert!(findings.iter().all(|(_, _, _, o)| *o == owner));
+}
+
+#[test]
+fn each_plant_alone_is_found_by_its_check() {
+    let single = [
+        (
+            "check_syscall",
+            Plant {
+                table_hook: true,
+                ..Plant::default()
+            },
+        ),
+        (
+            "check_syscall",
+            Plant {
+                dispatch_hook: true,
+                ..Plant::default()
+            },
+        ),
+        (
+            "check_idt",
+            Plant {
+                idt_hook: true,
+                ..Plant::default()
+            },
+        ),
+        (
+            "keyboard_notifiers",
+            Plant {
+                keyboard: true,
+                ..Plant::default()
+            },
+        ),
+        (
+            "netfilter",
+            Plant {
+                netfilter: true,
+                ..Plant::default()
+            },
+        ),
+    ];
+    for (check, plant) in single {
+        let rows = triage(plant, None);
+        let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
+        assert_eq!(findings.len(), 1, "{plant:?}: {findings:#?}");
+        assert_eq!(findings[0].0, check);
+        // Without the module in any view, nobody owns the code.
+        assert!(findings[0].3.starts_with("unknown"), "{findings:#?}");
+    }
+}
+
+#[test]
+fn hidden_module_carries_its_evidence() {
+    with_kernel(Plant::all(), None, |k| {
+        let rows = run_plugin("hidden_modules", k, &Options { threads: false }).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(s(&rows[0], "name"), KIT_NAME);
+        assert_eq!(s(&rows[0], "list_poisoned"), "true");
+        assert_eq!(s(&rows[0], "in_sysfs"), "true");
+        let all = run_plugin("modxview", k, &Options { threads: false }).unwrap();
+        assert_eq!(all.len(), 2);
+    });
+}
+
+/// A symbol a check needs is missing: that check says "not checked" with
+/// the symbol's name, and is never reported as ok.
+#[test]
+fn missing_symbols_are_not_checked() {
+    for (symbol, check) in [
+        ("idt_table", "check_idt"),
+        ("module_kset", "check_modules"),
+        ("mod_tree", "hidden_modules"),
+        ("keyboard_notifier_list", "keyboard_notifiers"),
+        ("net_namespace_list", "netfilter"),
+        ("_stext", "check_syscall"),
+    ] {
+        let rows = triage(Plant::all(), Some(symbol));
+        let mine: Vec<_> = rows.iter().filter(|(c, _, _, _)| c == check).collect();
+        assert!(
+            mine.iter()
+                .any(|(_, r, w, _)| r == "not checked" && w.contains(symbol)),
+            "{symbol}: {mine:#?}"
+        );
+        assert!(
+            mine.iter().all(|(_, r, _, _)| r != "ok"),
+            "{symbol}: {mine:#?}"
+        );
+    }
+}
+
+/// Dispatcher code the decoder does not know (a `ret` where a case should
+/// be) leaves the dispatcher "not checked".
+#[test]
+fn unknown_dispatcher_code_is_not_checked() {
+    let mut ik = build(Plant::default(), None);
+    // x64_sys_call sits at TEXT + 0x1000, physical 0x101000.
+    ik.mem.write(0x10_1005, &[0xc3]);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+    let k = Kernel {
+        phys: &phys,
+        profile: &profile,
+        vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
+        aslr_shift: 0,
+        phys_shift: 0,
+        dtb: ik.mem.dtb,
+        mode: PagingMode::Level4,
+        banner: Vec::new(),
+        banner_pa: 0,
+        vmcoreinfo: None,
+        method: "synthetic",
+        notes: Default::default(),
+    };
+    let rows = run_plugin("triage", &k, &Options { threads: false }).unwrap();
+    assert!(rows.iter().any(|r| s(r, "check") == "check_syscall"
+        && s(r, "result") == "not checked"
+        && s(r, "what").contains("x64_sys_call")));
+}

@@ -1,0 +1,303 @@
+//! A small kernel for the integrity checks: kernel text with three
+//! system-call handlers and an `x64_sys_call` compare tree, a
+//! `sys_call_table`, an IDT, a module list, the sysfs module kset,
+//! `mod_tree` bounds, a keyboard notifier chain and one network namespace
+//! with a netfilter hook. [`Plant`] adds what a rootkit leaves: a module
+//! unlinked from the list (poisoned pointers, still in sysfs) whose code
+//! replaces `kill` in the table and in the dispatcher, an IDT gate, a
+//! keyboard notifier and a netfilter hook.
+
+use super::SynthMemory;
+use serde_json::{Value, json};
+
+pub const DIRECT: u64 = 0xffff_8880_0000_0000;
+pub const TEXT: u64 = 0xffff_ffff_8100_0000;
+const TEXT_PA: u64 = 0x10_0000;
+pub const MODULES: u64 = 0xffff_ffff_c000_0000;
+const MODULES_PA: u64 = 0x30_0000;
+
+/// Handlers in kernel text (offsets from `TEXT`).
+const READ: u64 = 0x100;
+const WRITE: u64 = 0x200;
+const KILL: u64 = 0x300;
+const NI: u64 = 0x400;
+const EXC: u64 = 0x500;
+const NF_HOOK: u64 = 0x600;
+const DISPATCH: u64 = 0x1000;
+
+/// Kernel data (physical; VA = `DIRECT` + PA).
+const TABLE: u64 = 0x2_0000;
+const TABLE_LEN: u64 = 63;
+const IDT: u64 = 0x2_1000;
+const MODULES_HEAD: u64 = 0x2_2000;
+const KSET: u64 = 0x2_3000;
+const KSET_PTR: u64 = 0x2_3800;
+const KBD: u64 = 0x2_4000;
+const NETNS_HEAD: u64 = 0x2_5000;
+const NET: u64 = 0x2_6000;
+const NF_ENTRIES: u64 = 0x2_7000;
+const MOD_TREE: u64 = 0x2_8000;
+const INIT_TASK: u64 = 0x2_9000;
+
+/// Module memory (offsets from `MODULES`).
+const GOOD: u64 = 0x1000;
+const GOOD_TEXT: u64 = 0x1_0000;
+const KIT: u64 = 0x2000;
+const KIT_TEXT: u64 = 0x2_0000;
+const KIT_NOTIFIER: u64 = 0x2800;
+pub const KIT_NAME: &str = "mshot_testkit";
+
+/// What the rootkit plants (all off: a clean kernel).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plant {
+    pub hidden_module: bool,
+    pub table_hook: bool,
+    pub dispatch_hook: bool,
+    pub idt_hook: bool,
+    pub keyboard: bool,
+    pub netfilter: bool,
+}
+
+impl Plant {
+    pub fn all() -> Plant {
+        Plant {
+            hidden_module: true,
+            table_hook: true,
+            dispatch_hook: true,
+            idt_hook: true,
+            keyboard: true,
+            netfilter: true,
+        }
+    }
+}
+
+pub struct IntegrityKernel {
+    pub mem: SynthMemory,
+    pub isf: String,
+}
+
+fn d(pa: u64) -> u64 {
+    DIRECT + pa
+}
+
+fn ty(size: u64, fields: &[(&str, u64, Value)]) -> Value {
+    let f: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(n, o, t)| ((*n).to_string(), json!({"offset": o, "type": t})))
+        .collect();
+    json!({"kind": "struct", "size": size, "fields": f})
+}
+
+fn isf(drop_symbol: Option<&str>) -> String {
+    let base = |n: &str| json!({"kind": "base", "name": n});
+    let ptr = |n: &str| json!({"kind": "pointer", "subtype": {"kind": "struct", "name": n}});
+    let st = |n: &str| json!({"kind": "struct", "name": n});
+    let arr = |c: u64, e: Value| json!({"kind": "array", "count": c, "subtype": e});
+    let (u16t, u32t, i32t) = (
+        base("short unsigned int"),
+        base("unsigned int"),
+        base("int"),
+    );
+    let vp = json!({"kind": "pointer", "subtype": {"kind": "base", "name": "void"}});
+    let types = json!({
+        "list_head": ty(16, &[("next", 0, ptr("list_head")), ("prev", 8, ptr("list_head"))]),
+        "task_struct": ty(0x100, &[("tasks", 0x10, st("list_head")), ("pid", 0x20, i32t.clone()),
+            ("tgid", 0x24, i32t.clone()), ("comm", 0x38, arr(16, base("char"))),
+            ("cred", 0x48, vp.clone()), ("mm", 0x58, vp.clone())]),
+        "module": ty(0x400, &[("list", 8, st("list_head")), ("name", 0x18, arr(56, base("char"))),
+            ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory")))]),
+        "module_memory": ty(0x38, &[("base", 0, vp.clone()), ("size", 8, u32t.clone())]),
+        "module_kobject": ty(0x60, &[("kobj", 0, st("kobject")), ("mod", 0x40, ptr("module"))]),
+        "kobject": ty(0x40, &[("name", 0, vp.clone()), ("entry", 8, st("list_head"))]),
+        "kset": ty(0x60, &[("list", 0, st("list_head"))]),
+        "mod_tree_root": ty(0x40, &[("addr_min", 0x30, vp.clone()), ("addr_max", 0x38, vp.clone())]),
+        "atomic_notifier_head": ty(0x10, &[("head", 8, ptr("notifier_block"))]),
+        "notifier_block": ty(0x18, &[("notifier_call", 0, vp.clone()), ("next", 8, ptr("notifier_block")),
+            ("priority", 0x10, i32t)]),
+        "net": ty(0x1000, &[("list", 0x10, st("list_head")), ("ns", 0x80, st("ns_common")),
+            ("nf", 0x200, st("netns_nf"))]),
+        "ns_common": ty(0x18, &[("inum", 0x10, u32t)]),
+        "netns_nf": ty(0x50, &[("hooks_ipv4", 0, arr(5, vp.clone())), ("hooks_ipv6", 0x28, arr(5, vp.clone()))]),
+        "nf_hook_entries": ty(8, &[("num_hook_entries", 0, u16t), ("hooks", 8, arr(0, st("nf_hook_entry")))]),
+        "nf_hook_entry": ty(16, &[("hook", 0, vp.clone()), ("priv", 8, vp)]),
+    });
+    let mut symbols = serde_json::Map::new();
+    let mut sym = |n: &str, a: u64| {
+        if Some(n) != drop_symbol {
+            symbols.insert(n.into(), json!({"address": a}));
+        }
+    };
+    sym("_stext", TEXT);
+    sym("_etext", TEXT + 0x1_0000);
+    sym("__x64_sys_read", TEXT + READ);
+    sym("__x64_sys_write", TEXT + WRITE);
+    sym("__x64_sys_kill", TEXT + KILL);
+    sym("__x64_sys_ni_syscall", TEXT + NI);
+    sym("asm_exc_divide_error", TEXT + EXC);
+    sym("apparmor_ip_postroute", TEXT + NF_HOOK);
+    sym("x64_sys_call", TEXT + DISPATCH);
+    sym("__pfx_x64_sys_call_end", TEXT + DISPATCH + 0x100);
+    sym("sys_call_table", d(TABLE));
+    sym("vdso_mapping", d(TABLE + TABLE_LEN * 8));
+    sym("idt_table", d(IDT));
+    sym("modules", d(MODULES_HEAD));
+    sym("module_kset", d(KSET_PTR));
+    sym("mod_tree", d(MOD_TREE));
+    sym("keyboard_notifier_list", d(KBD));
+    sym("net_namespace_list", d(NETNS_HEAD));
+    sym("init_task", d(INIT_TASK));
+    json!({
+        "metadata": {"format": "6.2.0"},
+        "base_types": {
+            "char": {"size": 1, "signed": true, "kind": "char", "endian": "little"},
+            "short unsigned int": {"size": 2, "signed": false, "kind": "int", "endian": "little"},
+            "int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
+            "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
+            "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}
+        },
+        "user_types": types,
+        "enums": {},
+        "symbols": symbols,
+    })
+    .to_string()
+}
+
+fn rel32(from_next: u64, to: u64) -> [u8; 4] {
+    (to.wrapping_sub(from_next) as i64 as i32).to_le_bytes()
+}
+
+/// `x64_sys_call`: per number, `cmp esi, NR; jne next; jmp HANDLER`, then
+/// the default `jmp ni`.
+fn dispatcher(cases: &[(u32, u64)], ni: u64) -> Vec<u8> {
+    let mut code = vec![0x0f, 0x1f, 0x44, 0x00, 0x00];
+    for &(nr, target) in cases {
+        code.extend([0x81, 0xfe]);
+        code.extend(nr.to_le_bytes());
+        code.extend([0x0f, 0x85, 0x05, 0x00, 0x00, 0x00]);
+        let next = TEXT + DISPATCH + code.len() as u64 + 5;
+        code.push(0xe9);
+        code.extend(rel32(next, target));
+    }
+    let next = TEXT + DISPATCH + code.len() as u64 + 5;
+    code.push(0xe9);
+    code.extend(rel32(next, ni));
+    code
+}
+
+/// Writes a module: struct at `m` (module-space offset), one text region.
+fn module(mem: &mut SynthMemory, m: u64, name: &str, text: u64, list: (u64, u64)) {
+    let pa = MODULES_PA + m;
+    mem.write_u64(pa + 8, list.0);
+    mem.write_u64(pa + 0x10, list.1);
+    mem.write(pa + 0x18, name.as_bytes());
+    mem.write_u64(pa + 0x50 + 0x40, MODULES + m); // mkobj.mod
+    mem.write_u64(pa + 0x100, MODULES + text);
+    mem.write(pa + 0x108, &0x1000u32.to_le_bytes());
+    mem.write_u64(pa + 0x100 + 0x38, MODULES + m - (m & 0xfff)); // data region
+    mem.write(pa + 0x108 + 0x38, &0x1000u32.to_le_bytes());
+}
+
+/// Builds the kernel; `drop_symbol` leaves one symbol out of the profile.
+pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
+    let mut m = SynthMemory::new(0x40_0000, 0x40_0000, false);
+    for pa in (0..0x20_0000).step_by(0x20_0000) {
+        m.map(d(pa), pa, 0x20_0000);
+    }
+    m.map_range(TEXT, TEXT_PA, 0x1_0000);
+    m.map_range(MODULES, MODULES_PA, 0x3_0000);
+    let text = |off: u64| TEXT_PA + off;
+    for h in [READ, WRITE, KILL, NI, EXC, NF_HOOK] {
+        m.write(text(h), &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
+    }
+    let kit = |off: u64| MODULES + KIT_TEXT + off;
+    m.write(MODULES_PA + KIT_TEXT, &[0xc3; 0x200]);
+    let kill_target = if plant.dispatch_hook {
+        kit(0x10)
+    } else {
+        TEXT + KILL
+    };
+    let code = dispatcher(
+        &[(0, TEXT + READ), (1, TEXT + WRITE), (62, kill_target)],
+        TEXT + NI,
+    );
+    m.write(text(DISPATCH), &code);
+    for nr in 0..TABLE_LEN {
+        let h = match nr {
+            0 => TEXT + READ,
+            1 => TEXT + WRITE,
+            62 if plant.table_hook => kit(0x20),
+            62 => TEXT + KILL,
+            _ => TEXT + NI,
+        };
+        m.write_u64(TABLE + nr * 8, h);
+    }
+    for v in 0..256u64 {
+        let h = if plant.idt_hook && v == 3 {
+            kit(0x30)
+        } else {
+            TEXT + EXC
+        };
+        let g = IDT + v * 16;
+        m.write(g, &(h as u16).to_le_bytes());
+        m.write(g + 2, &0x10u16.to_le_bytes());
+        m.write(g + 4, &0x8e00u16.to_le_bytes());
+        m.write(g + 6, &((h >> 16) as u16).to_le_bytes());
+        m.write(g + 8, &((h >> 32) as u32).to_le_bytes());
+    }
+    // The module list holds the good module only.
+    let head = d(MODULES_HEAD);
+    let good_list = MODULES + GOOD + 8;
+    m.write_u64(MODULES_HEAD, good_list);
+    m.write_u64(MODULES_HEAD + 8, good_list);
+    module(&mut m, GOOD, "e1000", GOOD_TEXT, (head, head));
+    // sysfs: both modules' kobjects in the kset.
+    m.write_u64(KSET_PTR, d(KSET));
+    let entry = |mm: u64| MODULES + mm + 0x50 + 8;
+    let mut kobjs = vec![entry(GOOD)];
+    if plant.hidden_module {
+        let poison = (0xdead_0000_0000_0100, 0xdead_0000_0000_0122);
+        module(&mut m, KIT, KIT_NAME, KIT_TEXT, poison);
+        kobjs.push(entry(KIT));
+    }
+    let ring: Vec<u64> = std::iter::once(d(KSET)).chain(kobjs).collect();
+    let n = ring.len();
+    for (i, &node) in ring.iter().enumerate() {
+        let next = ring.get((i + 1) % n).copied().unwrap_or(node);
+        let prev = ring.get((i + n - 1) % n).copied().unwrap_or(node);
+        let pa = if node >= MODULES {
+            node - MODULES + MODULES_PA
+        } else {
+            node - DIRECT
+        };
+        m.write_u64(pa, next);
+        m.write_u64(pa + 8, prev);
+    }
+    m.write_u64(MOD_TREE + 0x30, MODULES);
+    m.write_u64(MOD_TREE + 0x38, MODULES + 0x3_0000);
+    if plant.keyboard {
+        m.write_u64(KBD + 8, MODULES + KIT_NOTIFIER);
+        m.write_u64(MODULES_PA + KIT_NOTIFIER, kit(0x40));
+    }
+    // One network namespace with a hook array for IPv4 POST_ROUTING.
+    m.write_u64(NETNS_HEAD, d(NET) + 0x10);
+    m.write_u64(NETNS_HEAD + 8, d(NET) + 0x10);
+    m.write_u64(NET + 0x10, d(NETNS_HEAD));
+    m.write_u64(NET + 0x18, d(NETNS_HEAD));
+    m.write(NET + 0x90, &4_026_531_840u32.to_le_bytes());
+    m.write_u64(NET + 0x200 + 4 * 8, d(NF_ENTRIES));
+    let hooks: Vec<u64> = std::iter::once(TEXT + NF_HOOK)
+        .chain(plant.netfilter.then(|| kit(0x50)))
+        .collect();
+    m.write(NF_ENTRIES, &(hooks.len() as u16).to_le_bytes());
+    for (i, h) in hooks.iter().enumerate() {
+        m.write_u64(NF_ENTRIES + 8 + 16 * i as u64, *h);
+    }
+    // No processes: init_task's ring is empty.
+    m.write_u64(INIT_TASK + 0x10, d(INIT_TASK) + 0x10);
+    m.write_u64(INIT_TASK + 0x18, d(INIT_TASK) + 0x10);
+    m.write(INIT_TASK + 0x38, b"swapper/0");
+    IntegrityKernel {
+        mem: m,
+        isf: isf(drop_symbol),
+    }
+}
