@@ -11,6 +11,7 @@
 
 use anyhow::{Context, Result, bail};
 use memimage::kernel::{Kernel, find_banners};
+use memimage::plugins::integrity::Verdict;
 use memimage::plugins::{self, Options, Row, Value};
 use memimage::profile::Selection;
 use memimage::{PhysicalMemory, Profile};
@@ -79,6 +80,16 @@ pub struct Analysis {
     pub results: Vec<(String, Vec<Row>)>,
 }
 
+impl Analysis {
+    /// Triage's verdict, when triage ran.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.results
+            .iter()
+            .find(|(n, _)| n == "triage")
+            .map(|(_, rows)| Verdict::of(rows))
+    }
+}
+
 /// The default cache directory, from XDG_CACHE_HOME or HOME.
 pub fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -87,8 +98,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("mshot").join("profiles"))
 }
 
-/// Runs `mshot analyze`.
-pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
+/// Runs `mshot analyze`; the analysis is returned for its verdict.
+pub fn run(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     let cfg = AnalyzeConfig {
         threads: args.threads,
         cache_dir: if args.no_cache {
@@ -114,6 +125,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 if analysis.results.len() > 1 {
                     text.push_str(&format!("== {name} ==\n"));
                 }
+                if name == "triage" {
+                    text.push_str(&format!("verdict: {}\n", Verdict::of(rows).text()));
+                }
                 text.push_str(&render_table(name, rows));
             }
         }
@@ -121,13 +135,13 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A closed pipe (`| head`) is not an error worth reporting.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(analysis),
         r => r.context("writing output")?,
     }
     if let Some(dir) = &args.output_json_dir {
         write_json_files(&args.image, dir, &analysis)?;
     }
-    Ok(())
+    Ok(analysis)
 }
 
 /// Runs `plugins` on the image at `image`.
@@ -470,13 +484,26 @@ pub fn rows_json(rows: &[Row]) -> serde_json::Value {
         .into()
 }
 
-/// One JSON object keyed by plugin name.
+/// One JSON object keyed by plugin name (and `verdict`, when triage ran).
 pub fn to_json(a: &Analysis) -> serde_json::Value {
-    a.results
+    let mut out: serde_json::Map<_, _> = a
+        .results
         .iter()
         .map(|(n, rows)| (n.clone(), rows_json(rows)))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+        .collect();
+    if let Some(v) = a.verdict() {
+        out.insert("verdict".into(), verdict_json(&v));
+    }
+    out.into()
+}
+
+pub fn verdict_json(v: &Verdict) -> serde_json::Value {
+    serde_json::json!({
+        "text": v.text(),
+        "findings": v.findings,
+        "high": v.high,
+        "not_checked": v.not_checked,
+    })
 }
 
 /// Writes `NAME.<plugin>.json` for each plugin into `dir`; returns the paths.

@@ -13,6 +13,16 @@ mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const CLEANUP_FAILED: u8 = 3;
+    /// The run succeeded and triage reported findings.
+    pub const FINDINGS: u8 = 5;
+}
+
+/// The exit code of a successful run whose analysis may hold triage findings.
+fn verdict_code(a: &mshot::analyze_cmd::Analysis) -> u8 {
+    match a.verdict() {
+        Some(v) if v.findings > 0 => exit::FINDINGS,
+        _ => exit::OK,
+    }
 }
 
 fn main() -> ExitCode {
@@ -20,7 +30,7 @@ fn main() -> ExitCode {
     let (args, bench_port) = match &cli.command {
         Some(Command::Analyze(args)) => {
             return match mshot::analyze_cmd::run(args) {
-                Ok(()) => ExitCode::from(exit::OK),
+                Ok(analysis) => ExitCode::from(verdict_code(&analysis)),
                 Err(e) => {
                     eprintln!("mshot: {e:#}");
                     ExitCode::from(exit::FAILED)
@@ -270,11 +280,17 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                     }
                 ),
             }
+            let mut code = exit::OK;
             if let (Some(image), false) = (&outcome.image_path, args.analyze.is_empty()) {
                 progress.phase("analysing");
-                if let Err(e) = analyze_capture(image, args).await {
-                    eprintln!("mshot: {target}: the image is complete, but analysis failed: {e:#}");
-                    return exit::FAILED;
+                match analyze_capture(image, args).await {
+                    Ok(analysis) => code = verdict_code(&analysis),
+                    Err(e) => {
+                        eprintln!(
+                            "mshot: {target}: the image is complete, but analysis failed: {e:#}"
+                        );
+                        return exit::FAILED;
+                    }
                 }
             }
             if outcome.cleanup_failed {
@@ -284,7 +300,7 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                 );
                 return exit::CLEANUP_FAILED;
             }
-            exit::OK
+            code
         }
         Err(e) => {
             eprintln!("mshot: {target}: {e:#}");
@@ -390,6 +406,8 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
     print!("{}", report.table());
     let mut code = if report.any_cleanup_failed() {
         exit::CLEANUP_FAILED
+    } else if report.all_succeeded() && report.any_findings() {
+        exit::FINDINGS
     } else if report.all_succeeded() {
         exit::OK
     } else {
@@ -441,7 +459,10 @@ fn ctrl_c_token() -> tokio_util::sync::CancellationToken {
 }
 
 /// Runs `--analyze` plugins on a fresh image, prints them and stores NAME.<plugin>.json.
-async fn analyze_capture(image: &std::path::Path, args: &CaptureArgs) -> anyhow::Result<()> {
+async fn analyze_capture(
+    image: &std::path::Path,
+    args: &CaptureArgs,
+) -> anyhow::Result<mshot::analyze_cmd::Analysis> {
     use mshot::analyze_cmd::{AnalyzeConfig, analyze_and_store, default_cache_dir, render_table};
     let image = image.to_path_buf();
     let plugins = args.analyze.clone();
@@ -458,12 +479,15 @@ async fn analyze_capture(image: &std::path::Path, args: &CaptureArgs) -> anyhow:
     .await??;
     for (plugin, rows) in &analysis.results {
         println!("\n== {plugin} ==");
+        if let Some(v) = (plugin == "triage").then(|| analysis.verdict()).flatten() {
+            println!("verdict: {}", v.text());
+        }
         print!("{}", render_table(plugin, rows));
     }
     for path in written {
         println!("wrote    {}", path.display());
     }
-    Ok(())
+    Ok(analysis)
 }
 
 /// stderr gets warnings (info with -v, debug with -vv); `--log-dir` gets everything at debug.

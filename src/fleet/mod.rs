@@ -293,7 +293,11 @@ async fn capture_host(
             {
                 progress.phase("analysing");
                 match analyze(image, spec).await {
-                    Ok(files) => report.analysis = files,
+                    Ok((files, verdict)) => {
+                        report.analysis = files;
+                        report.findings = verdict.map(|v| v.findings);
+                        report.verdict = verdict.map(|v| v.text());
+                    }
                     Err(e) => {
                         report.status = Status::AnalysisFailed;
                         report.error = Some(crate::sanitize::one_line(&format!(
@@ -349,12 +353,15 @@ async fn bench_host(
     }
 }
 
-async fn analyze(image: &Path, spec: &AnalyzeSpec) -> anyhow::Result<Vec<PathBuf>> {
+async fn analyze(
+    image: &Path,
+    spec: &AnalyzeSpec,
+) -> anyhow::Result<(Vec<PathBuf>, Option<memimage::plugins::integrity::Verdict>)> {
     use crate::analyze_cmd::{AnalyzeConfig, analyze_and_store, default_cache_dir};
     let image = image.to_path_buf();
     let plugins = spec.plugins.clone();
     let profile = spec.profile.clone();
-    let (_, written) = tokio::task::spawn_blocking(move || {
+    let (analysis, written) = tokio::task::spawn_blocking(move || {
         let config = AnalyzeConfig {
             threads: false,
             cache_dir: default_cache_dir(),
@@ -365,7 +372,7 @@ async fn analyze(image: &Path, spec: &AnalyzeSpec) -> anyhow::Result<Vec<PathBuf
         analyze_and_store(&image, &plugins, profile.as_deref(), &config)
     })
     .await??;
-    Ok(written)
+    Ok((written, analysis.verdict()))
 }
 
 /// An error chain on one line, without a cause repeated by its context

@@ -68,6 +68,9 @@ pub struct HostReport {
     pub s3: Option<String>,
     pub manifest: Option<PathBuf>,
     pub analysis: Vec<PathBuf>,
+    /// Triage's verdict and finding count, when `analyze:` ran triage.
+    pub verdict: Option<String>,
+    pub findings: Option<usize>,
     pub log: Option<PathBuf>,
     pub cleanup: Option<CleanupReport>,
 }
@@ -97,6 +100,8 @@ impl HostReport {
             s3: None,
             manifest: None,
             analysis: Vec::new(),
+            verdict: None,
+            findings: None,
             log: None,
             cleanup: None,
         }
@@ -173,6 +178,11 @@ impl Report {
         self.hosts.iter().all(|h| h.status.is_success())
     }
 
+    /// True when triage reported findings on some host.
+    pub fn any_findings(&self) -> bool {
+        self.hosts.iter().any(|h| h.findings.is_some_and(|n| n > 0))
+    }
+
     pub fn any_cleanup_failed(&self) -> bool {
         self.hosts.iter().any(|h| {
             h.status == Status::CleanupFailed
@@ -210,15 +220,28 @@ impl Report {
                     h.status.word().to_string(),
                     h.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
                     format!("{:.1} s", h.duration_seconds),
-                    match (&h.error, &h.sha256) {
-                        (Some(e), _) => e.clone(),
-                        (None, Some(sha)) => sha.clone(),
-                        (None, None) => "-".into(),
+                    match (&h.error, &h.sha256, &h.verdict) {
+                        (Some(e), _, _) => e.clone(),
+                        (None, Some(sha), Some(v)) => format!("{sha}  triage: {v}"),
+                        (None, Some(sha), None) => sha.clone(),
+                        (None, None, Some(v)) => format!("triage: {v}"),
+                        (None, None, None) => "-".into(),
                     },
                 ]
             })
             .collect();
-        let header = ["HOST", "RESULT", "SIZE", "TIME", "SHA-256 / ERROR"];
+        let verdicts = self.hosts.iter().any(|h| h.verdict.is_some());
+        let header = [
+            "HOST",
+            "RESULT",
+            "SIZE",
+            "TIME",
+            if verdicts {
+                "SHA-256  VERDICT / ERROR"
+            } else {
+                "SHA-256 / ERROR"
+            },
+        ];
         let mut widths = header.map(str::len);
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {

@@ -19,7 +19,7 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match analyze_cmd::run(&cli.args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)

@@ -22,6 +22,7 @@ mod tests;
 mod triage;
 
 pub(crate) use modules::Inventory;
+pub use triage::Verdict;
 
 use super::Row;
 use crate::kernel::{Kernel, KernelError};

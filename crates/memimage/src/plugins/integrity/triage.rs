@@ -71,3 +71,44 @@ pub(crate) fn run(k: &Kernel<'_, '_>) -> Result<Vec<Row>, KernelError> {
     }
     Ok(rows)
 }
+
+/// The one-line answer of a triage run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verdict {
+    pub findings: usize,
+    pub high: usize,
+    /// Parts of checks that could not run (each a "not checked" row).
+    pub not_checked: usize,
+}
+
+impl Verdict {
+    /// Counts triage's rows.
+    pub fn of(rows: &[Row]) -> Verdict {
+        let is = |r: &Row, key: &str, v: &str| r.get(key) == Some(&Value::Str(v.into()));
+        Verdict {
+            findings: rows.iter().filter(|r| is(r, "result", FINDING)).count(),
+            high: rows
+                .iter()
+                .filter(|r| is(r, "result", FINDING) && is(r, "severity", "high"))
+                .count(),
+            not_checked: rows.iter().filter(|r| is(r, "result", NOT_CHECKED)).count(),
+        }
+    }
+
+    /// "no findings" is said only with what was not checked beside it.
+    pub fn text(&self) -> String {
+        let gaps = match self.not_checked {
+            0 => "every check ran".to_string(),
+            1 => "1 part not checked (see below)".to_string(),
+            n => format!("{n} parts not checked (see below)"),
+        };
+        match self.findings {
+            0 => format!("no findings; {gaps}"),
+            n => format!(
+                "{n} finding{} ({} high); {gaps}",
+                if n == 1 { "" } else { "s" },
+                self.high
+            ),
+        }
+    }
+}
