@@ -62,6 +62,36 @@ pub struct AnalyzeArgs {
     pub no_cache: bool,
 }
 
+/// A mistake in what was asked (exit status 2), not a failure to do it.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// "unknown plugin" with the closest names, then the whole list.
+fn unknown_plugin(name: &str) -> String {
+    let mut close: Vec<(f64, &str)> = plugins::PLUGINS
+        .iter()
+        .map(|p| (strsim::jaro_winkler(name, p), *p))
+        .filter(|(score, p)| *score > 0.8 || p.contains(name) || name.contains(p))
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let hint = match close.first() {
+        Some((_, p)) => format!(" (did you mean {p}?)"),
+        None => String::new(),
+    };
+    format!(
+        "unknown plugin \"{name}\"{hint}: expected one of {}",
+        plugins::PLUGINS.join(", ")
+    )
+}
+
 /// Settings for [`analyze_image`].
 #[derive(Debug, Clone)]
 pub struct AnalyzeConfig {
@@ -159,14 +189,21 @@ pub fn analyze_image(
         .collect();
     for n in &names {
         if !plugins::PLUGINS.contains(&n.as_str()) {
-            bail!(
-                "unknown plugin \"{n}\": expected one of {}",
-                plugins::PLUGINS.join(", ")
-            );
+            return Err(UsageError(unknown_plugin(n)).into());
         }
     }
     if names.iter().any(|n| n == "memdump") && cfg.dump_dir.is_none() {
-        bail!("memdump writes files: pass --dump-dir DIR (a new or empty directory)");
+        return Err(UsageError(
+            "memdump writes files: pass --dump-dir DIR (a new or empty directory)".into(),
+        )
+        .into());
+    }
+    if image.is_dir() {
+        return Err(UsageError(format!(
+            "image {} is a directory: expected a memory image file (LiME, AVML or raw)",
+            image.display()
+        ))
+        .into());
     }
     let file =
         std::fs::File::open(image).with_context(|| format!("opening image {}", image.display()))?;

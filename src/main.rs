@@ -33,7 +33,8 @@ fn main() -> ExitCode {
                 Ok(analysis) => ExitCode::from(verdict_code(&analysis)),
                 Err(e) => {
                     eprintln!("mshot: {e:#}");
-                    ExitCode::from(exit::FAILED)
+                    let usage = e.downcast_ref::<mshot::analyze_cmd::UsageError>().is_some();
+                    ExitCode::from(if usage { exit::USAGE } else { exit::FAILED })
                 }
             };
         }

@@ -5,8 +5,14 @@ use super::{Row, Value};
 use crate::format::PhysicalMemory;
 use crate::kernel::{KernelError, find_banners};
 
+/// No banner at all is an error, as for every other plugin: the file is
+/// most likely not a Linux memory image.
 pub(crate) fn run(phys: &PhysicalMemory<'_>) -> Result<Vec<Row>, KernelError> {
-    Ok(find_banners(phys, 64)?
+    let banners = find_banners(phys, 64)?;
+    if banners.is_empty() {
+        return Err(KernelError::NoBanner);
+    }
+    Ok(banners
         .into_iter()
         .map(|(pa, text)| Row {
             fields: vec![

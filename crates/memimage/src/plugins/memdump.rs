@@ -57,9 +57,9 @@ pub enum Chunk<'b> {
 
 /// The regions of the processes in `pids` (all processes when empty).
 pub fn dump_regions(k: &Kernel<'_, '_>, pids: &[i64]) -> Result<Vec<DumpRegion>, PluginError> {
-    plan(k, pids).map_err(|source| PluginError::Kernel {
+    plan(k, pids).map_err(|cause| PluginError::Kernel {
         plugin: "memdump",
-        source,
+        cause,
     })
 }
 

@@ -139,11 +139,12 @@ pub enum PluginError {
         list = PLUGINS.join(", ")
     )]
     Unknown(String),
-    #[error("plugin {plugin}: {source}")]
+    // The message carries the cause, so it is not the error's source as
+    // well: `{:#}` would print it twice.
+    #[error("plugin {plugin}: {cause}")]
     Kernel {
         plugin: &'static str,
-        #[source]
-        source: KernelError,
+        cause: KernelError,
     },
 }
 
@@ -160,9 +161,9 @@ pub fn needs_kernel(name: &str) -> bool {
 
 /// Runs `banner`, which needs no profile: every Linux banner in the image.
 pub fn run_banner(phys: &PhysicalMemory<'_>) -> Result<Vec<Row>, PluginError> {
-    banner::run(phys).map_err(|source| PluginError::Kernel {
+    banner::run(phys).map_err(|cause| PluginError::Kernel {
         plugin: "banner",
-        source,
+        cause,
     })
 }
 
@@ -188,5 +189,5 @@ pub fn run_plugin(
             None => return Err(PluginError::Unknown(other.to_string())),
         },
     };
-    res.map_err(|source| PluginError::Kernel { plugin, source })
+    res.map_err(|cause| PluginError::Kernel { plugin, cause })
 }
