@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build LiME kernel modules from Debian packages, without installing a kernel.
 #
-#   kernel-modules/build-lime.sh [--work DIR] [--headers DIR] --out REPO RELEASE...
+#   kernel-modules/build-lime.sh [--work DIR] [--headers DIR] [--keep-headers]
+#                                --out REPO RELEASE...
 #
 # For each RELEASE (a target's `uname -r`) this writes
 #   REPO/modules/ARCH/lime-RELEASE.ko             (debug info stripped)
@@ -10,6 +11,8 @@
 # them in REPO/manifest.json. LiME comes from `lime-forensics-dkms`, the
 # headers from `linux-headers-RELEASE`; --headers DIR uses a kernel build tree
 # already on disk instead (one RELEASE only; for other distributions).
+# --keep-headers keeps each kernel build tree and links it as REPO/headers-RELEASE
+# (lab/build-guest.sh builds its test module against it).
 # Used by `mshot repo build` (which embeds this script) and lab/build-guest.sh.
 set -euo pipefail
 
@@ -19,13 +22,14 @@ log() { echo "$PROG: $*" >&2; }
 trap 'rc=$?; echo "$PROG: FAILED (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
 OUT=""
 WORK=""
 HEADERS=""
+KEEP_HEADERS=0
 RELEASES=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,6 +39,7 @@ while [ $# -gt 0 ]; do
     --work=*) WORK=${1#*=}; shift ;;
     --headers) [ $# -ge 2 ] || die "--headers needs a value"; HEADERS=$2; shift 2 ;;
     --headers=*) HEADERS=${1#*=}; shift ;;
+    --keep-headers) KEEP_HEADERS=1; shift ;;
     -h|--help) usage 0 ;;
     -*) die "unknown option: $1" ;;
     *) RELEASES+=("$1"); shift ;;
@@ -194,6 +199,11 @@ for RELEASE in "${RELEASES[@]}"; do
     echo "}"
   } >"$DEST.build.json.tmp"
   mv -f "$DEST.build.json.tmp" "$DEST.build.json"
-  rm -rf "$BUILD" "$BUILD.log" "$WORK/headers-$RELEASE"
+  rm -rf "$BUILD" "$BUILD.log"
+  if [ "$KEEP_HEADERS" = 1 ]; then
+    ln -sfn "$HDRS" "$OUT/headers-$RELEASE"
+  else
+    rm -rf "$WORK/headers-$RELEASE"
+  fi
   log "wrote $DEST ($(stat -c %s "$DEST") bytes)"
 done

@@ -3,9 +3,9 @@
 #
 #   lab/build-guest.sh [--flavour amd64|cloud-amd64] [--release 6.1.0-NN-amd64] OUTDIR
 #
-# OUTDIR gets: vmlinuz, initrd.img, lime.ko, release, env, id_ed25519{,.pub},
-# host_key.pub (and the dropbear host key it was derived from).
-# A second run for the same release (and the same version of this script) reuses
+# OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko, rwx-helper, release, env,
+# id_ed25519{,.pub}, host_key.pub (and the dropbear host key it was derived from).
+# A second run for the same release (and the same script and testkit sources) reuses
 # the build and takes a second or two. See lab/README.md.
 set -euo pipefail
 
@@ -54,7 +54,11 @@ flock 9
 WORK="$OUTDIR/work"
 LIME_BUILDER="$(cd "$(dirname "$0")/.." && pwd)/kernel-modules/build-lime.sh"
 [ -f "$LIME_BUILDER" ] || die "$LIME_BUILDER missing"
-SCRIPT_HASH=$(cat "$0" "$LIME_BUILDER" | sha256sum | cut -c1-16)
+# The test rootkit (kernel-modules/testkit), loaded only with mshot.testkit=1.
+TESTKIT="$(dirname "$LIME_BUILDER")/testkit"
+[ -f "$TESTKIT/mshot_testkit.c" ] || die "$TESTKIT/mshot_testkit.c missing"
+SCRIPT_HASH=$(cat "$0" "$LIME_BUILDER" "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TESTKIT/rwx.c" \
+  | sha256sum | cut -c1-16)
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- packages
@@ -86,7 +90,7 @@ ensure_pkgs() {
 }
 
 ensure_pkgs qemu-system-x86 busybox-static dropbear-bin lime-forensics-dkms \
-  openssh-sftp-server openssh-client cpio gzip zstd xz-utils kmod make gcc binutils
+  openssh-sftp-server openssh-client cpio gzip zstd xz-utils kmod make gcc binutils libc6-dev
 
 # ---------------------------------------------------------------- release
 if [ -z "$RELEASE" ]; then
@@ -130,6 +134,8 @@ LAB_NIC=$NIC
 LAB_VMLINUZ=$OUTDIR/vmlinuz
 LAB_INITRD=$OUTDIR/initrd.img
 LAB_LIME=$OUTDIR/lime.ko
+LAB_TESTKIT=$OUTDIR/testkit.ko
+LAB_RWX_HELPER=$OUTDIR/rwx-helper
 LAB_KEY=$OUTDIR/id_ed25519
 LAB_HOST_KEY_PUB=$OUTDIR/host_key.pub
 EOF
@@ -138,7 +144,7 @@ EOF
 complete_build() {
   local f
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ] || return 1
-  for f in vmlinuz initrd.img lime.ko release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
+  for f in vmlinuz initrd.img lime.ko testkit.ko rwx-helper release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
     [ -s "$OUTDIR/$f" ] || return 1
   done
   [ "$(cat "$OUTDIR/release")" = "$RELEASE" ]
@@ -189,10 +195,25 @@ depmod -b "$KROOT" "$RELEASE" || die "depmod on the unpacked kernel failed"
 # lime-forensics-dkms against linux-headers-$RELEASE, no kernel installed.
 LIME_REPO="$WORK/lime-repo"
 rm -rf "$LIME_REPO"
-bash "$LIME_BUILDER" --work "$WORK" --out "$LIME_REPO" "$RELEASE" \
+bash "$LIME_BUILDER" --work "$WORK" --keep-headers --out "$LIME_REPO" "$RELEASE" \
   || die "LiME build for $RELEASE failed (kernel-modules/build-lime.sh)"
 LIME_KO="$LIME_REPO/modules/$(uname -m)/lime-$RELEASE.ko"
 [ -s "$LIME_KO" ] || die "kernel-modules/build-lime.sh produced no $LIME_KO"
+
+# ---------------------------------------------------------------- test rootkit
+# Built like LiME, against the same headers tree; the helper with the host's gcc.
+TK_BUILD="$WORK/testkit-build"
+rm -rf "$TK_BUILD"
+mkdir -p "$TK_BUILD"
+cp "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TK_BUILD/"
+log "building mshot_testkit for $RELEASE"
+make -s -C "$LIME_REPO/headers-$RELEASE/" M="$TK_BUILD" modules >"$TK_BUILD.log" 2>&1 \
+  || { tail -n 30 "$TK_BUILD.log" >&2; die "mshot_testkit build for $RELEASE failed (log: $TK_BUILD.log)"; }
+TK_KO="$TK_BUILD/mshot_testkit.ko"
+[ -f "$TK_KO" ] || die "the testkit build produced no mshot_testkit.ko"
+case "$(modinfo -F vermagic "$TK_KO")" in "$RELEASE "*) ;; *) die "mshot_testkit.ko vermagic does not match $RELEASE" ;; esac
+strip --strip-debug "$TK_KO"
+gcc -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" || die "rwx-helper build failed"
 
 # ---------------------------------------------------------------- keys
 if [ ! -s "$OUTDIR/id_ed25519" ] || [ ! -s "$OUTDIR/id_ed25519.pub" ]; then
@@ -213,7 +234,7 @@ mv -f "$OUTDIR/.host_key.pub.tmp" "$OUTDIR/host_key.pub"
 # ---------------------------------------------------------------- initramfs
 IR="$WORK/initramfs"
 rm -rf "$IR"
-mkdir -p "$IR"/{bin,dev,etc/dropbear,lib/modules/lab,proc,root/.ssh,run,srv/www,sys,tmp,usr/lib,usr/local/bin,var/log,mnt}
+mkdir -p "$IR"/{bin,dev,etc/dropbear,lib/modules/lab,lib/modules/testkit,proc,root/.ssh,run,srv/www,sys,tmp,usr/lib,usr/local/bin,var/log,mnt}
 # Merged layout: every busybox applet lives in /bin, the other bin dirs point there,
 # so any PATH (dropbear's default, a login shell's) finds insmod, rmmod, ip, ...
 ln -s bin "$IR/sbin"
@@ -305,6 +326,8 @@ chmod 600 "$IR/root/.ssh/authorized_keys"
 cp "$OUTDIR/dropbear_ed25519_host_key" "$IR/etc/dropbear/dropbear_ed25519_host_key"
 chmod 600 "$IR/etc/dropbear/dropbear_ed25519_host_key"
 echo '<html><body>mshot lab guest</body></html>' >"$IR/srv/www/index.html"
+cp "$TK_KO" "$IR/lib/modules/testkit/mshot_testkit.ko"
+cp "$TK_BUILD/rwx-helper" "$IR/usr/local/bin/rwx-helper"
 
 cat >"$IR/usr/local/bin/lab-sleeper" <<'EOF'
 #!/bin/sh
@@ -347,6 +370,13 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo 'nameserver 10.0.2.3' >/etc/resolv.conf
+# The test rootkit, opt-in: a guest without the parameter stays clean.
+case " $(cat /proc/cmdline) " in
+  *" mshot.testkit=1 "*)
+    insmod /lib/modules/testkit/mshot_testkit.ko || echo "lab-init: insmod mshot_testkit failed"
+    /usr/local/bin/rwx-helper >/run/rwx-helper.log 2>&1 &
+    ;;
+esac
 echo "lab-init: network up, starting init"
 exec /bin/init
 EOF
@@ -371,9 +401,11 @@ install_atomic() { cp "$1" "$OUTDIR/.$2.tmp" && mv -f "$OUTDIR/.$2.tmp" "$OUTDIR
 install_atomic "$VMLINUZ_SRC" vmlinuz
 mv -f "$INITRD_TMP" "$OUTDIR/initrd.img"
 install_atomic "$LIME_KO" lime.ko
+install_atomic "$TK_KO" testkit.ko
+install_atomic "$TK_BUILD/rwx-helper" rwx-helper
 echo "$RELEASE" >"$OUTDIR/.release.tmp" && mv -f "$OUTDIR/.release.tmp" "$OUTDIR/release"
 write_env
-rm -rf "$KROOT" "$LIME_REPO" "$IR"
+rm -rf "$KROOT" "$LIME_REPO" "$IR" "$TK_BUILD" "$TK_BUILD.log" "$WORK/headers-$RELEASE"
 echo "$STAMP_WANT" >"$STAMP"
-log "done: $OUTDIR (release $RELEASE, initrd $(stat -c %s "$OUTDIR/initrd.img") bytes, lime.ko $(stat -c %s "$OUTDIR/lime.ko") bytes)"
+log "done: $OUTDIR (release $RELEASE, initrd $(stat -c %s "$OUTDIR/initrd.img") bytes, lime.ko $(stat -c %s "$OUTDIR/lime.ko") bytes, testkit.ko $(stat -c %s "$OUTDIR/testkit.ko") bytes)"
 cat "$OUTDIR/env"

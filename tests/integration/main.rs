@@ -4,6 +4,7 @@ mod harness_smoke;
 mod lab_capture;
 mod lab_material;
 mod lab_sources;
+mod lab_testkit;
 mod repository;
 mod s3_capture;
 mod ssh_capture;

@@ -1,0 +1,318 @@
+//! The project's test rootkit (kernel-modules/testkit) on both lab kernels:
+//! a guest booted with `mshot.testkit=1` has it loaded by /init, hidden from
+//! the module list but not from sysfs, with kill, getdents and getdents64
+//! hooked in sys_call_table and in x64_sys_call, and an RWX helper running.
+//! A guest booted without the parameter has none of it. Everything is checked
+//! from inside the guest with the OpenSSH client; [`start_compromised`] gives
+//! later tests (captures, compromise checks) such a guest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::lab_capture::Setup;
+use crate::support::{self, Need, prereq};
+
+/// The guests' sshd ports (this file's range is 2280-2284).
+const COMPROMISED_61_PORT: u16 = 2280;
+const COMPROMISED_612_PORT: u16 = 2281;
+const CLEAN_PORT: u16 = 2282;
+
+/// What the lab's /init looks for on the kernel command line.
+pub(crate) const TESTKIT_APPEND: &str = "mshot.testkit=1";
+/// The module's name (also its /sys/module directory).
+pub(crate) const MODULE: &str = "mshot_testkit";
+/// `kill(MAGIC_PID, MAGIC_SIG)` returns 0 only through the module's hook.
+pub(crate) const MAGIC_PID: u32 = 31337;
+pub(crate) const MAGIC_SIG: u32 = 63;
+/// The system calls it hooks: (number, handler it replaces, its own hook).
+pub(crate) const HOOKED: [(u32, &str, &str); 3] = [
+    (62, "__x64_sys_kill", "mshot_testkit_kill"),
+    (78, "__x64_sys_getdents", "mshot_testkit_getdents"),
+    (217, "__x64_sys_getdents64", "mshot_testkit_getdents64"),
+];
+const LOADED: &str = "mshot_testkit: hooked 3 table entries, 3 x64_sys_call cases";
+/// x86-64 module space starts here with KASLR (a 1 GiB kernel image area
+/// from 0xffffffff80000000); kernel text lies below it.
+const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
+
+/// One hooked system call, as the module's load message gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hook {
+    pub(crate) nr: u32,
+    pub(crate) handler: String,
+    pub(crate) handler_addr: u64,
+    pub(crate) hook_addr: u64,
+    /// Offset of the patched `jmp rel32` in x64_sys_call.
+    pub(crate) dispatch_offset: u64,
+}
+
+/// The hooks from the guest's kernel log (the module prints real addresses):
+/// `mshot_testkit: nr 62 __x64_sys_kill ffff... -> ffff..., x64_sys_call+0x11db`.
+pub(crate) fn hooks_from_dmesg(dmesg: &str) -> Vec<Hook> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    dmesg
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("mshot_testkit: nr ").nth(1)?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let [nr, handler, from, "->", to, site] = f[..] else {
+                return None;
+            };
+            Some(Hook {
+                nr: nr.parse().ok()?,
+                handler: handler.to_string(),
+                handler_addr: hex(from)?,
+                hook_addr: hex(to.trim_end_matches(','))?,
+                dispatch_offset: hex(site.strip_prefix("x64_sys_call+")?)?,
+            })
+        })
+        .collect()
+}
+
+/// A lab build directory that has the test rootkit, or why not.
+fn lab_with_testkit(dir: &Path) -> Result<PathBuf, String> {
+    for f in ["vmlinuz", "initrd.img", "testkit.ko", "rwx-helper"] {
+        if !dir.join(f).is_file() {
+            return Err(format!(
+                "{} has no {f}: rebuild it with lab/build-guest.sh",
+                dir.display()
+            ));
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The 6.12 cloud build: MSHOT_LAB_CLOUD_DIR, else `cloud-amd64` beside
+/// MSHOT_LAB_DIR (where tests/run builds it), as the fleet test finds it.
+pub(crate) fn cloud_lab_dir() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("MSHOT_LAB_CLOUD_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let main = PathBuf::from(std::env::var_os("MSHOT_LAB_DIR").unwrap_or_default());
+            main.parent()
+                .ok_or("MSHOT_LAB_DIR has no parent")?
+                .join("cloud-amd64")
+        }
+    };
+    lab_with_testkit(&dir)
+}
+
+/// Prints `skipped: …` and returns false, or panics under MSHOT_REQUIRE_ALL=1.
+fn usable(dir: &Result<PathBuf, String>) -> bool {
+    match dir {
+        Ok(_) => true,
+        Err(why) if prereq::require_all() => {
+            panic!("MSHOT_REQUIRE_ALL=1 and a prerequisite is missing: {why}")
+        }
+        Err(why) => {
+            let test = std::thread::current().name().unwrap_or("").to_string();
+            eprintln!("skipped: {test}: {why}");
+            false
+        }
+    }
+}
+
+/// A guest of the lab build in `dir`, booted with the test rootkit loaded
+/// (behind a jump host, as [`Setup`] does), once the module said it is in.
+pub(crate) fn start_compromised(dir: &Path, port: u16) -> anyhow::Result<Setup> {
+    let dir = lab_with_testkit(dir).map_err(anyhow::Error::msg)?;
+    let setup = Setup::start_in(&dir, port, TESTKIT_APPEND)?;
+    let dmesg = setup.ssh("dmesg");
+    anyhow::ensure!(
+        dmesg.contains(LOADED),
+        "the test rootkit did not load:\n{dmesg}"
+    );
+    Ok(setup)
+}
+
+/// What the guest shows, from one SSH command: `key=value` lines, then the
+/// kernel log after a `--dmesg--` line.
+struct Probe {
+    values: BTreeMap<String, String>,
+    dmesg: String,
+}
+
+impl Probe {
+    fn take(setup: &Setup) -> Probe {
+        let script = format!(
+            r#"
+echo modules=$(grep -c '^{MODULE} ' /proc/modules)
+echo lsmod=$(lsmod | grep -c '^{MODULE} ')
+echo kallsyms=$(grep -c '\[{MODULE}\]' /proc/kallsyms)
+test -d /sys/module/{MODULE} && echo sysfs=yes || echo sysfs=no
+kill -s {MAGIC_SIG} {MAGIC_PID} 2>/dev/null; echo magic=$?
+kill -s {other_sig} {MAGIC_PID} 2>/dev/null; echo other_sig=$?
+kill -s {MAGIC_SIG} {other_pid} 2>/dev/null; echo other_pid=$?
+sleep 600 & p=$!; kill $p; wait $p; echo killed=$?
+kill -0 $p 2>/dev/null; echo gone=$?
+echo sysfs_entries=$(ls /sys/module | grep -c .)
+p=$(pidof rwx-helper); echo rwx_pid=$p
+test -n "$p" && echo rwx_maps=$(grep -c ' rwxp 00000000 00:00 0 *$' /proc/$p/maps)
+echo rwx_log=$(cat /run/rwx-helper.log 2>/dev/null)
+echo --dmesg--
+dmesg
+"#,
+            other_sig = MAGIC_SIG - 1,
+            other_pid = MAGIC_PID + 1,
+        );
+        let out = setup.ssh(&script);
+        let (head, dmesg) = out
+            .split_once("--dmesg--\n")
+            .unwrap_or_else(|| panic!("no kernel log in the probe's output:\n{out}"));
+        let values = head
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
+        Probe {
+            values,
+            dmesg: dmesg.to_string(),
+        }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// Holds whether the rootkit is in or not: normal kill and directory
+    /// listing work either way.
+    fn assert_common(&self) {
+        assert_eq!(self.get("other_sig"), "1", "{:?}", self.values);
+        assert_eq!(self.get("other_pid"), "1", "{:?}", self.values);
+        assert_eq!(self.get("killed"), "143", "{:?}", self.values);
+        assert_eq!(self.get("gone"), "1", "{:?}", self.values);
+        let entries: u32 = self.get("sysfs_entries").parse().unwrap_or(0);
+        assert!(entries > 10, "{:?}", self.values);
+    }
+}
+
+/// Boots a compromised guest of `dir` and proves, from inside, every part of
+/// the rootkit live.
+fn assert_compromised(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let setup = start_compromised(dir, port)?;
+    eprintln!(
+        "{}: compromised guest up in {:.1} s",
+        setup.lab.release(),
+        started.elapsed().as_secs_f64()
+    );
+    let p = Probe::take(&setup);
+    // Off the module list (so off lsmod and kallsyms), still in sysfs.
+    assert_eq!(p.get("modules"), "0", "{:?}", p.values);
+    assert_eq!(p.get("lsmod"), "0", "{:?}", p.values);
+    assert_eq!(p.get("kallsyms"), "0", "{:?}", p.values);
+    assert_eq!(p.get("sysfs"), "yes", "{:?}", p.values);
+    // The magic kill of a process that does not exist succeeds: the
+    // patched dispatch reached the hook, which says so in the log.
+    assert_eq!(p.get("magic"), "0", "{:?}", p.values);
+    assert!(
+        p.dmesg.contains("mshot_testkit: magic kill answered"),
+        "{}",
+        p.dmesg
+    );
+    p.assert_common();
+
+    assert!(p.dmesg.contains(LOADED), "{}", p.dmesg);
+    assert!(
+        p.dmesg.contains("mshot_testkit: keyboard notifier ffff")
+            && p.dmesg.contains("netfilter ipv4 LOCAL_IN hook ffff"),
+        "{}",
+        p.dmesg
+    );
+    let hooks = hooks_from_dmesg(&p.dmesg);
+    assert_eq!(hooks.len(), 3, "{}", p.dmesg);
+    for ((nr, handler, _), hook) in HOOKED.iter().zip(&hooks) {
+        assert_eq!((hook.nr, hook.handler.as_str()), (*nr, *handler));
+        assert!(hook.handler_addr < MODULES_VADDR, "{hook:?}");
+        assert!(hook.hook_addr >= MODULES_VADDR, "{hook:?}");
+    }
+    let mut sites: Vec<u64> = hooks.iter().map(|h| h.dispatch_offset).collect();
+    sites.sort();
+    sites.dedup();
+    assert!(sites.len() == 3 && !sites.contains(&0), "{hooks:?}");
+
+    // The RWX helper runs its code and keeps the mapping.
+    assert!(!p.get("rwx_pid").is_empty(), "{:?}", p.values);
+    assert_eq!(p.get("rwx_maps"), "1", "{:?}", p.values);
+    assert!(p.get("rwx_log").ends_with("returned 42"), "{:?}", p.values);
+    Ok(())
+}
+
+#[test]
+fn testkit_hides_and_hooks_on_the_6_1_guest() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let dir = lab_with_testkit(Path::new(&std::env::var("MSHOT_LAB_DIR")?));
+    if !usable(&dir) {
+        return Ok(());
+    }
+    assert_compromised(&dir.unwrap(), COMPROMISED_61_PORT)
+}
+
+#[test]
+fn testkit_hides_and_hooks_on_the_6_12_cloud_guest() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let dir = cloud_lab_dir();
+    if !usable(&dir) {
+        return Ok(());
+    }
+    assert_compromised(&dir.unwrap(), COMPROMISED_612_PORT)
+}
+
+#[test]
+fn testkit_is_absent_without_the_kernel_parameter() -> anyhow::Result<()> {
+    support::require!(
+        Need::Root,
+        Need::Sshd,
+        Need::SshClient,
+        Need::Netns,
+        Need::TestUsers,
+        Need::LabDir
+    );
+    let dir = lab_with_testkit(Path::new(&std::env::var("MSHOT_LAB_DIR")?));
+    if !usable(&dir) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let setup = Setup::start_in(&dir.unwrap(), CLEAN_PORT, "")?;
+    eprintln!("clean guest up in {:.1} s", started.elapsed().as_secs_f64());
+    let p = Probe::take(&setup);
+    assert_eq!(p.get("modules"), "0", "{:?}", p.values);
+    assert_eq!(p.get("sysfs"), "no", "{:?}", p.values);
+    // No hook: the magic kill finds no such process.
+    assert_eq!(p.get("magic"), "1", "{:?}", p.values);
+    p.assert_common();
+    assert!(!p.dmesg.contains(MODULE), "{}", p.dmesg);
+    assert!(p.get("rwx_pid").is_empty(), "{:?}", p.values);
+    Ok(())
+}
+
+#[test]
+fn testkit_load_messages_parse() {
+    let dmesg = "[    2.36] mshot_testkit: nr 62 __x64_sys_kill ffffffff9f8b89f0 -> ffffffffc0386110, x64_sys_call+0x11db\n\
+                 [    2.37] mshot_testkit: hooked 3 table entries, 3 x64_sys_call cases\n";
+    assert_eq!(
+        hooks_from_dmesg(dmesg),
+        [Hook {
+            nr: 62,
+            handler: "__x64_sys_kill".into(),
+            handler_addr: 0xffff_ffff_9f8b_89f0,
+            hook_addr: 0xffff_ffff_c038_6110,
+            dispatch_offset: 0x11db,
+        }]
+    );
+}
