@@ -1,10 +1,12 @@
 //! Integration tests: real sshd, real QEMU guest.
+mod analyze_cli;
 mod fleet;
 mod harness_smoke;
 mod lab_capture;
 mod lab_material;
 mod lab_sources;
 mod lab_testkit;
+mod lab_triage;
 mod repository;
 mod s3_capture;
 mod ssh_capture;
