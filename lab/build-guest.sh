@@ -89,7 +89,21 @@ ensure_pkgs() {
   fi
 }
 
-ensure_pkgs qemu-system-x86 busybox-static dropbear-bin lime-forensics-dkms \
+# A qemu-utils from another release (backports) conflicts with the
+# distribution's qemu-system-x86; asked for together, apt replaces it with
+# the matching version instead of removing it, so qemu-img stays.
+QEMU_PKGS=(qemu-system-x86)
+if dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok installed$' &&
+  ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q '^install ok installed$'; then
+  apt_update_once
+  candidate=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  log "note: qemu-utils $(dpkg-query -W -f='${Version}' qemu-utils) is kept, at $candidate to match qemu-system-x86"
+  QEMU_PKGS=("qemu-system-x86=$candidate" "qemu-utils=$candidate")
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${QEMU_PKGS[@]}" >&2 ||
+    log "warning: could not keep qemu-utils beside qemu-system-x86; apt may remove it"
+  QEMU_PKGS=(qemu-system-x86)
+fi
+ensure_pkgs "${QEMU_PKGS[@]}" busybox-static dropbear-bin lime-forensics-dkms \
   openssh-sftp-server openssh-client cpio gzip zstd xz-utils kmod make gcc binutils libc6-dev
 
 # ---------------------------------------------------------------- release

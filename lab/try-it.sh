@@ -24,18 +24,26 @@ if ! command -v cargo >/dev/null; then
 fi
 LAB=lab/build/$FLAVOUR
 PORT=2230
-lab/build-guest.sh --flavour "$FLAVOUR" "$LAB"
-cargo build --release --locked
-trap 'lab/stop-guest.sh "$LAB" $PORT' EXIT
-lab/start-guest.sh "$LAB" --port $PORT
+mkdir -p lab/build
+LOG=lab/build/try-it.log
+: >"$LOG"
+# step TEXT CMD...: one line per step; the tools' own output goes to $LOG.
+step() {
+  local text=$1
+  shift
+  echo "try-it: $text"
+  "$@" >>"$LOG" 2>&1 || { echo "try-it: failed: $text (the last lines of $LOG follow)" >&2; tail -20 "$LOG" >&2; exit 1; }
+}
+step "building the lab guest from Debian packages ($LAB)" lab/build-guest.sh --flavour "$FLAVOUR" "$LAB"
+step "building mshot (cargo build --release; about 10 minutes on 2 cores the first time)" \
+  cargo build --release --locked
+trap 'lab/stop-guest.sh "$LAB" $PORT >>"$LOG" 2>&1' EXIT
+step "booting the guest (kernel $(cat "$LAB/release"))" lab/start-guest.sh "$LAB" --port $PORT
 mkdir -p "$OUT"
-ANALYZE=()
-# The only Volatility profile at hand is the one in ../shared for 6.1.0-56; use it if it matches.
-ISF=../shared/fixtures/debian-6.1.0-56-amd64/debian-6.1.0-56-amd64.json.xz
-if [ "$(cat "$LAB/release")" = 6.1.0-56-amd64 ] && [ -f "$ISF" ]; then
-  ANALYZE=(--analyze pstree,lsmod --profile "$ISF")
-fi
+# No profile is needed: mshot takes BTF and kallsyms from the target while
+# it captures and analyses with them, whatever the kernel.
+echo "try-it: capturing with mshot, then pstree and triage from the capture's own material"
 target/release/mshot --server 127.0.0.1 --port $PORT --user root \
   --key "$LAB/id_ed25519" --known-hosts "$LAB/known_hosts-$PORT" \
-  --module "$LAB/lime.ko" --output-dir "$OUT" "${ANALYZE[@]}"
-echo "try-it: done; the image and its manifest are in $OUT/"
+  --module "$LAB/lime.ko" --output-dir "$OUT" --analyze pstree,triage
+echo "try-it: done; the image, its manifest and the analysis are in $OUT/ (tool output: $LOG)"

@@ -810,7 +810,7 @@ fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
         r#"workers: 4
 output_dir: images
 # The capture's profile material is enough: no profile given.
-analyze: [pstree]
+analyze: [pstree, triage]
 jump_chains:
   loopback:
     - addr: 127.0.0.1
@@ -930,7 +930,20 @@ hosts:
             "{}.pstree.json",
             image.file_name().unwrap().to_string_lossy()
         ));
-        assert_eq!(analysis, std::slice::from_ref(&pstree), "{name}: {host:#}");
+        let triage = image.with_file_name(format!(
+            "{}.triage.json",
+            image.file_name().unwrap().to_string_lossy()
+        ));
+        assert_eq!(analysis, [pstree.clone(), triage], "{name}: {host:#}");
+        // Clean guests: the verdict says so in the report and the summary.
+        assert_eq!(host["findings"], 0, "{name}: {host:#}");
+        assert_eq!(host["verdict"], "no findings; every check ran", "{name}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("triage: no findings")),
+            "{stdout}"
+        );
         let rows = read_json(&pstree);
         let rows = rows.as_array().unwrap();
         let task = |pid: i64| {
