@@ -78,6 +78,11 @@ const ORACLE_TYPES: &[&str] = &[
     "netns_nf",
     "nf_hook_entries",
     "nf_hook_entry",
+    "ftrace_ops",
+    "ftrace_ops_hash",
+    "ftrace_hash",
+    "ftrace_func_entry",
+    "kprobe",
 ];
 
 /// The integrity selection (every symbol) with the oracle's types.

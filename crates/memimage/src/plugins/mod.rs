@@ -79,6 +79,8 @@ pub const PLUGINS: &[&str] = &[
     "keyboard_notifiers",
     "netfilter",
     "check_creds",
+    "ftrace",
+    "kprobes",
     "malfind",
 ];
 
@@ -107,6 +109,11 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "netns_nf",
     "nf_hook_entries",
     "nf_hook_entry",
+    "ftrace_ops",
+    "ftrace_ops_hash",
+    "ftrace_hash",
+    "ftrace_func_entry",
+    "kprobe",
 ];
 
 // Indexing in a const fn: an out-of-bounds index fails the build, not a run.

@@ -38,6 +38,9 @@ const NET: u64 = 0x2_6000;
 const NF_ENTRIES: u64 = 0x2_7000;
 const MOD_TREE: u64 = 0x2_8000;
 const INIT_TASK: u64 = 0x2_9000;
+const FTRACE_LIST: u64 = 0x2_a000;
+const FTRACE_END: u64 = 0x2_a100;
+const KPROBES: u64 = 0x2_b000;
 
 /// Module memory (offsets from `MODULES`).
 const GOOD: u64 = 0x1000;
@@ -45,6 +48,7 @@ const GOOD_TEXT: u64 = 0x1_0000;
 const KIT: u64 = 0x2000;
 const KIT_TEXT: u64 = 0x2_0000;
 const KIT_NOTIFIER: u64 = 0x2800;
+const KIT_FTRACE_OPS: u64 = 0x2900;
 pub const KIT_NAME: &str = "mshot_testkit";
 
 /// What the rootkit plants (all off: a clean kernel).
@@ -56,6 +60,7 @@ pub struct Plant {
     pub idt_hook: bool,
     pub keyboard: bool,
     pub netfilter: bool,
+    pub ftrace: bool,
 }
 
 impl Plant {
@@ -67,6 +72,7 @@ impl Plant {
             idt_hook: true,
             keyboard: true,
             netfilter: true,
+            ftrace: true,
         }
     }
 }
@@ -119,7 +125,14 @@ fn isf(drop_symbol: Option<&str>) -> String {
         "ns_common": ty(0x18, &[("inum", 0x10, u32t)]),
         "netns_nf": ty(0x50, &[("hooks_ipv4", 0, arr(5, vp.clone())), ("hooks_ipv6", 0x28, arr(5, vp.clone()))]),
         "nf_hook_entries": ty(8, &[("num_hook_entries", 0, u16t), ("hooks", 8, arr(0, st("nf_hook_entry")))]),
-        "nf_hook_entry": ty(16, &[("hook", 0, vp.clone()), ("priv", 8, vp)]),
+        "nf_hook_entry": ty(16, &[("hook", 0, vp.clone()), ("priv", 8, vp.clone())]),
+        "ftrace_ops": ty(0xb8, &[("func", 0, vp.clone()), ("next", 8, ptr("ftrace_ops")),
+            ("func_hash", 0x58, ptr("ftrace_ops_hash"))]),
+        "ftrace_ops_hash": ty(0x30, &[("filter_hash", 8, ptr("ftrace_hash"))]),
+        "ftrace_hash": ty(0x30, &[("size_bits", 0, base("long unsigned int")), ("buckets", 8, vp.clone())]),
+        "ftrace_func_entry": ty(0x20, &[("ip", 0x10, base("long unsigned int"))]),
+        "kprobe": ty(0x80, &[("hlist", 0, vp.clone()), ("addr", 0x28, vp.clone()),
+            ("pre_handler", 0x40, vp.clone()), ("post_handler", 0x48, vp)]),
     });
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
@@ -146,6 +159,9 @@ fn isf(drop_symbol: Option<&str>) -> String {
     sym("keyboard_notifier_list", d(KBD));
     sym("net_namespace_list", d(NETNS_HEAD));
     sym("init_task", d(INIT_TASK));
+    sym("ftrace_ops_list", d(FTRACE_LIST));
+    sym("ftrace_list_end", d(FTRACE_END));
+    sym("kprobe_table", d(KPROBES));
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": {
@@ -153,6 +169,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
             "short unsigned int": {"size": 2, "signed": false, "kind": "int", "endian": "little"},
             "int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
             "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
+            "long unsigned int": {"size": 8, "signed": false, "kind": "int", "endian": "little"},
             "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}
         },
         "user_types": types,
@@ -292,6 +309,16 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     for (i, h) in hooks.iter().enumerate() {
         m.write_u64(NF_ENTRIES + 8 + 16 * i as u64, *h);
     }
+    // ftrace: the list ends at ftrace_list_end, or first holds the kit's
+    // ops (no filter: it traces everything); kprobe_table stays empty.
+    let first = if plant.ftrace {
+        m.write_u64(MODULES_PA + KIT_FTRACE_OPS, kit(0x60));
+        m.write_u64(MODULES_PA + KIT_FTRACE_OPS + 8, d(FTRACE_END));
+        MODULES + KIT_FTRACE_OPS
+    } else {
+        d(FTRACE_END)
+    };
+    m.write_u64(FTRACE_LIST, first);
     // No processes: init_task's ring is empty.
     m.write_u64(INIT_TASK + 0x10, d(INIT_TASK) + 0x10);
     m.write_u64(INIT_TASK + 0x18, d(INIT_TASK) + 0x10);

@@ -19,6 +19,7 @@ mod syscall;
 mod syscall_names;
 #[cfg(test)]
 mod tests;
+mod tracing;
 mod triage;
 
 pub(crate) use modules::Inventory;
@@ -73,6 +74,8 @@ pub const CHECKS: &[&str] = &[
     "keyboard_notifiers",
     "netfilter",
     "check_creds",
+    "ftrace",
+    "kprobes",
     "malfind",
 ];
 
@@ -87,6 +90,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.netfilter", "netfilter"),
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
+    ("linux.tracing.ftrace", "ftrace"),
 ];
 
 /// The kernel's symbols by runtime address, for naming code addresses.
@@ -228,6 +232,8 @@ pub(crate) fn run_check(
         "netfilter" => hooks::netfilter(k, cx),
         "check_creds" => creds::check(k, cx),
         "malfind" => malfind::check(k, cx),
+        "ftrace" => tracing::ftrace(k, cx),
+        "kprobes" => tracing::kprobes(k, cx),
         _ => return None,
     })
 }

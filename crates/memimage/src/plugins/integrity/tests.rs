@@ -81,10 +81,11 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("check_idt", "vector 0x3"), "{rows:#?}");
     assert!(found("keyboard_notifiers", "keyboard"), "{rows:#?}");
     assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
+    assert!(found("ftrace", "ftrace hook"), "{rows:#?}");
     // Nothing else: exactly one finding per planted item (the syscall
     // check two), all owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 7, "{findings:#?}");
+    assert_eq!(findings.len(), 8, "{findings:#?}");
     assert!(findings.iter().all(|(_, _, _, o)| *o == owner));
 }
 
@@ -126,6 +127,13 @@ fn each_plant_alone_is_found_by_its_check() {
                 ..Plant::default()
             },
         ),
+        (
+            "ftrace",
+            Plant {
+                ftrace: true,
+                ..Plant::default()
+            },
+        ),
     ];
     for (check, plant) in single {
         let rows = triage(plant, None);
@@ -161,6 +169,8 @@ fn missing_symbols_are_not_checked() {
         ("keyboard_notifier_list", "keyboard_notifiers"),
         ("net_namespace_list", "netfilter"),
         ("_stext", "check_syscall"),
+        ("ftrace_ops_list", "ftrace"),
+        ("kprobe_table", "kprobes"),
     ] {
         let rows = triage(Plant::all(), Some(symbol));
         let mine: Vec<_> = rows.iter().filter(|(c, _, _, _)| c == check).collect();
