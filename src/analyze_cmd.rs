@@ -234,6 +234,17 @@ pub fn analyze_image(
                 material = Some(m);
                 (vec![p], None)
             }
+            // No material: first say so if this is no Linux memory image at
+            // all, which is the likelier mistake than a missing profile.
+            Err(_) if find_banners(&phys, 1).is_ok_and(|b| b.is_empty()) => bail!(
+                "{} is not a Linux memory image: no Linux banner (\"Linux version ...\") in it, read as {}",
+                image.display(),
+                match phys.format() {
+                    memimage::ImageFormat::Lime => "a LiME image",
+                    memimage::ImageFormat::AvmlCompressed => "an AVML image",
+                    memimage::ImageFormat::Raw => "raw memory (no LiME or AVML header)",
+                }
+            ),
             Err(e) => match fallback {
                 Some(dir) => {
                     eprintln!(

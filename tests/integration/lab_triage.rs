@@ -236,8 +236,8 @@ fn vol(symbols: &Path, image: &Path, home: &Path, plugin: &str) -> anyhow::Resul
 /// Volatility 3 on the same image, with the ISF exported from the capture's
 /// material: for every index it prints the same handler address, and the
 /// same symbol where it names one; where it says UNKNOWN (the hooked
-/// entries), mshot names the hidden module. Its other hook checks name
-/// the same module.
+/// entries), mshot names the hidden module. Its sysfs, keyboard and
+/// netfilter checks name the same module.
 fn compare_with_volatility(image: &Path, out: &Path, ours: &[J]) -> anyhow::Result<()> {
     let symbols = out.join("symbols");
     std::fs::create_dir_all(symbols.join("linux"))?;
@@ -288,8 +288,9 @@ fn compare_with_volatility(image: &Path, out: &Path, ours: &[J]) -> anyhow::Resu
             .filter_map(|r| r[key].as_str().map(str::to_string))
             .collect()
     };
-    let hidden = vol(&symbols, image, out, "hidden_modules")?;
-    assert!(names(&hidden, "Module Name").contains(MODULE), "{hidden:?}");
+    // hidden_modules is left out: Volatility runs it only with an ISF made
+    // by dwarf2json 0.8 or later (its producer check), not with mshot's
+    // export; the fixture test compares it on the dwarf2json ISF.
     let kset = vol(&symbols, image, out, "check_modules")?;
     assert!(names(&kset, "Module Name").contains(MODULE), "{kset:?}");
     for plugin in ["keyboard_notifiers", "netfilter"] {
