@@ -13,6 +13,8 @@ mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const CLEANUP_FAILED: u8 = 3;
+    /// The image is in the bucket, kept, but no check proved it (`s3::verify`).
+    pub const UNVERIFIED: u8 = 4;
 }
 
 fn main() -> ExitCode {
@@ -93,7 +95,7 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
     let progress = CaptureProgress::new(&job.target().to_string());
     let clock = std::time::Instant::now();
     match mshot::capture::bench_receive(&job, port, &progress).await {
-        Ok(received) => {
+        Ok((received, s3)) => {
             progress.finish();
             let secs = clock.elapsed().as_secs_f64();
             println!(
@@ -102,7 +104,10 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
                 received.bytes as f64 / 1048576.0 / secs,
                 received.sha256
             );
-            exit::OK
+            if let Some(v) = s3.as_ref().and_then(|s3| s3.verification.as_ref()) {
+                println!("verify   {}", v.summary());
+            }
+            verification_code(s3.as_ref(), "")
         }
         Err(e) => {
             eprintln!("mshot: {e:#}");
@@ -162,6 +167,7 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
             println!("s3       {}", done.image_uri);
             println!("manifest {}", done.manifest_uri);
             println!("crc32c   {}", done.checksum_crc32c);
+            println!("verify   {}", done.verification.summary());
             println!("bytes    {}", done.bytes);
             println!("sha256   {}", done.sha256);
             println!(
@@ -173,6 +179,14 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
             }
             // Unlike a capture's, an upload's material can simply be sent
             // again (`--overwrite`): fail, so a script retries.
+            if !done.verification.verified {
+                eprintln!(
+                    "mshot: {} is kept but not verified: {}",
+                    done.image_uri,
+                    done.verification.summary()
+                );
+                return exit::UNVERIFIED;
+            }
             if let Some(problem) = &done.material_problem {
                 eprintln!(
                     "mshot: the image and its manifest are in the bucket, but {problem}; run the upload again with --overwrite"
@@ -214,6 +228,9 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                             s3.parts,
                             s3.part_size >> 20
                         );
+                        if let Some(v) = &s3.verification {
+                            println!("verify   {}", v.summary());
+                        }
                         if let Some(m) = &s3.material {
                             println!(
                                 "material s3://{}/{} ({} objects{})",
@@ -284,12 +301,23 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                 );
                 return exit::CLEANUP_FAILED;
             }
-            exit::OK
+            verification_code(outcome.manifest.s3.as_ref(), &format!("{target}: "))
         }
         Err(e) => {
             eprintln!("mshot: {target}: {e:#}");
             exit::FAILED
         }
+    }
+}
+
+/// 0, or 4 after saying why when the object in the bucket is not verified.
+fn verification_code(s3: Option<&mshot::s3::S3Record>, label: &str) -> u8 {
+    match s3.and_then(|s3| s3.unverified()) {
+        Some(why) => {
+            eprintln!("mshot: {label}{why}");
+            exit::UNVERIFIED
+        }
+        None => exit::OK,
     }
 }
 
@@ -392,6 +420,8 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
         exit::CLEANUP_FAILED
     } else if report.all_succeeded() {
         exit::OK
+    } else if report.only_unverified() {
+        exit::UNVERIFIED
     } else {
         exit::FAILED
     };
