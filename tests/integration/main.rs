@@ -6,5 +6,6 @@ mod lab_material;
 mod lab_sources;
 mod repository;
 mod s3_capture;
+mod s3_verify;
 mod ssh_capture;
 mod support;
