@@ -324,15 +324,7 @@ fn verification_code(s3: Option<&mshot::s3::S3Record>, label: &str) -> u8 {
 /// `mshot -c FILE`: validate the whole file, then capture every host.
 fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
     use mshot::fleet::{self, config};
-    let overrides = config::Overrides {
-        dry_run: args.dry_run,
-        only: args.hosts.clone(),
-        shard: args.shard,
-        accept_new_host_keys: args.accept_new_host_keys,
-        force: args.force,
-        skip_file_checks: false,
-        bench: args.bench_source_port.is_some(),
-    };
+    let overrides = fleet::flags::overrides(args);
     let mut plan = match config::load(file, &overrides) {
         Ok(plan) => plan,
         Err(errors) => {
@@ -345,25 +337,15 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
             return exit::USAGE;
         }
     };
+    fleet::flags::apply(&mut plan, args);
     let mut log_args = args.clone();
-    log_args.log_dir = args.log_dir.clone().or_else(|| plan.log_dir.clone());
+    log_args.log_dir = plan.log_dir.clone();
     log_args.server = Some("fleet".into());
     let _log_guard = init_logging(&log_args);
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    if !args.analyze.is_empty() {
-        plan.analyze = Some(config::AnalyzeSpec {
-            plugins: args.analyze.clone(),
-            profile: args
-                .profile
-                .clone()
-                .or_else(|| plan.analyze.as_ref()?.profile.clone()),
-        });
-    }
-    let workers = args
-        .workers
-        .or(plan.workers)
+    let workers = (plan.workers)
         .unwrap_or(config::Workers::Auto)
         .resolve(plan.hosts.len());
     let report_path = args.report.clone().unwrap_or_else(|| {

@@ -14,6 +14,7 @@
 //! summary table (`report::table`) and a JSON report (`report::Report`).
 
 pub mod config;
+pub mod flags;
 pub mod report;
 pub mod yaml;
 

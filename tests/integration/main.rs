@@ -1,5 +1,6 @@
 //! Integration tests: real sshd, real QEMU guest.
 mod fleet;
+mod fleet_flags;
 mod harness_smoke;
 mod lab_capture;
 mod lab_material;
