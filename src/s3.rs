@@ -10,9 +10,10 @@
 //!   the receive path), whatever the image size.
 //! - Every part carries its CRC32C, which S3 checks; after completion the
 //!   object's size and CRC32C are compared with what was sent (`verify`,
-//!   which never deletes the object). The image's SHA-256 is known only after the last byte, when the
-//!   object's metadata can no longer change without a server-side copy; it
-//!   goes into the manifest and into the manifest object's metadata.
+//!   which never deletes the object). The image's SHA-256 is known only
+//!   after the last byte, when the object's metadata can no longer change
+//!   without a server-side copy; it goes into the manifest and into the
+//!   manifest object's metadata.
 //! - An upload is completed only after the caller proved the stream whole
 //!   (LiME headers, byte count, ranges). Anything else, Ctrl-C included,
 //!   aborts it: no orphaned parts keep billing, no object looks complete.

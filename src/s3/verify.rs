@@ -110,10 +110,7 @@ impl Verification {
     pub fn summary(&self) -> String {
         let checks: Vec<String> = self.checks.iter().map(Check::describe).collect();
         let verdict = match (&self.by, self.verified) {
-            (Some(by), true) if self.checks.iter().all(|c| c.outcome == Outcome::Passed) => {
-                format!("verified by {by}")
-            }
-            (Some(by), true) => format!("verified by {by}; the object is kept"),
+            (Some(by), true) => format!("verified by {by}"),
             _ => "NOT VERIFIED; the object is kept, marked failed".to_string(),
         };
         let tag = match (&self.tag, &self.tag_error) {
