@@ -192,12 +192,13 @@ pub struct Chunk {
 }
 
 /// The receive path alone, for the tunnel benchmark: connect, stream a
-/// LiME-format source at `127.0.0.1:port` (as the target sees it) into the image file.
+/// LiME-format source at `127.0.0.1:port` (as the target sees it) into the
+/// image file. Returns the S3 record too, when uploading.
 pub async fn bench_receive(
     job: &CaptureJob,
     port: u16,
     progress: &CaptureProgress,
-) -> anyhow::Result<Received> {
+) -> anyhow::Result<(Received, Option<crate::s3::S3Record>)> {
     let mut s3 = prepare_s3(job).await?;
     let started = Timestamp::now();
     let clock = std::time::Instant::now();
@@ -216,7 +217,7 @@ pub async fn bench_receive(
         let stream = SourceStream::channel(channel, source::WireStats::new(false));
         let (received, sink) =
             receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
-        sink.commit().await?;
+        sink.commit(&received.sha256).await?;
         Ok(received)
     }
     .await;
@@ -268,7 +269,7 @@ pub async fn bench_receive(
         manifest::write(&path, &manifest)
             .with_context(|| format!("writing manifest {}", path.display()))?;
     }
-    result
+    Ok((result?, s3.as_ref().and_then(|s3| s3.record())))
 }
 
 /// Connects to S3 and checks the bucket and the keys before anything
@@ -720,7 +721,9 @@ async fn run(
     if job.s3.is_some() {
         progress.phase("completing the S3 upload");
     }
-    let path = sink.commit().await?;
+    // With --store-compressed the stored bytes are the zlib stream.
+    let stored_sha256 = (facts.source.stored_sha256.clone()).unwrap_or(received.sha256.clone());
+    let path = sink.commit(&stored_sha256).await?;
     Ok(Some((
         received,
         path.unwrap_or_else(|| job.image_path.clone()),

@@ -160,19 +160,19 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Seconds to wait for each SSH connection.
-    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
-    pub connect_timeout: u64,
+    /// Seconds to wait for each SSH connection [default: 20].
+    #[arg(long, value_name = "SECONDS")]
+    pub connect_timeout: Option<u64>,
 
-    /// Fail if the memory stream is silent this long.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub stream_timeout: u64,
+    /// Fail if the memory stream is silent this long [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub stream_timeout: Option<u64>,
 
     /// How memory is read: lime (load the LiME module), kcore (read /proc/kcore
     /// with dd; nothing pushed or loaded), or auto: LiME when a module for the
-    /// kernel is available and the target accepts it, else kcore.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub method: crate::source::Method,
+    /// kernel is available and the target accepts it, else kcore [default: auto].
+    #[arg(long, value_enum)]
+    pub method: Option<crate::source::Method>,
 
     /// LiME compresses the stream (zlib, compress=1); mshot inflates it as it
     /// arrives and stores the plain image. Pays off on slow links.
@@ -214,11 +214,13 @@ pub struct CaptureArgs {
 
     /// Fleet file (YAML): capture every host it lists, in parallel. See
     /// config.example.yaml; MargaritaShotgun's config files are accepted.
+    /// Flags that name one host's connection are refused with it; every
+    /// other flag the file can also set wins over the file.
     #[arg(
         short = 'c',
         long = "config",
         value_name = "FILE",
-        conflicts_with_all = ["server", "module", "key", "jump", "jump_server", "password", "sudo_password", "sudo", "filename"]
+        conflicts_with_all = ["server", "port", "user", "module", "key", "jump", "jump_server", "jump_port", "jump_username", "jump_key", "jump_password", "password", "sudo_password", "sudo", "filename"]
     )]
     pub config: Option<PathBuf>,
 
@@ -282,12 +284,12 @@ pub struct S3Args {
     pub sse_kms_key_id: Option<String>,
 
     /// Parts uploaded at once. Memory is about part size x (this + 1).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "S3")]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), requires = "bucket", help_heading = "S3")]
     pub s3_concurrency: u16,
 
     /// Smallest part size in MiB (at least 8); grows so that the image fits in
     /// S3's 10,000 parts.
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(8..=5120), help_heading = "S3")]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(8..=5120), requires = "bucket", help_heading = "S3")]
     pub s3_part_size: u64,
 
     /// Replace existing objects under the same keys (refused otherwise).

@@ -73,7 +73,8 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
 
     // Without --module, --method auto reads /proc/kcore unless a repository
     // has a module for the target's kernel; only --method lime needs one.
-    let lime_possible = needs_module && args.method != crate::source::Method::Kcore;
+    let method = args.method.unwrap_or_default();
+    let lime_possible = needs_module && method != crate::source::Method::Kcore;
     let wants_repository = lime_possible && (args.repository || args.repository_url.is_some());
     let module = match &args.module {
         Some(path) => {
@@ -97,7 +98,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
                     .or(settings.repository.key.as_deref()),
             )?)
         }
-        None if needs_module && args.method == crate::source::Method::Lime => {
+        None if needs_module && method == crate::source::Method::Lime => {
             bail!(
                 "--method lime needs a module: give --module FILE (LiME built for the target's kernel), or --repository / --repository-url URL to take it from a module repository (or use --method kcore/auto)"
             )
@@ -140,7 +141,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             "--analyze needs the plain image; drop --store-compressed (the plain image is stored by default)"
         );
     }
-    if args.store_compressed && args.method == crate::source::Method::Kcore {
+    if args.store_compressed && method == crate::source::Method::Kcore {
         bail!("--store-compressed applies to LiME's compressed stream; /proc/kcore streams plain");
     }
     // The stored file is the zlib stream: its name says so.
@@ -171,7 +172,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             accept_new: args.accept_new_host_keys,
         },
         ssh: SshOptions {
-            connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+            connect_timeout: Duration::from_secs(args.connect_timeout.unwrap_or(20).max(1)),
             keepalive_interval: Duration::from_secs(15),
         },
         module,
@@ -185,9 +186,9 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         },
         force: args.force,
         dry_run: args.dry_run,
-        stream_idle_timeout: Duration::from_secs(args.stream_timeout.max(1)),
+        stream_idle_timeout: Duration::from_secs(args.stream_timeout.unwrap_or(120).max(1)),
         source: crate::source::SourceOptions {
-            method: args.method,
+            method,
             compress: args.compress,
             store_compressed: args.store_compressed,
             digest: !args.no_digest,

@@ -513,7 +513,7 @@ pub async fn acquire(
             ranges.len()
         );
     }
-    let path = sink.commit().await?;
+    let path = sink.commit(&received.sha256).await?;
     Ok(Some((
         received,
         path.unwrap_or_else(|| job.image_path.clone()),

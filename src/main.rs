@@ -13,6 +13,8 @@ mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const CLEANUP_FAILED: u8 = 3;
+    /// The image is in the bucket, kept, but no check proved it (`s3::verify`).
+    pub const UNVERIFIED: u8 = 4;
     /// The run succeeded and triage reported findings.
     pub const FINDINGS: u8 = 5;
 }
@@ -104,7 +106,7 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
     let progress = CaptureProgress::new(&job.target().to_string());
     let clock = std::time::Instant::now();
     match mshot::capture::bench_receive(&job, port, &progress).await {
-        Ok(received) => {
+        Ok((received, s3)) => {
             progress.finish();
             let secs = clock.elapsed().as_secs_f64();
             println!(
@@ -113,7 +115,10 @@ async fn run_bench_receive(args: &CaptureArgs, port: u16) -> u8 {
                 received.bytes as f64 / 1048576.0 / secs,
                 received.sha256
             );
-            exit::OK
+            if let Some(v) = s3.as_ref().and_then(|s3| s3.verification.as_ref()) {
+                println!("verify   {}", v.summary());
+            }
+            verification_code(s3.as_ref(), "")
         }
         Err(e) => {
             eprintln!("mshot: {e:#}");
@@ -173,6 +178,7 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
             println!("s3       {}", done.image_uri);
             println!("manifest {}", done.manifest_uri);
             println!("crc32c   {}", done.checksum_crc32c);
+            println!("verify   {}", done.verification.summary());
             println!("bytes    {}", done.bytes);
             println!("sha256   {}", done.sha256);
             println!(
@@ -184,6 +190,14 @@ fn run_upload(args: &mshot::cli::UploadArgs) -> u8 {
             }
             // Unlike a capture's, an upload's material can simply be sent
             // again (`--overwrite`): fail, so a script retries.
+            if !done.verification.verified {
+                eprintln!(
+                    "mshot: {} is kept but not verified: {}",
+                    done.image_uri,
+                    done.verification.summary()
+                );
+                return exit::UNVERIFIED;
+            }
             if let Some(problem) = &done.material_problem {
                 eprintln!(
                     "mshot: the image and its manifest are in the bucket, but {problem}; run the upload again with --overwrite"
@@ -225,6 +239,9 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                             s3.parts,
                             s3.part_size >> 20
                         );
+                        if let Some(v) = &s3.verification {
+                            println!("verify   {}", v.summary());
+                        }
                         if let Some(m) = &s3.material {
                             println!(
                                 "material s3://{}/{} ({} objects{})",
@@ -301,7 +318,10 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
                 );
                 return exit::CLEANUP_FAILED;
             }
-            code
+            match verification_code(outcome.manifest.s3.as_ref(), &format!("{target}: ")) {
+                exit::OK => code,
+                unverified => unverified,
+            }
         }
         Err(e) => {
             eprintln!("mshot: {target}: {e:#}");
@@ -310,18 +330,21 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
     }
 }
 
+/// 0, or 4 after saying why when the object in the bucket is not verified.
+fn verification_code(s3: Option<&mshot::s3::S3Record>, label: &str) -> u8 {
+    match s3.and_then(|s3| s3.unverified()) {
+        Some(why) => {
+            eprintln!("mshot: {label}{why}");
+            exit::UNVERIFIED
+        }
+        None => exit::OK,
+    }
+}
+
 /// `mshot -c FILE`: validate the whole file, then capture every host.
 fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
     use mshot::fleet::{self, config};
-    let overrides = config::Overrides {
-        dry_run: args.dry_run,
-        only: args.hosts.clone(),
-        shard: args.shard,
-        accept_new_host_keys: args.accept_new_host_keys,
-        force: args.force,
-        skip_file_checks: false,
-        bench: args.bench_source_port.is_some(),
-    };
+    let overrides = fleet::flags::overrides(args);
     let mut plan = match config::load(file, &overrides) {
         Ok(plan) => plan,
         Err(errors) => {
@@ -334,25 +357,15 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
             return exit::USAGE;
         }
     };
+    fleet::flags::apply(&mut plan, args);
     let mut log_args = args.clone();
-    log_args.log_dir = args.log_dir.clone().or_else(|| plan.log_dir.clone());
+    log_args.log_dir = plan.log_dir.clone();
     log_args.server = Some("fleet".into());
     let _log_guard = init_logging(&log_args);
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    if !args.analyze.is_empty() {
-        plan.analyze = Some(config::AnalyzeSpec {
-            plugins: args.analyze.clone(),
-            profile: args
-                .profile
-                .clone()
-                .or_else(|| plan.analyze.as_ref()?.profile.clone()),
-        });
-    }
-    let workers = args
-        .workers
-        .or(plan.workers)
+    let workers = (plan.workers)
         .unwrap_or(config::Workers::Auto)
         .resolve(plan.hosts.len());
     let report_path = args.report.clone().unwrap_or_else(|| {
@@ -411,6 +424,8 @@ fn run_fleet(args: &CaptureArgs, file: &std::path::Path) -> u8 {
         exit::FINDINGS
     } else if report.all_succeeded() {
         exit::OK
+    } else if report.only_unverified() {
+        exit::UNVERIFIED
     } else {
         exit::FAILED
     };

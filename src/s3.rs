@@ -9,10 +9,11 @@
 //!   busy: memory is `part_size x (concurrency + 1)` (+ the fixed queues of
 //!   the receive path), whatever the image size.
 //! - Every part carries its CRC32C, which S3 checks; after completion the
-//!   object's size and composite CRC32C are read back and compared with what
-//!   was sent. The image's SHA-256 is known only after the last byte, when the
-//!   object's metadata can no longer change without a server-side copy; it
-//!   goes into the manifest and into the manifest object's metadata.
+//!   object's size and CRC32C are compared with what was sent (`verify`,
+//!   which never deletes the object). The image's SHA-256 is known only
+//!   after the last byte, when the object's metadata can no longer change
+//!   without a server-side copy; it goes into the manifest and into the
+//!   manifest object's metadata.
 //! - An upload is completed only after the caller proved the stream whole
 //!   (LiME headers, byte count, ranges). Anything else, Ctrl-C included,
 //!   aborts it: no orphaned parts keep billing, no object looks complete.
@@ -20,6 +21,7 @@
 //!   the capture starts, and completion carries `If-None-Match: *`.
 
 pub mod material;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +37,7 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
 };
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -358,7 +360,24 @@ impl Bucket {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(key_id.clone()),
         };
-        let out = request.send().await.map_err(|e| {
+        // A full-object CRC32C is what mshot can compare most plainly; a
+        // server that refuses the type gets the request without it.
+        let out = match request
+            .clone()
+            .checksum_type(ChecksumType::FullObject)
+            .send()
+            .await
+        {
+            Err(e) if matches!(status(&e), Some(400 | 501)) => {
+                tracing::debug!(
+                    "S3 refused ChecksumType FULL_OBJECT ({}); asking without",
+                    describe(&e)
+                );
+                request.send().await
+            }
+            other => other,
+        };
+        let out = out.map_err(|e| {
             anyhow!(
                 "cannot start the S3 upload of s3://{}/{key}: {}",
                 self.spec.bucket,
@@ -446,7 +465,8 @@ impl Bucket {
 
     /// Uploads a small object in one request with its SHA-256, which S3
     /// checks against the body on arrival (a mismatch stores nothing), then
-    /// reads it back and compares size and SHA-256 with what was sent.
+    /// checks size and SHA-256 as S3 reports them (`verify::settle`: on a
+    /// disagreement the object is kept, tagged and read back).
     /// `sha256` is hex, as in the manifest.
     pub async fn put_sha256(
         &self,
@@ -477,33 +497,27 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| anyhow!("cannot upload {}: {}", self.uri(key), describe(&e)))?;
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.spec.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot read back {} after uploading it: {}",
-                    self.uri(key),
-                    describe(&e)
-                )
-            })?;
-        let size = head.content_length().unwrap_or(-1);
-        let reported = head.checksum_sha256().or(out.checksum_sha256());
-        if size != len as i64 || reported.is_some_and(|r| r != sha_b64) {
+        let reply = verify::Reply {
+            checksum: out.checksum_sha256().map(str::to_string),
+            version: out.version_id().map(str::to_string),
+            ..Default::default()
+        };
+        let head = verify::head(self, key, len, verify::Expect::Sha256(&sha_b64), reply).await;
+        let version = head.version;
+        let sent = verify::Sent { bytes: len, sha256 };
+        let verification = verify::settle(self, key, version.as_deref(), &sent, head.checks).await;
+        if !verification.verified {
             bail!(
-                "{} does not match what was sent: S3 holds {size} bytes with SHA-256 {}, mshot sent {len} bytes with {sha_b64}",
+                "{} does not match what was sent: {}",
                 self.uri(key),
-                reported.unwrap_or("(none)")
+                verification.summary()
             );
         }
+        let clean = (verification.checks.iter()).all(|c| c.outcome == verify::Outcome::Passed);
         Ok(PutChecked {
-            checksum_sha256: reported.map(str::to_string),
-            version_id: head.version_id().or(out.version_id()).map(str::to_string),
+            checksum_sha256: head.reported,
+            version_id: version,
+            verification: (!clean).then_some(verification),
         })
     }
 
@@ -547,6 +561,8 @@ impl Bucket {
 pub struct PutChecked {
     pub checksum_sha256: Option<String>,
     pub version_id: Option<String>,
+    /// How it was verified, when a check other than S3's SHA-256 had to.
+    pub verification: Option<verify::Verification>,
 }
 
 /// One capture's place in the bucket: the checked client, the image's and
@@ -756,17 +772,31 @@ pub struct S3Record {
     pub part_size: u64,
     pub parts: usize,
     pub max_image_bytes: u64,
-    /// The object's composite CRC32C as S3 reports it (base64 of the CRC32C
-    /// of the parts' CRC32Cs, then `-PARTS`).
+    /// The object's CRC32C as S3 reports it (full-object, or composite with
+    /// `-PARTS`); mshot's own when S3 reports none.
     pub checksum_crc32c: Option<String>,
     pub etag: Option<String>,
     pub version_id: Option<String>,
     pub manifest_key: String,
     pub completed: bool,
     pub aborted: bool,
+    /// How the completed object was checked (`s3::verify`).
+    pub verification: Option<verify::Verification>,
     /// The profile material's objects (and any that failed), once uploaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub material: Option<crate::s3::material::MaterialUpload>,
+}
+
+impl S3Record {
+    /// Why the object is not verified, when it is complete but is not.
+    pub fn unverified(&self) -> Option<String> {
+        let v = self.verification.as_ref().filter(|v| !v.verified)?;
+        Some(format!(
+            "{} is kept but not verified: {}",
+            self.uri,
+            v.summary()
+        ))
+    }
 }
 
 /// What `complete` verified.
@@ -775,6 +805,7 @@ pub struct Completed {
     pub etag: Option<String>,
     pub checksum_crc32c: String,
     pub version_id: Option<String>,
+    pub verification: verify::Verification,
 }
 
 impl Upload {
@@ -831,6 +862,7 @@ impl Upload {
             checksum_crc32c: completed.map(|c| c.checksum_crc32c.clone()),
             etag: completed.and_then(|c| c.etag.clone()),
             version_id: completed.and_then(|c| c.version_id.clone()),
+            verification: completed.map(|c| c.verification.clone()),
             manifest_key: manifest_key.to_string(),
             completed: self.state() == UploadState::Completed,
             aborted: self.state() == UploadState::Aborted,
@@ -941,8 +973,10 @@ impl Upload {
     }
 
     /// Completes the upload of an image the caller proved whole (`bytes`
-    /// long), then reads the object back and compares size and checksum.
-    pub async fn complete(&self, bytes: u64) -> anyhow::Result<Completed> {
+    /// long, `stored_sha256` over exactly those bytes), then checks the
+    /// object (`verify`): a disagreement keeps it, marked failed, never
+    /// deletes it; the result says whether it was verified.
+    pub async fn complete(&self, bytes: u64, stored_sha256: &str) -> anyhow::Result<Completed> {
         self.wait_for_parts().await;
         if let Some(failure) = self.failure() {
             bail!("{failure}");
@@ -961,7 +995,7 @@ impl Upload {
                 parts.len()
             );
         }
-        let expected_checksum = composite_crc32c(parts.iter().map(|p| p.crc));
+        let crc = verify::PartsCrc::of(&parts.iter().map(|p| (p.crc, p.len)).collect::<Vec<_>>());
         let b = &self.bucket;
         let completed_parts = parts
             .iter()
@@ -998,67 +1032,24 @@ impl Upload {
         if let Ok(mut s) = self.state.lock() {
             *s = UploadState::Completed;
         }
-        let head = b
-            .client
-            .head_object()
-            .bucket(&b.spec.bucket)
-            .key(&self.key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot read back {} after completing it: {}",
-                    self.uri(),
-                    describe(&e)
-                )
-            })?;
-        let size = head.content_length().unwrap_or(-1);
-        let reported = head
-            .checksum_crc32_c()
-            .or(out.checksum_crc32_c())
-            .map(str::to_string);
-        let mismatch = if size != bytes as i64 {
-            Some(format!("S3 holds {size} bytes, mshot sent {bytes}"))
-        } else {
-            match &reported {
-                Some(r) if !same_composite(r, &expected_checksum) => Some(format!(
-                    "S3 reports CRC32C {r}, mshot computed {expected_checksum}"
-                )),
-                Some(_) => None,
-                None => Some("S3 reports no CRC32C for the object".to_string()),
-            }
+        let reply = verify::Reply {
+            checksum: out.checksum_crc32_c().map(str::to_string),
+            kind: out.checksum_type().cloned(),
+            version: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(str::to_string),
         };
-        if let Some(mismatch) = mismatch {
-            // Never leave an object that looks complete but is not.
-            let deleted = b
-                .client
-                .delete_object()
-                .bucket(&b.spec.bucket)
-                .key(&self.key)
-                .send()
-                .await;
-            if deleted.is_ok()
-                && let Ok(mut s) = self.state.lock()
-            {
-                *s = UploadState::Aborted;
-            }
-            bail!(
-                "{} does not match what was sent ({mismatch}); {}",
-                self.uri(),
-                match deleted {
-                    Ok(_) => "the object was deleted".to_string(),
-                    Err(e) => format!(
-                        "deleting it failed too ({}): delete it by hand",
-                        describe(&e)
-                    ),
-                }
-            );
-        }
+        let head = verify::head(b, &self.key, bytes, verify::Expect::Crc32c(&crc), reply).await;
+        let sent = verify::Sent {
+            bytes,
+            sha256: stored_sha256,
+        };
+        let verification =
+            verify::settle(b, &self.key, head.version.as_deref(), &sent, head.checks).await;
         let completed = Completed {
-            etag: head.e_tag().or(out.e_tag()).map(str::to_string),
-            checksum_crc32c: reported.unwrap_or(expected_checksum),
-            version_id: head.version_id().or(out.version_id()).map(str::to_string),
+            etag: head.etag,
+            checksum_crc32c: head.reported.unwrap_or(crc.full_object),
+            version_id: head.version,
+            verification,
         };
         if let Ok(mut slot) = self.completed.lock() {
             *slot = Some(completed.clone());
@@ -1276,27 +1267,6 @@ fn part_attempt_timeout(len: u64) -> Duration {
     Duration::from_secs(configured.unwrap_or(60 + len / MIB))
 }
 
-/// The composite checksum S3 gives a multipart object: CRC32C of the parts'
-/// big-endian CRC32Cs, base64, then `-PARTS`.
-pub fn composite_crc32c(parts: impl Iterator<Item = u32>) -> String {
-    let mut concat = Vec::new();
-    for crc in parts {
-        concat.extend_from_slice(&crc.to_be_bytes());
-    }
-    let n = concat.len() / 4;
-    format!("{}-{n}", b64(&crc32c::crc32c(&concat).to_be_bytes()))
-}
-
-/// Compares checksums whether or not the server appends `-PARTS`.
-fn same_composite(reported: &str, expected: &str) -> bool {
-    let strip = |s: &str| s.split('-').next().unwrap_or("").to_string();
-    strip(reported) == strip(expected)
-        && match (reported.split_once('-'), expected.split_once('-')) {
-            (Some((_, a)), Some((_, b))) => a == b,
-            _ => true,
-        }
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -1402,19 +1372,5 @@ mod tests {
         assert!(parse_sse(Some("AES256"), Some("k")).is_err());
         assert!(parse_sse(None, Some("k")).is_err());
         assert!(parse_sse(Some("aes256"), None).is_err());
-    }
-
-    #[test]
-    fn composite_checksum_matches_s3s_formula() {
-        // CRC32C("") = 0, CRC32C("123456789") = 0xE3069283 (the check value).
-        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
-        let one = composite_crc32c([0xE306_9283u32].into_iter());
-        assert!(one.ends_with("-1"));
-        let expected = b64(&crc32c::crc32c(&0xE306_9283u32.to_be_bytes()).to_be_bytes());
-        assert_eq!(one, format!("{expected}-1"));
-        assert!(same_composite(&format!("{expected}-1"), &one));
-        assert!(same_composite(&expected, &one));
-        assert!(!same_composite(&format!("{expected}-2"), &one));
-        assert!(!same_composite("AAAAAA==-1", &one));
     }
 }

@@ -225,19 +225,23 @@ impl ImageSink {
     }
 
     /// Gives the local file its final name, then completes the S3 upload and
-    /// checks the object. Returns the local image's path, if there is one.
-    pub async fn commit(self) -> anyhow::Result<Option<PathBuf>> {
+    /// checks the object against `stored_sha256` (of the bytes written).
+    /// Returns the local image's path, if there is one.
+    pub async fn commit(self, stored_sha256: &str) -> anyhow::Result<Option<PathBuf>> {
         let bytes = self.written;
         let path = self.file.map(FileSink::commit).transpose()?;
         if let Some(s3) = self.s3 {
             let upload = s3.upload().clone();
-            upload.complete(bytes).await.map_err(|e| match &path {
-                Some(p) => e.context(format!(
-                    "the local image {} is complete, but the S3 upload failed",
-                    p.display()
-                )),
-                None => e,
-            })?;
+            upload
+                .complete(bytes, stored_sha256)
+                .await
+                .map_err(|e| match &path {
+                    Some(p) => e.context(format!(
+                        "the local image {} is complete, but the S3 upload failed",
+                        p.display()
+                    )),
+                    None => e,
+                })?;
         }
         Ok(path)
     }

@@ -22,10 +22,11 @@ use crate::shell::Shell;
 use crate::transport::Session;
 
 /// `--method`: how memory is read on the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// LiME when a module is available and the target accepts it, else /proc/kcore.
+    #[default]
     Auto,
     /// Load the LiME kernel module (needs --module).
     Lime,

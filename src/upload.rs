@@ -11,6 +11,9 @@
 //! - The SHA-256 is computed again over the bytes actually sent. A mismatch
 //!   aborts the multipart upload: S3 never holds an object that is not the
 //!   captured image, and no parts stay behind.
+//! - After completion the object is checked as a capture's (`s3::verify`):
+//!   a disagreement keeps it, marked failed, and reads it back; it is never
+//!   deleted, and the manifest and material go up beside it either way.
 //! - The file is read in large sequential reads on a blocking thread that
 //!   feeds the same `PartFeeder` as a capture, so memory is bounded the same
 //!   way: part size x (concurrency + 1) + one read buffer.
@@ -52,6 +55,8 @@ pub struct Uploaded {
     pub bytes: u64,
     pub sha256: String,
     pub checksum_crc32c: String,
+    /// How the object was checked; unverified means kept, marked failed.
+    pub verification: crate::s3::verify::Verification,
     /// `s3://BUCKET/PREFIX/HOST/NAME.material/ (N objects)`, when material went too.
     pub material: Option<String>,
     /// Material files that did not reach the bucket (recorded in the manifest).
@@ -206,7 +211,7 @@ pub async fn run(
             .unwrap_or_else(|| anyhow!("S3"))
             .context(format!("{abort:#}")));
     }
-    let (sha256, checksum_crc32c) = result?;
+    let (sha256, completed) = result?;
     // After the image, before the manifest that lists it (see `s3::material`).
     if let Some(bodies) = material {
         dest.put_material(bodies, cancel).await;
@@ -250,7 +255,8 @@ pub async fn run(
         manifest_uri: dest.bucket.uri(&dest.manifest_key),
         bytes: size,
         sha256,
-        checksum_crc32c,
+        checksum_crc32c: completed.checksum_crc32c,
+        verification: completed.verification,
         material: material.as_ref().map(|m| {
             format!(
                 "{} ({} objects)",
@@ -270,7 +276,7 @@ async fn upload(
     size: u64,
     expected: &Expected,
     progress: &Arc<CaptureProgress>,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, crate::s3::Completed)> {
     let upload = dest
         .start(Some(size), expected.metadata.clone(), progress.s3_acked())
         .await?;
@@ -298,9 +304,9 @@ async fn upload(
             image.display()
         );
     }
-    let completed = upload.complete(bytes).await?;
+    let completed = upload.complete(bytes, &sha256).await?;
     progress.finish();
-    Ok((sha256, completed.checksum_crc32c))
+    Ok((sha256, completed))
 }
 
 /// The blocking side: large sequential reads, hashed and cut into parts.

@@ -231,6 +231,8 @@ pub struct Overrides {
     pub skip_file_checks: bool,
     /// Benchmark runs load no module, so none is required.
     pub bench: bool,
+    /// Settings from flags, which win over the file's (`fleet::flags`).
+    pub flags: super::flags::Flags,
 }
 
 /// Reads, parses and validates `path`. Errors: every problem at once.
@@ -287,16 +289,17 @@ impl<'a> Map<'a> {
     }
 }
 
-/// Host values: the host's own entry, else the one in `defaults:`.
+/// Host values: a flag's, else the host's own entry, else `defaults:`.
 struct Layered<'a> {
+    flags: &'a Map<'a>,
     host: &'a Map<'a>,
     defaults: Option<&'a Map<'a>>,
 }
 
 impl<'a> Layered<'a> {
     fn get(&self, key: &str) -> Option<&'a Node> {
-        self.host
-            .get(key)
+        (self.flags.get(key))
+            .or_else(|| self.host.get(key))
             .or_else(|| self.defaults.and_then(|d| d.get(key)))
     }
     /// The first of several spellings (`user`/`username`) that is set.
@@ -509,9 +512,11 @@ impl Checker {
                 .integer(node, "workers (a number or auto)", 1, 1024)
                 .map(|n| Workers::Count(n as usize)),
         });
-        let output_dir = match top.get("output_dir") {
-            Some(node) => self.path(node, "output_dir"),
-            None => Some(PathBuf::from(".")),
+        let flags = self.overrides.flags.clone();
+        let output_dir = match (&flags.output_dir, top.get("output_dir")) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(node)) => self.path(node, "output_dir"),
+            (None, None) => Some(PathBuf::from(".")),
         };
         let (mut log_dir, mut log_prefix) = (None, None);
         if let Some(node) = top.get("logging")
@@ -524,7 +529,12 @@ impl Checker {
         }
         let analyze = top.get("analyze").and_then(|n| self.analyze(n));
         let bucket = self.bucket(&top);
+        let bucket = flags.bucket.clone().or(bucket);
         let repository = top.get("repository").and_then(|n| self.repository(n));
+        let repository = match &flags.repository {
+            Some(r) => Some(r.over(repository)),
+            None => repository,
+        };
 
         let defaults = top
             .get("defaults")
@@ -562,14 +572,22 @@ impl Checker {
             self.error(hosts_node.pos, "hosts is empty: nothing to capture");
         }
         let output_dir = output_dir.unwrap_or_default();
+        let flag_map = Map {
+            entries: (flags.host.iter())
+                .map(|(k, n)| (k.as_str(), n, n.pos))
+                .collect(),
+            pos: Pos::default(),
+        };
         let context = Context {
+            flags: &flag_map,
+            bucket_flag: flags.bucket.is_some(),
             defaults: defaults.as_ref(),
             chains: &chains,
             output_dir: &output_dir,
             repository: repository.as_ref(),
             bucket: bucket.as_ref(),
-            output_dir_given: top.get("output_dir").is_some(),
-            analyze: analyze.is_some(),
+            output_dir_given: top.get("output_dir").is_some() || flags.output_dir.is_some(),
+            analyze: analyze.is_some() || flags.analyze,
         };
         let mut hosts = Vec::new();
         for item in items {
@@ -948,6 +966,7 @@ impl Checker {
     fn host_entry(&mut self, node: &Node, context: &Context) -> Option<HostPlan> {
         let map = self.map(node, "a host", HOST_KEYS)?;
         let layered = Layered {
+            flags: context.flags,
             host: &map,
             defaults: context.defaults,
         };
@@ -1126,6 +1145,10 @@ impl Checker {
         // A host's own bucket: replaces the top one; with a bucket, the image
         // is written locally only when an output_dir is given too.
         let bucket = match layered.get("bucket") {
+            Some(n) if context.bucket_flag => {
+                self.bucket_map(n); // checked, though --bucket replaces it
+                context.bucket.cloned()
+            }
             Some(n) => self.bucket_map(n),
             None => context.bucket.cloned(),
         };
@@ -1457,6 +1480,10 @@ impl Checker {
 }
 
 struct Context<'a> {
+    /// Settings from flags, above every host's.
+    flags: &'a Map<'a>,
+    /// `--bucket`: every host's bucket is `bucket`.
+    bucket_flag: bool,
     defaults: Option<&'a Map<'a>>,
     chains: &'a HashMap<String, (Pos, Vec<HopSpec>)>,
     output_dir: &'a Path,

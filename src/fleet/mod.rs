@@ -14,6 +14,7 @@
 //! summary table (`report::table`) and a JSON report (`report::Report`).
 
 pub mod config;
+pub mod flags;
 pub mod report;
 pub mod yaml;
 
@@ -272,6 +273,10 @@ async fn capture_host(
             report.s3 = (outcome.manifest.s3.as_ref())
                 .filter(|s3| s3.completed)
                 .map(|s3| s3.uri.clone());
+            if let Some(why) = outcome.manifest.s3.as_ref().and_then(|s3| s3.unverified()) {
+                report.status = Status::Unverified;
+                report.error = Some(why);
+            }
             // Still a capture (see `s3::material`), but the row says what is missing.
             if let Some(problem) =
                 (outcome.manifest.s3.as_ref()).and_then(|s3| s3.material.as_ref()?.problem())
@@ -326,8 +331,12 @@ async fn bench_host(
 ) {
     progress.phase("capturing (bench source)");
     match capture::bench_receive(job, port, progress).await {
-        Ok(received) => {
+        Ok((received, s3)) => {
             report.status = Status::Captured;
+            if let Some(why) = s3.as_ref().and_then(|s3| s3.unverified()) {
+                report.status = Status::Unverified;
+                report.error = Some(why);
+            }
             report.image = job.local_image.then(|| job.image_path.clone());
             report.bytes = Some(received.bytes);
             report.sha256 = Some(received.sha256);

@@ -27,6 +27,8 @@ pub enum Status {
     CleanupFailed,
     /// The image is complete and the target clean, but `analyze:` failed.
     AnalysisFailed,
+    /// The image is in the bucket, kept, but no check proved it (exit 4).
+    Unverified,
 }
 
 impl Status {
@@ -42,6 +44,7 @@ impl Status {
             Status::NotStarted => "NOT STARTED",
             Status::CleanupFailed => "CLEANUP FAILED",
             Status::AnalysisFailed => "ANALYSIS FAILED",
+            Status::Unverified => "S3 UNVERIFIED",
         }
     }
 }
@@ -181,6 +184,11 @@ impl Report {
     /// True when triage reported findings on some host.
     pub fn any_findings(&self) -> bool {
         self.hosts.iter().any(|h| h.findings.is_some_and(|n| n > 0))
+    }
+
+    /// Every host that did not succeed has its image kept but unverified.
+    pub fn only_unverified(&self) -> bool {
+        (self.hosts.iter()).all(|h| h.status.is_success() || h.status == Status::Unverified)
     }
 
     pub fn any_cleanup_failed(&self) -> bool {

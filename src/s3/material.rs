@@ -11,7 +11,8 @@
 //! - Each object is one `PutObject` carrying the file's SHA-256, the value
 //!   the manifest records: S3 refuses a body that does not hash to it, so the
 //!   bucket holds exactly what the target printed. The object is read back
-//!   (size, SHA-256) as the image is. Keys are checked free before the
+//!   (size, SHA-256) as the image is: a disagreement keeps the object,
+//!   tagged, and reads it back (`s3::verify`). Keys are checked free before the
 //!   capture starts, and each put carries `If-None-Match: *` unless
 //!   `--overwrite`, the image's rule.
 //! - `index.json` goes too (the manifest's material list, as written beside
@@ -56,6 +57,9 @@ pub struct MaterialObject {
     /// The SHA-256 S3 reports for the object (base64), when it reports one.
     pub checksum_sha256: Option<String>,
     pub version_id: Option<String>,
+    /// Present when S3's own SHA-256 did not prove it and a read-back did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::s3::verify::Verification>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -219,6 +223,7 @@ pub async fn upload(
                 sha256: body.sha256,
                 checksum_sha256: put.checksum_sha256,
                 version_id: put.version_id,
+                verification: put.verification,
             }),
             Err(e) => {
                 let error = crate::sanitize::one_line(&format!("{e:#}"));

@@ -1,6 +1,7 @@
 //! Integration tests: real sshd, real QEMU guest.
 mod analyze_cli;
 mod fleet;
+mod fleet_flags;
 mod harness_smoke;
 mod lab_capture;
 mod lab_material;
@@ -9,5 +10,6 @@ mod lab_testkit;
 mod lab_triage;
 mod repository;
 mod s3_capture;
+mod s3_verify;
 mod ssh_capture;
 mod support;

@@ -15,7 +15,7 @@ use crate::support::{self, DataSource, FaultProxy, Garage, KeyPair, KeyType, Nee
 const MIB: u64 = 1 << 20;
 
 /// A LiME image of one range of `body` pattern bytes, and its SHA-256.
-fn lime_image(dir: &Path, body: u64) -> (PathBuf, String) {
+pub(crate) fn lime_image(dir: &Path, body: u64) -> (PathBuf, String) {
     let mut bytes = Vec::with_capacity(body as usize + 32);
     bytes.extend_from_slice(&0x4C69_4D45u32.to_le_bytes());
     bytes.extend_from_slice(&1u32.to_le_bytes());
@@ -88,7 +88,7 @@ impl Rig {
     }
 }
 
-fn text(out: &Output) -> (String, String) {
+pub(crate) fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -145,6 +145,10 @@ fn capture_streams_into_the_bucket_and_to_disk_at_once() -> anyhow::Result<()> {
     let manifest: serde_json::Value = serde_json::from_slice(&rig.garage.get(manifest_key)?)?;
     assert_eq!(manifest["parts"], 8, "{manifest}");
     assert_eq!(manifest["completed"], true);
+    // Garage's CRC32C proves the object: no read-back, no tag.
+    assert_eq!(manifest["verification"]["verified"], true, "{manifest}");
+    assert_eq!(manifest["verification"]["by"], "crc32c", "{manifest}");
+    assert!(stdout.contains("verify   "), "{stdout}");
     assert_eq!(
         rig.garage.metadata(manifest_key)?["mshot-image-sha256"],
         sha256
@@ -477,7 +481,7 @@ fn upload_via(rig: &Rig, image: &Path, endpoint: &str) -> Command {
     cmd
 }
 
-fn read_json(path: &Path) -> serde_json::Value {
+pub(crate) fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -543,11 +547,18 @@ fn upload_of_a_local_capture_stores_it_with_the_manifests_metadata() -> anyhow::
     assert_eq!(stored["s3"]["completed"], true, "{stored:#}");
     assert_eq!(stored["s3"]["parts"], 3);
     assert_eq!(stored["s3"]["key"], key);
+    // Garage takes ChecksumType FULL_OBJECT: the file's own CRC32C proves it.
+    use base64::Engine;
+    let full_crc32c =
+        base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&bytes).to_be_bytes());
+    assert_eq!(stored["s3"]["checksum_crc32c"], full_crc32c, "{stored:#}");
+    let verification = &stored["s3"]["verification"];
+    assert_eq!(verification["by"], "crc32c", "{stored:#}");
     assert!(
-        stored["s3"]["checksum_crc32c"]
+        verification["checks"][1]["note"]
             .as_str()
-            .unwrap()
-            .ends_with("-3")
+            .is_some_and(|n| n.contains("FULL_OBJECT")),
+        "{stored:#}"
     );
     assert_eq!(
         rig.garage.metadata(manifest_key)?["mshot-image-sha256"],
@@ -753,7 +764,10 @@ fn sigterm_aborts_an_upload_and_leaves_nothing() -> anyhow::Result<()> {
 /// Fabricates the profile material of a capture beside `image`, as
 /// `material::store` leaves it (`NAME.material/` with `index.json`), and
 /// lists it in the local manifest as a capture does. Returns the files.
-fn add_material(image: &Path, files: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn add_material(
+    image: &Path,
+    files: &[(&str, Vec<u8>)],
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let stem = image.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = image.with_file_name(format!("{stem}.material"));
     std::fs::create_dir(&dir)?;
@@ -787,7 +801,7 @@ fn add_material(image: &Path, files: &[(&str, Vec<u8>)]) -> anyhow::Result<Vec<(
         .collect())
 }
 
-fn fabricated_material(btf_bytes: usize) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn fabricated_material(btf_bytes: usize) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("vmlinux.btf", support::pattern::bytes(btf_bytes)),
         (

@@ -26,6 +26,8 @@ The pieces:
   byte pattern (or a file) for streaming tests and benchmarks.
 - [`garage`]: [`Garage`], a real S3-compatible server (single-node Garage)
   on loopback with a bucket and key of its own.
+- [`moto`]: [`Moto`], moto's S3 server on loopback, with and without correct
+  CRC32C, for servers that report checksums wrongly.
 
 A test reads like this:
 
@@ -56,6 +58,7 @@ pub mod faultproxy;
 pub mod garage;
 pub mod http;
 pub mod keys;
+pub mod moto;
 pub mod netns;
 pub mod openssh;
 pub mod prereq;
@@ -68,6 +71,7 @@ pub use faultproxy::FaultProxy;
 pub use garage::Garage;
 pub use http::HttpServer;
 pub use keys::{KeyPair, KeyType};
+pub use moto::Moto;
 pub use netns::{NetChain, NetNs};
 pub use openssh::OpenSsh;
 pub use prereq::Need;

@@ -38,6 +38,10 @@ pub enum Need {
     Openssl,
     /// The Garage S3 server (`tests/run` installs it into /opt/garage).
     Garage,
+    /// moto's S3 server without the `crc32c` package (see [`super::moto`]).
+    Moto,
+    /// moto's S3 server with `s3crc32c`.
+    MotoCrc32c,
 }
 
 impl Need {
@@ -75,6 +79,15 @@ impl Need {
                 )),
                 Some(_) => None,
             },
+            Need::Moto | Need::MotoCrc32c => {
+                let (variant, extras) = match self {
+                    Need::Moto => (super::moto::Variant::Plain, "server"),
+                    _ => (super::moto::Variant::Crc32c, "server,s3crc32c"),
+                };
+                super::moto::binary(variant).is_none().then(|| {
+                    format!("{variant:?} moto not found: install 'moto[{extras}]==5.2.6' into a venv under $MSHOT_TOOLS_DIR (tests/run does), or set MSHOT_MOTO / MSHOT_MOTO_CRC32C")
+                })
+            }
             Need::Garage => super::garage::binary().is_none().then(|| {
                 "garage is not installed: cargo install garage@2.5.0 --no-default-features --features bundled-libs,sqlite --locked --root /opt/garage (tests/run does this), or set MSHOT_GARAGE".to_string()
             }),
