@@ -248,6 +248,16 @@ fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
         "BTF layouts differ from the ISF:\n{diffs}"
     );
     assert_eq!(p.enums, fx.isf.enums);
+    // Symbols typed for Volatility (BTF has no types for most globals):
+    // the same type as dwarf2json gives them.
+    for (name, _) in memimage::material::SYMBOL_TYPES {
+        let (Some(a), Some(b)) = (fx.isf.symbols.get(*name), p.symbols.get(*name)) else {
+            continue;
+        };
+        if let (Some(ta), Some(tb)) = (&a.ty, &b.ty) {
+            assert!(same_type(ta, tb), "{name}: ISF {ta:?} vs BTF {tb:?}");
+        }
+    }
     assert_eq!(p.banner, fx.isf.banner);
 
     // Same kernel found, material agrees with the image, same plugin rows.

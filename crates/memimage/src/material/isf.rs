@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Global variables and the struct or base type they have (BTF only has
-/// types for per-CPU variables).
+/// types for per-CPU variables); `*NAME` is a pointer to struct NAME.
 pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("init_task", "task_struct"),
     ("init_files", "files_struct"),
@@ -40,6 +40,11 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("pipefifo_fops", "file_operations"),
     ("tcp_hashinfo", "inet_hashinfo"),
     ("mod_tree", "mod_tree_root"),
+    // What Volatility's integrity plugins read by symbol.
+    ("module_kset", "*kset"),
+    ("keyboard_notifier_list", "atomic_notifier_head"),
+    ("ftrace_ops_list", "*ftrace_ops"),
+    ("ftrace_list_end", "ftrace_ops"),
     ("page_offset_base", "long unsigned int"),
     ("vmemmap_base", "long unsigned int"),
     ("vmalloc_base", "long unsigned int"),
@@ -449,7 +454,14 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
                 json!(base64::engine::general_purpose::STANDARD.encode(b)),
             );
         } else if let Some((_, t)) = SYMBOL_TYPES.iter().find(|(n, _)| *n == name) {
-            if base.contains_key(*t) {
+            if let Some(target) = t.strip_prefix('*') {
+                if struct_names.contains(target) {
+                    s.insert(
+                        "type".into(),
+                        json!({"kind": "pointer", "subtype": {"kind": "struct", "name": target}}),
+                    );
+                }
+            } else if base.contains_key(*t) {
                 s.insert("type".into(), json!({"kind": "base", "name": t}));
             } else if struct_names.contains(t) {
                 s.insert("type".into(), json!({"kind": "struct", "name": t}));
