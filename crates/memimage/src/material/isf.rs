@@ -54,6 +54,17 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("__pgtable_l5_enabled", "unsigned int"),
 ];
 
+/// Section bounds the linker script defines, `char[]` in dwarf2json's ISF
+/// (Volatility reads `_text` by symbol to place module addresses).
+const LINKER_MARKS: &[&str] = &[
+    "_text",
+    "_stext",
+    "_etext",
+    "_sinittext",
+    "_einittext",
+    "_end",
+];
+
 /// Arrays of structs whose length is a macro, not in BTF (`taint_flags`,
 /// which Volatility's lsmod reads). The count is `TAINT_FLAGS_COUNT` for
 /// the kernel versions we know it for, else the gap to the next symbol
@@ -452,6 +463,11 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             s.insert(
                 "constant_data".into(),
                 json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            );
+        } else if LINKER_MARKS.contains(&name) && base.contains_key("char") {
+            s.insert(
+                "type".into(),
+                json!({"kind": "array", "count": 0, "subtype": {"kind": "base", "name": "char"}}),
             );
         } else if let Some((_, t)) = SYMBOL_TYPES.iter().find(|(n, _)| *n == name) {
             if let Some(target) = t.strip_prefix('*') {
