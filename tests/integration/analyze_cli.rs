@@ -41,7 +41,10 @@ fn a_directory_is_not_an_image() {
     let o = mshot(&[dir.path().as_os_str(), "pslist".as_ref()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("is a directory") && !e.contains("os error"), "{e}");
+    assert!(
+        e.contains("is a directory") && !e.contains("os error"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
 
@@ -50,10 +53,18 @@ fn unknown_plugins_get_a_suggestion_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("x.lime");
     std::fs::write(&f, b"x").unwrap();
-    for (typo, meant) in [("psllist", "pslist"), ("check_sycall", "check_syscall"), ("triag", "triage")] {
+    for (typo, meant) in [
+        ("psllist", "pslist"),
+        ("check_sycall", "check_syscall"),
+        ("triag", "triage"),
+    ] {
         let o = mshot(&[f.as_os_str(), typo.as_ref()]);
         assert_eq!(o.status.code(), Some(2), "{typo}");
-        assert!(stderr(&o).contains(&format!("did you mean {meant}?")), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("did you mean {meant}?")),
+            "{}",
+            stderr(&o)
+        );
     }
     // Volatility's names are accepted as they are.
     let o = mshot(&[f.as_os_str(), "linux.malware.check_syscall".as_ref()]);
@@ -88,7 +99,9 @@ fn fixture() -> Option<(PathBuf, PathBuf)> {
 /// JSON document's verdict object says the same.
 #[test]
 fn triage_verdict_on_the_clean_fixture() {
-    let Some((image, isf)) = fixture() else { return };
+    let Some((image, isf)) = fixture() else {
+        return;
+    };
     let cache = tempfile::tempdir().unwrap();
     let args = |fmt: &str| -> Vec<std::ffi::OsString> {
         vec![
@@ -106,7 +119,10 @@ fn triage_verdict_on_the_clean_fixture() {
     let o = mshot(&table.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.starts_with("verdict: no findings; every check ran"), "{out}");
+    assert!(
+        out.starts_with("verdict: no findings; every check ran"),
+        "{out}"
+    );
     let json: Vec<_> = args("json");
     let o = mshot(&json.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(0));

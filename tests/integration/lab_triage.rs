@@ -92,17 +92,17 @@ fn assert_clean(rows: &[J], code: i32) {
 fn assert_planted(rows: &[J]) {
     let owner = format!("hidden module {MODULE}");
     let mut expected: Vec<(String, String)> = vec![
-        ("hidden_modules".into(), format!("module {MODULE} is hidden")),
+        (
+            "hidden_modules".into(),
+            format!("module {MODULE} is hidden"),
+        ),
         ("check_modules".into(), format!("module {MODULE} is hidden")),
         ("keyboard_notifiers".into(), "keyboard notifier".into()),
         ("netfilter".into(), "netfilter ipv4 hook 1".into()),
     ];
     for (nr, _, _) in HOOKED {
         for place in ["sys_call_table", "x64_sys_call"] {
-            expected.push((
-                "check_syscall".into(),
-                format!("64bit system call {nr} "),
-            ));
+            expected.push(("check_syscall".into(), format!("64bit system call {nr} ")));
             expected.push(("check_syscall".into(), format!("redirected in {place}")));
         }
     }
@@ -126,7 +126,10 @@ fn assert_planted(rows: &[J]) {
     assert_eq!(per_check("check_syscall"), 6, "{found:#?}");
     assert_eq!(per_check("malfind"), 1, "{found:#?}");
     assert_eq!(found.len(), 11, "exactly the planted items: {found:#?}");
-    assert!(rows.iter().all(|r| r["result"] != "not checked"), "{rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["result"] != "not checked"),
+        "{rows:#?}"
+    );
 }
 
 /// check_syscall's rows for the hooked numbers hold the addresses the
@@ -138,7 +141,11 @@ fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
         .args(["check_syscall", "--format", "json", "--no-cache"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: J = serde_json::from_slice(&out.stdout).unwrap();
     let rows = doc["check_syscall"].as_array().unwrap().clone();
     let hooks = hooks_from_dmesg(dmesg);
@@ -270,7 +277,9 @@ fn compare_with_volatility(image: &Path, out: &Path, ours: &[J]) -> anyhow::Resu
     }
     for h in &hooked {
         assert!(
-            theirs.iter().any(|v| v["Index"] == *h && v["Handler Symbol"] == "UNKNOWN"),
+            theirs
+                .iter()
+                .any(|v| v["Index"] == *h && v["Handler Symbol"] == "UNKNOWN"),
             "Volatility should flag table entry {h}"
         );
     }
