@@ -1,5 +1,6 @@
 //! The built-in plugins, a closed list: `banner`, `pslist`, `pstree`,
-//! `psaux`, `lsmod`, `netstat`, `maps`, `memdump`, `envars`, `bash`. Each returns rows of named values; the caller picks
+//! `psaux`, `lsmod`, `netstat`, `maps`, `memdump`, `envars`, `bash`,
+//! `lsof`, and the integrity checks. Each returns rows of named values; the caller picks
 //! the output format (the core derives no serde, so output stays a
 //! decision of the CLI).
 //!
@@ -12,6 +13,7 @@ mod bash;
 mod envars;
 pub mod integrity;
 mod lsmod;
+mod lsof;
 mod maps;
 pub mod memdump;
 mod netstat;
@@ -70,6 +72,7 @@ pub const PLUGINS: &[&str] = &[
     "memdump",
     "envars",
     "bash",
+    "lsof",
     "triage",
     "check_syscall",
     "hidden_modules",
@@ -184,6 +187,7 @@ pub fn run_plugin(
         "memdump" => ("memdump", memdump::run(kernel)),
         "envars" => ("envars", envars::run(kernel)),
         "bash" => ("bash", bash::run(kernel)),
+        "lsof" => ("lsof", lsof::run(kernel)),
         other => match integrity::plugin_rows(canonical(other), kernel) {
             Some(res) => ("integrity", res),
             None => return Err(PluginError::Unknown(other.to_string())),

@@ -87,6 +87,8 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.netfilter", "netfilter"),
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
+    // Not a check, but Volatility's name is accepted all the same.
+    ("linux.lsof", "lsof"),
 ];
 
 /// The kernel's symbols by runtime address, for naming code addresses.
