@@ -198,3 +198,30 @@ fn hooks_and_module_views_agree_with_volatility() {
         assert_eq!(views, vol_views);
     });
 }
+
+/// tty_check: the same terminal and handler; check_afinfo: Volatility
+/// prints only hooked members (none), mshot every member it read.
+#[test]
+fn tty_and_afinfo_agree_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<(String, u64, String)> = run(k, "tty_check")
+            .iter()
+            .map(|r| (s(r, "name"), u(r, "address") & MASK, s(r, "symbol")))
+            .collect();
+        let theirs: Vec<(String, u64, String)> = vol("tty_check")
+            .iter()
+            .map(|v| {
+                (
+                    v["Name"].as_str().unwrap().to_string(),
+                    v["Address"].as_u64().unwrap(),
+                    v["Symbol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        let afinfo = run(k, "check_afinfo");
+        assert!(vol("check_afinfo").is_empty());
+        assert_eq!(afinfo.len(), 36, "4 members of 9 tables");
+        assert!(afinfo.iter().all(|r| s(r, "hooked") == "false"));
+    });
+}

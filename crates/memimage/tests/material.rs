@@ -78,6 +78,12 @@ const ORACLE_TYPES: &[&str] = &[
     "netns_nf",
     "nf_hook_entries",
     "nf_hook_entry",
+    "seq_operations",
+    "tcp_seq_afinfo",
+    "tty_driver",
+    "tty_struct",
+    "tty_ldisc",
+    "tty_ldisc_ops",
 ];
 
 /// The integrity selection (every symbol) with the oracle's types.

@@ -83,6 +83,8 @@ pub const PLUGINS: &[&str] = &[
     "netfilter",
     "check_creds",
     "malfind",
+    "check_afinfo",
+    "tty_check",
 ];
 
 /// True for the integrity checks (and triage): they need every symbol of
@@ -110,6 +112,13 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "netns_nf",
     "nf_hook_entries",
     "nf_hook_entry",
+    // check_afinfo, tty_check.
+    "seq_operations",
+    "tcp_seq_afinfo",
+    "tty_driver",
+    "tty_struct",
+    "tty_ldisc",
+    "tty_ldisc_ops",
 ];
 
 // Indexing in a const fn: an out-of-bounds index fails the build, not a run.

@@ -15,10 +15,13 @@ mod dispatch;
 mod hooks;
 mod malfind;
 mod modules;
+mod ops;
 mod syscall;
 mod syscall_names;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_checks;
 mod triage;
 
 pub(crate) use modules::Inventory;
@@ -70,6 +73,8 @@ pub const CHECKS: &[&str] = &[
     "hidden_modules",
     "check_syscall",
     "check_idt",
+    "check_afinfo",
+    "tty_check",
     "keyboard_notifiers",
     "netfilter",
     "check_creds",
@@ -87,6 +92,8 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.netfilter", "netfilter"),
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
+    ("linux.malware.check_afinfo", "check_afinfo"),
+    ("linux.malware.tty_check", "tty_check"),
     // Not a check, but Volatility's name is accepted all the same.
     ("linux.lsof", "lsof"),
 ];
@@ -230,6 +237,8 @@ pub(crate) fn run_check(
         "netfilter" => hooks::netfilter(k, cx),
         "check_creds" => creds::check(k, cx),
         "malfind" => malfind::check(k, cx),
+        "check_afinfo" => ops::check_afinfo(k, cx),
+        "tty_check" => ops::tty_check(k, cx),
         _ => return None,
     })
 }
