@@ -1,7 +1,8 @@
 //! The integrity checks on the real Debian 6.1 capture in
 //! `shared/fixtures` (skipped, with a message, when it is not there),
-//! against Volatility 3 2.28.2's `linux.malware.*` output on the same
-//! image (kept in tests/data, made with the fixture's ISF). A clean image:
+//! against Volatility 3 2.28.2's `linux.malware.*` and `linux.kmsg`
+//! output on the same image (kept in tests/data, made with the fixture's
+//! ISF). A clean image:
 //! any finding is a false alarm and fails.
 #![allow(
     clippy::unwrap_used,
@@ -23,10 +24,15 @@ use common::{NAME, capture};
 const MASK: u64 = 0xffff_ffff_ffff;
 
 fn vol(plugin: &str) -> Vec<J> {
+    vol_file(&format!("linux.malware.{plugin}"))
+}
+
+/// Volatility's output of `plugin` (its full name) on the fixture.
+fn vol_file(plugin: &str) -> Vec<J> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(NAME)
-        .join(format!("linux.malware.{plugin}.json"));
+        .join(format!("{plugin}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -56,6 +62,14 @@ fn u(r: &Row, key: &str) -> u64 {
     match r.get(key) {
         Some(Value::UInt(v)) => *v,
         other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// A text column, Volatility's "N/A" for a value that could not be read.
+fn s_or_na(r: &Row, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::Null) => "N/A".into(),
+        _ => s(r, key),
     }
 }
 
@@ -223,5 +237,31 @@ fn tty_and_afinfo_agree_with_volatility() {
         assert!(vol("check_afinfo").is_empty());
         assert_eq!(afinfo.len(), 36, "4 members of 9 tables");
         assert!(afinfo.iter().all(|r| s(r, "hooked") == "false"));
+    });
+}
+
+/// The kernel log line for line as Volatility's kmsg prints it, plus the
+/// newest record, which its walk stops before: LiME's second taint line.
+#[test]
+fn kmsg_agrees_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<[String; 5]> = run(k, "kmsg")
+            .iter()
+            .map(|r| ["timestamp", "facility", "level", "caller", "line"].map(|c| s_or_na(r, c)))
+            .collect();
+        let theirs: Vec<[String; 5]> = vol_file("linux.kmsg")
+            .iter()
+            .map(|v| {
+                ["timestamp", "facility", "level", "caller", "line"]
+                    .map(|c| v[c].as_str().unwrap_or("N/A").to_string())
+            })
+            .collect();
+        assert_eq!(theirs.len(), 459);
+        assert_eq!(ours[..theirs.len()], theirs[..]);
+        assert_eq!(ours.len(), theirs.len() + 1);
+        assert_eq!(
+            ours[theirs.len()][4],
+            "lime: module verification failed: signature and/or required key missing - tainting kernel"
+        );
     });
 }

@@ -84,6 +84,12 @@ const ORACLE_TYPES: &[&str] = &[
     "tty_struct",
     "tty_ldisc",
     "tty_ldisc_ops",
+    "printk_ringbuffer",
+    "prb_desc_ring",
+    "prb_data_ring",
+    "prb_desc",
+    "printk_info",
+    "dev_printk_info",
 ];
 
 /// The integrity selection (every symbol) with the oracle's types.

@@ -85,6 +85,7 @@ pub const PLUGINS: &[&str] = &[
     "malfind",
     "check_afinfo",
     "tty_check",
+    "kmsg",
 ];
 
 /// True for the integrity checks (and triage): they need every symbol of
@@ -119,6 +120,13 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "tty_struct",
     "tty_ldisc",
     "tty_ldisc_ops",
+    // kmsg: the lockless printk ring buffer.
+    "printk_ringbuffer",
+    "prb_desc_ring",
+    "prb_data_ring",
+    "prb_desc",
+    "printk_info",
+    "dev_printk_info",
 ];
 
 // Indexing in a const fn: an out-of-bounds index fails the build, not a run.

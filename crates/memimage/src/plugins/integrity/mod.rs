@@ -13,6 +13,7 @@
 mod creds;
 mod dispatch;
 mod hooks;
+mod kmsg;
 mod malfind;
 mod modules;
 mod ops;
@@ -79,6 +80,7 @@ pub const CHECKS: &[&str] = &[
     "netfilter",
     "check_creds",
     "malfind",
+    "kmsg",
 ];
 
 /// Volatility 3's names for the same checks.
@@ -94,6 +96,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.malfind", "malfind"),
     ("linux.malware.check_afinfo", "check_afinfo"),
     ("linux.malware.tty_check", "tty_check"),
+    ("linux.kmsg", "kmsg"),
     // Not a check, but Volatility's name is accepted all the same.
     ("linux.lsof", "lsof"),
 ];
@@ -239,6 +242,7 @@ pub(crate) fn run_check(
         "malfind" => malfind::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
+        "kmsg" => kmsg::check(k, cx),
         _ => return None,
     })
 }

@@ -89,11 +89,22 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
     assert!(found("check_afinfo", "tcp4_seq_ops.show"), "{rows:#?}");
     assert!(found("tty_check", "ttyS0"), "{rows:#?}");
+    assert!(found("kmsg", "tainted the kernel"), "{rows:#?}");
+    // The oops is named by what it is.
+    let named = |check: &str, needle: &str, who: &str| {
+        rows.iter()
+            .any(|(c, r, w, o)| c == check && r == "finding" && w.contains(needle) && o == who)
+    };
+    assert!(named("kmsg", "the kernel oopsed", "kernel"), "{rows:#?}");
     // Nothing else: exactly one finding per planted item (the syscall
-    // check two), all owned by the hidden module.
+    // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 9, "{findings:#?}");
-    assert!(findings.iter().all(|(_, _, _, o)| *o == owner));
+    assert_eq!(findings.len(), 11, "{findings:#?}");
+    let by_module = findings
+        .iter()
+        .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
+    assert!(by_module.clone().all(|(_, _, _, o)| *o == owner));
+    assert_eq!(by_module.count(), 9);
 }
 
 #[test]
@@ -183,6 +194,7 @@ fn missing_symbols_are_not_checked() {
         ("keyboard_notifier_list", "keyboard_notifiers"),
         ("net_namespace_list", "netfilter"),
         ("_stext", "check_syscall"),
+        ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),
     ] {
