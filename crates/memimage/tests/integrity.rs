@@ -1,8 +1,8 @@
 //! The integrity checks on the real Debian 6.1 capture in
 //! `shared/fixtures` (skipped, with a message, when it is not there),
-//! against Volatility 3 2.28.2's `linux.malware.*` and `linux.kmsg`
-//! output on the same image (kept in tests/data, made with the fixture's
-//! ISF). A clean image:
+//! against Volatility 3 2.28.2's `linux.malware.*`, `linux.psscan` and
+//! `linux.kmsg` output on the same image (kept in tests/data, made with
+//! the fixture's ISF). A clean image:
 //! any finding is a false alarm and fails.
 #![allow(
     clippy::unwrap_used,
@@ -61,6 +61,13 @@ fn s(r: &Row, key: &str) -> String {
 fn u(r: &Row, key: &str) -> u64 {
     match r.get(key) {
         Some(Value::UInt(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+fn i(r: &Row, key: &str) -> i64 {
+    match r.get(key) {
+        Some(Value::Int(v)) => *v,
         other => panic!("{key}: {other:?}"),
     }
 }
@@ -263,5 +270,60 @@ fn kmsg_agrees_with_volatility() {
             ours[theirs.len()][4],
             "lime: module verification failed: signature and/or required key missing - tainting kernel"
         );
+    });
+}
+
+/// The tasks Volatility's psscan carves, each with the same offset, ids,
+/// parent, name and exit state, less three words it takes for tasks that
+/// have a pid but no thread group (tgid 0); mshot adds the idle task
+/// (pid 0, which Volatility skips). Every live task is in the task list
+/// and the PID table; the others are dead.
+#[test]
+fn psscan_agrees_with_volatility() {
+    with_kernel(|k| {
+        let rows = run(k, "psscan");
+        let key = |off: u64, pid: i64, tid: i64, ppid: i64, comm: &str, exit: &str| {
+            (off, pid, tid, ppid, comm.to_string(), exit.to_string())
+        };
+        let ours: Vec<_> = rows
+            .iter()
+            .filter(|r| i(r, "tid") > 0)
+            .map(|r| {
+                key(
+                    u(r, "offset_p"),
+                    i(r, "pid"),
+                    i(r, "tid"),
+                    i(r, "ppid"),
+                    &s(r, "comm"),
+                    &s(r, "exit_state"),
+                )
+            })
+            .collect();
+        let all = vol_file("linux.psscan");
+        let (garbage, theirs): (Vec<&J>, Vec<&J>) = all.iter().partition(|v| v["PID"] == 0);
+        assert_eq!(garbage.len(), 3, "{garbage:#?}");
+        let theirs: Vec<_> = theirs
+            .iter()
+            .map(|v| {
+                key(
+                    v["OFFSET (P)"].as_u64().unwrap(),
+                    v["PID"].as_i64().unwrap(),
+                    v["TID"].as_i64().unwrap(),
+                    v["PPID"].as_i64().unwrap(),
+                    v["COMM"].as_str().unwrap(),
+                    v["EXIT_STATE"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.len(), 60);
+        let idle: Vec<_> = rows.iter().filter(|r| i(r, "tid") == 0).collect();
+        assert_eq!(idle.len(), 1);
+        assert_eq!(s(idle[0], "comm"), "swapper/0");
+        for r in rows.iter().filter(|r| i(r, "tid") > 0) {
+            let live = s(r, "exit_state") == "TASK_RUNNING";
+            assert_eq!(s(r, "in_list") == "true", live, "{r:?}");
+            assert_eq!(s(r, "in_pid_table") == "true", live, "{r:?}");
+        }
     });
 }

@@ -86,6 +86,7 @@ pub const PLUGINS: &[&str] = &[
     "check_afinfo",
     "tty_check",
     "kmsg",
+    "psscan",
 ];
 
 /// True for the integrity checks (and triage): they need every symbol of
@@ -127,6 +128,12 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "prb_desc",
     "printk_info",
     "dev_printk_info",
+    // psscan: the PID table.
+    "pid_namespace",
+    "idr",
+    "xarray",
+    "xa_node",
+    "pid",
 ];
 
 // Indexing in a const fn: an out-of-bounds index fails the build, not a run.

@@ -17,6 +17,7 @@ mod kmsg;
 mod malfind;
 mod modules;
 mod ops;
+mod psscan;
 mod syscall;
 mod syscall_names;
 #[cfg(test)]
@@ -79,6 +80,7 @@ pub const CHECKS: &[&str] = &[
     "keyboard_notifiers",
     "netfilter",
     "check_creds",
+    "psscan",
     "malfind",
     "kmsg",
 ];
@@ -97,6 +99,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.check_afinfo", "check_afinfo"),
     ("linux.malware.tty_check", "tty_check"),
     ("linux.kmsg", "kmsg"),
+    ("linux.psscan", "psscan"),
     // Not a check, but Volatility's name is accepted all the same.
     ("linux.lsof", "lsof"),
 ];
@@ -243,6 +246,7 @@ pub(crate) fn run_check(
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),
+        "psscan" => psscan::check(k, cx),
         _ => return None,
     })
 }

@@ -90,16 +90,24 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("check_afinfo", "tcp4_seq_ops.show"), "{rows:#?}");
     assert!(found("tty_check", "ttyS0"), "{rows:#?}");
     assert!(found("kmsg", "tainted the kernel"), "{rows:#?}");
-    // The oops is named by what it is.
+    // The hidden task and the oops are named by what they are.
     let named = |check: &str, needle: &str, who: &str| {
         rows.iter()
             .any(|(c, r, w, o)| c == check && r == "finding" && w.contains(needle) && o == who)
     };
+    assert!(
+        named(
+            "psscan",
+            "is hidden from the task list",
+            "process 4242 (kitd)"
+        ),
+        "{rows:#?}"
+    );
     assert!(named("kmsg", "the kernel oopsed", "kernel"), "{rows:#?}");
     // Nothing else: exactly one finding per planted item (the syscall
     // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 11, "{findings:#?}");
+    assert_eq!(findings.len(), 12, "{findings:#?}");
     let by_module = findings
         .iter()
         .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
@@ -197,6 +205,7 @@ fn missing_symbols_are_not_checked() {
         ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),
+        ("init_pid_ns", "psscan"),
     ] {
         let rows = triage(Plant::all(), Some(symbol));
         let mine: Vec<_> = rows.iter().filter(|(c, _, _, _)| c == check).collect();

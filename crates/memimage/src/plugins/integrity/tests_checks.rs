@@ -6,7 +6,7 @@
 use super::tests::{s, with_kernel};
 use crate::kernel::Kernel;
 use crate::plugins::{Options, Row, run_plugin};
-use crate::synth::integrity::Plant;
+use crate::synth::integrity::{HIDDEN_COMM, HIDDEN_PID, Plant};
 
 const OPTS: Options = Options { threads: false };
 
@@ -20,6 +20,81 @@ fn triage_of(k: &Kernel<'_, '_>, check: &str) -> Vec<(String, String, String)> {
         .filter(|r| s(r, "check") == check)
         .map(|r| (s(r, "result"), s(r, "what"), s(r, "evidence")))
         .collect()
+}
+
+#[test]
+fn psscan_carves_every_task_and_finds_the_hidden_one() {
+    let plant = Plant {
+        hidden_task: true,
+        ..Plant::default()
+    };
+    with_kernel(plant, None, |k| {
+        let got: Vec<(String, String, String, String, String)> = rows(k, "psscan")
+            .iter()
+            .map(|r| {
+                (
+                    s(r, "tid"),
+                    s(r, "comm"),
+                    s(r, "exit_state"),
+                    s(r, "in_list"),
+                    s(r, "in_pid_table"),
+                )
+            })
+            .collect();
+        let row = |t: &str, c: &str, e: &str, l: &str, p: &str| {
+            (t.into(), c.into(), e.into(), l.into(), p.into())
+        };
+        assert_eq!(
+            got,
+            vec![
+                row("0", "swapper/0", "TASK_RUNNING", "true", "false"),
+                row("100", "sshd", "TASK_RUNNING", "true", "true"),
+                row("101", "sleep", "TASK_RUNNING", "false", "true"),
+                row("99", "cron", "EXIT_DEAD", "false", "false"),
+                row(
+                    &HIDDEN_PID.to_string(),
+                    HIDDEN_COMM,
+                    "TASK_RUNNING",
+                    "false",
+                    "false"
+                ),
+            ]
+        );
+        // The fork the list missed is in the PID table: not a finding.
+        let t = triage_of(k, "psscan");
+        assert_eq!(t.len(), 1, "{t:#?}");
+        assert_eq!(t[0].0, "finding");
+        assert!(t[0].1.contains("4242 (kitd)"), "{t:#?}");
+        assert!(t[0].2.contains("not in the PID table"), "{t:#?}");
+        assert!(t[0].2.contains("list_del"), "{t:#?}");
+    });
+}
+
+/// Without the PID table only an unlinked task is a finding: the hidden
+/// one (poisoned pointers), not the fork the list missed.
+#[test]
+fn psscan_without_the_pid_table() {
+    for hidden in [false, true] {
+        let plant = Plant {
+            hidden_task: hidden,
+            ..Plant::default()
+        };
+        with_kernel(plant, Some("init_pid_ns"), |k| {
+            let t = triage_of(k, "psscan");
+            let findings: Vec<_> = t.iter().filter(|r| r.0 == "finding").collect();
+            assert_eq!(findings.len(), usize::from(hidden), "{t:#?}");
+            assert!(
+                t.iter()
+                    .any(|r| r.0 == "not checked" && r.1.contains("init_pid_ns")),
+                "{t:#?}"
+            );
+            let table: Vec<String> = rows(k, "psscan")
+                .iter()
+                .map(|r| s(r, "in_pid_table"))
+                .collect();
+            assert!(table.iter().all(|v| v == "unknown"), "{table:?}");
+        });
+    }
 }
 
 #[test]
@@ -99,6 +174,14 @@ fn kmsg_reads_the_ring_and_finds_taint_and_oops() {
 #[test]
 fn each_newer_plant_alone() {
     for (check, owner, plant) in [
+        (
+            "psscan",
+            "process 4242 (kitd)",
+            Plant {
+                hidden_task: true,
+                ..Plant::default()
+            },
+        ),
         (
             "kmsg",
             "module mshot_testkit",
