@@ -1,8 +1,8 @@
 //! The integrity checks on the real Debian 6.1 capture in
 //! `shared/fixtures` (skipped, with a message, when it is not there),
-//! against Volatility 3 2.28.2's `linux.malware.*`, `linux.psscan` and
-//! `linux.kmsg` output on the same image (kept in tests/data, made with
-//! the fixture's ISF). A clean image:
+//! against Volatility 3 2.28.2's `linux.malware.*` (process_spoofing
+//! included), `linux.psscan` and `linux.kmsg` output on the same image
+//! (kept in tests/data, made with the fixture's ISF). A clean image:
 //! any finding is a false alarm and fails.
 #![allow(
     clippy::unwrap_used,
@@ -325,5 +325,43 @@ fn psscan_agrees_with_volatility() {
             assert_eq!(s(r, "in_list") == "true", live, "{r:?}");
             assert_eq!(s(r, "in_pid_table") == "true", live, "{r:?}");
         }
+    });
+}
+
+/// process_spoofing: the same executables and argv[0] names as
+/// Volatility's. It flags the busybox applets (comm is not "busybox"),
+/// which are not findings here; nothing is.
+#[test]
+fn process_spoofing_agrees_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<(i64, i64, String, String, String, bool)> = run(k, "process_spoofing")
+            .iter()
+            .map(|r| {
+                (
+                    i(r, "pid"),
+                    i(r, "ppid"),
+                    s_or_na(r, "exe_path"),
+                    s_or_na(r, "argv0"),
+                    s(r, "comm"),
+                    s(r, "exe_deleted") == "true",
+                )
+            })
+            .collect();
+        let theirs: Vec<(i64, i64, String, String, String, bool)> =
+            vol_file("linux.malware.process_spoofing")
+                .iter()
+                .map(|v| {
+                    (
+                        v["PID"].as_i64().unwrap(),
+                        v["PPID"].as_i64().unwrap(),
+                        v["Exe_Path"].as_str().unwrap().to_string(),
+                        v["Cmdline_Basename"].as_str().unwrap().to_string(),
+                        v["Comm"].as_str().unwrap().to_string(),
+                        v["Exe_Deleted"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.iter().filter(|o| o.2 == "/bin/busybox").count(), 5);
     });
 }

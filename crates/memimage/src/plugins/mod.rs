@@ -87,6 +87,7 @@ pub const PLUGINS: &[&str] = &[
     "tty_check",
     "kmsg",
     "psscan",
+    "process_spoofing",
 ];
 
 /// True for the integrity checks (and triage): they need every symbol of

@@ -18,6 +18,7 @@ mod malfind;
 mod modules;
 mod ops;
 mod psscan;
+mod spoofing;
 mod syscall;
 mod syscall_names;
 #[cfg(test)]
@@ -81,6 +82,7 @@ pub const CHECKS: &[&str] = &[
     "netfilter",
     "check_creds",
     "psscan",
+    "process_spoofing",
     "malfind",
     "kmsg",
 ];
@@ -100,6 +102,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.tty_check", "tty_check"),
     ("linux.kmsg", "kmsg"),
     ("linux.psscan", "psscan"),
+    ("linux.malware.process_spoofing", "process_spoofing"),
     // Not a check, but Volatility's name is accepted all the same.
     ("linux.lsof", "lsof"),
 ];
@@ -247,6 +250,7 @@ pub(crate) fn run_check(
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),
         "psscan" => psscan::check(k, cx),
+        "process_spoofing" => spoofing::check(k, cx),
         _ => return None,
     })
 }

@@ -1,12 +1,17 @@
-//! The newer checks' rows on `synth::integrity`: what each reads, that a
+//! psscan, kmsg, check_afinfo and tty_check rows on `synth::integrity`,
+//! and process_spoofing on `synth::proc`: what each reads, that a
 //! planted item is its only finding, and that a live capture's artefacts
-//! are not findings.
+//! (a fork the list missed, the capture's own LiME in the log) are not.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use super::tests::{s, with_kernel};
+use crate::format::PhysicalMemory;
 use crate::kernel::Kernel;
+use crate::memory::{PagingMode, VirtualMemory};
 use crate::plugins::{Options, Row, run_plugin};
+use crate::profile::{Profile, Selection};
 use crate::synth::integrity::{HIDDEN_COMM, HIDDEN_PID, Plant};
+use crate::synth::proc;
 
 const OPTS: Options = Options { threads: false };
 
@@ -207,4 +212,138 @@ fn each_newer_plant_alone() {
             assert_eq!(s(found[0], "owner"), owner);
         });
     }
+}
+
+fn with_proc<T>(
+    edit: impl FnOnce(&mut proc::ProcKernel),
+    f: impl FnOnce(&Kernel<'_, '_>) -> T,
+) -> T {
+    let mut pk = proc::build(true);
+    edit(&mut pk);
+    let phys = PhysicalMemory::parse(&pk.mem.bytes).unwrap();
+    let profile =
+        Profile::load_with(pk.isf.as_bytes(), "synth-proc", &Selection::INTEGRITY).unwrap();
+    let k = Kernel {
+        phys: &phys,
+        profile: &profile,
+        vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
+        aslr_shift: 0,
+        phys_shift: 0,
+        dtb: pk.mem.dtb,
+        mode: PagingMode::Level4,
+        banner: Vec::new(),
+        banner_pa: 0,
+        vmcoreinfo: None,
+        method: "synthetic",
+        notes: Default::default(),
+    };
+    f(&k)
+}
+
+fn spoofing(k: &Kernel<'_, '_>) -> (Vec<String>, Vec<(String, String)>) {
+    let r = rows(k, "process_spoofing");
+    assert_eq!(r.len(), 1);
+    let row = ["pid", "comm", "exe_path", "argv0", "spoofed", "exe_deleted"]
+        .iter()
+        .map(|c| s(&r[0], c))
+        .collect();
+    let t = triage_of(k, "process_spoofing")
+        .into_iter()
+        .map(|(res, what, _)| (res, what))
+        .collect();
+    (row, t)
+}
+
+#[test]
+fn process_spoofing_compares_comm_with_exe_and_argv() {
+    // A login shell: argv[0] is "-bash", its exe /usr/bin/bash.
+    with_proc(
+        |_| {},
+        |k| {
+            let (row, t) = spoofing(k);
+            assert_eq!(
+                row,
+                ["100", "bash", "/usr/bin/bash", "-bash", "false", "false"]
+            );
+            assert_eq!(t[0].0, "ok", "{t:?}");
+        },
+    );
+    // Renamed after a kernel thread: a finding.
+    with_proc(
+        |pk| pk.mem.write(proc::BASH + 0x38, b"kworker/0:1\0"),
+        |k| {
+            let (row, t) = spoofing(k);
+            assert_eq!(row[4], "true");
+            assert_eq!(t.len(), 1, "{t:?}");
+            assert!(t[0].1.contains("name that is not its executable"), "{t:?}");
+        },
+    );
+    // Its executable unlinked (no links left): a finding of its own.
+    with_proc(
+        |pk| pk.mem.write(proc::BASH_INODE + 0x48, &0u32.to_le_bytes()),
+        |k| {
+            let (row, t) = spoofing(k);
+            assert_eq!(row[2], " /usr/bin/bash (deleted)");
+            assert_eq!(row[5], "true");
+            assert_eq!(t.len(), 1, "{t:?}");
+            assert!(t[0].1.contains("runs a deleted executable"), "{t:?}");
+        },
+    );
+    // A kernel thread borrowing the process' memory: not judged.
+    with_proc(
+        |pk| {
+            pk.mem.write(proc::BASH + 0x38, b"vhost-100\0");
+            pk.mem
+                .write(proc::BASH + 0x98, &0x0020_0000u32.to_le_bytes());
+        },
+        |k| {
+            let (row, t) = spoofing(k);
+            assert_eq!(row[4], "-");
+            assert_eq!(t[0].0, "ok", "{t:?}");
+        },
+    );
+    // A renamed process whose command line cannot be read: not checked.
+    with_proc(
+        |pk| {
+            pk.mem.write(proc::BASH + 0x38, b"kworker/0:1\0");
+            // mm->arg_start far outside anything mapped.
+            pk.mem.write_u64(0x1_3000 + 0x20, 0x1000);
+        },
+        |k| {
+            let (row, t) = spoofing(k);
+            assert_eq!(row[4], "-");
+            assert_eq!(t.len(), 1, "{t:?}");
+            assert_eq!(t[0].0, "not checked", "{t:?}");
+        },
+    );
+}
+
+#[test]
+fn spoofing_accepts_scripts_symlinks_and_multi_call_binaries() {
+    use super::spoofing::consistent;
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A script: comm is its name, argv[1] its path.
+    assert!(consistent(
+        "backup.sh",
+        "dash",
+        &a(&["/bin/sh", "/usr/local/bin/backup.sh"])
+    ));
+    // A symlink: comm and argv[0] from the link, exe the target.
+    assert!(consistent("vi", "vim.basic", &a(&["vi", "x"])));
+    assert!(consistent("python3", "python3.11", &a(&["python3"])));
+    // Truncated to 15 bytes.
+    assert!(consistent("systemd-journal", "systemd-journald", &[]));
+    // `sh -c "insmod ..."`: busybox runs the applet in the forked shell.
+    assert!(consistent(
+        "insmod",
+        "busybox",
+        &a(&["sh", "-c", "insmod /tmp/lime.ko"])
+    ));
+    assert!(consistent("sleep", "busybox", &[]));
+    assert!(!consistent(
+        "kworker/0:1",
+        "miner",
+        &a(&["./miner", "-o", "pool"])
+    ));
+    assert!(!consistent("", "bash", &a(&["bash"])));
 }
