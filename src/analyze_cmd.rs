@@ -31,7 +31,8 @@ pub struct AnalyzeArgs {
     /// Memory image: LiME, AVML (compressed LiME) or raw.
     pub image: PathBuf,
     /// Plugins to run: banner, pslist, pstree, psaux, lsmod, netstat, maps,
-    /// memdump, envars, bash (commas allowed).
+    /// memdump, envars, bash, lsof, triage and the integrity checks (commas
+    /// allowed).
     #[arg(required = true, value_delimiter = ',')]
     pub plugins: Vec<String>,
     /// Profile file (Volatility 3 ISF or Rekall JSON; .json/.json.xz/.json.gz)

@@ -195,7 +195,8 @@ pub struct CaptureArgs {
     pub test_corrupt_offset: Option<u64>,
 
     /// Analyse the image as soon as it lands with these plugins (banner, pslist,
-    /// pstree, psaux, lsmod, netstat, maps, memdump, envars, bash); each
+    /// pstree, psaux, lsmod, netstat, maps, memdump, envars, bash, lsof,
+    /// triage and the integrity checks); each
     /// plugin's rows go to NAME.<plugin>.json, memdump's files to NAME.memdump/.
     #[arg(long, value_name = "PLUGINS", value_delimiter = ',')]
     pub analyze: Vec<String>,

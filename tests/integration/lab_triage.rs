@@ -88,7 +88,9 @@ fn assert_clean(rows: &[J], code: i32) {
 /// Each planted item, and only those: the module hidden (carving and
 /// sysfs), three system calls in the table and three in x64_sys_call,
 /// the keyboard notifier, the netfilter hook, all owned by the hidden
-/// module by name, and the RWX helper's injected code.
+/// module by name, the RWX helper's injected code, and the kernel log's
+/// taint line naming the module (it loads before LiME, so the log names it
+/// and not LiME).
 fn assert_planted(rows: &[J]) {
     let owner = format!("hidden module {MODULE}");
     let mut expected: Vec<(String, String)> = vec![
@@ -99,6 +101,7 @@ fn assert_planted(rows: &[J]) {
         ("check_modules".into(), format!("module {MODULE} is hidden")),
         ("keyboard_notifiers".into(), "keyboard notifier".into()),
         ("netfilter".into(), "netfilter ipv4 hook 1".into()),
+        ("kmsg".into(), format!("module {MODULE} tainted the kernel")),
     ];
     for (nr, _, _) in HOOKED {
         for place in ["sys_call_table", "x64_sys_call"] {
@@ -118,6 +121,8 @@ fn assert_planted(rows: &[J]) {
     for f in &found {
         if f["check"] == "malfind" {
             assert!(f["what"].as_str().unwrap().contains("rwx-helper"), "{f}");
+        } else if f["check"] == "kmsg" {
+            assert_eq!(f["owner"], format!("module {MODULE}").as_str(), "{f}");
         } else {
             assert_eq!(f["owner"], owner.as_str(), "{f}");
         }
@@ -125,7 +130,8 @@ fn assert_planted(rows: &[J]) {
     let per_check = |c: &str| found.iter().filter(|f| f["check"] == c).count();
     assert_eq!(per_check("check_syscall"), 6, "{found:#?}");
     assert_eq!(per_check("malfind"), 1, "{found:#?}");
-    assert_eq!(found.len(), 11, "exactly the planted items: {found:#?}");
+    assert_eq!(per_check("kmsg"), 1, "{found:#?}");
+    assert_eq!(found.len(), 12, "exactly the planted items: {found:#?}");
     assert!(
         rows.iter().all(|r| r["result"] != "not checked"),
         "{rows:#?}"

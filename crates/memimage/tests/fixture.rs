@@ -354,6 +354,47 @@ fn maps_and_envars_match_volatility3() {
     });
 }
 
+/// lsof: the same descriptors, paths, devices and inodes as Volatility
+/// 3.28's linux.lsof (threads included).
+#[test]
+fn lsof_matches_volatility3() {
+    with_kernel(|k, _, _| {
+        let opts = Options { threads: false };
+        type Fd = (i64, i64, String, i64, String, String, i64);
+        let ours: Vec<Fd> = run_plugin("lsof", k, &opts)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    int(r, "pid"),
+                    int(r, "tid"),
+                    s(r, "comm").unwrap(),
+                    int(r, "fd"),
+                    s(r, "path").unwrap(),
+                    s(r, "device").unwrap(),
+                    int(r, "inode"),
+                )
+            })
+            .collect();
+        let theirs: Vec<Fd> = reference("linux.lsof.json")
+            .iter()
+            .map(|v| {
+                (
+                    v["PID"].as_i64().unwrap(),
+                    v["TID"].as_i64().unwrap(),
+                    v["Process"].as_str().unwrap().into(),
+                    v["FD"].as_i64().unwrap(),
+                    v["Path"].as_str().unwrap().into(),
+                    v["Device"].as_str().unwrap().into(),
+                    v["Inode"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ours.len(), 29);
+        assert_eq!(ours, theirs);
+    });
+}
+
 /// Volatility 3 itself, when installed: `MSHOT_VOL`, else the venv that
 /// tests/run installs under MSHOT_TOOLS_DIR (default ~/.cache/mshot-tools).
 fn vol_binary() -> Option<PathBuf> {

@@ -34,6 +34,17 @@ const MINI_ISF: &str = r#"{"metadata": {"format": "6.2.0"},
    "init_task": {"address": 18446744071564169216}, "init_files": {"address": 18446744071564173312},
    "init_top_pgt": {"address": 18446744071564177408}}}"#;
 
+/// Where `synth::integrity` keeps the objects of the newer checks
+/// (physical): init_task and the tasks, the PID namespace, its xarray
+/// nodes and pids, `prb` and its ring, descriptors, infos and data, the
+/// tty driver list, driver, slots, tty, line discipline and its ops, and
+/// `tcp4_seq_ops`.
+const OBJECTS: &[usize] = &[
+    0x2_9000, 0x4_0000, 0x4_1000, 0x4_2000, 0x4_3000, 0x4_8000, 0x4_9000, 0x4_9400, 0x4_a000,
+    0x5_0000, 0x5_0100, 0x5_1000, 0x5_2000, 0x5_3000, 0x6_0000, 0x6_0100, 0x6_0400, 0x6_1000,
+    0x6_2000, 0x6_2100, 0x7_0000,
+];
+
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut mem = vec![0u8; 0x8000];
     mem[0x100..0x100 + 20].copy_from_slice(b"Linux version x (y)\n");
@@ -229,7 +240,7 @@ proptest! {
             method: "fuzz",
             notes: Default::default(),
         };
-        for p in ["netstat", "maps", "envars", "bash", "memdump", "psaux"] {
+        for p in ["netstat", "maps", "envars", "bash", "memdump", "psaux", "lsof", "process_spoofing"] {
             if let Err(e) = run_plugin(p, &k, &Options { threads: true }) {
                 prop_assert!(!e.to_string().contains('\n'));
             }
@@ -242,10 +253,12 @@ proptest! {
     }
 
     /// The integrity checks (module carving, sysfs and list walks, the
-    /// dispatcher decoder, IDT, notifier chains, netfilter) on a planted
-    /// synthetic kernel whose data, text and module memory are mutated.
+    /// dispatcher decoder, IDT, notifier chains, netfilter, task carving
+    /// and the PID table, the printk ring, seq and tty operations) on a
+    /// planted synthetic kernel whose data, text and module memory are
+    /// mutated.
     #[test]
-    fn integrity_checks_on_mutated_kernels(plant_all in any::<bool>(), edits in proptest::collection::vec((0x2_0000usize..0x2_a000, any::<u8>()), 0..32), code in proptest::collection::vec(any::<u8>(), 0..0x100), words in proptest::collection::vec((0x30_0000usize..0x33_0000, any::<u64>()), 0..16)) {
+    fn integrity_checks_on_mutated_kernels(plant_all in any::<bool>(), edits in proptest::collection::vec((0x2_0000usize..0x2_a000, any::<u8>()), 0..32), code in proptest::collection::vec(any::<u8>(), 0..0x100), words in proptest::collection::vec((0x30_0000usize..0x33_0000, any::<u64>()), 0..16), objects in proptest::collection::vec((proptest::sample::select(OBJECTS.to_vec()), 0usize..0x100, any::<u64>()), 0..16)) {
         use memimage::plugins::{Options, run_plugin};
         use memimage::profile::Selection;
         use memimage::synth::integrity::{Plant, build};
@@ -258,6 +271,11 @@ proptest! {
         bytes[0x10_1000..0x10_1000 + code.len()].copy_from_slice(&code);
         for (at, v) in words {
             bytes[at & !7..(at & !7) + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        // Words of the tasks, PID table nodes, printk ring and tty objects.
+        for (base, off, v) in objects {
+            let at = (base + off) & !7;
+            bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         let phys = PhysicalMemory::parse(&bytes).unwrap();
         let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();

@@ -1,7 +1,8 @@
 //! The integrity checks on the real Debian 6.1 capture in
 //! `shared/fixtures` (skipped, with a message, when it is not there),
-//! against Volatility 3 2.28.2's `linux.malware.*` output on the same
-//! image (kept in tests/data, made with the fixture's ISF). A clean image:
+//! against Volatility 3 2.28.2's `linux.malware.*` (process_spoofing
+//! included), `linux.psscan` and `linux.kmsg` output on the same image
+//! (kept in tests/data, made with the fixture's ISF). A clean image:
 //! any finding is a false alarm and fails.
 #![allow(
     clippy::unwrap_used,
@@ -23,10 +24,15 @@ use common::{NAME, capture};
 const MASK: u64 = 0xffff_ffff_ffff;
 
 fn vol(plugin: &str) -> Vec<J> {
+    vol_file(&format!("linux.malware.{plugin}"))
+}
+
+/// Volatility's output of `plugin` (its full name) on the fixture.
+fn vol_file(plugin: &str) -> Vec<J> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(NAME)
-        .join(format!("linux.malware.{plugin}.json"));
+        .join(format!("{plugin}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -56,6 +62,21 @@ fn u(r: &Row, key: &str) -> u64 {
     match r.get(key) {
         Some(Value::UInt(v)) => *v,
         other => panic!("{key}: {other:?}"),
+    }
+}
+
+fn i(r: &Row, key: &str) -> i64 {
+    match r.get(key) {
+        Some(Value::Int(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// A text column, Volatility's "N/A" for a value that could not be read.
+fn s_or_na(r: &Row, key: &str) -> String {
+    match r.get(key) {
+        Some(Value::Null) => "N/A".into(),
+        _ => s(r, key),
     }
 }
 
@@ -196,5 +217,151 @@ fn hooks_and_module_views_agree_with_volatility() {
         views.sort();
         vol_views.sort();
         assert_eq!(views, vol_views);
+    });
+}
+
+/// tty_check: the same terminal and handler; check_afinfo: Volatility
+/// prints only hooked members (none), mshot every member it read.
+#[test]
+fn tty_and_afinfo_agree_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<(String, u64, String)> = run(k, "tty_check")
+            .iter()
+            .map(|r| (s(r, "name"), u(r, "address") & MASK, s(r, "symbol")))
+            .collect();
+        let theirs: Vec<(String, u64, String)> = vol("tty_check")
+            .iter()
+            .map(|v| {
+                (
+                    v["Name"].as_str().unwrap().to_string(),
+                    v["Address"].as_u64().unwrap(),
+                    v["Symbol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        let afinfo = run(k, "check_afinfo");
+        assert!(vol("check_afinfo").is_empty());
+        assert_eq!(afinfo.len(), 36, "4 members of 9 tables");
+        assert!(afinfo.iter().all(|r| s(r, "hooked") == "false"));
+    });
+}
+
+/// The kernel log line for line as Volatility's kmsg prints it, plus the
+/// newest record, which its walk stops before: LiME's second taint line.
+#[test]
+fn kmsg_agrees_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<[String; 5]> = run(k, "kmsg")
+            .iter()
+            .map(|r| ["timestamp", "facility", "level", "caller", "line"].map(|c| s_or_na(r, c)))
+            .collect();
+        let theirs: Vec<[String; 5]> = vol_file("linux.kmsg")
+            .iter()
+            .map(|v| {
+                ["timestamp", "facility", "level", "caller", "line"]
+                    .map(|c| v[c].as_str().unwrap_or("N/A").to_string())
+            })
+            .collect();
+        assert_eq!(theirs.len(), 459);
+        assert_eq!(ours[..theirs.len()], theirs[..]);
+        assert_eq!(ours.len(), theirs.len() + 1);
+        assert_eq!(
+            ours[theirs.len()][4],
+            "lime: module verification failed: signature and/or required key missing - tainting kernel"
+        );
+    });
+}
+
+/// The tasks Volatility's psscan carves, each with the same offset, ids,
+/// parent, name and exit state, less three words it takes for tasks that
+/// have a pid but no thread group (tgid 0); mshot adds the idle task
+/// (pid 0, which Volatility skips). Every live task is in the task list
+/// and the PID table; the others are dead.
+#[test]
+fn psscan_agrees_with_volatility() {
+    with_kernel(|k| {
+        let rows = run(k, "psscan");
+        let key = |off: u64, pid: i64, tid: i64, ppid: i64, comm: &str, exit: &str| {
+            (off, pid, tid, ppid, comm.to_string(), exit.to_string())
+        };
+        let ours: Vec<_> = rows
+            .iter()
+            .filter(|r| i(r, "tid") > 0)
+            .map(|r| {
+                key(
+                    u(r, "offset_p"),
+                    i(r, "pid"),
+                    i(r, "tid"),
+                    i(r, "ppid"),
+                    &s(r, "comm"),
+                    &s(r, "exit_state"),
+                )
+            })
+            .collect();
+        let all = vol_file("linux.psscan");
+        let (garbage, theirs): (Vec<&J>, Vec<&J>) = all.iter().partition(|v| v["PID"] == 0);
+        assert_eq!(garbage.len(), 3, "{garbage:#?}");
+        let theirs: Vec<_> = theirs
+            .iter()
+            .map(|v| {
+                key(
+                    v["OFFSET (P)"].as_u64().unwrap(),
+                    v["PID"].as_i64().unwrap(),
+                    v["TID"].as_i64().unwrap(),
+                    v["PPID"].as_i64().unwrap(),
+                    v["COMM"].as_str().unwrap(),
+                    v["EXIT_STATE"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.len(), 60);
+        let idle: Vec<_> = rows.iter().filter(|r| i(r, "tid") == 0).collect();
+        assert_eq!(idle.len(), 1);
+        assert_eq!(s(idle[0], "comm"), "swapper/0");
+        for r in rows.iter().filter(|r| i(r, "tid") > 0) {
+            let live = s(r, "exit_state") == "TASK_RUNNING";
+            assert_eq!(s(r, "in_list") == "true", live, "{r:?}");
+            assert_eq!(s(r, "in_pid_table") == "true", live, "{r:?}");
+        }
+    });
+}
+
+/// process_spoofing: the same executables and argv[0] names as
+/// Volatility's. It flags the busybox applets (comm is not "busybox"),
+/// which are not findings here; nothing is.
+#[test]
+fn process_spoofing_agrees_with_volatility() {
+    with_kernel(|k| {
+        let ours: Vec<(i64, i64, String, String, String, bool)> = run(k, "process_spoofing")
+            .iter()
+            .map(|r| {
+                (
+                    i(r, "pid"),
+                    i(r, "ppid"),
+                    s_or_na(r, "exe_path"),
+                    s_or_na(r, "argv0"),
+                    s(r, "comm"),
+                    s(r, "exe_deleted") == "true",
+                )
+            })
+            .collect();
+        let theirs: Vec<(i64, i64, String, String, String, bool)> =
+            vol_file("linux.malware.process_spoofing")
+                .iter()
+                .map(|v| {
+                    (
+                        v["PID"].as_i64().unwrap(),
+                        v["PPID"].as_i64().unwrap(),
+                        v["Exe_Path"].as_str().unwrap().to_string(),
+                        v["Cmdline_Basename"].as_str().unwrap().to_string(),
+                        v["Comm"].as_str().unwrap().to_string(),
+                        v["Exe_Deleted"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.iter().filter(|o| o.2 == "/bin/busybox").count(), 5);
     });
 }

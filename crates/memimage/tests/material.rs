@@ -83,6 +83,23 @@ const ORACLE_TYPES: &[&str] = &[
     "ftrace_hash",
     "ftrace_func_entry",
     "kprobe",
+    "seq_operations",
+    "tcp_seq_afinfo",
+    "tty_driver",
+    "tty_struct",
+    "tty_ldisc",
+    "tty_ldisc_ops",
+    "printk_ringbuffer",
+    "prb_desc_ring",
+    "prb_data_ring",
+    "prb_desc",
+    "printk_info",
+    "dev_printk_info",
+    "pid_namespace",
+    "idr",
+    "xarray",
+    "xa_node",
+    "pid",
 ];
 
 /// The integrity selection (every symbol) with the oracle's types.
@@ -115,14 +132,22 @@ fn kallsyms_for(profile: &Profile, slide: u64) -> String {
 }
 
 /// Anonymous type names differ between producers; compare them as one.
+/// pahole writes a multi-dimensional array as one dimension (`xa_node.marks`
+/// is `[3][1]` in DWARF, `[3]` in BTF): compare arrays flattened.
 fn norm(t: &TypeRef) -> TypeRef {
     match t {
         TypeRef::Struct(n) if n.starts_with("unnamed") => TypeRef::Struct("<anon>".into()),
         TypeRef::Enum(n) if n.starts_with("unnamed") => TypeRef::Enum("<anon>".into()),
         TypeRef::Pointer(s) => TypeRef::Pointer(Box::new(norm(s))),
-        TypeRef::Array { count, elem } => TypeRef::Array {
-            count: *count,
-            elem: Box::new(norm(elem)),
+        TypeRef::Array { count, elem } => match norm(elem) {
+            TypeRef::Array { count: inner, elem } => TypeRef::Array {
+                count: count * inner,
+                elem,
+            },
+            elem => TypeRef::Array {
+                count: *count,
+                elem: Box::new(elem),
+            },
         },
         TypeRef::Bitfield {
             position,

@@ -1,5 +1,6 @@
 //! The built-in plugins, a closed list: `banner`, `pslist`, `pstree`,
-//! `psaux`, `lsmod`, `netstat`, `maps`, `memdump`, `envars`, `bash`. Each returns rows of named values; the caller picks
+//! `psaux`, `lsmod`, `netstat`, `maps`, `memdump`, `envars`, `bash`,
+//! `lsof`, and the integrity checks. Each returns rows of named values; the caller picks
 //! the output format (the core derives no serde, so output stays a
 //! decision of the CLI).
 //!
@@ -12,6 +13,7 @@ mod bash;
 mod envars;
 pub mod integrity;
 mod lsmod;
+mod lsof;
 mod maps;
 pub mod memdump;
 mod netstat;
@@ -70,6 +72,7 @@ pub const PLUGINS: &[&str] = &[
     "memdump",
     "envars",
     "bash",
+    "lsof",
     "triage",
     "check_syscall",
     "hidden_modules",
@@ -82,6 +85,11 @@ pub const PLUGINS: &[&str] = &[
     "ftrace",
     "kprobes",
     "malfind",
+    "check_afinfo",
+    "tty_check",
+    "kmsg",
+    "psscan",
+    "process_spoofing",
 ];
 
 /// True for the integrity checks (and triage): they need every symbol of
@@ -114,6 +122,26 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "ftrace_hash",
     "ftrace_func_entry",
     "kprobe",
+    // check_afinfo, tty_check.
+    "seq_operations",
+    "tcp_seq_afinfo",
+    "tty_driver",
+    "tty_struct",
+    "tty_ldisc",
+    "tty_ldisc_ops",
+    // kmsg: the lockless printk ring buffer.
+    "printk_ringbuffer",
+    "prb_desc_ring",
+    "prb_data_ring",
+    "prb_desc",
+    "printk_info",
+    "dev_printk_info",
+    // psscan: the PID table.
+    "pid_namespace",
+    "idr",
+    "xarray",
+    "xa_node",
+    "pid",
 ];
 
 // Indexing in a const fn: an out-of-bounds index fails the build, not a run.
@@ -191,6 +219,7 @@ pub fn run_plugin(
         "memdump" => ("memdump", memdump::run(kernel)),
         "envars" => ("envars", envars::run(kernel)),
         "bash" => ("bash", bash::run(kernel)),
+        "lsof" => ("lsof", lsof::run(kernel)),
         other => match integrity::plugin_rows(canonical(other), kernel) {
             Some(res) => ("integrity", res),
             None => return Err(PluginError::Unknown(other.to_string())),

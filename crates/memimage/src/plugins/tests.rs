@@ -225,6 +225,30 @@ fn envars_of_the_process() {
     });
 }
 
+/// lsof: every descriptor with its path, device and inode (the pointer
+/// into nothing at fd 7 gives an empty path, not an error).
+#[test]
+fn lsof_lists_every_descriptor() {
+    with_kernel(true, |k| {
+        let rows = run(k, "lsof");
+        let fds: Vec<u64> = rows
+            .iter()
+            .map(|r| match r.get("fd") {
+                Some(Value::UInt(n)) => *n,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(fds, [0, 1, 2, 3, 7]);
+        assert_eq!(
+            rows[0].get("path"),
+            Some(&Value::Str("/usr/bin/bash".into()))
+        );
+        assert_eq!(rows[0].get("device"), Some(&Value::Str("8:1".into())));
+        assert_eq!(rows[0].get("inode"), Some(&Value::UInt(42)));
+        assert_eq!(rows[4].get("path"), Some(&Value::Str(String::new())));
+    });
+}
+
 #[test]
 fn memdump_lists_holes_and_streams_bytes() {
     with_kernel(true, |k| {

@@ -115,7 +115,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
 ];
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v4";
+const CACHE_VERSION: &str = "v5";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.

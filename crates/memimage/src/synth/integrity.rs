@@ -5,7 +5,12 @@
 //! with a netfilter hook. [`Plant`] adds what a rootkit leaves: a module
 //! unlinked from the list (poisoned pointers, still in sysfs) whose code
 //! replaces `kill` in the table and in the dispatcher, an IDT gate, a
-//! keyboard notifier and a netfilter hook.
+//! keyboard notifier and a netfilter hook; and, for the newer checks
+//! (`checks`), a hidden task, a tainting module and an oops in the log, a
+//! `tcp4_seq_ops` member and a terminal's `receive_buf`.
+
+mod checks;
+pub use checks::{HIDDEN_COMM, HIDDEN_PID};
 
 use super::SynthMemory;
 use serde_json::{Value, json};
@@ -61,6 +66,11 @@ pub struct Plant {
     pub keyboard: bool,
     pub netfilter: bool,
     pub ftrace: bool,
+    pub hidden_task: bool,
+    pub taint: bool,
+    pub oops: bool,
+    pub afinfo_hook: bool,
+    pub tty_hook: bool,
 }
 
 impl Plant {
@@ -73,6 +83,11 @@ impl Plant {
             keyboard: true,
             netfilter: true,
             ftrace: true,
+            hidden_task: true,
+            taint: true,
+            oops: true,
+            afinfo_hook: true,
+            tty_hook: true,
         }
     }
 }
@@ -105,11 +120,8 @@ fn isf(drop_symbol: Option<&str>) -> String {
         base("int"),
     );
     let vp = json!({"kind": "pointer", "subtype": {"kind": "base", "name": "void"}});
-    let types = json!({
+    let mut types = json!({
         "list_head": ty(16, &[("next", 0, ptr("list_head")), ("prev", 8, ptr("list_head"))]),
-        "task_struct": ty(0x100, &[("tasks", 0x10, st("list_head")), ("pid", 0x20, i32t.clone()),
-            ("tgid", 0x24, i32t.clone()), ("comm", 0x38, arr(16, base("char"))),
-            ("cred", 0x48, vp.clone()), ("mm", 0x58, vp.clone())]),
         "module": ty(0x400, &[("list", 8, st("list_head")), ("name", 0x18, arr(56, base("char"))),
             ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory")))]),
         "module_memory": ty(0x38, &[("base", 0, vp.clone()), ("size", 8, u32t.clone())]),
@@ -134,6 +146,9 @@ fn isf(drop_symbol: Option<&str>) -> String {
         "kprobe": ty(0x80, &[("hlist", 0, vp.clone()), ("addr", 0x28, vp.clone()),
             ("pre_handler", 0x40, vp.clone()), ("post_handler", 0x48, vp)]),
     });
+    if let Some(t) = types.as_object_mut() {
+        checks::types(t);
+    }
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
         if Some(n) != drop_symbol {
@@ -162,10 +177,13 @@ fn isf(drop_symbol: Option<&str>) -> String {
     sym("ftrace_ops_list", d(FTRACE_LIST));
     sym("ftrace_list_end", d(FTRACE_END));
     sym("kprobe_table", d(KPROBES));
+    checks::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": {
             "char": {"size": 1, "signed": true, "kind": "char", "endian": "little"},
+            "unsigned char": {"size": 1, "signed": false, "kind": "char", "endian": "little"},
+            "long unsigned int": {"size": 8, "signed": false, "kind": "int", "endian": "little"},
             "short unsigned int": {"size": 2, "signed": false, "kind": "int", "endian": "little"},
             "int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
             "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
@@ -319,10 +337,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
         d(FTRACE_END)
     };
     m.write_u64(FTRACE_LIST, first);
-    // No processes: init_task's ring is empty.
-    m.write_u64(INIT_TASK + 0x10, d(INIT_TASK) + 0x10);
-    m.write_u64(INIT_TASK + 0x18, d(INIT_TASK) + 0x10);
-    m.write(INIT_TASK + 0x38, b"swapper/0");
+    checks::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,
         isf: isf(drop_symbol),

@@ -104,7 +104,8 @@ pub mod integrity;
 /// A small kernel with one user process, for the process and network
 /// plugins: a bash task with files (a TCP/IPv4, a UDP/IPv6 and a UNIX
 /// socket), a file-backed text region with a path through a mount, heap,
-/// stack and vDSO regions, history entries on the heap and an environment.
+/// stack and vDSO regions, history entries on the heap, an environment and
+/// a login shell's command line (`-bash -i`), /usr/bin/bash as `exe_file`.
 /// Its VMAs are in a maple tree, or (`maple == false`) in a `vm_next`
 /// list. Every kernel object is in the direct map (VA = `DIRECT` + PA),
 /// symbols are runtime addresses, so the kernel needs no KASLR search.
@@ -120,6 +121,8 @@ pub mod proc {
     pub const VDSO: u64 = 0x7ffd_0001_0000;
     pub const SOCKET_FILE_OPS: u64 = 0x7_0000;
     pub const NETNS: u32 = 4_026_531_840;
+    /// The inode of /usr/bin/bash, bash's executable.
+    pub const BASH_INODE: u64 = 0x1_8000;
 
     pub struct ProcKernel {
         pub mem: SynthMemory,
@@ -170,6 +173,7 @@ pub mod proc {
             ("env_start", 0x48, u64t.clone()),
             ("env_end", 0x50, u64t.clone()),
             ("context", 0x60, st("mm_context_t")),
+            ("exe_file", 0x90, ptr("file")),
         ];
         let mut vma = vec![
             ("vm_start", 0, u64t.clone()),
@@ -334,7 +338,7 @@ pub mod proc {
             w32(&mut m, de + 0x20 + 4, name.len() as u32);
             w64(&mut m, de + 0x20 + 8, d(n));
         }
-        let (inode, sb) = (0x1_8000u64, 0x1_8400u64);
+        let (inode, sb) = (BASH_INODE, 0x1_8400u64);
         w64(&mut m, bash_d + 0x30, d(inode));
         w64(&mut m, inode + 0x28, d(sb));
         w64(&mut m, inode + 0x40, 42);
@@ -346,6 +350,7 @@ pub mod proc {
         w64(&mut m, text_file + 0x10, vfsmnt);
         w64(&mut m, text_file + 0x18, d(bash_d));
         w64(&mut m, text_file + 0x20, d(inode));
+        w64(&mut m, mm + 0x90, d(text_file));
 
         // Address space: heap pages 0 and 1 mapped, page 2 not; stack; vDSO.
         let proot = m.new_root();
@@ -363,6 +368,10 @@ pub mod proc {
         w64(&mut m, mm + 0x48, STACK + 0x1000);
         w64(&mut m, mm + 0x50, STACK + 0x1000 + env.len() as u64);
         w64(&mut m, mm + 0x60 + 8, VDSO);
+        let argv = b"-bash\0-i\0";
+        m.write(0x20_4f00, argv);
+        w64(&mut m, mm + 0x20, STACK + 0xf00);
+        w64(&mut m, mm + 0x28, STACK + 0xf00 + argv.len() as u64);
         // History: HIST_ENTRY {line, timestamp, data} at heap+0x300 and +0x318,
         // a decoy with a short timestamp at +0x330.
         let h = 0x20_0000u64;

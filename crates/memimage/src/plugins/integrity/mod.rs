@@ -13,12 +13,18 @@
 mod creds;
 mod dispatch;
 mod hooks;
+mod kmsg;
 mod malfind;
 mod modules;
+mod ops;
+mod psscan;
+mod spoofing;
 mod syscall;
 mod syscall_names;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_checks;
 mod tracing;
 mod triage;
 
@@ -71,12 +77,17 @@ pub const CHECKS: &[&str] = &[
     "hidden_modules",
     "check_syscall",
     "check_idt",
+    "check_afinfo",
+    "tty_check",
     "keyboard_notifiers",
     "netfilter",
     "check_creds",
     "ftrace",
     "kprobes",
+    "psscan",
+    "process_spoofing",
     "malfind",
+    "kmsg",
 ];
 
 /// Volatility 3's names for the same checks.
@@ -91,6 +102,13 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
     ("linux.tracing.ftrace", "ftrace"),
+    ("linux.malware.check_afinfo", "check_afinfo"),
+    ("linux.malware.tty_check", "tty_check"),
+    ("linux.kmsg", "kmsg"),
+    ("linux.psscan", "psscan"),
+    ("linux.malware.process_spoofing", "process_spoofing"),
+    // Not a check, but Volatility's name is accepted all the same.
+    ("linux.lsof", "lsof"),
 ];
 
 /// The kernel's symbols by runtime address, for naming code addresses.
@@ -234,6 +252,11 @@ pub(crate) fn run_check(
         "malfind" => malfind::check(k, cx),
         "ftrace" => tracing::ftrace(k, cx),
         "kprobes" => tracing::kprobes(k, cx),
+        "check_afinfo" => ops::check_afinfo(k, cx),
+        "tty_check" => ops::tty_check(k, cx),
+        "kmsg" => kmsg::check(k, cx),
+        "psscan" => psscan::check(k, cx),
+        "process_spoofing" => spoofing::check(k, cx),
         _ => return None,
     })
 }

@@ -10,7 +10,11 @@ use crate::plugins::{Options, Row, Value, run_plugin};
 use crate::profile::{Profile, Selection};
 use crate::synth::integrity::{KIT_NAME, Plant, build};
 
-fn with_kernel<T>(plant: Plant, drop: Option<&str>, f: impl FnOnce(&Kernel<'_, '_>) -> T) -> T {
+pub(super) fn with_kernel<T>(
+    plant: Plant,
+    drop: Option<&str>,
+    f: impl FnOnce(&Kernel<'_, '_>) -> T,
+) -> T {
     let ik = build(plant, drop);
     let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
     let profile =
@@ -32,10 +36,12 @@ fn with_kernel<T>(plant: Plant, drop: Option<&str>, f: impl FnOnce(&Kernel<'_, '
     f(&k)
 }
 
-fn s(r: &Row, key: &str) -> String {
+pub(super) fn s(r: &Row, key: &str) -> String {
     match r.get(key) {
         Some(Value::Str(v)) => v.clone(),
         Some(Value::UInt(v)) => v.to_string(),
+        Some(Value::Int(v)) => v.to_string(),
+        Some(Value::Null) => "-".into(),
         other => panic!("{key}: {other:?}"),
     }
 }
@@ -82,11 +88,32 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("keyboard_notifiers", "keyboard"), "{rows:#?}");
     assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
     assert!(found("ftrace", "ftrace hook"), "{rows:#?}");
+    assert!(found("check_afinfo", "tcp4_seq_ops.show"), "{rows:#?}");
+    assert!(found("tty_check", "ttyS0"), "{rows:#?}");
+    assert!(found("kmsg", "tainted the kernel"), "{rows:#?}");
+    // The hidden task and the oops are named by what they are.
+    let named = |check: &str, needle: &str, who: &str| {
+        rows.iter()
+            .any(|(c, r, w, o)| c == check && r == "finding" && w.contains(needle) && o == who)
+    };
+    assert!(
+        named(
+            "psscan",
+            "is hidden from the task list",
+            "process 4242 (kitd)"
+        ),
+        "{rows:#?}"
+    );
+    assert!(named("kmsg", "the kernel oopsed", "kernel"), "{rows:#?}");
     // Nothing else: exactly one finding per planted item (the syscall
-    // check two), all owned by the hidden module.
+    // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 8, "{findings:#?}");
-    assert!(findings.iter().all(|(_, _, _, o)| *o == owner));
+    assert_eq!(findings.len(), 13, "{findings:#?}");
+    let by_module = findings
+        .iter()
+        .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
+    assert!(by_module.clone().all(|(_, _, _, o)| *o == owner));
+    assert_eq!(by_module.count(), 10);
 }
 
 #[test]
@@ -134,6 +161,20 @@ fn each_plant_alone_is_found_by_its_check() {
                 ..Plant::default()
             },
         ),
+        (
+            "check_afinfo",
+            Plant {
+                afinfo_hook: true,
+                ..Plant::default()
+            },
+        ),
+        (
+            "tty_check",
+            Plant {
+                tty_hook: true,
+                ..Plant::default()
+            },
+        ),
     ];
     for (check, plant) in single {
         let rows = triage(plant, None);
@@ -171,6 +212,11 @@ fn missing_symbols_are_not_checked() {
         ("_stext", "check_syscall"),
         ("ftrace_ops_list", "ftrace"),
         ("kprobe_table", "kprobes"),
+        ("prb", "kmsg"),
+        ("tty_drivers", "tty_check"),
+        ("tcp4_seq_ops", "check_afinfo"),
+        ("init_pid_ns", "psscan"),
+        ("init_task", "process_spoofing"),
     ] {
         let rows = triage(Plant::all(), Some(symbol));
         let mine: Vec<_> = rows.iter().filter(|(c, _, _, _)| c == check).collect();
