@@ -7,7 +7,7 @@ use clap::Parser;
 use mshot::cli::{CaptureArgs, Cli, Command};
 use mshot::progress::CaptureProgress;
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in docs/exit-codes.md.
 mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;

@@ -5,7 +5,7 @@
 //! it, so every problem in a fleet file is reported at once, each with its
 //! position.
 //!
-//! Why serde-saphyr (README, "Why serde-saphyr for YAML"): serde_yaml is
+//! Why serde-saphyr (docs/design/yaml.md): serde_yaml is
 //! deprecated; its forks serde_norway and serde_yaml_ng still parse with
 //! libyaml machine-translated into unsafe Rust, and serde_yml is archived and
 //! unsound up to 0.0.12 (RUSTSEC-2025-0068). serde-saphyr and its parser are
