@@ -204,12 +204,13 @@ pub async fn bench_receive(
     let clock = std::time::Instant::now();
     let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
     let metadata = s3_metadata(job, "unknown (bench-receive)");
+    let acked = progress.s3_acked(s3.is_some());
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
         s3.as_mut(),
         None,
         metadata,
-        progress.s3_acked(),
+        acked,
     )
     .await?;
     let result: anyhow::Result<Received> = async {
@@ -619,12 +620,13 @@ async fn run(
         return Ok(None);
     }
 
+    let acked = progress.s3_acked(state.s3.is_some());
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
         state.s3.as_mut(),
         Some(expected_bytes),
         s3_metadata(job, &facts.kernel_release),
-        progress.s3_acked(),
+        acked,
     )
     .await?;
 

@@ -456,12 +456,13 @@ pub async fn acquire(
         return Ok(None);
     }
 
+    let acked = progress.s3_acked(s3.is_some());
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
         s3,
         Some(expected_bytes),
         s3_metadata,
-        progress.s3_acked(),
+        acked,
     )
     .await?;
     progress.phase("capturing (kcore)");

@@ -324,7 +324,7 @@ async fn run_capture(args: &CaptureArgs) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("mshot: {target}: {e:#}");
+            eprintln!("mshot: {target}: {}", mshot::sanitize::error_chain(&e));
             exit::FAILED
         }
     }

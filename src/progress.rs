@@ -81,9 +81,12 @@ impl CaptureProgress {
         }
     }
 
-    /// The counter S3 upload tasks add acknowledged bytes to; the bar shows it.
-    pub fn s3_acked(&self) -> Arc<AtomicU64> {
-        self.s3_shown.store(0, Ordering::Relaxed);
+    /// The counter S3 upload tasks add acknowledged bytes to; the bar shows
+    /// it only when the capture goes to S3 (`to_s3`).
+    pub fn s3_acked(&self, to_s3: bool) -> Arc<AtomicU64> {
+        if to_s3 {
+            self.s3_shown.store(0, Ordering::Relaxed);
+        }
         self.s3_acked.clone()
     }
 

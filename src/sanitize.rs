@@ -16,9 +16,36 @@ pub fn one_line(text: &str) -> String {
     out.trim().to_string()
 }
 
+/// An error chain on one line, without a cause repeated by its context
+/// ("connection refused: connection refused").
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for part in error.chain().map(|c| c.to_string()) {
+        if line.contains(&part) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&part);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = anyhow::Error::new(io).context(format!(
+            "cannot connect to h: {}",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+        ));
+        let line = error_chain(&e);
+        assert_eq!(line.matches("refused").count(), 1, "{line}");
+    }
 
     #[test]
     fn strips_escapes_and_newlines() {

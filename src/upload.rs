@@ -278,7 +278,11 @@ async fn upload(
     progress: &Arc<CaptureProgress>,
 ) -> anyhow::Result<(String, crate::s3::Completed)> {
     let upload = dest
-        .start(Some(size), expected.metadata.clone(), progress.s3_acked())
+        .start(
+            Some(size),
+            expected.metadata.clone(),
+            progress.s3_acked(true),
+        )
         .await?;
     progress.start_bytes(size);
     let feeder = PartFeeder::new(upload.clone(), tokio::runtime::Handle::current());

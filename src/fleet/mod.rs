@@ -384,20 +384,9 @@ async fn analyze(
     Ok((written, analysis.verdict()))
 }
 
-/// An error chain on one line, without a cause repeated by its context
-/// ("connection refused: connection refused").
+/// The error chain on one capped, printable line.
 fn error_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for part in error.chain().map(|c| c.to_string()) {
-        if line.contains(&part) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&part);
-    }
-    crate::sanitize::one_line(&line)
+    crate::sanitize::one_line(&crate::sanitize::error_chain(error))
 }
 
 /// The audit of remote commands, from the manifest, into the host's log.

@@ -131,3 +131,36 @@ fn triage_verdict_on_the_clean_fixture() {
     assert_eq!(doc["verdict"]["not_checked"], 0);
     assert!(doc["triage"].as_array().unwrap().len() >= 8);
 }
+
+/// An unreachable host: one line that says so once, exit 1.
+#[test]
+fn an_unreachable_host_is_said_once() {
+    use crate::support::{self, KeyPair, KeyType, Need};
+    if !support::prereq::check(&[Need::SshClient]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate(dir.path(), "id", KeyType::Ed25519, None).unwrap();
+    let port = support::free_port("127.0.0.1".parse().unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--user",
+            "root",
+        ])
+        .arg("--key")
+        .arg(&key.private)
+        .arg("--output-dir")
+        .arg(dir.path())
+        .args(["--method", "kcore"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("mshot:")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert_eq!(errors[0].matches("refused").count(), 1, "{e}");
+}
