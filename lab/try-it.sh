@@ -17,6 +17,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "try-it: run as root (QEMU, apt-get)" >&2; exit 2; }
 if ! command -v cargo >/dev/null; then
   echo "try-it: installing Rust with rustup (mshot needs Rust 1.89 or newer)"
+  apt-get update -qq
   apt-get install -y --no-install-recommends curl ca-certificates build-essential >/dev/null
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   # shellcheck disable=SC1091
