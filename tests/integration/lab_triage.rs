@@ -77,9 +77,18 @@ fn findings(rows: &[J]) -> Vec<&J> {
     rows.iter().filter(|r| r["result"] == "finding").collect()
 }
 
-/// Every check ran (nothing "not checked") and nothing was found.
+/// The one part a live lab capture may leave unchecked: the guest's
+/// sleeper starts a `sleep` every 5 s, and one starting or ending while its
+/// pages are copied can have no readable executable.
+fn churn(r: &J) -> bool {
+    r["result"] == "not checked"
+        && r["check"] == "process_spoofing"
+        && r["what"].as_str().is_some_and(|w| w.contains("(sleep)"))
+}
+
+/// Every check ran (nothing else "not checked") and nothing was found.
 fn assert_clean(rows: &[J], code: i32) {
-    for r in rows {
+    for r in rows.iter().filter(|r| !churn(r)) {
         assert_eq!(r["result"], "ok", "{r}");
     }
     assert_eq!(code, 0);

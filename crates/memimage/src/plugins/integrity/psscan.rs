@@ -1,14 +1,15 @@
 //! psscan: `task_struct`s carved from physical memory, compared with the
 //! task list and the PID table. Every task's `sched_class` points at one of
 //! the kernel's `*_sched_class` objects, so those 8-byte addresses at the
-//! field's offset mark candidates (Volatility's needle). A live task that
-//! neither the list nor the PID table shows was hidden.
+//! field's offset mark candidates (Volatility's needle).
 //!
-//! A live capture copies pages at different moments: a task forked while
-//! it ran can be missing from a list page copied earlier. So a task absent
-//! from the list alone is not a finding; it must be absent from the PID
-//! table too, or, when that cannot be read, carry the marks of an unlink
-//! (`list_del` poison, or list pointers to itself).
+//! A hidden process is unlinked from the task list while the PID table
+//! still holds it, or carries the marks of an unlink (`list_del` poison,
+//! list pointers to itself). A live capture copies pages at different
+//! moments, so a task forked or reaped while it ran can be in neither the
+//! list nor the table, and one forked can be in the table alone: a task in
+//! neither, or one started after every listed task, is a note, not a
+//! finding.
 
 use super::{Context, Finding, Report, Severity};
 use crate::format::PhysicalMemory;
@@ -138,6 +139,8 @@ struct Carved {
     state: u64,
     /// `tasks.next`/`prev` hold list_del poison or point to themselves.
     unlinked: bool,
+    /// Nanoseconds since boot (`start_boottime`, else `start_time`).
+    start: Option<i128>,
 }
 
 /// Where the direct map starts (`page_offset_base`, else the default of
@@ -208,6 +211,10 @@ fn carve(k: &Kernel<'_, '_>, pa: u64, pob: u64) -> Result<Option<Carved>, Kernel
     let own = va.map(|v| v + tasks as u64);
     let unlinked = (next == Some(LIST_POISON1) && prev == Some(LIST_POISON2))
         || (own.is_some() && next.is_some() && next == own && prev == own);
+    let start = match get("start_boottime")? {
+        Some(s) => Some(s),
+        None => get("start_time")?,
+    };
     Ok(Some(Carved {
         pa,
         va,
@@ -218,6 +225,7 @@ fn carve(k: &Kernel<'_, '_>, pa: u64, pob: u64) -> Result<Option<Carved>, Kernel
         exit_state,
         state,
         unlinked,
+        start,
     }))
 }
 
@@ -339,6 +347,16 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
             carved.insert(pa, t);
         }
     }
+    // A live capture copies the task list and the PID table before it
+    // copies later pages: a task forked meanwhile is in neither, yet
+    // started after every listed task. Such tasks are noted, not findings.
+    let newest_listed = carved
+        .values()
+        .filter(|t| list.contains(&t.pa))
+        .filter_map(|t| t.start)
+        .max();
+    let mut forked_during_capture = 0;
+    let mut in_neither = 0;
     let mut live = 0;
     for t in carved.values() {
         let in_list = list.contains(&t.pa);
@@ -346,11 +364,20 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
         let is_live = t.exit_state == "TASK_RUNNING" && t.state & (TASK_DEAD | TASK_NEW) == 0;
         live += usize::from(is_live);
         // pid 0 tasks are the per-CPU idle tasks, never in the list.
+        // Hidden means unlinked from the task list while the PID table
+        // still holds it (so signals and /proc/PID still reach it), or its
+        // own list pointers unlinked. A task in neither is what a live
+        // capture makes of one forked or reaped while pages were copied.
         let suspect = is_live
             && t.pid > 0
             && !in_list
-            && (in_table == Some(false) || (t.unlinked && t.pid == t.tgid))
+            && (in_table == Some(true) || (t.unlinked && t.pid == t.tgid))
             && t.va.is_some_and(|va| is_live_task(k, va));
+        in_neither +=
+            usize::from(is_live && t.pid > 0 && !in_list && in_table == Some(false) && !t.unlinked);
+        let young = !t.unlinked && matches!((t.start, newest_listed), (Some(s), Some(n)) if s > n);
+        forked_during_capture += usize::from(suspect && young);
+        let suspect = suspect && !young;
         if suspect {
             let mut why = vec!["not in the task list".to_string()];
             match in_table {
@@ -414,5 +441,17 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
             t.len()
         ))
     );
+    if in_neither > 0 {
+        k.note(format!(
+            "psscan: {in_neither} live tasks are in neither the task list nor the PID table \
+             (forked or reaped while a live capture copied its pages); not findings"
+        ));
+    }
+    if forked_during_capture > 0 {
+        k.note(format!(
+            "psscan: {forked_during_capture} live tasks in neither the task list nor the PID table \
+             started after every listed task (forked while the capture ran); not findings"
+        ));
+    }
     Ok(r)
 }

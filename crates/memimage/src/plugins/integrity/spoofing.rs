@@ -24,6 +24,9 @@ const DELETED: &str = " (deleted)";
 /// Executables that are many programs, named by how they were called.
 const MULTI_CALL: &[&str] = &["busybox", "toybox"];
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// Set once a task starts exiting: its memory and executable are being torn
+/// down, so there is nothing left to compare.
+const PF_EXITING: u64 = 0x0000_0004;
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -124,9 +127,15 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
         let owner = format!("process {} ({})", t.tgid, t.comm);
         // A kernel thread borrowing a process' memory (kthread_use_mm) has
         // an mm but runs no executable of its own.
-        let kthread = t.mm != 0
-            && k.profile.has_field("task_struct", "flags")
-            && soft(uint(k, va, "task_struct", "flags"))?.unwrap_or(0) & PF_KTHREAD != 0;
+        let flags = if k.profile.has_field("task_struct", "flags") {
+            soft(uint(k, va, "task_struct", "flags"))?.unwrap_or(0)
+        } else {
+            0
+        };
+        let kthread = t.mm != 0 && flags & PF_KTHREAD != 0;
+        if flags & PF_EXITING != 0 {
+            continue;
+        }
         let mut exe_path = None;
         let mut args = None;
         let mut spoofed = None;

@@ -3,8 +3,8 @@
 //! serial terminal (tty_check) and `tcp4_seq_ops` (check_afinfo).
 //!
 //! Tasks (all with real_parent = init_task): `sshd` (pid 100) in the list
-//! and the PID table; `sleep` (101) only in the PID table, as a task forked
-//! after the list was copied looks; `cron` (99) dead; with the plant,
+//! and the PID table; `sleep` (101) only in the PID table and started after
+//! every listed task, as a task forked after the list was copied looks; `cron` (99) dead; with the plant,
 //! `kitd` (4242) in neither, its list pointers poisoned by `list_del`.
 
 use super::{INIT_TASK, KIT_TEXT, MODULES, Plant, TEXT, d, ty};
@@ -288,6 +288,9 @@ fn tasks(m: &mut SynthMemory, plant: &Plant) {
         (ring(INIT_TASK), ring(INIT_TASK)),
         true,
     );
+    // Started (ns since boot): the fork after every listed task.
+    m.write_u64(LISTED + 0x80, 1_000_000_000);
+    m.write_u64(FORKED + 0x80, 5_000_000_000);
     if plant.hidden_task {
         let poison = (0xdead_0000_0000_0100, 0xdead_0000_0000_0122);
         task(m, HIDDEN, HIDDEN_PID, HIDDEN_COMM, poison, false);
