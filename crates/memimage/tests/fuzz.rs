@@ -226,20 +226,7 @@ proptest! {
         }
         let phys = PhysicalMemory::parse(&bytes).unwrap();
         let profile = Profile::load(pk.isf.as_bytes(), "synth-proc").unwrap();
-        let k = Kernel {
-            phys: &phys,
-            profile: &profile,
-            vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
-            aslr_shift: 0,
-            phys_shift: 0,
-            dtb: pk.mem.dtb,
-            mode: PagingMode::Level4,
-            banner: Vec::new(),
-            banner_pa: 0,
-            vmcoreinfo: None,
-            method: "fuzz",
-            notes: Default::default(),
-        };
+        let k = memimage::synth::kernel(&phys, &profile, pk.mem.dtb);
         for p in ["netstat", "maps", "envars", "bash", "memdump", "psaux", "lsof", "process_spoofing"] {
             if let Err(e) = run_plugin(p, &k, &Options { threads: true }) {
                 prop_assert!(!e.to_string().contains('\n'));
@@ -279,20 +266,7 @@ proptest! {
         }
         let phys = PhysicalMemory::parse(&bytes).unwrap();
         let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
-        let k = Kernel {
-            phys: &phys,
-            profile: &profile,
-            vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
-            aslr_shift: 0,
-            phys_shift: 0,
-            dtb: ik.mem.dtb,
-            mode: PagingMode::Level4,
-            banner: Vec::new(),
-            banner_pa: 0,
-            vmcoreinfo: None,
-            method: "fuzz",
-            notes: Default::default(),
-        };
+        let k = memimage::synth::kernel(&phys, &profile, ik.mem.dtb);
         for p in ["triage", "modxview"] {
             match run_plugin(p, &k, &Options { threads: false }) {
                 Ok(rows) => prop_assert!(!rows.is_empty() || p == "modxview"),

@@ -4,6 +4,34 @@
 //! the integration tests and the fuzz harness build small, exact images
 //! without any real capture.
 
+use crate::format::PhysicalMemory;
+use crate::kernel::Kernel;
+use crate::memory::{PagingMode, VirtualMemory};
+use crate::profile::Profile;
+
+/// A located kernel over a synthetic image: 4-level paging rooted at
+/// `dtb`, symbols at their runtime addresses (no KASLR to find).
+pub fn kernel<'p, 'a>(
+    phys: &'p PhysicalMemory<'a>,
+    profile: &'p Profile,
+    dtb: u64,
+) -> Kernel<'p, 'a> {
+    Kernel {
+        phys,
+        profile,
+        vm: VirtualMemory::new(phys, PagingMode::Level4, dtb),
+        aslr_shift: 0,
+        phys_shift: 0,
+        dtb,
+        mode: PagingMode::Level4,
+        banner: Vec::new(),
+        banner_pa: 0,
+        vmcoreinfo: None,
+        method: "synthetic",
+        notes: Default::default(),
+    }
+}
+
 /// A flat physical memory under construction with a bump allocator for
 /// page tables.
 #[derive(Debug, Clone)]

@@ -5,7 +5,6 @@
 
 use crate::format::PhysicalMemory;
 use crate::kernel::Kernel;
-use crate::memory::{PagingMode, VirtualMemory};
 use crate::plugins::{Options, Row, Value, run_plugin};
 use crate::profile::{Profile, Selection};
 use crate::synth::integrity::{KIT_NAME, Plant, build};
@@ -19,20 +18,7 @@ pub(super) fn with_kernel<T>(
     let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
     let profile =
         Profile::load_with(ik.isf.as_bytes(), "synth-integrity", &Selection::INTEGRITY).unwrap();
-    let k = Kernel {
-        phys: &phys,
-        profile: &profile,
-        vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
-        aslr_shift: 0,
-        phys_shift: 0,
-        dtb: ik.mem.dtb,
-        mode: PagingMode::Level4,
-        banner: Vec::new(),
-        banner_pa: 0,
-        vmcoreinfo: None,
-        method: "synthetic",
-        notes: Default::default(),
-    };
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
     f(&k)
 }
 
@@ -241,20 +227,7 @@ fn unknown_dispatcher_code_is_not_checked() {
     ik.mem.write(0x10_1005, &[0xc3]);
     let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
     let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
-    let k = Kernel {
-        phys: &phys,
-        profile: &profile,
-        vm: VirtualMemory::new(&phys, PagingMode::Level4, ik.mem.dtb),
-        aslr_shift: 0,
-        phys_shift: 0,
-        dtb: ik.mem.dtb,
-        mode: PagingMode::Level4,
-        banner: Vec::new(),
-        banner_pa: 0,
-        vmcoreinfo: None,
-        method: "synthetic",
-        notes: Default::default(),
-    };
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
     let rows = run_plugin("triage", &k, &Options { threads: false }).unwrap();
     assert!(rows.iter().any(|r| s(r, "check") == "check_syscall"
         && s(r, "result") == "not checked"

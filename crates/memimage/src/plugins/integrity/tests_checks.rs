@@ -7,7 +7,6 @@
 use super::tests::{s, with_kernel};
 use crate::format::PhysicalMemory;
 use crate::kernel::Kernel;
-use crate::memory::{PagingMode, VirtualMemory};
 use crate::plugins::{Options, Row, run_plugin};
 use crate::profile::{Profile, Selection};
 use crate::synth::integrity::{HIDDEN_COMM, HIDDEN_PID, Plant};
@@ -223,20 +222,7 @@ fn with_proc<T>(
     let phys = PhysicalMemory::parse(&pk.mem.bytes).unwrap();
     let profile =
         Profile::load_with(pk.isf.as_bytes(), "synth-proc", &Selection::INTEGRITY).unwrap();
-    let k = Kernel {
-        phys: &phys,
-        profile: &profile,
-        vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
-        aslr_shift: 0,
-        phys_shift: 0,
-        dtb: pk.mem.dtb,
-        mode: PagingMode::Level4,
-        banner: Vec::new(),
-        banner_pa: 0,
-        vmcoreinfo: None,
-        method: "synthetic",
-        notes: Default::default(),
-    };
+    let k = crate::synth::kernel(&phys, &profile, pk.mem.dtb);
     f(&k)
 }
 
