@@ -12,7 +12,7 @@
 mod checks;
 pub use checks::{HIDDEN_COMM, HIDDEN_PID};
 
-use super::SynthMemory;
+use super::{SynthMemory, ty};
 use serde_json::{Value, json};
 
 pub const DIRECT: u64 = 0xffff_8880_0000_0000;
@@ -101,14 +101,6 @@ fn d(pa: u64) -> u64 {
     DIRECT + pa
 }
 
-fn ty(size: u64, fields: &[(&str, u64, Value)]) -> Value {
-    let f: serde_json::Map<String, Value> = fields
-        .iter()
-        .map(|(n, o, t)| ((*n).to_string(), json!({"offset": o, "type": t})))
-        .collect();
-    json!({"kind": "struct", "size": size, "fields": f})
-}
-
 fn isf(drop_symbol: Option<&str>) -> String {
     let base = |n: &str| json!({"kind": "base", "name": n});
     let ptr = |n: &str| json!({"kind": "pointer", "subtype": {"kind": "struct", "name": n}});
@@ -180,16 +172,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     checks::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
-        "base_types": {
-            "char": {"size": 1, "signed": true, "kind": "char", "endian": "little"},
-            "unsigned char": {"size": 1, "signed": false, "kind": "char", "endian": "little"},
-            "long unsigned int": {"size": 8, "signed": false, "kind": "int", "endian": "little"},
-            "short unsigned int": {"size": 2, "signed": false, "kind": "int", "endian": "little"},
-            "int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
-            "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
-            "long unsigned int": {"size": 8, "signed": false, "kind": "int", "endian": "little"},
-            "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}
-        },
+        "base_types": super::base_types(),
         "user_types": types,
         "enums": {},
         "symbols": symbols,

@@ -32,6 +32,36 @@ pub fn kernel<'p, 'a>(
     }
 }
 
+/// An ISF struct type from `(name, offset, type)` fields.
+fn ty(size: u64, fields: &[(&str, u64, serde_json::Value)]) -> serde_json::Value {
+    let f: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(n, o, t)| {
+            (
+                (*n).to_string(),
+                serde_json::json!({"offset": o, "type": t}),
+            )
+        })
+        .collect();
+    serde_json::json!({"kind": "struct", "size": size, "fields": f})
+}
+
+/// The LP64 base types the synthetic kernels' ISFs use.
+fn base_types() -> serde_json::Value {
+    let t = |size: u8, signed: bool, kind: &str| serde_json::json!({"size": size, "signed": signed, "kind": kind, "endian": "little"});
+    serde_json::json!({
+        "char": t(1, true, "char"),
+        "unsigned char": t(1, false, "char"),
+        "short int": t(2, true, "int"),
+        "short unsigned int": t(2, false, "int"),
+        "int": t(4, true, "int"),
+        "unsigned int": t(4, false, "int"),
+        "long unsigned int": t(8, false, "int"),
+        "long long int": t(8, true, "int"),
+        "pointer": t(8, false, "int"),
+    })
+}
+
 /// A flat physical memory under construction with a bump allocator for
 /// page tables.
 #[derive(Debug, Clone)]
@@ -138,7 +168,7 @@ pub mod integrity;
 /// list. Every kernel object is in the direct map (VA = `DIRECT` + PA),
 /// symbols are runtime addresses, so the kernel needs no KASLR search.
 pub mod proc {
-    use super::SynthMemory;
+    use super::{SynthMemory, ty};
     use serde_json::{Value, json};
 
     pub const DIRECT: u64 = 0xffff_8880_0000_0000;
@@ -172,13 +202,6 @@ pub mod proc {
     }
     fn arr(count: u64, elem: Value) -> Value {
         json!({"kind": "array", "count": count, "subtype": elem})
-    }
-    fn ty(size: u64, fields: &[(&str, u64, Value)]) -> Value {
-        let f: serde_json::Map<String, Value> = fields
-            .iter()
-            .map(|(n, o, t)| ((*n).to_string(), json!({"offset": o, "type": t})))
-            .collect();
-        json!({"kind": "struct", "size": size, "fields": f})
     }
 
     fn isf(maple: bool) -> String {
@@ -281,17 +304,7 @@ pub mod proc {
         });
         json!({
             "metadata": {"format": "6.2.0"},
-            "base_types": {
-                "char": {"size": 1, "signed": true, "kind": "char", "endian": "little"},
-                "unsigned char": {"size": 1, "signed": false, "kind": "char", "endian": "little"},
-                "short int": {"size": 2, "signed": true, "kind": "int", "endian": "little"},
-                "short unsigned int": {"size": 2, "signed": false, "kind": "int", "endian": "little"},
-                "int": {"size": 4, "signed": true, "kind": "int", "endian": "little"},
-                "unsigned int": {"size": 4, "signed": false, "kind": "int", "endian": "little"},
-                "long unsigned int": {"size": 8, "signed": false, "kind": "int", "endian": "little"},
-                "long long int": {"size": 8, "signed": true, "kind": "int", "endian": "little"},
-                "pointer": {"size": 8, "signed": false, "kind": "int", "endian": "little"}
-            },
+            "base_types": super::base_types(),
             "user_types": types,
             "enums": {},
             "symbols": {
