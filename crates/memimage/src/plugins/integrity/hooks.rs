@@ -22,14 +22,6 @@ fn severity(o: &Owner) -> Option<Severity> {
     }
 }
 
-fn symbol(o: &Owner) -> Value {
-    match o {
-        Owner::Kernel(Some((s, 0))) => Value::Str(s.clone()),
-        Owner::Kernel(Some((s, off))) => Value::Str(format!("{s}+{off:#x}")),
-        _ => Value::Str("-".into()),
-    }
-}
-
 /// check_idt: each present gate of `idt_table` must enter kernel text.
 pub(crate) fn check_idt(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
     let table = k.symbol("idt_table")?;
@@ -63,7 +55,7 @@ pub(crate) fn check_idt(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, 
             fields: vec![
                 ("index", Value::UInt(i as u64)),
                 ("address", Value::UInt(addr)),
-                ("symbol", symbol(&owner)),
+                ("symbol", owner.symbol()),
                 ("hooked", Value::Str(bad.to_string())),
                 ("owner", Value::Str(owner.describe())),
             ],
@@ -98,7 +90,7 @@ pub(crate) fn keyboard_notifiers(
         r.rows.push(Row {
             fields: vec![
                 ("address", Value::UInt(call)),
-                ("symbol", symbol(&owner)),
+                ("symbol", owner.symbol()),
                 ("owner", Value::Str(owner.describe())),
             ],
         });
@@ -177,7 +169,7 @@ pub(crate) fn netfilter(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, 
                             ("family", Value::Str((*family).into())),
                             ("hook", Value::UInt(hook)),
                             ("address", Value::UInt(func)),
-                            ("symbol", symbol(&owner)),
+                            ("symbol", owner.symbol()),
                             ("owner", Value::Str(owner.describe())),
                         ],
                     });

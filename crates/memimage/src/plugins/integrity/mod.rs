@@ -155,6 +155,15 @@ impl<'k> Symbols<'k> {
         self.by_addr.get(first).map(|(a, n)| (*n, addr - a))
     }
 
+    /// `symbol` or `symbol+0xOFF` for an address in kernel text, else `-`.
+    pub(crate) fn text(&self, addr: u64) -> String {
+        match self.name(addr) {
+            Some((n, 0)) => n.to_string(),
+            Some((n, off)) => format!("{n}+{off:#x}"),
+            None => "-".into(),
+        }
+    }
+
     /// The next symbol address after `addr` (a function's end bound).
     pub(crate) fn next_after(&self, addr: u64) -> Option<u64> {
         let i = self.by_addr.partition_point(|(a, _)| *a <= addr);
@@ -186,6 +195,15 @@ impl Owner {
             Owner::Module { name, hidden: true } => format!("hidden module {name}"),
             Owner::Unknown => "unknown (no module owns it)".into(),
         }
+    }
+
+    /// The kernel symbol (`name+0xOFF`) as a row value; `-` outside the kernel.
+    pub(crate) fn symbol(&self) -> super::Value {
+        super::Value::Str(match self {
+            Owner::Kernel(Some((s, 0))) => s.clone(),
+            Owner::Kernel(Some((s, off))) => format!("{s}+{off:#x}"),
+            _ => "-".into(),
+        })
     }
 
     pub(crate) fn is_kernel(&self) -> bool {

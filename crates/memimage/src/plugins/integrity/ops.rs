@@ -26,14 +26,6 @@ const SEQ_OPS: &[&str] = &[
 /// Drivers such as the pty masters have thousands of slots; more is corrupt.
 const MAX_TTYS: u64 = 1 << 20;
 
-fn symbol(o: &Owner) -> Value {
-    match o {
-        Owner::Kernel(Some((s, 0))) => Value::Str(s.clone()),
-        Owner::Kernel(Some((s, off))) => Value::Str(format!("{s}+{off:#x}")),
-        _ => Value::Str("-".into()),
-    }
-}
-
 /// check_afinfo: every member of the network `seq_operations` must be
 /// kernel code; these tables live in the kernel image, so a module's code
 /// there, listed or not, is a hook.
@@ -92,7 +84,7 @@ pub(crate) fn check_afinfo(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Repor
                     ("table", Value::Str((*table).into())),
                     ("member", Value::Str(member.clone())),
                     ("address", Value::UInt(addr)),
-                    ("symbol", symbol(&owner)),
+                    ("symbol", owner.symbol()),
                     ("hooked", Value::Str(hooked.to_string())),
                     ("owner", Value::Str(owner.describe())),
                 ],
@@ -167,7 +159,7 @@ pub(crate) fn tty_check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, 
                 fields: vec![
                     ("name", Value::Str(name)),
                     ("address", Value::UInt(recv)),
-                    ("symbol", symbol(&owner)),
+                    ("symbol", owner.symbol()),
                     ("owner", Value::Str(owner.describe())),
                 ],
             });

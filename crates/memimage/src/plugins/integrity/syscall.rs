@@ -106,14 +106,6 @@ fn expected(k: &Kernel<'_, '_>, abi: &Abi, nr: u64) -> (Vec<u64>, String) {
     (addrs, e.name.to_string())
 }
 
-fn symbol_of(syms: &Symbols<'_>, addr: u64) -> String {
-    match syms.name(addr) {
-        Some((n, 0)) => n.to_string(),
-        Some((n, off)) => format!("{n}+{off:#x}"),
-        None => "-".into(),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn row(
     table: &str,
@@ -132,7 +124,7 @@ fn row(
             ("index", Value::UInt(nr)),
             ("name", Value::Str(name.into())),
             ("handler", Value::UInt(addr)),
-            ("symbol", Value::Str(symbol_of(syms, addr))),
+            ("symbol", Value::Str(syms.text(addr))),
             ("hooked", Value::Str(hooked.to_string())),
             ("owner", Value::Str(owner.describe())),
         ],
@@ -235,7 +227,7 @@ fn check_table(
                 ),
                 evidence: format!(
                     "entry holds {addr:#x} ({}), expected {}",
-                    symbol_of(syms, addr),
+                    syms.text(addr),
                     expected_text(syms, &exp)
                 ),
                 owner: owner.describe(),
@@ -259,7 +251,7 @@ fn next_symbol(k: &Kernel<'_, '_>, addr: u64) -> Option<u64> {
 
 fn expected_text(syms: &Symbols<'_>, exp: &[u64]) -> String {
     match exp.first() {
-        Some(&a) => format!("{} at {a:#x}", symbol_of(syms, a)),
+        Some(&a) => format!("{} at {a:#x}", syms.text(a)),
         None => "a kernel function".into(),
     }
 }
@@ -343,7 +335,7 @@ fn push_case(
                 "the case at {:#x} jumps to {:#x} ({}), expected {}",
                 case.site,
                 case.target,
-                symbol_of(syms, case.target),
+                syms.text(case.target),
                 expected_text(syms, exp)
             ),
             owner: owner.describe(),
@@ -367,7 +359,7 @@ fn check_entry(k: &Kernel<'_, '_>, cx: &Context<'_>, syms: &Symbols<'_>, h: u64,
     let mut b = [0u8; 16];
     if k.vm.read(h, &mut b).is_err() {
         r.not_checked
-            .push(format!("entry of {}: unreadable", symbol_of(syms, h)));
+            .push(format!("entry of {}: unreadable", syms.text(h)));
         return;
     }
     let mut at = 0usize;
@@ -399,10 +391,10 @@ fn check_entry(k: &Kernel<'_, '_>, cx: &Context<'_>, syms: &Symbols<'_>, h: u64,
             Severity::Medium
         },
         check: "check_syscall",
-        what: format!("inline hook at the entry of {}", symbol_of(syms, h)),
+        what: format!("inline hook at the entry of {}", syms.text(h)),
         evidence: format!(
             "{kind} to {target:#x} ({}) at {:#x}",
-            symbol_of(syms, target),
+            syms.text(target),
             h + at as u64
         ),
         owner: owner.describe(),

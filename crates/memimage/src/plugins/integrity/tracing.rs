@@ -13,11 +13,7 @@ use std::collections::HashSet;
 const MAX_WALK: usize = 1 << 14;
 
 fn symbol(cx: &Context<'_>, addr: u64) -> String {
-    match cx.syms().ok().and_then(|s| s.name(addr)) {
-        Some((n, 0)) => n.to_string(),
-        Some((n, off)) => format!("{n}+{off:#x}"),
-        None => "-".into(),
-    }
+    cx.syms().map_or_else(|_| "-".into(), |s| s.text(addr))
 }
 
 /// A callback outside the kernel: high when no listed module owns it,
