@@ -6,7 +6,7 @@
 # maps vs linux.proc.Maps.
 #
 # Usage: benches/analyze.sh            (needs shared/fixtures, zstd, python3)
-#   MSHOT_BIN=path/to/mshot  use `mshot analyze` instead of the example binary
+#   MSHOT_BIN=path/to/mshot  an mshot already built (default: build one)
 #   RUNS=3                   warm runs per tool (best is kept)
 #   FIRST_RUNS=1             first runs per tool, each with its cache removed
 #                            (best is kept; these machines are noisy)
@@ -28,8 +28,8 @@ PROFILE=$FIX/debian-6.1.0-56-amd64.json.xz
 if [ -n "${MSHOT_BIN:-}" ]; then
   MSHOT=("$MSHOT_BIN" analyze)
 else
-  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release -p memimage --example analyze)
-  MSHOT=("$T/release/examples/analyze")
+  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release --bin mshot)
+  MSHOT=("$T/release/mshot" analyze)
 fi
 
 # Volatility 3 in a venv, with the ISF in a symbol directory.

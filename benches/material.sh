@@ -7,7 +7,7 @@
 # Usage: benches/material.sh IMAGE     (IMAGE.lime with IMAGE.material/ beside it,
 #                                       e.g. a capture of the lab guest)
 #   MSHOT_BIN=path/to/mshot  use that binary (default: release build of the
-#                            memimage `analyze` example, which runs the same code)
+#                            a release build of mshot)
 #   MSHOT_VOL=path/to/vol    Volatility 3 (default $MSHOT_TOOLS_DIR/vol3/bin/vol)
 #   RUNS=3                   warm runs per tool (best is kept)
 set -euo pipefail
@@ -24,11 +24,10 @@ VOL=${MSHOT_VOL:-$TOOLS/vol3/bin/vol}
 if [ -n "${MSHOT_BIN:-}" ]; then
   MSHOT=("$MSHOT_BIN")
 else
-  (cd "$ROOT" && cargo build -q --release -p memimage --example analyze)
-  MSHOT=("$T/release/examples/analyze")
+  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release --bin mshot)
+  MSHOT=("$T/release/mshot")
 fi
-EXPORT_BIN=${MSHOT_BIN:-$T/debug/mshot}
-[ -x "$EXPORT_BIN" ] || (cd "$ROOT" && cargo build -q --bin mshot)
+EXPORT_BIN=${MSHOT_BIN:-$T/release/mshot}
 
 measure() { # CMD... -> "seconds kb"
   /usr/bin/time -o "$W/time.txt" -f "%e %M" "$@" >/dev/null 2>"$W/stderr.txt" ||
@@ -44,8 +43,7 @@ best() {
   echo "$b"
 }
 
-ANALYZE=("${MSHOT[@]}")
-[ -n "${MSHOT_BIN:-}" ] && ANALYZE+=(analyze)
+ANALYZE=("${MSHOT[@]}" analyze)
 MS=("${ANALYZE[@]}" "$IMG" pstree --no-cache --format json)
 
 mkdir -p "$W/symbols/linux"

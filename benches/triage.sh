@@ -7,7 +7,7 @@
 # Also mshot's first run (profile cache empty).
 #
 # Usage: benches/triage.sh      (needs shared/fixtures, zstd, python3)
-#   MSHOT_BIN=path/to/mshot  use `mshot analyze` instead of the example binary
+#   MSHOT_BIN=path/to/mshot  an mshot already built (default: build one)
 #   RUNS=3                   mshot runs (best kept); Volatility runs once
 #   MSHOT_VOL=path/to/vol    Volatility 3 (default: the tests/run venv)
 set -euo pipefail
@@ -24,8 +24,8 @@ PROFILE=$FIX/debian-6.1.0-56-amd64.json.xz
 if [ -n "${MSHOT_BIN:-}" ]; then
   MSHOT=("$MSHOT_BIN" analyze)
 else
-  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release -p memimage --example analyze)
-  MSHOT=("$T/release/examples/analyze")
+  (cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build -q --release --bin mshot)
+  MSHOT=("$T/release/mshot" analyze)
 fi
 TOOLS=${MSHOT_TOOLS_DIR:-${HOME:-/root}/.cache/mshot-tools}
 VOLBIN=${MSHOT_VOL:-$TOOLS/vol3/bin/vol}

@@ -26,9 +26,9 @@ use sha2::{Digest, Sha256};
 
 use super::yaml::{self, Node, Pos, Value};
 use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
-use crate::secret::Secret;
 use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
+use crate::util::secret::Secret;
 
 const TOP_KEYS: &[&str] = &[
     "hosts",
@@ -179,7 +179,7 @@ pub struct AnalyzeSpec {
 }
 
 /// `bucket:` (or MargaritaShotgun's `aws.bucket`), validated as the flags are.
-pub type BucketSpec = crate::s3::BucketRequest;
+pub type BucketSpec = crate::pipeline::sink::s3::BucketRequest;
 
 /// `repository:` (MargaritaShotgun's keys plus `dir` and `key`, the minisign
 /// public key or key file, as `--repository-key`).
@@ -209,8 +209,6 @@ pub struct FleetPlan {
     pub log_dir: Option<PathBuf>,
     pub log_prefix: Option<String>,
     pub analyze: Option<AnalyzeSpec>,
-    pub bucket: Option<BucketSpec>,
-    pub repository: Option<RepositorySpec>,
     pub hosts: Vec<HostPlan>,
     /// Warnings to show before starting (inline passwords).
     pub warnings: Vec<String>,
@@ -630,8 +628,6 @@ impl Checker {
             log_dir,
             log_prefix,
             analyze,
-            bucket,
-            repository,
             hosts,
             warnings: std::mem::take(&mut self.warnings),
         })
@@ -889,7 +885,7 @@ impl Checker {
         let mut hops = Vec::new();
         for item in items {
             if let Value::Str(text) = &item.value {
-                match crate::config::parse_jump_chain(text) {
+                match crate::commands::job::parse_jump_chain(text) {
                     Ok(parsed) => {
                         for (user, addr, port) in parsed {
                             hops.push(HopSpec {
@@ -989,7 +985,7 @@ impl Checker {
         };
         let user = match layered.get_any(&["user", "username"]) {
             Some(n) => self.string(n, "username"),
-            None => Some(crate::config::local_user()),
+            None => Some(crate::commands::job::local_user()),
         };
 
         // Secrets by reference; inline only when allowed.
@@ -1023,12 +1019,12 @@ impl Checker {
             None
         };
         let sudo_mode = match layered.get("sudo") {
-            None => Some(crate::remote::SudoMode::Auto),
+            None => Some(crate::target::SudoMode::Auto),
             Some(n) => {
                 let parsed = match &n.value {
-                    Value::Bool(true) => Some(crate::remote::SudoMode::Always),
-                    Value::Bool(false) => Some(crate::remote::SudoMode::Never),
-                    Value::Str(text) => crate::remote::SudoMode::parse(text),
+                    Value::Bool(true) => Some(crate::target::SudoMode::Always),
+                    Value::Bool(false) => Some(crate::target::SudoMode::Never),
+                    Value::Str(text) => crate::target::SudoMode::parse(text),
                     _ => None,
                 };
                 if parsed.is_none() {
@@ -1091,7 +1087,7 @@ impl Checker {
                 && !self.overrides.bench
                 && source
                     .as_ref()
-                    .is_some_and(|s| s.method != crate::source::Method::Kcore)
+                    .is_some_and(|s| s.method != crate::pipeline::source::Method::Kcore)
         });
         let module = match (layered.get("module"), repository) {
             (Some(n), _) => self
@@ -1117,7 +1113,7 @@ impl Checker {
                 if self.overrides.bench
                     || source
                         .as_ref()
-                        .is_some_and(|s| s.method != crate::source::Method::Lime) =>
+                        .is_some_and(|s| s.method != crate::pipeline::source::Method::Lime) =>
             {
                 Some(ModuleSource::File(ModuleFile {
                     path: PathBuf::new(),
@@ -1173,7 +1169,7 @@ impl Checker {
                     Some(f)
                 }
             }),
-            None => name.as_deref().map(crate::config::default_filename),
+            None => name.as_deref().map(crate::commands::job::default_filename),
         };
 
         // Jump hosts: `jump: NAME` (a chain), `jump: [hops]`, or MargaritaShotgun's `jump_host:`.
@@ -1302,8 +1298,11 @@ impl Checker {
     }
 
     /// `method`, `compress`, `store_compressed`, `digest`: as the flags of one capture.
-    fn source_options(&mut self, layered: &Layered) -> Option<crate::source::SourceOptions> {
-        use crate::source::{Method, SourceOptions};
+    fn source_options(
+        &mut self,
+        layered: &Layered,
+    ) -> Option<crate::pipeline::source::SourceOptions> {
+        use crate::pipeline::source::{Method, SourceOptions};
         let mut options = SourceOptions::default();
         let mut ok = true;
         if let Some(n) = layered.get("method") {
@@ -1621,7 +1620,7 @@ mod tests {
             "hosts:\n  - {addr: a}\n  - {addr: b, method: kcore, digest: false}\n  - {addr: c, module: lime.ko, method: lime, compress: true}\n",
         )
         .unwrap();
-        use crate::source::Method;
+        use crate::pipeline::source::Method;
         let [a, b, c] = &plan.hosts[..] else { panic!() };
         assert_eq!(a.job.source.method, Method::Auto);
         assert!(a.job.module.file().unwrap().bytes.is_empty());
@@ -1652,7 +1651,7 @@ mod tests {
 
     #[test]
     fn sudo_modes_are_inherited_and_the_password_source_is_named() {
-        use crate::remote::SudoMode;
+        use crate::target::SudoMode;
         // PATH is always set; setting a variable here would race other test threads.
         let plan = check(
             "defaults: {module: lime.ko, sudo: never}\nhosts:\n  - {addr: a}\n  - {addr: b, sudo: auto, sudo_password_env: PATH}\n  - {addr: c, sudo: true}\n  - {addr: d, sudo: always}\n",

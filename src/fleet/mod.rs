@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, CaptureJob};
-use crate::progress::CaptureProgress;
+use crate::util::progress::CaptureProgress;
 use config::{AnalyzeSpec, FleetPlan, HostPlan};
 use report::{HostReport, Report, Status};
 
@@ -66,7 +66,7 @@ pub async fn run(plan: FleetPlan, options: &FleetOptions, cancel: CancellationTo
     use std::io::IsTerminal;
     let multi = (!options.plain && std::io::stderr().is_terminal()).then(|| {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        crate::progress::set_multi(multi.clone());
+        crate::util::progress::set_multi(multi.clone());
         multi
     });
     let overall = multi.as_ref().map(|m| {
@@ -253,7 +253,7 @@ async fn capture_host(
     context: &HostContext,
     report: &mut HostReport,
 ) {
-    let manifest_path = crate::manifest::manifest_path_for(&job.image_path);
+    let manifest_path = crate::record::manifest_path_for(&job.image_path);
     match capture::capture(job, progress, &context.cancel).await {
         Ok(outcome) => {
             report.kernel_release = Some(outcome.manifest.kernel_release.clone());
@@ -305,7 +305,7 @@ async fn capture_host(
                     }
                     Err(e) => {
                         report.status = Status::AnalysisFailed;
-                        report.error = Some(crate::sanitize::one_line(&format!(
+                        report.error = Some(crate::util::sanitize::one_line(&format!(
                             "the image is complete, but analysis failed: {e:#}"
                         )));
                     }
@@ -366,7 +366,7 @@ async fn analyze(
     image: &Path,
     spec: &AnalyzeSpec,
 ) -> anyhow::Result<(Vec<PathBuf>, Option<memimage::plugins::integrity::Verdict>)> {
-    use crate::analyze_cmd::{AnalyzeConfig, analyze_and_store, default_cache_dir};
+    use crate::analysis::{AnalyzeConfig, analyze_and_store, default_cache_dir};
     let image = image.to_path_buf();
     let plugins = spec.plugins.clone();
     let profile = spec.profile.clone();
@@ -386,7 +386,7 @@ async fn analyze(
 
 /// The error chain on one capped, printable line.
 fn error_line(error: &anyhow::Error) -> String {
-    crate::sanitize::one_line(&crate::sanitize::error_chain(error))
+    crate::util::sanitize::one_line(&crate::util::sanitize::error_chain(error))
 }
 
 /// The audit of remote commands, from the manifest, into the host's log.

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::config::HostPlan;
-use crate::manifest::CleanupReport;
+use crate::record::CleanupReport;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,7 +60,7 @@ pub struct HostReport {
     pub error: Option<String>,
     pub kernel_release: Option<String>,
     /// How the image was taken (lime or kcore), as the manifest says.
-    pub method: Option<crate::source::Used>,
+    pub method: Option<crate::pipeline::source::Used>,
     pub bytes: Option<u64>,
     pub sha256: Option<String>,
     pub started: Option<Timestamp>,

@@ -42,7 +42,7 @@ pub enum Value {
     Null,
     Bool(bool),
     Int(i128),
-    Float(f64),
+    Float,
     Str(String),
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
@@ -55,7 +55,7 @@ impl Value {
             Value::Null => "nothing (null)",
             Value::Bool(_) => "a boolean",
             Value::Int(_) => "an integer",
-            Value::Float(_) => "a number",
+            Value::Float => "a number",
             Value::Str(_) => "a string",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
@@ -144,8 +144,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
         Ok(Value::Int(v))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Float)
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::Str(v.to_string()))

@@ -8,7 +8,6 @@
 //! fetched from the repository), then the module's size and SHA-256 against
 //! the signed manifest, every time, also for a copy in the cache.
 
-pub mod cmd;
 pub mod manifest;
 pub mod signature;
 

@@ -20,7 +20,7 @@ use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 
-use crate::secret::Secret;
+use crate::util::secret::Secret;
 
 /// One SSH server on the way to the target (or the target itself).
 #[derive(Clone, Debug)]
@@ -171,7 +171,7 @@ impl ExecOutput {
             .map(str::trim)
             .find(|l| !l.is_empty())
             .unwrap_or("");
-        crate::sanitize::one_line(line)
+        crate::util::sanitize::one_line(line)
     }
 
     pub fn describe_status(&self) -> String {

@@ -26,9 +26,13 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+use std::io::IsTerminal;
+
+use super::signals::interrupt_token;
+use super::{build_runtime, exit};
 use crate::cli::UploadArgs;
-use crate::progress::CaptureProgress;
-use crate::s3::{Destination, PartFeeder};
+use crate::pipeline::sink::s3::{Destination, PartFeeder};
+use crate::util::progress::CaptureProgress;
 
 /// One read: large enough that syscalls cost nothing, small enough to be the
 /// "small constant" of the memory bound.
@@ -56,7 +60,7 @@ pub struct Uploaded {
     pub sha256: String,
     pub checksum_crc32c: String,
     /// How the object was checked; unverified means kept, marked failed.
-    pub verification: crate::s3::verify::Verification,
+    pub verification: crate::pipeline::sink::s3::verify::Verification,
     /// `s3://BUCKET/PREFIX/HOST/NAME.material/ (N objects)`, when material went too.
     pub material: Option<String>,
     /// Material files that did not reach the bucket (recorded in the manifest).
@@ -70,7 +74,7 @@ fn str_field<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
 /// Reads the manifest beside `image` (or, with `--no-manifest`, makes do
 /// with `--host`).
 fn expected(args: &UploadArgs, image: &Path) -> anyhow::Result<Expected> {
-    let manifest_path = crate::manifest::manifest_path_for(image);
+    let manifest_path = crate::record::manifest_path_for(image);
     let tool_version = format!("mshot {}", env!("CARGO_PKG_VERSION"));
     if args.no_manifest {
         let host = args.host.clone().unwrap_or_default();
@@ -174,7 +178,7 @@ pub async fn run(
     progress: &Arc<CaptureProgress>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Uploaded> {
-    let spec = crate::config::s3_spec(&args.s3)?
+    let spec = crate::commands::job::s3_spec(&args.s3)?
         .ok_or_else(|| anyhow!("mshot upload needs --bucket BUCKET"))?;
     let image = args.image.clone();
     let name = image
@@ -196,7 +200,7 @@ pub async fn run(
     // Material is read and checked before anything is sent: a file that
     // changed since the capture stops the upload as a changed image does.
     let material = match &expected.manifest {
-        Some(manifest) => crate::s3::material::read_local(&image, manifest)?,
+        Some(manifest) => crate::pipeline::sink::s3::material::read_local(&image, manifest)?,
         None => None,
     };
     let mut dest = Destination::prepare(&spec, &expected.host, &name).await?;
@@ -276,7 +280,7 @@ async fn upload(
     size: u64,
     expected: &Expected,
     progress: &Arc<CaptureProgress>,
-) -> anyhow::Result<(String, crate::s3::Completed)> {
+) -> anyhow::Result<(String, crate::pipeline::sink::s3::Completed)> {
     let upload = dest
         .start(
             Some(size),
@@ -338,4 +342,89 @@ fn read_into(
     }
     feeder.finish()?;
     Ok((total, hex::encode(hasher.finalize())))
+}
+/// `mshot upload IMAGE --bucket B`: exit 0 when the object and its manifest
+/// are stored and verified, 2 for bad flags, 1 otherwise.
+pub fn main(args: &UploadArgs) -> u8 {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let _ = fmt()
+        .with_writer(|| crate::util::progress::Stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            EnvFilter::try_from_env("MSHOT_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(format!("mshot={level},warn"))),
+        )
+        .try_init();
+    match crate::commands::job::s3_spec(&args.s3) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            eprintln!("mshot: mshot upload needs --bucket BUCKET");
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            return exit::USAGE;
+        }
+    }
+    let Some(runtime) = build_runtime(None) else {
+        return exit::FAILED;
+    };
+    let label = args
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let progress = std::sync::Arc::new(CaptureProgress::new(&label));
+    let clock = std::time::Instant::now();
+    let uploaded = runtime.block_on(async {
+        let cancel = interrupt_token();
+        crate::commands::upload::run(args, &progress, &cancel).await
+    });
+    match uploaded {
+        Ok(done) => {
+            progress.finish();
+            let secs = clock.elapsed().as_secs_f64();
+            println!("s3       {}", done.image_uri);
+            println!("manifest {}", done.manifest_uri);
+            println!("crc32c   {}", done.checksum_crc32c);
+            println!("verify   {}", done.verification.summary());
+            println!("bytes    {}", done.bytes);
+            println!("sha256   {}", done.sha256);
+            println!(
+                "time     {secs:.1} s ({:.1} MiB/s)",
+                done.bytes as f64 / 1048576.0 / secs.max(0.001)
+            );
+            if let Some(material) = &done.material {
+                println!("material {material}");
+            }
+            // Unlike a capture's, an upload's material can simply be sent
+            // again (`--overwrite`): fail, so a script retries.
+            if !done.verification.verified {
+                eprintln!(
+                    "mshot: {} is kept but not verified: {}",
+                    done.image_uri,
+                    done.verification.summary()
+                );
+                return exit::UNVERIFIED;
+            }
+            if let Some(problem) = &done.material_problem {
+                eprintln!(
+                    "mshot: the image and its manifest are in the bucket, but {problem}; run the upload again with --overwrite"
+                );
+                return exit::FAILED;
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            exit::FAILED
+        }
+    }
 }

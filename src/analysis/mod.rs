@@ -9,6 +9,8 @@
 //! printing tables or JSON. `analyze_image` is also what the capture path
 //! calls after an image lands (`--analyze pstree,...`).
 
+pub mod material;
+
 use anyhow::{Context, Result, bail};
 use memimage::kernel::{Kernel, find_banners};
 use memimage::plugins::integrity::Verdict;
@@ -229,7 +231,7 @@ pub fn analyze_image(
     let profile = profile.map(Path::to_path_buf);
     let (profiles, profile) = match (needs_kernel, profile) {
         (false, p) => (Vec::new(), p),
-        (true, None) => match crate::material_load::load_for_image(image, &phys, &sel) {
+        (true, None) => match crate::analysis::material::load_for_image(image, &phys, &sel) {
             Ok((p, m)) => {
                 eprintln!("mshot: {}", m.summary);
                 material = Some(m);

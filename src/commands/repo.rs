@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 
-use super::manifest::{self, RepoManifest};
-use super::signature::{self, SigningKey};
-use super::{MANIFEST_NAME, RepositorySpec, SIGNATURE_NAME};
+use crate::repository::manifest::{self, RepoManifest};
+use crate::repository::signature::{self, SigningKey};
+use crate::repository::{MANIFEST_NAME, RepositorySpec, SIGNATURE_NAME};
 
 /// The build script, embedded so `mshot repo build` works from any directory
 /// and always matches this mshot (it is also kernel-modules/build-lime.sh).
@@ -75,7 +75,7 @@ pub enum RepoCommand {
         #[arg(value_name = "URL|PATH")]
         repository: String,
         /// minisign public key (RW...) or key file (default: the built-in key).
-        #[arg(long, value_name = "KEY|FILE", env = super::ENV_REPOSITORY_KEY)]
+        #[arg(long, value_name = "KEY|FILE", env = crate::repository::ENV_REPOSITORY_KEY)]
         repository_key: Option<String>,
     },
 }
@@ -220,14 +220,14 @@ fn sign(repo: &Path, secret_key: &Path) -> anyhow::Result<()> {
         let file = repo.join(&entry.file);
         let module =
             std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        super::check_module(&module, entry, &file.display().to_string())
+        crate::repository::check_module(&module, entry, &file.display().to_string())
             .map_err(|e| anyhow!("{e}; run mshot repo index again"))?;
     }
     let key = SigningKey::load(secret_key)?;
     let comment = format!(
         "timestamp:{}\tfile:{MANIFEST_NAME}\tsha256:{}",
         jiff::Timestamp::now().as_second(),
-        super::sha256_hex(&bytes)
+        crate::repository::sha256_hex(&bytes)
     );
     let signature = key.sign(&bytes, &comment)?;
     // Prove the result verifies with the public half before writing it.
@@ -252,8 +252,8 @@ fn sign(repo: &Path, secret_key: &Path) -> anyhow::Result<()> {
 async fn verify(repository: &str, key: Option<&str>) -> anyhow::Result<()> {
     let mut spec = RepositorySpec::new(Some(repository), key)?;
     spec.cache_dir = None;
-    let fetcher = super::Fetcher::new(&spec.location)?;
-    let verified = super::fetch_manifest(&fetcher, &spec).await?;
+    let fetcher = crate::repository::Fetcher::new(&spec.location)?;
+    let verified = crate::repository::fetch_manifest(&fetcher, &spec).await?;
     println!(
         "{}: signed by key {} ({}), {}; {} modules",
         spec.location.name_of(MANIFEST_NAME),
@@ -268,7 +268,7 @@ async fn verify(repository: &str, key: Option<&str>) -> anyhow::Result<()> {
             .get(&entry.file, entry.size + 1)
             .await?
             .ok_or_else(|| anyhow!("{name} is listed but missing"))?;
-        super::check_module(&bytes, entry, &name)?;
+        crate::repository::check_module(&bytes, entry, &name)?;
         let facts = manifest::module_facts(&bytes).map_err(|e| anyhow!("{name}: {e}"))?;
         if facts.release != entry.kernel_release || facts.arch != entry.arch {
             bail!(

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
 use crate::cli::CaptureArgs;
-use crate::secret::Secret;
 use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
+use crate::util::secret::Secret;
 
 pub const ENV_PASSWORD: &str = "MSHOT_PASSWORD";
 pub const ENV_JUMP_PASSWORD: &str = "MSHOT_JUMP_PASSWORD";
@@ -74,7 +74,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
     // Without --module, --method auto reads /proc/kcore unless a repository
     // has a module for the target's kernel; only --method lime needs one.
     let method = args.method.unwrap_or_default();
-    let lime_possible = needs_module && method != crate::source::Method::Kcore;
+    let lime_possible = needs_module && method != crate::pipeline::source::Method::Kcore;
     let wants_repository = lime_possible && (args.repository || args.repository_url.is_some());
     let module = match &args.module {
         Some(path) => {
@@ -88,7 +88,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         }
         None if wants_repository => {
             // Flags (and their variables) first, then the settings file.
-            let settings = crate::settings::Settings::load()?;
+            let settings = crate::commands::settings::Settings::load()?;
             ModuleSource::Repository(crate::repository::RepositorySpec::new(
                 args.repository_url
                     .as_deref()
@@ -98,7 +98,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
                     .or(settings.repository.key.as_deref()),
             )?)
         }
-        None if needs_module && method == crate::source::Method::Lime => {
+        None if needs_module && method == crate::pipeline::source::Method::Lime => {
             bail!(
                 "--method lime needs a module: give --module FILE (LiME built for the target's kernel), or --repository / --repository-url URL to take it from a module repository (or use --method kcore/auto)"
             )
@@ -141,7 +141,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             "--analyze needs the plain image; drop --store-compressed (the plain image is stored by default)"
         );
     }
-    if args.store_compressed && method == crate::source::Method::Kcore {
+    if args.store_compressed && method == crate::pipeline::source::Method::Kcore {
         bail!("--store-compressed applies to LiME's compressed stream; /proc/kcore streams plain");
     }
     // The stored file is the zlib stream: its name says so.
@@ -187,7 +187,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         force: args.force,
         dry_run: args.dry_run,
         stream_idle_timeout: Duration::from_secs(args.stream_timeout.unwrap_or(120).max(1)),
-        source: crate::source::SourceOptions {
+        source: crate::pipeline::source::SourceOptions {
             method,
             compress: args.compress,
             store_compressed: args.store_compressed,
@@ -198,11 +198,13 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
 }
 
 /// The S3 destination from `--bucket` and friends, checked for shape.
-pub fn s3_spec(args: &crate::cli::S3Args) -> anyhow::Result<Option<crate::s3::S3Spec>> {
+pub fn s3_spec(
+    args: &crate::cli::S3Args,
+) -> anyhow::Result<Option<crate::pipeline::sink::s3::S3Spec>> {
     let Some(bucket) = &args.bucket else {
         return Ok(None);
     };
-    let request = crate::s3::BucketRequest {
+    let request = crate::pipeline::sink::s3::BucketRequest {
         name: bucket.clone(),
         prefix: args.prefix.clone(),
         region: args.region.clone(),

@@ -73,7 +73,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         (args.input.clone(), None)
     } else if args.input.is_file() {
         (
-            crate::material_load::dir_for(&args.input),
+            crate::analysis::material::dir_for(&args.input),
             Some(&args.input),
         )
     } else {
@@ -105,7 +105,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         Some(m) => Some(PhysicalMemory::parse(m).context("reading the image")?),
         None => None,
     };
-    let (doc, summary, notes) = crate::material_load::isf_for(&dir, phys.as_ref())?;
+    let (doc, summary, notes) = crate::analysis::material::isf_for(&dir, phys.as_ref())?;
     eprintln!("mshot: {summary}");
     for n in &notes {
         eprintln!("mshot: note: {n}");

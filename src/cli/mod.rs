@@ -29,11 +29,11 @@ pub enum Command {
     /// Capture one host (the default when no subcommand is given).
     Capture(CaptureArgs),
     /// Analyse a memory image offline: mshot analyze IMAGE pstree [psaux ...] [--profile PATH].
-    Analyze(crate::analyze_cmd::AnalyzeArgs),
+    Analyze(crate::analysis::AnalyzeArgs),
     /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
-    Profile(crate::profile_cmd::ProfileArgs),
+    Profile(crate::commands::profile::ProfileArgs),
     /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
-    Repo(crate::repository::cmd::RepoArgs),
+    Repo(crate::commands::repo::RepoArgs),
     /// Upload an image captured to disk earlier, with its manifest:
     /// mshot upload IMAGE --bucket B [--prefix P ...].
     Upload(UploadArgs),
@@ -86,7 +86,7 @@ pub struct CaptureArgs {
     /// the password), never (the login must be root), always (sudo for every
     /// root command, even as root, so the target's sudo log has them all).
     #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
-    pub sudo: crate::remote::SudoMode,
+    pub sudo: crate::target::SudoMode,
 
     /// Jump hosts, OpenSSH style: user@host:port[,user@host:port...], first hop first.
     #[arg(short = 'J', long = "jump", value_name = "CHAIN")]
@@ -172,7 +172,7 @@ pub struct CaptureArgs {
     /// with dd; nothing pushed or loaded), or auto: LiME when a module for the
     /// kernel is available and the target accepts it, else kcore [default: auto].
     #[arg(long, value_enum)]
-    pub method: Option<crate::source::Method>,
+    pub method: Option<crate::pipeline::source::Method>,
 
     /// LiME compresses the stream (zlib, compress=1); mshot inflates it as it
     /// arrives and stores the plain image. Pays off on slow links.

@@ -1,12 +1,14 @@
 //! The capture manifest: a JSON record beside the image of what was captured,
 //! how, and every remote command that ran.
 
+pub mod audit;
+
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
-use crate::audit::AuditEntry;
-use crate::remote::{PhysRange, Privilege};
+use crate::record::audit::AuditEntry;
+use crate::target::{PhysRange, Privilege};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Manifest {
@@ -31,12 +33,12 @@ pub struct Manifest {
     pub expected_ranges: Vec<RangeRecord>,
     pub error: Option<String>,
     /// Capture-time profile material (`NAME.material/`) with its hashes.
-    pub material: Option<crate::material::MaterialRecord>,
+    pub material: Option<crate::target::material::MaterialRecord>,
     /// How the stream was produced (LiME or kcore, and why), wire bytes, digest.
-    pub source: crate::source::SourceRecord,
+    pub source: crate::pipeline::source::SourceRecord,
     /// The S3 upload, when `--bucket` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub s3: Option<crate::s3::S3Record>,
+    pub s3: Option<crate::pipeline::sink::s3::S3Record>,
     pub cleanup: CleanupReport,
     pub audit: Vec<AuditEntry>,
 }
@@ -103,7 +105,7 @@ pub fn sidecar_path(image: &Path, suffix: &str) -> PathBuf {
 pub fn write(path: &Path, manifest: &Manifest) -> std::io::Result<()> {
     let mut text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    crate::sink::write_small_file(path, &text)
+    crate::pipeline::sink::write_small_file(path, &text)
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-pub use crate::material_load::{INDEX, MaterialFile, MaterialRecord, MissingFile, dir_for};
-use crate::shell::Shell;
+pub use crate::analysis::material::{INDEX, MaterialFile, MaterialRecord, MissingFile, dir_for};
+use crate::target::shell::Shell;
 
 /// One file of material and the command that produced it on the target.
 struct Source {
@@ -172,12 +172,12 @@ fn store(image: &Path, fetched: &Fetched) -> anyhow::Result<MaterialRecord> {
         .unwrap_or_default();
     let result = (|| -> anyhow::Result<()> {
         for (name, bytes) in &fetched.contents {
-            crate::sink::write_small_file(&part.join(name), bytes)
+            crate::pipeline::sink::write_small_file(&part.join(name), bytes)
                 .with_context(|| format!("writing {}", part.join(name).display()))?;
         }
         let mut index = serde_json::to_vec_pretty(&record)?;
         index.push(b'\n');
-        crate::sink::write_small_file(&part.join(INDEX), &index)?;
+        crate::pipeline::sink::write_small_file(&part.join(INDEX), &index)?;
         std::fs::rename(&part, &dir)
             .with_context(|| format!("renaming {} to {}", part.display(), dir.display()))?;
         Ok(())
@@ -227,10 +227,11 @@ mod tests {
         );
         // Damage is noticed on reading.
         std::fs::write(dir.join("version"), b"v2\n").unwrap();
-        let e = crate::material_load::load_dir(&dir, None, &memimage::profile::Selection::PLUGINS)
-            .err()
-            .unwrap()
-            .to_string();
+        let e =
+            crate::analysis::material::load_dir(&dir, None, &memimage::profile::Selection::PLUGINS)
+                .err()
+                .unwrap()
+                .to_string();
         assert!(
             e.contains("no usable kallsyms") && e.contains("--profile"),
             "{e}"
@@ -240,6 +241,6 @@ mod tests {
     #[test]
     fn sources_are_the_files_read_back() {
         let names: Vec<&str> = SOURCES.iter().map(|s| s.file).collect();
-        assert_eq!(names, crate::material_load::FILES);
+        assert_eq!(names, crate::analysis::material::FILES);
     }
 }

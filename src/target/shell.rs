@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use jiff::Timestamp;
 
-use crate::audit::{AuditEntry, AuditLog};
-use crate::remote::Privilege;
-use crate::secret::Secret;
+use crate::record::audit::{AuditEntry, AuditLog};
+use crate::target::Privilege;
 use crate::transport::{ExecOutput, RunningCommand, Session};
+use crate::util::secret::Secret;
 
 /// Runs commands on the target and records each in the audit log.
 pub struct Shell<'a> {

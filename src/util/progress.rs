@@ -179,14 +179,6 @@ impl CaptureProgress {
             bar.finish_and_clear();
         }
     }
-
-    /// Prints a line without tearing the bar.
-    pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
 }
 
 /// The fleet's `MultiProgress`, when one is on screen: log lines written to

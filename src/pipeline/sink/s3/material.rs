@@ -34,8 +34,8 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::material::{INDEX, MaterialRecord, dir_for};
-use crate::s3::Bucket;
+use crate::pipeline::sink::s3::Bucket;
+use crate::target::material::{INDEX, MaterialRecord, dir_for};
 
 /// What the manifest's `s3.material` records.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -59,7 +59,7 @@ pub struct MaterialObject {
     pub version_id: Option<String>,
     /// Present when S3's own SHA-256 did not prove it and a read-back did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<crate::s3::verify::Verification>,
+    pub verification: Option<crate::pipeline::sink::s3::verify::Verification>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -112,7 +112,7 @@ fn index(record: &MaterialRecord) -> Option<Body> {
 /// The bodies of material fetched during this capture (held in memory, so
 /// they go to the bucket even if storing them locally failed). `dir` is the
 /// material directory's name, as `index.json` records it.
-pub fn from_fetched(fetched: &crate::material::Fetched, dir: &str) -> Vec<Body> {
+pub fn from_fetched(fetched: &crate::target::material::Fetched, dir: &str) -> Vec<Body> {
     let mut record = fetched.record().clone();
     record.dir = dir.to_string();
     let mut bodies: Vec<Body> = fetched
@@ -226,7 +226,7 @@ pub async fn upload(
                 verification: put.verification,
             }),
             Err(e) => {
-                let error = crate::sanitize::one_line(&format!("{e:#}"));
+                let error = crate::util::sanitize::one_line(&format!("{e:#}"));
                 tracing::warn!("profile material {} not uploaded: {error}", body.name);
                 record.failed.push(MaterialFailure {
                     name: body.name,
@@ -251,7 +251,7 @@ async fn put(
     key: &str,
     image_key: &str,
     body: &Body,
-) -> anyhow::Result<crate::s3::PutChecked> {
+) -> anyhow::Result<crate::pipeline::sink::s3::PutChecked> {
     // The bytes were hashed when fetched or read; a difference now is a bug
     // or bad memory, and S3 would refuse them anyway.
     let got = hex::encode(Sha256::digest(&body.bytes));

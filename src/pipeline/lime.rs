@@ -6,7 +6,7 @@
 //! range must start with a well-formed header, ranges must ascend without
 //! overlap, and the stream may only end exactly at the end of a range.
 
-use crate::remote::PhysRange;
+use crate::target::PhysRange;
 
 // One definition of the format for the whole project: the analyser's.
 pub use memimage::format::{LIME_MAGIC, LIME_VERSION};
@@ -56,10 +56,6 @@ impl LimeValidator {
 
     pub fn bytes_seen(&self) -> u64 {
         self.offset
-    }
-
-    pub fn ranges(&self) -> &[PhysRange] {
-        &self.ranges
     }
 
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), LimeStreamError> {
@@ -153,7 +149,7 @@ impl LimeValidator {
     }
 }
 
-/// A LiME header for `range`, for tests and tools that write images.
+/// The LiME header of `range` (kcore frames its pieces with it).
 pub fn header_bytes(range: PhysRange) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&LIME_MAGIC.to_le_bytes());

@@ -301,14 +301,6 @@ impl Bucket {
         })
     }
 
-    pub fn spec(&self) -> &S3Spec {
-        &self.spec
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Fails if `key` exists and `--overwrite` was not given.
     pub async fn check_absent(&self, key: &str) -> anyhow::Result<()> {
         if self.spec.overwrite {
@@ -576,7 +568,7 @@ pub struct Destination {
     /// the image as `NAME.material/` is on disk.
     pub material_prefix: String,
     upload: Option<Arc<Upload>>,
-    material: Option<crate::s3::material::MaterialUpload>,
+    material: Option<crate::pipeline::sink::s3::material::MaterialUpload>,
 }
 
 impl Destination {
@@ -584,12 +576,12 @@ impl Destination {
     pub async fn prepare(spec: &S3Spec, host: &str, image_name: &str) -> anyhow::Result<Self> {
         let bucket = Arc::new(Bucket::connect(spec).await?);
         let image_key = spec.image_key(host, image_name);
-        let manifest_key = crate::manifest::manifest_path_for(std::path::Path::new(&image_key))
+        let manifest_key = crate::record::manifest_path_for(std::path::Path::new(&image_key))
             .to_string_lossy()
             .into_owned();
         let material_prefix = format!(
             "{}/",
-            crate::material::dir_for(std::path::Path::new(&image_key)).to_string_lossy()
+            crate::target::material::dir_for(std::path::Path::new(&image_key)).to_string_lossy()
         );
         bucket.check_absent(&image_key).await?;
         bucket.check_absent(&manifest_key).await?;
@@ -628,10 +620,6 @@ impl Destination {
         Ok(upload)
     }
 
-    pub fn upload(&self) -> Option<&Arc<Upload>> {
-        self.upload.as_ref()
-    }
-
     pub fn completed(&self) -> bool {
         self.upload.as_ref().is_some_and(|u| u.is_completed())
     }
@@ -656,10 +644,10 @@ impl Destination {
     /// image there). Failures are recorded, not returned: see `s3::material`.
     pub async fn put_material(
         &mut self,
-        files: Vec<crate::s3::material::Body>,
+        files: Vec<crate::pipeline::sink::s3::material::Body>,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> &crate::s3::material::MaterialUpload {
-        let record = crate::s3::material::upload(
+    ) -> &crate::pipeline::sink::s3::material::MaterialUpload {
+        let record = crate::pipeline::sink::s3::material::upload(
             &self.bucket,
             &self.material_prefix,
             &self.image_key,
@@ -784,7 +772,7 @@ pub struct S3Record {
     pub verification: Option<verify::Verification>,
     /// The profile material's objects (and any that failed), once uploaded.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub material: Option<crate::s3::material::MaterialUpload>,
+    pub material: Option<crate::pipeline::sink::s3::material::MaterialUpload>,
 }
 
 impl S3Record {
@@ -809,14 +797,6 @@ pub struct Completed {
 }
 
 impl Upload {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    pub fn part_size(&self) -> u64 {
-        self.part_size
-    }
-
     pub fn uri(&self) -> String {
         self.bucket.uri(&self.key)
     }

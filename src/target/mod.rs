@@ -5,6 +5,9 @@
 //! Commands use only POSIX sh and tools that busybox also has (cat, uname, id,
 //! mktemp, sha256sum, insmod, rmmod, rm), so a minimal target works too.
 
+pub mod material;
+pub mod shell;
+
 use std::collections::BTreeSet;
 
 /// Quotes one argument for a POSIX shell.
@@ -175,7 +178,7 @@ pub fn parse_iomem_system_ram(text: &str) -> Result<Vec<PhysRange>, IomemError> 
         let depth = raw.len() - raw.trim_start().len();
         let malformed = || IomemError::Malformed {
             line: index + 1,
-            text: crate::sanitize::one_line(raw),
+            text: crate::util::sanitize::one_line(raw),
         };
         let (span, name) = raw.trim().split_once(" : ").ok_or_else(malformed)?;
         let (start, end) = span.split_once('-').ok_or_else(malformed)?;

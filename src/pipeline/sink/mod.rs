@@ -2,6 +2,8 @@
 //! to `NAME` once the caller has proven the image whole, so a file under the
 //! final name is always complete.
 
+pub mod s3;
+
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -80,10 +82,6 @@ impl FileSink {
         })
     }
 
-    pub fn final_path(&self) -> &Path {
-        &self.final_path
-    }
-
     pub fn write(&mut self, data: bytes::Bytes) -> Result<(), SinkError> {
         self.pending_bytes += data.len();
         self.pending.push(data);
@@ -151,9 +149,6 @@ impl FileSink {
         }
         Ok(self.final_path.clone())
     }
-
-    /// Removes the partial file.
-    pub fn discard(self) {}
 }
 
 /// A sink dropped before `commit` (an error, Ctrl-C) removes its partial file,
@@ -170,7 +165,7 @@ impl Drop for FileSink {
 /// or both at once. Either is optional, not both (`config` checks).
 pub struct ImageSink {
     file: Option<FileSink>,
-    s3: Option<crate::s3::PartFeeder>,
+    s3: Option<crate::pipeline::sink::s3::PartFeeder>,
     /// Bytes written (what is stored: the plain image, or the wire stream
     /// with --store-compressed); S3 must have acknowledged exactly these.
     written: u64,
@@ -181,7 +176,7 @@ impl ImageSink {
     /// of an image of about `expected` bytes. Call on the runtime.
     pub async fn open(
         local: Option<&Path>,
-        s3: Option<&mut crate::s3::Destination>,
+        s3: Option<&mut crate::pipeline::sink::s3::Destination>,
         expected: Option<u64>,
         metadata: std::collections::HashMap<String, String>,
         acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -190,7 +185,7 @@ impl ImageSink {
         let s3 = match s3 {
             Some(destination) => {
                 let upload = destination.start(expected, metadata, acked).await?;
-                Some(crate::s3::PartFeeder::new(
+                Some(crate::pipeline::sink::s3::PartFeeder::new(
                     upload,
                     tokio::runtime::Handle::current(),
                 ))
@@ -292,7 +287,7 @@ mod tests {
         let path = dir.path().join("img.lime");
         let mut sink = FileSink::create(&path).unwrap();
         sink.write(bytes::Bytes::from_static(b"partial")).unwrap();
-        sink.discard();
+        drop(sink);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let mut dropped = FileSink::create(&path).unwrap();
         dropped

@@ -16,16 +16,16 @@ use jiff::Timestamp;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditLog;
-use crate::lime_stream::LimeValidator;
-use crate::manifest::{self, CleanupReport, Manifest};
-use crate::progress::CaptureProgress;
-use crate::remote::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
-use crate::secret::Secret;
-use crate::shell::{PendingAudit, Shell};
-use crate::sink::ImageSink;
-use crate::source::{self, PlainSource, SourceOptions, SourceStream, Used};
+use crate::pipeline::lime::LimeValidator;
+use crate::pipeline::sink::ImageSink;
+use crate::pipeline::source::{self, PlainSource, SourceOptions, SourceStream, Used};
+use crate::record::audit::AuditLog;
+use crate::record::{self, CleanupReport, Manifest};
+use crate::target::shell::{PendingAudit, Shell};
+use crate::target::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
 use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
+use crate::util::progress::CaptureProgress;
+use crate::util::secret::Secret;
 
 /// Everything one capture needs, already validated by `config`.
 pub struct CaptureJob {
@@ -40,7 +40,7 @@ pub struct CaptureJob {
     pub image_path: PathBuf,
     pub local_image: bool,
     /// Stream the image into S3 as well (or only, without `local_image`).
-    pub s3: Option<crate::s3::S3Spec>,
+    pub s3: Option<crate::pipeline::sink::s3::S3Spec>,
     pub sudo_password: Option<Secret>,
     /// `--sudo` / `sudo:`, and where the sudo password came from.
     pub sudo: SudoPolicy,
@@ -89,10 +89,10 @@ impl ModuleSource {
     }
 
     /// The manifest's record before (or without) resolution.
-    fn record(&self) -> manifest::ModuleRecord {
+    fn record(&self) -> record::ModuleRecord {
         match self {
             ModuleSource::File(module) => module_record(module, None),
-            ModuleSource::Repository(spec) => manifest::ModuleRecord {
+            ModuleSource::Repository(spec) => record::ModuleRecord {
                 local_path: String::new(),
                 sha256: String::new(),
                 size: 0,
@@ -106,8 +106,8 @@ impl ModuleSource {
 fn module_record(
     module: &ModuleFile,
     origin: Option<crate::repository::ModuleOrigin>,
-) -> manifest::ModuleRecord {
-    manifest::ModuleRecord {
+) -> record::ModuleRecord {
+    record::ModuleRecord {
         local_path: module.path.display().to_string(),
         sha256: module.sha256.clone(),
         size: module.bytes.len() as u64,
@@ -142,7 +142,7 @@ struct RemoteState {
     insmod: Option<(RunningCommand, PendingAudit)>,
     module_loaded_by_us: bool,
     /// The S3 destination; `capture` aborts its upload unless it completed.
-    s3: Option<crate::s3::Destination>,
+    s3: Option<crate::pipeline::sink::s3::Destination>,
 }
 
 /// Facts gathered before the stream starts; they go into the manifest.
@@ -153,10 +153,10 @@ struct Facts {
     expected_ranges: Vec<PhysRange>,
     remote_module_path: String,
     lime_arguments: String,
-    material: Option<crate::material::Fetched>,
+    material: Option<crate::target::material::Fetched>,
     source: source::SourceRecord,
     /// The module actually used, once known (repository modules after `uname`).
-    module: Option<manifest::ModuleRecord>,
+    module: Option<record::ModuleRecord>,
 }
 
 pub struct Received {
@@ -167,19 +167,15 @@ pub struct Received {
 
 impl Received {
     /// The manifest's record of this image, stored at `path`.
-    fn image_record(&self, path: &Path) -> manifest::ImageRecord {
-        manifest::ImageRecord {
+    fn image_record(&self, path: &Path) -> record::ImageRecord {
+        record::ImageRecord {
             file: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             bytes: self.bytes,
             sha256: self.sha256.clone(),
-            ranges: self
-                .ranges
-                .iter()
-                .map(manifest::RangeRecord::from)
-                .collect(),
+            ranges: self.ranges.iter().map(record::RangeRecord::from).collect(),
         }
     }
 }
@@ -198,7 +194,7 @@ pub async fn bench_receive(
     job: &CaptureJob,
     port: u16,
     progress: &CaptureProgress,
-) -> anyhow::Result<(Received, Option<crate::s3::S3Record>)> {
+) -> anyhow::Result<(Received, Option<crate::pipeline::sink::s3::S3Record>)> {
     let mut s3 = prepare_s3(job).await?;
     let started = Timestamp::now();
     let clock = std::time::Instant::now();
@@ -266,8 +262,8 @@ pub async fn bench_receive(
             cleanup: Default::default(),
             audit: Vec::new(),
         };
-        let path = manifest::manifest_path_for(&job.image_path);
-        manifest::write(&path, &manifest)
+        let path = record::manifest_path_for(&job.image_path);
+        record::write(&path, &manifest)
             .with_context(|| format!("writing manifest {}", path.display()))?;
     }
     Ok((result?, s3.as_ref().and_then(|s3| s3.record())))
@@ -275,7 +271,9 @@ pub async fn bench_receive(
 
 /// Connects to S3 and checks the bucket and the keys before anything
 /// happens on the target.
-async fn prepare_s3(job: &CaptureJob) -> anyhow::Result<Option<crate::s3::Destination>> {
+async fn prepare_s3(
+    job: &CaptureJob,
+) -> anyhow::Result<Option<crate::pipeline::sink::s3::Destination>> {
     let Some(spec) = &job.s3 else {
         return Ok(None);
     };
@@ -284,7 +282,7 @@ async fn prepare_s3(job: &CaptureJob) -> anyhow::Result<Option<crate::s3::Destin
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    crate::s3::Destination::prepare(spec, &job.target().host, &name)
+    crate::pipeline::sink::s3::Destination::prepare(spec, &job.target().host, &name)
         .await
         .map(Some)
 }
@@ -370,9 +368,9 @@ pub async fn capture(
     if let (Some(s3), Some(fetched), Some(path)) = (state.s3.as_mut(), &material, &image_path)
         && s3.completed()
     {
-        let dir = crate::material::dir_for(path);
+        let dir = crate::target::material::dir_for(path);
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
-        let bodies = crate::s3::material::from_fetched(fetched, &name);
+        let bodies = crate::pipeline::sink::s3::material::from_fetched(fetched, &name);
         if let Some(problem) = s3.put_material(bodies, cancel).await.problem() {
             tracing::warn!(
                 "{}: the image is complete in the bucket, but {problem}; a local copy is written to {}",
@@ -395,7 +393,7 @@ pub async fn capture(
         machine: facts.machine.clone(),
         privilege: state.privilege,
         dry_run: job.dry_run,
-        module: manifest::ModuleRecord {
+        module: record::ModuleRecord {
             remote_path: facts.remote_module_path.clone(),
             ..facts.module.clone().unwrap_or_else(|| job.module.record())
         },
@@ -409,10 +407,10 @@ pub async fn capture(
         expected_ranges: facts
             .expected_ranges
             .iter()
-            .map(manifest::RangeRecord::from)
+            .map(record::RangeRecord::from)
             .collect(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
-        material: crate::material::finish(material, image_path.as_deref()),
+        material: crate::target::material::finish(material, image_path.as_deref()),
         source: facts.source.clone(),
         s3: state.s3.as_ref().and_then(|s3| s3.record()),
         cleanup: cleanup.clone(),
@@ -420,8 +418,8 @@ pub async fn capture(
     };
     // The manifest is written on every path past the connection: a failed or
     // dry run still leaves the audit of what was done on the target.
-    let manifest_path = manifest::manifest_path_for(&job.image_path);
-    manifest::write(&manifest_path, &manifest)
+    let manifest_path = record::manifest_path_for(&job.image_path);
+    record::write(&manifest_path, &manifest)
         .with_context(|| format!("writing manifest {}", manifest_path.display()))?;
     let manifest_path = Some(manifest_path);
     if let (Some(s3), Some(image)) = (&state.s3, &manifest.image)
@@ -434,7 +432,7 @@ pub async fn capture(
                 format!(
                     "the image {} is complete, but its manifest was not uploaded (local copy: {})",
                     s3.bucket.uri(&s3.image_key),
-                    manifest::manifest_path_for(&job.image_path).display()
+                    record::manifest_path_for(&job.image_path).display()
                 )
             })?;
     }
@@ -473,7 +471,7 @@ async fn run(
 
     progress.phase("checking the target");
     let out = shell.run_plain(commands::KERNEL).await?;
-    let kernel = remote::parse_kernel_info(&out.stdout_text()).ok_or_else(|| {
+    let kernel = target::parse_kernel_info(&out.stdout_text()).ok_or_else(|| {
         anyhow!(
             "cannot read the kernel release: `{}` printed {:?}",
             commands::KERNEL,
@@ -528,8 +526,8 @@ async fn run(
     if decision.used == Used::Kcore {
         // The same profile material as for LiME, so analysis works alike.
         progress.phase("fetching profile material");
-        facts.material = Some(crate::material::fetch(&shell).await);
-        return crate::kcore::acquire(
+        facts.material = Some(crate::target::material::fetch(&shell).await);
+        return crate::pipeline::source::kcore::acquire(
             job,
             &shell,
             &mut facts.expected_ranges,
@@ -542,7 +540,7 @@ async fn run(
     }
 
     let modules = shell.run_plain(commands::MODULES).await?;
-    if remote::module_loaded(&modules.stdout_text(), "lime") {
+    if target::module_loaded(&modules.stdout_text(), "lime") {
         if !job.force {
             bail!(
                 "a lime module is already loaded on {host} (another capture running, or one left behind); rerun with --force to unload it"
@@ -561,24 +559,24 @@ async fn run(
     if !iomem.success() {
         bail!("cannot read /proc/iomem as root: {}", iomem.stderr_line());
     }
-    let expected = remote::parse_iomem_system_ram(&iomem.stdout_text())?;
+    let expected = target::parse_iomem_system_ram(&iomem.stdout_text())?;
     facts.expected_ranges = expected.clone();
-    let expected_bytes = remote::lime_image_size(&expected);
+    let expected_bytes = target::lime_image_size(&expected);
 
     // Profile material (BTF, kallsyms...) for analysis without a profile;
     // read before LiME loads, stored beside the image once it lands.
     progress.phase("fetching profile material");
-    facts.material = Some(crate::material::fetch(&shell).await);
+    facts.material = Some(crate::target::material::fetch(&shell).await);
 
     let sockets = shell.run_plain(commands::TCP_SOCKETS).await?;
-    let used = remote::used_ports(&remote::parse_proc_net_tcp(&sockets.stdout_text()));
-    let port = remote::choose_free_port(&used, rand::random::<u16>)
+    let used = target::used_ports(&target::parse_proc_net_tcp(&sockets.stdout_text()));
+    let port = target::choose_free_port(&used, rand::random::<u16>)
         .ok_or_else(|| anyhow!("no free TCP port between 20000 and 32767 on the target"))?;
     state.port = Some(port);
 
     progress.phase("pushing module");
     let out = shell.run_root(commands::MAKE_TEMP_DIR, &[], None).await?;
-    let dir = remote::parse_temp_dir(&out.stdout_text())
+    let dir = target::parse_temp_dir(&out.stdout_text())
         .ok_or_else(|| anyhow!("mktemp on the target failed: {}", out.stderr_line()))?;
     state.temp_dir = Some(dir.clone());
     let remote_module = format!("{dir}/lime.ko");
@@ -603,7 +601,7 @@ async fn run(
     let out = shell
         .run_root(&commands::sha256(&remote_module), &[], None)
         .await?;
-    let remote_hash = remote::parse_sha256sum(&out.stdout_text())
+    let remote_hash = target::parse_sha256sum(&out.stdout_text())
         .ok_or_else(|| anyhow!("sha256sum of {remote_module} failed: {}", out.stderr_line()))?;
     if remote_hash != module_file.sha256 {
         bail!(
@@ -631,7 +629,7 @@ async fn run(
     .await?;
 
     progress.phase("loading LiME");
-    let lime_args = remote::lime_arguments(port) + &source::lime_extra_arguments(&job.source);
+    let lime_args = target::lime_arguments(port) + &source::lime_extra_arguments(&job.source);
     facts.lime_arguments = lime_args.clone();
     let insmod = shell
         .start_root(&commands::insmod(&remote_module, &lime_args))
@@ -647,7 +645,7 @@ async fn run(
         {
             Some(_) => {
                 drop(sink);
-                return crate::kcore::acquire(
+                return crate::pipeline::source::kcore::acquire(
                     job,
                     &shell,
                     &mut facts.expected_ranges,
@@ -735,7 +733,7 @@ async fn run(
 /// Whether `module` can serve this kernel: the input of `source::choose`.
 fn module_availability(
     module: &ModuleFile,
-    kernel: &remote::KernelInfo,
+    kernel: &target::KernelInfo,
 ) -> source::ModuleAvailability {
     if module.bytes.is_empty() {
         return source::ModuleAvailability::Missing("no LiME module was given (--module)".into());
@@ -749,7 +747,7 @@ fn module_availability(
 }
 
 /// Refuses a module built for another architecture or kernel before it is pushed.
-fn check_module_matches(module: &ModuleFile, kernel: &remote::KernelInfo) -> anyhow::Result<()> {
+fn check_module_matches(module: &ModuleFile, kernel: &target::KernelInfo) -> anyhow::Result<()> {
     let bytes = &module.bytes;
     if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
         bail!(
@@ -859,7 +857,7 @@ async fn wait_for_listener(
             );
         }
         let out = shell.run_plain(commands::TCP_SOCKETS).await?;
-        match remote::listen_state(&remote::parse_proc_net_tcp(&out.stdout_text()), port) {
+        match target::listen_state(&target::parse_proc_net_tcp(&out.stdout_text()), port) {
             ListenState::LoopbackOnly => return Ok(()),
             ListenState::Exposed(address) => {
                 bail!(
@@ -1173,7 +1171,7 @@ async fn cleanup(
             let initialising = shell
                 .run_plain(commands::MODULES)
                 .await
-                .is_ok_and(|m| remote::module_initialising(&m.stdout_text(), "lime"));
+                .is_ok_and(|m| target::module_initialising(&m.stdout_text(), "lime"));
             if !initialising {
                 break;
             }
@@ -1188,7 +1186,7 @@ async fn cleanup(
         let modules = shell.run_plain(commands::MODULES).await;
         let loaded = modules
             .as_ref()
-            .map(|m| remote::module_loaded(&m.stdout_text(), "lime"))
+            .map(|m| target::module_loaded(&m.stdout_text(), "lime"))
             .unwrap_or(true);
         if loaded {
             match shell.run_root(commands::RMMOD_LIME, &[], None).await {
@@ -1202,7 +1200,7 @@ async fn cleanup(
         let still = shell
             .run_plain(commands::MODULES)
             .await
-            .map(|m| remote::module_loaded(&m.stdout_text(), "lime"))
+            .map(|m| target::module_loaded(&m.stdout_text(), "lime"))
             .unwrap_or(true);
         report.module_unloaded = !still;
         if still && report.errors.is_empty() {

@@ -8,6 +8,8 @@
 //! hashing, the sink and the manifest are one code path whatever produced
 //! the bytes.
 
+pub mod kcore;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::shell::Shell;
+use crate::target::shell::Shell;
 use crate::transport::Session;
 
 /// `--method`: how memory is read on the target.
@@ -372,7 +374,7 @@ pub struct SourceRecord {
     pub stored_sha256: Option<String>,
     pub stored_bytes: Option<u64>,
     pub digest: Option<DigestRecord>,
-    pub kcore: Option<crate::kcore::KcoreRecord>,
+    pub kcore: Option<crate::pipeline::source::kcore::KcoreRecord>,
     /// Set only when the test hook altered the received stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_corrupt_offset: Option<u64>,
@@ -826,7 +828,7 @@ pub fn parse_digest(text: &[u8]) -> anyhow::Result<String> {
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(anyhow!(
             "LiME's digest is not a SHA-256 in hex: {:?}",
-            crate::sanitize::one_line(&text)
+            crate::util::sanitize::one_line(&text)
         ));
     }
     Ok(digest)

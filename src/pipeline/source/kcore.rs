@@ -21,12 +21,12 @@ use anyhow::{anyhow, bail};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::capture::{CaptureJob, Received, receive_image};
-use crate::lime_stream::{HEADER_LEN, LIME_MAGIC, LIME_VERSION};
-use crate::progress::CaptureProgress;
-use crate::remote::{self, PhysRange, commands, quote};
-use crate::shell::Shell;
-use crate::sink::ImageSink;
-use crate::source::{ChunkReader, SourceRecord, SourceStream, WireCounter, WireStats};
+use crate::pipeline::lime::{HEADER_LEN, header_bytes};
+use crate::pipeline::sink::ImageSink;
+use crate::pipeline::source::{ChunkReader, SourceRecord, SourceStream, WireCounter, WireStats};
+use crate::target::shell::Shell;
+use crate::target::{self, PhysRange, commands, quote};
+use crate::util::progress::CaptureProgress;
 
 pub const KCORE: &str = "/proc/kcore";
 /// Bytes fetched first: the ELF header and, on every kernel seen, all program headers.
@@ -273,7 +273,7 @@ pub fn explain_read_failure(stderr: &str) -> String {
 pub struct KcoreRecord {
     pub segments_used: Vec<SegmentRecord>,
     /// Parts of System RAM not in the image (partial pages kcore never serves).
-    pub not_covered: Vec<crate::manifest::RangeRecord>,
+    pub not_covered: Vec<crate::record::RangeRecord>,
     pub remote_reads: usize,
 }
 
@@ -305,7 +305,7 @@ pub fn record(plan: &Plan, segments: &[Segment]) -> KcoreRecord {
         not_covered: plan
             .uncovered
             .iter()
-            .map(crate::manifest::RangeRecord::from)
+            .map(crate::record::RangeRecord::from)
             .collect(),
         remote_reads: plan.ranges.iter().map(|r| r.pieces.len()).sum(),
     }
@@ -337,15 +337,6 @@ impl<R> LimeFramer<R> {
     }
 }
 
-pub fn lime_header(range: &PhysRange) -> [u8; HEADER_LEN] {
-    let mut header = [0u8; HEADER_LEN];
-    header[0..4].copy_from_slice(&LIME_MAGIC.to_le_bytes());
-    header[4..8].copy_from_slice(&LIME_VERSION.to_le_bytes());
-    header[8..16].copy_from_slice(&range.start.to_le_bytes());
-    header[16..24].copy_from_slice(&range.end.to_le_bytes());
-    header
-}
-
 impl<R: AsyncRead + Unpin> AsyncRead for LimeFramer<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -370,7 +361,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for LimeFramer<R> {
                 return Poll::Ready(Ok(()));
             }
             let range = this.ranges[this.index];
-            this.header = lime_header(&range);
+            this.header = header_bytes(range);
             this.header_sent = 0;
             this.remaining = range.bytes();
             this.index += 1;
@@ -400,7 +391,7 @@ pub async fn acquire(
     shell: &Shell<'_>,
     expected_ranges: &mut Vec<PhysRange>,
     record: &mut SourceRecord,
-    s3: Option<&mut crate::s3::Destination>,
+    s3: Option<&mut crate::pipeline::sink::s3::Destination>,
     s3_metadata: std::collections::HashMap<String, String>,
     progress: &CaptureProgress,
 ) -> anyhow::Result<Option<(Received, PathBuf)>> {
@@ -420,7 +411,7 @@ pub async fn acquire(
     if !iomem.success() {
         bail!("cannot read /proc/iomem as root: {}", iomem.stderr_line());
     }
-    let ram = remote::parse_iomem_system_ram(&iomem.stdout_text())?;
+    let ram = target::parse_iomem_system_ram(&iomem.stdout_text())?;
     *expected_ranges = ram.clone();
 
     let mut want = HEADER_PROBE;
@@ -447,7 +438,7 @@ pub async fn acquire(
         );
     }
     let ranges = plan.image_ranges();
-    let expected_bytes = remote::lime_image_size(&ranges);
+    let expected_bytes = target::lime_image_size(&ranges);
     if job.dry_run {
         tracing::info!(
             "{host}: dry run: {KCORE} is readable and covers System RAM ({} ranges, {expected_bytes} bytes of image); nothing captured",
@@ -749,7 +740,7 @@ mod tests {
             .read_to_end(&mut out)
             .await
             .unwrap();
-        let mut validator = crate::lime_stream::LimeValidator::new();
+        let mut validator = crate::pipeline::lime::LimeValidator::new();
         validator.feed(&out).unwrap();
         assert_eq!(validator.finish().unwrap(), ranges);
         assert_eq!(&out[32..32 + 4096], &raw[..4096]);
@@ -770,7 +761,7 @@ mod tests {
             .read_to_end(&mut short)
             .await
             .unwrap();
-        let mut validator = crate::lime_stream::LimeValidator::new();
+        let mut validator = crate::pipeline::lime::LimeValidator::new();
         validator.feed(&short).unwrap();
         assert!(validator.finish().is_err());
     }
