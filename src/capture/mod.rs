@@ -7,122 +7,32 @@
 //! gets its final name only after the LiME headers, byte count and ranges all
 //! match /proc/iomem; and `cleanup` runs on every path, Ctrl-C included.
 
-use std::path::{Path, PathBuf};
+mod job;
+mod kcore;
+pub mod manifest;
+
+pub use job::{CaptureJob, ModuleSource, SudoPolicy, default_filename, local_user};
+use job::module_record;
+use crate::repository::ModuleFile;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use bytes::BytesMut;
 use jiff::Timestamp;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::lime::LimeValidator;
 use crate::pipeline::sink::ImageSink;
-use crate::pipeline::source::{self, PlainSource, SourceOptions, SourceStream, Used};
+use crate::pipeline::source::{self, Used};
+use crate::pipeline::{Received, SourceStream, receive};
 use crate::record::audit::AuditLog;
-use crate::record::{self, CleanupReport, Manifest};
+use crate::record::{self, CleanupReport};
+use manifest::Manifest;
 use crate::target::shell::{PendingAudit, Shell};
 use crate::target::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
-use crate::transport::{Endpoint, HostKeyPolicy, RunningCommand, Session, SshOptions};
+use crate::transport::{RunningCommand, Session};
 use crate::util::progress::CaptureProgress;
-use crate::util::secret::Secret;
-
-/// Everything one capture needs, already validated by `config`.
-pub struct CaptureJob {
-    /// Jump hosts in order, then the target.
-    pub route: Vec<Endpoint>,
-    pub host_keys: HostKeyPolicy,
-    pub ssh: SshOptions,
-    /// A module file, or a repository resolved once the kernel is known.
-    pub module: ModuleSource,
-    /// The local image. With `local_image` false only its name (also the S3
-    /// object's) and its directory (the manifest's local copy) are used.
-    pub image_path: PathBuf,
-    pub local_image: bool,
-    /// Stream the image into S3 as well (or only, without `local_image`).
-    pub s3: Option<crate::pipeline::sink::s3::S3Spec>,
-    pub sudo_password: Option<Secret>,
-    /// `--sudo` / `sudo:`, and where the sudo password came from.
-    pub sudo: SudoPolicy,
-    /// Unload a LiME module that is already loaded instead of refusing.
-    pub force: bool,
-    /// Check everything up to loading the module, then clean up.
-    pub dry_run: bool,
-    /// Longest silence tolerated from LiME's stream before the capture fails.
-    pub stream_idle_timeout: Duration,
-    /// Which source produces the stream (LiME, kcore), compression, digest.
-    pub source: SourceOptions,
-}
-
-/// How a capture becomes root: the mode, and where the sudo password came
-/// from (a flag or variable name, never the value), so a refusal says which
-/// secret to check.
-#[derive(Clone, Debug, Default)]
-pub struct SudoPolicy {
-    pub mode: SudoMode,
-    pub password_from: Option<String>,
-}
-
-impl CaptureJob {
-    pub fn target(&self) -> &Endpoint {
-        // config guarantees a non-empty route
-        &self.route[self.route.len() - 1]
-    }
-}
-
-/// Where the LiME module comes from.
-pub enum ModuleSource {
-    /// `--module FILE`, read and hashed before connecting.
-    File(ModuleFile),
-    /// A module repository: resolved in `run` after `uname`, verified before
-    /// anything is written on the target.
-    Repository(crate::repository::RepositorySpec),
-}
-
-impl ModuleSource {
-    /// The module file, when one was given rather than a repository.
-    pub fn file(&self) -> Option<&ModuleFile> {
-        match self {
-            ModuleSource::File(module) => Some(module),
-            ModuleSource::Repository(_) => None,
-        }
-    }
-
-    /// The manifest's record before (or without) resolution.
-    fn record(&self) -> record::ModuleRecord {
-        match self {
-            ModuleSource::File(module) => module_record(module, None),
-            ModuleSource::Repository(spec) => record::ModuleRecord {
-                local_path: String::new(),
-                sha256: String::new(),
-                size: 0,
-                remote_path: String::new(),
-                repository: Some(crate::repository::ModuleOrigin::unresolved(spec)),
-            },
-        }
-    }
-}
-
-fn module_record(
-    module: &ModuleFile,
-    origin: Option<crate::repository::ModuleOrigin>,
-) -> record::ModuleRecord {
-    record::ModuleRecord {
-        local_path: module.path.display().to_string(),
-        sha256: module.sha256.clone(),
-        size: module.bytes.len() as u64,
-        remote_path: String::new(),
-        repository: origin,
-    }
-}
-
-/// The LiME module as read and hashed locally.
-#[derive(Clone)]
-pub struct ModuleFile {
-    pub path: PathBuf,
-    pub bytes: Vec<u8>,
-    pub sha256: String,
-}
 
 /// What a finished capture produced.
 pub struct CaptureOutcome {
@@ -156,35 +66,7 @@ struct Facts {
     material: Option<crate::target::material::Fetched>,
     source: source::SourceRecord,
     /// The module actually used, once known (repository modules after `uname`).
-    module: Option<record::ModuleRecord>,
-}
-
-pub struct Received {
-    pub bytes: u64,
-    pub sha256: String,
-    pub ranges: Vec<PhysRange>,
-}
-
-impl Received {
-    /// The manifest's record of this image, stored at `path`.
-    fn image_record(&self, path: &Path) -> record::ImageRecord {
-        record::ImageRecord {
-            file: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            bytes: self.bytes,
-            sha256: self.sha256.clone(),
-            ranges: self.ranges.iter().map(record::RangeRecord::from).collect(),
-        }
-    }
-}
-
-/// One batch of the stream: `plain` is validated and hashed, and goes to the
-/// sink too unless `store` holds the compressed stream to keep instead.
-pub struct Chunk {
-    pub plain: Vec<bytes::Bytes>,
-    pub store: Option<bytes::Bytes>,
+    module: Option<manifest::ModuleRecord>,
 }
 
 /// The receive path alone, for the tunnel benchmark: connect, stream a
@@ -213,7 +95,7 @@ pub async fn bench_receive(
         let channel = session.open_tcp("127.0.0.1", port).await?;
         let stream = SourceStream::channel(channel, source::WireStats::new(false));
         let (received, sink) =
-            receive_image(stream, sink, job.stream_idle_timeout, progress).await?;
+            receive(stream, sink, job.stream_idle_timeout, progress).await?;
         sink.commit(&received.sha256).await?;
         Ok(received)
     }
@@ -263,7 +145,7 @@ pub async fn bench_receive(
             audit: Vec::new(),
         };
         let path = record::manifest_path_for(&job.image_path);
-        record::write(&path, &manifest)
+        manifest::write(&path, &manifest)
             .with_context(|| format!("writing manifest {}", path.display()))?;
     }
     Ok((result?, s3.as_ref().and_then(|s3| s3.record())))
@@ -393,7 +275,7 @@ pub async fn capture(
         machine: facts.machine.clone(),
         privilege: state.privilege,
         dry_run: job.dry_run,
-        module: record::ModuleRecord {
+        module: manifest::ModuleRecord {
             remote_path: facts.remote_module_path.clone(),
             ..facts.module.clone().unwrap_or_else(|| job.module.record())
         },
@@ -419,7 +301,7 @@ pub async fn capture(
     // The manifest is written on every path past the connection: a failed or
     // dry run still leaves the audit of what was done on the target.
     let manifest_path = record::manifest_path_for(&job.image_path);
-    record::write(&manifest_path, &manifest)
+    manifest::write(&manifest_path, &manifest)
         .with_context(|| format!("writing manifest {}", manifest_path.display()))?;
     let manifest_path = Some(manifest_path);
     if let (Some(s3), Some(image)) = (&state.s3, &manifest.image)
@@ -527,7 +409,7 @@ async fn run(
         // The same profile material as for LiME, so analysis works alike.
         progress.phase("fetching profile material");
         facts.material = Some(crate::target::material::fetch(&shell).await);
-        return crate::pipeline::source::kcore::acquire(
+        return kcore::acquire(
             job,
             &shell,
             &mut facts.expected_ranges,
@@ -645,7 +527,7 @@ async fn run(
         {
             Some(_) => {
                 drop(sink);
-                return crate::pipeline::source::kcore::acquire(
+                return kcore::acquire(
                     job,
                     &shell,
                     &mut facts.expected_ranges,
@@ -664,7 +546,7 @@ async fn run(
     progress.start_bytes(expected_bytes);
     let channel = session.open_tcp("127.0.0.1", port).await?;
     let wire = source::lime_stream(channel, &job.source);
-    let received = receive_image(wire.stream, sink, job.stream_idle_timeout, progress).await;
+    let received = receive(wire.stream, sink, job.stream_idle_timeout, progress).await;
     facts.source.wire_bytes = wire.stats.bytes();
     let (received, sink) = match received {
         Ok(r) => r,
@@ -703,21 +585,7 @@ async fn run(
         }
     }
 
-    if received.ranges != expected {
-        sink.discard();
-        bail!(
-            "LiME sent ranges {} but /proc/iomem lists System RAM {}; the image was not kept",
-            describe_ranges(&received.ranges),
-            describe_ranges(&expected)
-        );
-    }
-    if received.bytes != expected_bytes {
-        sink.discard();
-        bail!(
-            "received {} bytes, expected {expected_bytes}; the image was not kept",
-            received.bytes
-        );
-    }
+    received.check_expected(&expected, "LiME")?;
     if job.s3.is_some() {
         progress.phase("completing the S3 upload");
     }
@@ -870,228 +738,6 @@ async fn wait_for_listener(
             ListenState::Nobody => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-}
-
-/// Pulls the stream through a direct-tcpip channel and hands it to a writer
-/// thread that validates, hashes and writes, so decryption and hashing use
-/// both cores.
-pub async fn receive_image(
-    source: SourceStream,
-    sink: ImageSink,
-    idle_timeout: Duration,
-    progress: &CaptureProgress,
-) -> anyhow::Result<(Received, ImageSink)> {
-    let SourceStream { plain, store_wire } = source;
-    let mut reader = PieceReader::new(plain);
-    // Batches are up to BATCH long: 16 of them queue at most 4 MiB.
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Chunk>(16);
-    let writer = tokio::task::spawn_blocking(move || write_image(receiver, sink));
-    // SHA-256 of the plain stream, here as each batch passes: handing every
-    // batch to a hashing thread of its own cost more CPU in wake-ups than
-    // the hashing it moved (benches/tunnel.sh, two cores).
-    let mut sha256 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    // A read error ends the loop with the error; the writer is then stopped
-    // in one place below.
-    let read: anyhow::Result<()> = 'read: loop {
-        let first = match tokio::time::timeout(idle_timeout, reader.next()).await {
-            Ok(Ok(piece)) => piece,
-            Ok(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
-            Err(_) => {
-                break 'read Err(anyhow!(
-                    "the target sent nothing for {} s; the capture stream stalled",
-                    idle_timeout.as_secs()
-                ));
-            }
-        };
-        let mut eof = first.is_none();
-        let mut pieces: Vec<bytes::Bytes> = first.into_iter().collect();
-        let mut length: usize = pieces.iter().map(|p| p.len()).sum();
-        // Take along what has already arrived, up to BATCH: one hand-off per
-        // 32 KiB SSH packet costs the writer thread a wake-up each.
-        while !eof && length < BATCH {
-            match reader.next_if_ready() {
-                Some(Ok(Some(piece))) => {
-                    length += piece.len();
-                    pieces.push(piece);
-                }
-                Some(Ok(None)) => eof = true,
-                Some(Err(e)) => break 'read Err(anyhow!("the capture stream failed: {e}")),
-                None => break,
-            }
-        }
-        if length > 0 {
-            for piece in &pieces {
-                sha256.update(piece);
-            }
-            progress.add_bytes(length as u64);
-            let store = store_wire.as_ref().map(|wire| wire.take());
-            if sender
-                .send(Chunk {
-                    plain: pieces,
-                    store,
-                })
-                .await
-                .is_err()
-            {
-                break 'read Ok(()); // the writer stopped: its error says why
-            }
-        }
-        if eof {
-            // The end of a compressed stream (its checksum) yields no plain bytes.
-            if let Some(wire) = &store_wire {
-                let rest = wire.take();
-                if !rest.is_empty() {
-                    let _ = sender
-                        .send(Chunk {
-                            plain: Vec::new(),
-                            store: Some(rest),
-                        })
-                        .await;
-                }
-            }
-            break 'read Ok(());
-        }
-    };
-    if let Err(error) = read {
-        drop(sender);
-        let _ = writer.await;
-        return Err(error);
-    }
-    drop(sender);
-    drop(reader);
-    let (result, sink) = writer.await.context("image writer thread")?;
-    match result {
-        Ok((bytes, ranges)) => {
-            let received = Received {
-                bytes,
-                sha256: hex::encode(sha256.finish()),
-                ranges,
-            };
-            Ok((received, sink))
-        }
-        Err(error) => {
-            sink.discard();
-            Err(error)
-        }
-    }
-}
-
-/// How much of the stream one hand-off to the writer thread carries at most.
-const BATCH: usize = 256 << 10;
-
-/// The plain stream as pieces of bytes: the channel's own packets, or what
-/// each read of a byte stream gave (slices of one buffer, not copies).
-enum PieceReader {
-    Stream {
-        stream: source::ByteStream,
-        buffer: BytesMut,
-    },
-    Channel(source::ChannelChunks),
-}
-
-impl PieceReader {
-    fn new(plain: PlainSource) -> Self {
-        match plain {
-            PlainSource::Stream(stream) => PieceReader::Stream {
-                stream,
-                buffer: BytesMut::new(),
-            },
-            PlainSource::Channel(chunks) => PieceReader::Channel(chunks),
-        }
-    }
-
-    /// The next piece; `None` at the end of the stream.
-    async fn next(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
-        match self {
-            PieceReader::Channel(chunks) => Ok(chunks.next().await),
-            PieceReader::Stream { stream, buffer } => {
-                reserve(buffer);
-                let n = stream.read_buf(buffer).await?;
-                Ok((n > 0).then(|| buffer.split().freeze()))
-            }
-        }
-    }
-
-    /// Like `next`, but `None` at once when nothing has arrived yet.
-    fn next_if_ready(&mut self) -> Option<std::io::Result<Option<bytes::Bytes>>> {
-        match self {
-            PieceReader::Channel(chunks) => chunks.next_if_ready().map(Ok),
-            PieceReader::Stream { stream, buffer } => {
-                reserve(buffer);
-                read_if_ready(stream, buffer)
-                    .map(|read| read.map(|n| (n > 0).then(|| buffer.split().freeze())))
-            }
-        }
-    }
-}
-
-/// Room for one more read: small reads into the rest of a buffer keep the
-/// pieces of a batch in one allocation.
-fn reserve(buffer: &mut BytesMut) {
-    if buffer.capacity() - buffer.len() < 64 * 1024 {
-        buffer.reserve(BATCH);
-    }
-}
-
-/// One read that does not wait: `None` when nothing has arrived yet. The
-/// no-op waker is fine because the caller's next read awaits and registers
-/// the real one; `read_buf` is cancel-safe, so dropping it loses nothing.
-fn read_if_ready(
-    stream: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
-    buffer: &mut BytesMut,
-) -> Option<std::io::Result<usize>> {
-    use std::future::Future;
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    let mut read = std::pin::pin!(stream.read_buf(buffer));
-    match read.as_mut().poll(&mut context) {
-        std::task::Poll::Ready(result) => Some(result),
-        std::task::Poll::Pending => None,
-    }
-}
-
-/// Validates and writes the batches; the byte count and the ranges of a
-/// complete image, or why it is not one.
-fn write_image(
-    mut receiver: tokio::sync::mpsc::Receiver<Chunk>,
-    mut sink: ImageSink,
-) -> (anyhow::Result<(u64, Vec<PhysRange>)>, ImageSink) {
-    let mut validator = LimeValidator::new();
-    let mut failure = None;
-    'chunks: while let Some(Chunk { plain, store }) = receiver.blocking_recv() {
-        for piece in &plain {
-            if let Err(e) = validator.feed(piece) {
-                failure = Some(anyhow!("the stream is not a valid LiME image: {e}"));
-                break 'chunks;
-            }
-        }
-        let stored = match store {
-            Some(wire) => vec![wire],
-            None => plain,
-        };
-        for piece in stored {
-            if let Err(e) = sink.write(piece) {
-                failure = Some(e);
-                break 'chunks;
-            }
-        }
-    }
-    if let Some(error) = failure {
-        return (Err(error), sink);
-    }
-    let result = validator
-        .finish()
-        .map(|ranges| (validator.bytes_seen(), ranges))
-        .map_err(|e| anyhow!("the capture is incomplete, image not kept: {e}"))
-        .and_then(|image| sink.end_of_stream().map(|()| image));
-    (result, sink)
-}
-
-fn describe_ranges(ranges: &[PhysRange]) -> String {
-    ranges
-        .iter()
-        .map(|r| format!("{:#x}-{:#x}", r.start, r.end))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Undoes what `run` did on the target, on every path. Reconnects if the

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
+use crate::capture::{CaptureJob, ModuleSource, default_filename, local_user};
+use crate::transport::route::parse_jump_chain;
+use crate::repository::ModuleFile;
 use crate::cli::CaptureArgs;
 use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
@@ -262,42 +264,6 @@ fn jump_hosts(
         .collect())
 }
 
-/// Parses `user@host:port,host2,[::1]:2222`.
-pub fn parse_jump_chain(chain: &str) -> anyhow::Result<Vec<(Option<String>, String, u16)>> {
-    let mut hops = Vec::new();
-    for hop in chain.split(',') {
-        let hop = hop.trim();
-        let bad = || anyhow!("bad jump host {hop:?} in -J: expected [user@]host[:port]");
-        if hop.is_empty() {
-            return Err(bad());
-        }
-        let (user, rest) = match hop.rsplit_once('@') {
-            Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
-            Some(_) => return Err(bad()),
-            None => (None, hop),
-        };
-        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-            let (host, after) = inner.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => 22,
-                None => return Err(bad()),
-            };
-            (host.to_string(), port)
-        } else {
-            match rest.split_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-                None => (rest.to_string(), 22),
-            }
-        };
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        hops.push((user, host, port));
-    }
-    Ok(hops)
-}
-
 /// A secret from the flag (empty value = prompt), else from the environment.
 fn secret_from(flag: Option<&str>, env: &str, prompt: &str) -> anyhow::Result<Option<Secret>> {
     match flag {
@@ -362,27 +328,6 @@ fn read_module(path: &Path) -> anyhow::Result<ModuleFile> {
         bytes,
         sha256,
     })
-}
-
-pub fn default_filename(server: &str) -> String {
-    let safe: String = server
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-    format!("{safe}-{stamp}-mem.lime")
-}
-
-pub fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into())
 }
 
 fn home_dir() -> anyhow::Result<PathBuf> {

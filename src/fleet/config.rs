@@ -25,7 +25,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::yaml::{self, Node, Pos, Value};
-use crate::capture::{CaptureJob, ModuleFile, ModuleSource};
+use crate::capture::{CaptureJob, ModuleSource};
+use crate::repository::ModuleFile;
 use crate::transport::keyfile::decode_secret_key;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 use crate::util::secret::Secret;
@@ -885,7 +886,7 @@ impl Checker {
         let mut hops = Vec::new();
         for item in items {
             if let Value::Str(text) = &item.value {
-                match crate::commands::job::parse_jump_chain(text) {
+                match crate::transport::route::parse_jump_chain(text) {
                     Ok(parsed) => {
                         for (user, addr, port) in parsed {
                             hops.push(HopSpec {
@@ -985,7 +986,7 @@ impl Checker {
         };
         let user = match layered.get_any(&["user", "username"]) {
             Some(n) => self.string(n, "username"),
-            None => Some(crate::commands::job::local_user()),
+            None => Some(crate::capture::local_user()),
         };
 
         // Secrets by reference; inline only when allowed.
@@ -1169,7 +1170,7 @@ impl Checker {
                     Some(f)
                 }
             }),
-            None => name.as_deref().map(crate::commands::job::default_filename),
+            None => name.as_deref().map(crate::capture::default_filename),
         };
 
         // Jump hosts: `jump: NAME` (a chain), `jump: [hops]`, or MargaritaShotgun's `jump_host:`.

@@ -417,16 +417,7 @@ fn append_audit(progress: &CaptureProgress, manifest: &Path) {
 
 /// `<dir>/<prefix>-<name>.log`, the name made safe for a file name.
 pub fn host_log_path(dir: &Path, prefix: Option<&str>, name: &str) -> PathBuf {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::util::sanitize::file_name_part(name);
     match prefix {
         Some(p) => dir.join(format!("{p}-{safe}.log")),
         None => dir.join(format!("{safe}.log")),

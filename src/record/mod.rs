@@ -1,57 +1,48 @@
-//! The capture manifest: a JSON record beside the image of what was captured,
-//! how, and every remote command that ran.
+//! Plain data that every layer records into and the manifest gathers
+//! (`capture::manifest`): physical ranges, how root was reached, the image,
+//! the source, cleanup, and the audit log of remote commands.
 
 pub mod audit;
+mod source;
+
+pub use source::{DigestRecord, Method, SourceRecord, TargetPolicy, Used};
 
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
-
-use crate::record::audit::AuditEntry;
-use crate::target::{PhysRange, Privilege};
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Manifest {
-    pub tool: String,
-    pub tool_version: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub jump_hosts: Vec<String>,
-    pub kernel_release: String,
-    pub machine: String,
-    pub privilege: Option<Privilege>,
-    pub dry_run: bool,
-    pub module: ModuleRecord,
-    pub lime_arguments: String,
-    pub started: Timestamp,
-    pub finished: Timestamp,
-    pub duration_seconds: f64,
-    /// Absent when no complete image was kept.
-    pub image: Option<ImageRecord>,
-    /// System RAM ranges from the target's /proc/iomem.
-    pub expected_ranges: Vec<RangeRecord>,
-    pub error: Option<String>,
-    /// Capture-time profile material (`NAME.material/`) with its hashes.
-    pub material: Option<crate::target::material::MaterialRecord>,
-    /// How the stream was produced (LiME or kcore, and why), wire bytes, digest.
-    pub source: crate::pipeline::source::SourceRecord,
-    /// The S3 upload, when `--bucket` was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub s3: Option<crate::pipeline::sink::s3::S3Record>,
-    pub cleanup: CleanupReport,
-    pub audit: Vec<AuditEntry>,
+/// A physical memory range, both ends inclusive (as /proc/iomem and LiME write them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct PhysRange {
+    pub start: u64,
+    pub end: u64,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ModuleRecord {
-    pub local_path: String,
-    pub sha256: String,
-    pub size: u64,
-    pub remote_path: String,
-    /// Where a module repository's module came from (URL, signing key, entry).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub repository: Option<crate::repository::ModuleOrigin>,
+impl PhysRange {
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
+/// How commands become root on the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privilege {
+    /// Logged in as root.
+    Root,
+    /// `sudo -n` works (NOPASSWD).
+    SudoNoPassword,
+    /// sudo wants a password; it is written to sudo's stdin, never to argv.
+    SudoPassword,
+}
+
+impl Privilege {
+    /// How the run became root, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Privilege::Root => "root login",
+            Privilege::SudoNoPassword => "sudo without a password",
+            Privilege::SudoPassword => "sudo with a password",
+        }
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -100,12 +91,6 @@ pub fn sidecar_path(image: &Path, suffix: &str) -> PathBuf {
         .unwrap_or_default();
     let stem = name.strip_suffix(".lime").unwrap_or(&name);
     image.with_file_name(format!("{stem}.{suffix}"))
-}
-
-pub fn write(path: &Path, manifest: &Manifest) -> std::io::Result<()> {
-    let mut text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
-    text.push(b'\n');
-    crate::pipeline::sink::write_small_file(path, &text)
 }
 
 #[cfg(test)]

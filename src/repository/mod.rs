@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::capture::ModuleFile;
 pub use manifest::{ModuleEntry, RepoManifest};
 pub use signature::TrustedKey;
 
@@ -555,4 +554,12 @@ mod tests {
             "{error}"
         );
     }
+}
+
+/// The LiME module as read and hashed locally.
+#[derive(Clone)]
+pub struct ModuleFile {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
 }

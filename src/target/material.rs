@@ -172,12 +172,12 @@ fn store(image: &Path, fetched: &Fetched) -> anyhow::Result<MaterialRecord> {
         .unwrap_or_default();
     let result = (|| -> anyhow::Result<()> {
         for (name, bytes) in &fetched.contents {
-            crate::pipeline::sink::write_small_file(&part.join(name), bytes)
+            crate::util::fs::write_small_file(&part.join(name), bytes)
                 .with_context(|| format!("writing {}", part.join(name).display()))?;
         }
         let mut index = serde_json::to_vec_pretty(&record)?;
         index.push(b'\n');
-        crate::pipeline::sink::write_small_file(&part.join(INDEX), &index)?;
+        crate::util::fs::write_small_file(&part.join(INDEX), &index)?;
         std::fs::rename(&part, &dir)
             .with_context(|| format!("renaming {} to {}", part.display(), dir.display()))?;
         Ok(())

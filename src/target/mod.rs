@@ -50,28 +50,9 @@ impl SudoMode {
     }
 }
 
-/// How commands become root on the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Privilege {
-    /// Logged in as root.
-    Root,
-    /// `sudo -n` works (NOPASSWD).
-    SudoNoPassword,
-    /// sudo wants a password; it is written to sudo's stdin, never to argv.
-    SudoPassword,
-}
+pub use crate::record::{PhysRange, Privilege};
 
 impl Privilege {
-    /// How the run became root, for people.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Privilege::Root => "root login",
-            Privilege::SudoNoPassword => "sudo without a password",
-            Privilege::SudoPassword => "sudo with a password",
-        }
-    }
-
     /// The command line that runs `command` as root.
     pub fn wrap(self, command: &str) -> String {
         match self {
@@ -139,19 +120,6 @@ pub fn parse_kernel_info(stdout: &str) -> Option<KernelInfo> {
         machine,
         uid,
     })
-}
-
-/// A physical memory range, both ends inclusive (as /proc/iomem and LiME write them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct PhysRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl PhysRange {
-    pub fn bytes(&self) -> u64 {
-        self.end - self.start + 1
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 pub mod keyfile;
 pub mod known_hosts;
+pub mod route;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -32,6 +32,17 @@ pub fn error_chain(error: &anyhow::Error) -> String {
     line
 }
 
+/// `text` as part of a file name or an object key: ASCII letters, digits,
+/// `.`, `-` and `_` are kept, anything else becomes `_`.
+pub fn file_name_part(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            c if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') => c,
+            _ => '_',
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,7 +149,7 @@ impl BucketRequest {
 impl S3Spec {
     /// `PREFIX/HOST/NAME`, the image's key.
     pub fn image_key(&self, host: &str, name: &str) -> String {
-        let host = safe_key_part(host);
+        let host = crate::util::sanitize::file_name_part(host);
         if self.prefix.is_empty() {
             format!("{host}/{name}")
         } else {
@@ -159,18 +159,6 @@ impl S3Spec {
 }
 
 /// Host names may hold `:` (IPv6) or `%` (scope): keep keys plain.
-fn safe_key_part(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Validates `--sse` and `--sse-kms-key-id`.
 pub fn parse_sse(sse: Option<&str>, kms_key_id: Option<&str>) -> anyhow::Result<Option<Sse>> {
     match (sse, kms_key_id) {
