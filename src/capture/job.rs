@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pipeline::source::SourceOptions;
 use super::manifest;
+use crate::pipeline::source::SourceOptions;
 use crate::repository::ModuleFile;
 use crate::target::SudoMode;
 use crate::transport::{Endpoint, HostKeyPolicy, SshOptions};

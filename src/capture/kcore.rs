@@ -100,7 +100,13 @@ pub async fn acquire(
     let stats = WireStats::new(false);
     let raw = WireCounter::new(ChunkReader::new(stdout), stats.clone());
     let framed = StreamSource::new(Box::new(LimeFramer::new(raw, ranges.clone())));
-    let received = receive(SourceStream::new(framed), sink, job.stream_idle_timeout, progress).await;
+    let received = receive(
+        SourceStream::new(framed),
+        sink,
+        job.stream_idle_timeout,
+        progress,
+    )
+    .await;
     record.wire_bytes = stats.bytes();
     record.stored_as = "plain".into();
     let (received, sink) = match received {

@@ -11,16 +11,15 @@ mod job;
 mod kcore;
 pub mod manifest;
 
-pub use job::{CaptureJob, ModuleSource, SudoPolicy, default_filename, local_user};
-use job::module_record;
 use crate::repository::ModuleFile;
+use job::module_record;
+pub use job::{CaptureJob, ModuleSource, SudoPolicy, default_filename, local_user};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use jiff::Timestamp;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::sink::ImageSink;
@@ -28,11 +27,11 @@ use crate::pipeline::source::{self, Used};
 use crate::pipeline::{Received, SourceStream, receive};
 use crate::record::audit::AuditLog;
 use crate::record::{self, CleanupReport};
-use manifest::Manifest;
 use crate::target::shell::{PendingAudit, Shell};
 use crate::target::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
 use crate::transport::{RunningCommand, Session};
 use crate::util::progress::CaptureProgress;
+use manifest::Manifest;
 
 /// What a finished capture produced.
 pub struct CaptureOutcome {
@@ -93,9 +92,9 @@ pub async fn bench_receive(
     .await?;
     let result: anyhow::Result<Received> = async {
         let channel = session.open_tcp("127.0.0.1", port).await?;
-        let stream = SourceStream::channel(channel, source::WireStats::new(false));
-        let (received, sink) =
-            receive(stream, sink, job.stream_idle_timeout, progress).await?;
+        let chunks = source::ChannelChunks::new(channel, source::WireStats::new(false));
+        let stream = SourceStream::new(chunks);
+        let (received, sink) = receive(stream, sink, job.stream_idle_timeout, progress).await?;
         sink.commit(&received.sha256).await?;
         Ok(received)
     }

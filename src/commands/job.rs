@@ -10,10 +10,10 @@ use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
 use crate::capture::{CaptureJob, ModuleSource, default_filename, local_user};
-use crate::transport::route::parse_jump_chain;
-use crate::repository::ModuleFile;
 use crate::cli::CaptureArgs;
+use crate::repository::ModuleFile;
 use crate::transport::keyfile::decode_secret_key;
+use crate::transport::route::parse_jump_chain;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 use crate::util::secret::Secret;
 

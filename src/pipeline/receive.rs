@@ -174,7 +174,6 @@ pub async fn receive<S: Source, K: Sink>(
     }
 }
 
-
 /// Validates and writes the batches; the byte count and the ranges of a
 /// complete image, or why it is not one.
 fn write_image<K: Sink>(

@@ -4,6 +4,7 @@
 
 pub mod s3;
 
+use crate::pipeline::Sink;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -199,26 +200,6 @@ impl ImageSink {
         })
     }
 
-    /// Writer thread only: the S3 side may block while all parts are in flight.
-    pub fn write(&mut self, data: bytes::Bytes) -> anyhow::Result<()> {
-        self.written += data.len() as u64;
-        if let Some(s3) = &mut self.s3 {
-            s3.write(&data)?;
-        }
-        if let Some(file) = &mut self.file {
-            file.write(data)?;
-        }
-        Ok(())
-    }
-
-    /// Writer thread only, once the stream is known whole: sends the last part.
-    pub fn end_of_stream(&mut self) -> anyhow::Result<()> {
-        match &mut self.s3 {
-            Some(s3) => s3.finish(),
-            None => Ok(()),
-        }
-    }
-
     /// Gives the local file its final name, then completes the S3 upload and
     /// checks the object against `stored_sha256` (of the bytes written).
     /// Returns the local image's path, if there is one.
@@ -244,6 +225,28 @@ impl ImageSink {
     /// Removes the partial file; the S3 upload is aborted by its owner
     /// (`capture` aborts it on every path that did not complete it).
     pub fn discard(self) {}
+}
+
+impl Sink for ImageSink {
+    /// Writer thread only: the S3 side may block while all parts are in flight.
+    fn write(&mut self, data: bytes::Bytes) -> anyhow::Result<()> {
+        self.written += data.len() as u64;
+        if let Some(s3) = &mut self.s3 {
+            s3.write(&data)?;
+        }
+        if let Some(file) = &mut self.file {
+            file.write(data)?;
+        }
+        Ok(())
+    }
+
+    /// Writer thread only, once the stream is known whole: sends the last part.
+    fn end_of_stream(&mut self) -> anyhow::Result<()> {
+        match &mut self.s3 {
+            Some(s3) => s3.finish(),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-
 use anyhow::{anyhow, bail};
 use tokio::io::{AsyncRead, ReadBuf};
 

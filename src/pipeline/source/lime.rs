@@ -2,7 +2,6 @@
 //! inflated), its arguments, and the digest LiME offers after the image.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,8 @@ use anyhow::{anyhow, bail};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use super::stream::{ByteStream, StreamSource, WireStats, plain_stream};
 use super::SourceOptions;
+use super::stream::{ByteStream, StreamSource, WireStats, plain_stream};
 use crate::pipeline::{Source, SourceStream};
 use crate::record::{DigestRecord, SourceRecord};
 use crate::transport::Session;
@@ -26,14 +25,14 @@ pub enum LimeSource {
 impl Source for LimeSource {
     async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
         match self {
-            LimeSource::Channel(chunks) => Ok(chunks.next().await),
+            LimeSource::Channel(chunks) => chunks.next().await,
             LimeSource::Stream(stream) => stream.next().await,
         }
     }
 
     fn next_if_ready(&mut self) -> Option<std::io::Result<Option<Bytes>>> {
         match self {
-            LimeSource::Channel(chunks) => chunks.next_if_ready().map(Ok),
+            LimeSource::Channel(chunks) => chunks.next_if_ready(),
             LimeSource::Stream(stream) => stream.next_if_ready(),
         }
     }
@@ -122,14 +121,12 @@ impl ChannelChunks {
     }
 
     /// The next data packet; `None` once the channel is at its end.
-    pub async fn next(&mut self) -> Option<bytes::Bytes> {
+    async fn packet(&mut self) -> Option<Bytes> {
         let channel = self.channel.as_mut()?;
         loop {
             match channel.wait().await {
                 Some(russh::ChannelMsg::Data { data }) if !data.is_empty() => {
-                    self.stats
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.stats.count(data.len());
                     return Some(data);
                 }
                 Some(russh::ChannelMsg::Eof | russh::ChannelMsg::Close) | None => {
@@ -142,19 +139,6 @@ impl ChannelChunks {
         }
     }
 
-    /// Like `next`, but `None` at once when nothing has arrived yet. The
-    /// no-op waker is fine because the caller's next `next` awaits and
-    /// registers the real one; the channel's receive is cancel-safe.
-    pub fn next_if_ready(&mut self) -> Option<Option<bytes::Bytes>> {
-        use std::future::Future;
-        let mut context = Context::from_waker(std::task::Waker::noop());
-        let mut next = std::pin::pin!(self.next());
-        match next.as_mut().poll(&mut context) {
-            Poll::Ready(chunk) => Some(chunk),
-            Poll::Pending => None,
-        }
-    }
-
     /// Closes the channel without waiting; the target's sshd then drops its
     /// connection to LiME, which LiME needs before the module can unload.
     fn close(&mut self) {
@@ -164,6 +148,24 @@ impl ChannelChunks {
             runtime.spawn(async move {
                 let _ = channel.close().await;
             });
+        }
+    }
+}
+
+impl Source for ChannelChunks {
+    async fn next(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self.packet().await)
+    }
+
+    /// The no-op waker is fine because the caller's next `next` awaits and
+    /// registers the real one; the channel's receive is cancel-safe.
+    fn next_if_ready(&mut self) -> Option<std::io::Result<Option<Bytes>>> {
+        use std::future::Future;
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        let mut packet = std::pin::pin!(self.packet());
+        match packet.as_mut().poll(&mut context) {
+            Poll::Ready(chunk) => Some(Ok(chunk)),
+            Poll::Pending => None,
         }
     }
 }

@@ -1,34 +1,21 @@
-//! The stream source side of a capture: which method produces the LiME byte
-//! stream (LiME over direct-tcpip, zlib-compressed LiME, or /proc/kcore read
-//! with dd), the choice between them, and the readers that sit between the
-//! wire and the shared writer (wire-byte counting, zlib inflation, the kernel's
-//! own digest, a test-only corruption hook).
-//!
-//! Every source ends in the same `capture::receive_image`, so validation,
-//! hashing, the sink and the manifest are one code path whatever produced
-//! the bytes.
+//! The sources of the capture pipeline: LiME over direct-tcpip (`lime`),
+//! plain or zlib-compressed, and /proc/kcore read with dd (`kcore`); the
+//! byte-stream layers between the wire and `receive` (`stream`); and here,
+//! the one choice between LiME and kcore (`decide`), from the flags and one
+//! probe of the target's policy.
 
 pub mod kcore;
 mod lime;
 mod stream;
 
 pub use crate::record::{Method, SourceRecord, TargetPolicy, Used};
-pub use lime::{ChannelChunks, LimeSource, LimeWire, check_lime_digest, lime_extra_arguments, lime_stream};
+pub use lime::{ChannelChunks, check_lime_digest, lime_extra_arguments, lime_stream};
 pub(crate) use stream::BATCH;
-pub use stream::{ByteStream, ChunkReader, StreamSource, WireCounter, WireStats, plain_stream};
+pub use stream::{ChunkReader, StreamSource, WireCounter, WireStats};
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
-
-use anyhow::{anyhow, bail};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use anyhow::bail;
 
 use crate::target::shell::Shell;
-use crate::transport::Session;
 
 /// Source choices from the command line, validated by `config`.
 #[derive(Clone, Debug)]
@@ -259,10 +246,12 @@ pub fn module_is_signed(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::lime::parse_digest;
-    use super::stream::{CorruptAt, Inflate};
+    use super::stream::{CorruptAt, Inflate, plain_stream};
+    use super::*;
+    use sha2::{Digest, Sha256};
     use std::io::Write;
+    use tokio::io::{AsyncRead, AsyncReadExt};
 
     fn policy(text: &str) -> TargetPolicy {
         parse_policy(text)

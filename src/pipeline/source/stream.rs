@@ -111,6 +111,10 @@ impl WireStats {
             None => bytes::Bytes::new(),
         }
     }
+    /// Counts `n` bytes that arrived without passing a `WireCounter`.
+    pub fn count(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
