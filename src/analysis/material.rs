@@ -13,60 +13,12 @@ use anyhow::{Context, bail};
 use memimage::material::{self, Derived, Material};
 use memimage::profile::Selection;
 use memimage::{Kernel, PhysicalMemory, Profile};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The material files, in fetch order (see `material::SOURCES`).
-pub const FILES: &[&str] = &[
-    "vmlinux.btf",
-    "kallsyms",
-    "iomem",
-    "version",
-    "uname",
-    "os-release",
-    "cmdline",
-];
-
-pub const INDEX: &str = "index.json";
-
-/// The material's record, in the manifest and in `index.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct MaterialRecord {
-    /// The sidecar directory's name (beside the image); empty when nothing
-    /// was stored (dry run, failed capture).
-    pub dir: String,
-    pub files: Vec<MaterialFile>,
-    /// Sources the target could not provide, and why.
-    pub missing: Vec<MissingFile>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MaterialFile {
-    pub name: String,
-    pub source: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MissingFile {
-    pub name: String,
-    pub source: String,
-    pub error: String,
-}
+use crate::record::material::{FILES, INDEX, MaterialRecord, dir_for};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `dir/NAME.lime` -> `dir/NAME.material` (other names get `.material` appended).
-pub fn dir_for(image: &Path) -> PathBuf {
-    let name = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".lime").unwrap_or(&name);
-    image.with_file_name(format!("{stem}.material"))
 }
 
 /// Material read back from disk.
@@ -271,6 +223,7 @@ fn build<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::material::MaterialFile;
 
     #[test]
     fn material_dir_is_a_sidecar() {

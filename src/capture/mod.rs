@@ -638,7 +638,7 @@ fn check_module_matches(module: &ModuleFile, kernel: &target::KernelInfo) -> any
             kernel.machine
         );
     }
-    if let Some(vermagic) = find_vermagic(bytes)
+    if let Some(vermagic) = crate::repository::manifest::find_vermagic(bytes)
         && vermagic != kernel.release
     {
         bail!(
@@ -649,15 +649,6 @@ fn check_module_matches(module: &ModuleFile, kernel: &target::KernelInfo) -> any
         );
     }
     Ok(())
-}
-
-/// The kernel release in a module's `vermagic=` modinfo string.
-pub fn find_vermagic(module: &[u8]) -> Option<String> {
-    let needle = b"vermagic=";
-    let start = module.windows(needle.len()).position(|w| w == needle)? + needle.len();
-    let rest = &module[start..];
-    let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
-    String::from_utf8(rest[..end].to_vec()).ok()
 }
 
 async fn become_root(shell: &Shell<'_>, uid: u32, sudo: &SudoPolicy) -> anyhow::Result<Privilege> {

@@ -73,7 +73,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         (args.input.clone(), None)
     } else if args.input.is_file() {
         (
-            crate::analysis::material::dir_for(&args.input),
+            crate::record::material::dir_for(&args.input),
             Some(&args.input),
         )
     } else {

@@ -3,9 +3,10 @@
 //! the source, cleanup, and the audit log of remote commands.
 
 pub mod audit;
+pub mod material;
 mod source;
 
-pub use source::{DigestRecord, Method, SourceRecord, TargetPolicy, Used};
+pub use source::{DigestRecord, KcoreRecord, Method, SegmentRecord, SourceRecord, TargetPolicy, Used};
 
 use std::path::{Path, PathBuf};
 

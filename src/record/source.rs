@@ -60,7 +60,7 @@ pub struct SourceRecord {
     pub stored_sha256: Option<String>,
     pub stored_bytes: Option<u64>,
     pub digest: Option<DigestRecord>,
-    pub kcore: Option<crate::pipeline::source::kcore::KcoreRecord>,
+    pub kcore: Option<KcoreRecord>,
     /// Set only when the test hook altered the received stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_corrupt_offset: Option<u64>,
@@ -74,4 +74,21 @@ pub struct DigestRecord {
     /// What mshot computed over what it received (after inflation).
     pub mshot: String,
     pub matches: bool,
+}
+
+/// What the manifest says about a kcore capture.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KcoreRecord {
+    pub segments_used: Vec<SegmentRecord>,
+    /// Parts of System RAM not in the image (partial pages kcore never serves).
+    pub not_covered: Vec<super::RangeRecord>,
+    pub remote_reads: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SegmentRecord {
+    pub file_offset: String,
+    pub vaddr: String,
+    pub paddr: String,
+    pub bytes: u64,
 }

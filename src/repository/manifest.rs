@@ -204,7 +204,7 @@ pub fn module_facts(bytes: &[u8]) -> anyhow::Result<ModuleFacts> {
         183 => "aarch64",
         other => bail!("ELF machine {other} is not one mshot supports"),
     };
-    let release = crate::capture::find_vermagic(bytes)
+    let release = find_vermagic(bytes)
         .ok_or_else(|| anyhow!("no vermagic= in its modinfo: not a kernel module?"))?;
     if !is_release(&release) {
         bail!("vermagic names an odd kernel release {release:?}");
@@ -321,6 +321,15 @@ fn read_build_json(text: &[u8], facts: &ModuleFacts) -> anyhow::Result<(String, 
         sidecar.lime_version.unwrap_or_else(|| "unknown".into()),
         sidecar.build,
     ))
+}
+
+/// The kernel release in a module's `vermagic=` modinfo string.
+pub fn find_vermagic(module: &[u8]) -> Option<String> {
+    let needle = b"vermagic=";
+    let start = module.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let rest = &module[start..];
+    let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
+    String::from_utf8(rest[..end].to_vec()).ok()
 }
 
 #[cfg(test)]
@@ -477,3 +486,4 @@ mod tests {
         }
     }
 }
+

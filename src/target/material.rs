@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-pub use crate::analysis::material::{INDEX, MaterialFile, MaterialRecord, MissingFile, dir_for};
+pub use crate::record::material::{INDEX, MaterialFile, MaterialRecord, MissingFile, dir_for};
 use crate::target::shell::Shell;
 
 /// One file of material and the command that produced it on the target.
@@ -241,6 +241,6 @@ mod tests {
     #[test]
     fn sources_are_the_files_read_back() {
         let names: Vec<&str> = SOURCES.iter().map(|s| s.file).collect();
-        assert_eq!(names, crate::analysis::material::FILES);
+        assert_eq!(names, crate::record::material::FILES);
     }
 }

@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::pipeline::lime::{HEADER_LEN, header_bytes};
+use crate::record::{KcoreRecord, SegmentRecord};
 use crate::target::{PhysRange, quote};
 
 pub const KCORE: &str = "/proc/kcore";
@@ -259,23 +260,6 @@ pub fn explain_read_failure(stderr: &str) -> String {
     } else {
         format!("cannot read {KCORE}: {stderr}")
     }
-}
-
-/// What the manifest says about a kcore capture.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct KcoreRecord {
-    pub segments_used: Vec<SegmentRecord>,
-    /// Parts of System RAM not in the image (partial pages kcore never serves).
-    pub not_covered: Vec<crate::record::RangeRecord>,
-    pub remote_reads: usize,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct SegmentRecord {
-    pub file_offset: String,
-    pub vaddr: String,
-    pub paddr: String,
-    pub bytes: u64,
 }
 
 pub fn record(plan: &Plan, segments: &[Segment]) -> KcoreRecord {
