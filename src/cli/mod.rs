@@ -4,6 +4,14 @@
 //! MargaritaShotgun's flag names are kept (`--username`, `--jump-server`,
 //! `--filename`, `--output-dir`, `--log-dir`, ...) so its users can switch.
 
+mod analyze;
+mod profile;
+mod repo;
+
+pub use analyze::{AnalyzeArgs, OutputFormat};
+pub use profile::{ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
+pub use repo::{RepoArgs, RepoCommand};
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,11 +37,11 @@ pub enum Command {
     /// Capture one host (the default when no subcommand is given).
     Capture(CaptureArgs),
     /// Analyse a memory image offline: mshot analyze IMAGE pstree [psaux ...] [--profile PATH].
-    Analyze(crate::analysis::AnalyzeArgs),
+    Analyze(AnalyzeArgs),
     /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
-    Profile(crate::commands::profile::ProfileArgs),
+    Profile(ProfileArgs),
     /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
-    Repo(crate::commands::repo::RepoArgs),
+    Repo(RepoArgs),
     /// Upload an image captured to disk earlier, with its manifest:
     /// mshot upload IMAGE --bucket B [--prefix P ...].
     Upload(UploadArgs),

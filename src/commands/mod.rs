@@ -1,6 +1,7 @@
 //! One entry point per command: each turns flags into the work below it,
 //! prints the outcome and chooses the exit code (docs/exit-codes.md).
 
+mod analyze;
 mod capture;
 mod fleet;
 pub mod job;
@@ -40,7 +41,7 @@ fn verdict_code(a: &crate::analysis::Analysis) -> u8 {
 pub fn run(cli: Cli) -> u8 {
     let (args, bench_port) = match &cli.command {
         Some(Command::Analyze(args)) => {
-            return match crate::analysis::run(args) {
+            return match analyze::run(args) {
                 Ok(analysis) => verdict_code(&analysis),
                 Err(e) => {
                     eprintln!("mshot: {e:#}");

@@ -6,7 +6,9 @@ pub mod audit;
 pub mod material;
 mod source;
 
-pub use source::{DigestRecord, KcoreRecord, Method, SegmentRecord, SourceRecord, TargetPolicy, Used};
+pub use source::{
+    DigestRecord, KcoreRecord, Method, SegmentRecord, SourceRecord, TargetPolicy, Used,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,39 @@
+//! Flags of `mshot profile`.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    pub command: ProfileCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ProfileCommand {
+    /// Write the profile built from a capture's material (BTF + kallsyms):
+    /// mshot profile export IMAGE_OR_MATERIAL_DIR -o FILE.json.xz
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Volatility 3 Intermediate Symbol Format (6.2.0).
+    Isf,
+    /// Rekall JSON profile.
+    Rekall,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// A memory image with its NAME.material/ directory beside it, or that directory.
+    pub input: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "isf")]
+    pub format: ExportFormat,
+    /// Output file; .json.xz and .json.gz are compressed, anything else is plain JSON.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
