@@ -98,11 +98,10 @@ pub fn run(cli: Cli) -> u8 {
             None => capture::run(&args).await,
         }
     });
-    let code = runtime.block_on(capture).unwrap_or_else(|e| {
+    runtime.block_on(capture).unwrap_or_else(|e| {
         eprintln!("mshot: internal error ({e}); please report it");
         exit::FAILED
-    });
-    code
+    })
 }
 
 /// stderr gets warnings (info with -v, debug with -vv); `--log-dir` gets everything at debug.

@@ -88,10 +88,16 @@ pub async fn check_lime_digest(
     record: &mut SourceRecord,
 ) -> anyhow::Result<()> {
     let lime = fetch_lime_digest(session, port).await?;
+    compare_digest(&lime, computed, record)
+}
+
+/// Holds LiME's digest against mshot's; a mismatch is an error and the
+/// record keeps both values either way.
+pub fn compare_digest(lime: &str, computed: &str, record: &mut SourceRecord) -> anyhow::Result<()> {
     let matches = lime == computed;
     record.digest = Some(DigestRecord {
         algorithm: "sha256".into(),
-        lime: lime.clone(),
+        lime: lime.to_string(),
         mshot: computed.to_string(),
         matches,
     });
