@@ -205,7 +205,7 @@ pub async fn capture(
     progress.phase("connecting");
     let s3 = tokio::select! {
         s = prepare_s3(job) => s?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted by Ctrl-C while checking the S3 bucket; nothing was changed on the target"),
+        _ = cancel.cancelled() => bail!("interrupted while checking the S3 bucket; nothing was changed on the target"),
     };
     let session = tokio::select! {
         s = Session::connect(&job.route, &job.host_keys, &job.ssh) => s?,
@@ -780,7 +780,7 @@ async fn cleanup(
             if let Some(port) = state.port
                 && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
             {
-                let _ = channel.close().await;
+                channel.close().await;
             }
             for _ in 0..10 {
                 if command.is_finished() {
@@ -812,7 +812,7 @@ async fn cleanup(
                 break;
             }
             if let Ok(channel) = session.open_tcp("127.0.0.1", port).await {
-                let _ = channel.close().await;
+                channel.close().await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

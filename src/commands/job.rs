@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::capture::{CaptureJob, ModuleSource, default_filename, local_user};
 use crate::cli::CaptureArgs;
 use crate::repository::ModuleFile;
-use crate::transport::keyfile::decode_secret_key;
+use crate::transport::keyfile::{decode_secret_key, needs_passphrase};
 use crate::transport::route::parse_jump_chain;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 use crate::util::secret::Secret;
@@ -287,7 +287,7 @@ fn load_key(path: &Path, password: Option<&Secret>) -> anyhow::Result<LoadedKey>
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     let decoded = match decode_secret_key(&text, None) {
         Ok(key) => key,
-        Err(russh::keys::Error::KeyIsEncrypted) => {
+        Err(e) if needs_passphrase(&e) => {
             let passphrase = match std::env::var(ENV_KEY_PASSPHRASE) {
                 Ok(p) => Secret::new(p),
                 Err(_) => match password {

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::yaml::{self, Node, Pos, Value};
 use crate::capture::{CaptureJob, ModuleSource};
 use crate::repository::ModuleFile;
-use crate::transport::keyfile::decode_secret_key;
+use crate::transport::keyfile::{decode_secret_key, needs_passphrase};
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
 use crate::util::secret::Secret;
 
@@ -1389,7 +1389,7 @@ impl Checker {
         };
         let key = match decode_secret_key(&text, None) {
             Ok(key) => key,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
+            Err(e) if needs_passphrase(&e) => {
                 let passphrase = match passphrase_env {
                     Some(n) => self.env_secret(n, "key_passphrase_env")?,
                     None => match password {

@@ -45,6 +45,11 @@ pub fn decode_secret_key(
     }
 }
 
+/// Whether decoding failed only for want of a passphrase.
+pub fn needs_passphrase(e: &russh::keys::Error) -> bool {
+    matches!(e, russh::keys::Error::KeyIsEncrypted)
+}
+
 fn is_length_error(e: &russh::keys::Error) -> bool {
     matches!(
         e,

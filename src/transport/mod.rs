@@ -10,6 +10,9 @@
 pub mod keyfile;
 pub mod known_hosts;
 pub mod route;
+mod tunnel;
+
+pub use tunnel::Tunnel;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -421,14 +424,11 @@ impl Session {
     }
 
     /// Opens a channel to `host:port` as the target sees it (direct-tcpip).
-    pub async fn open_tcp(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Result<russh::Channel<client::Msg>, SshError> {
+    pub async fn open_tcp(&self, host: &str, port: u16) -> Result<Tunnel, SshError> {
         self.target
             .channel_open_direct_tcpip(host.to_string(), port as u32, "127.0.0.1", 0)
             .await
+            .map(Tunnel::new)
             .map_err(|source| SshError::Tunnel {
                 endpoint: self.label.clone(),
                 target: format!("{host}:{port}"),

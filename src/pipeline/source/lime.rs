@@ -13,7 +13,7 @@ use super::SourceOptions;
 use super::stream::{ByteStream, StreamSource, WireStats, plain_stream};
 use crate::pipeline::{Source, SourceStream};
 use crate::record::{DigestRecord, SourceRecord};
-use crate::transport::Session;
+use crate::transport::{Session, Tunnel};
 
 /// LiME's stream as `receive` reads it: the channel's own packets when
 /// uncompressed, else a byte stream (inflated, or with the test hook).
@@ -45,10 +45,7 @@ pub struct LimeWire {
 }
 
 /// Wraps LiME's direct-tcpip stream as the options ask.
-pub fn lime_stream(
-    channel: russh::Channel<russh::client::Msg>,
-    options: &SourceOptions,
-) -> LimeWire {
+pub fn lime_stream(channel: Tunnel, options: &SourceOptions) -> LimeWire {
     if !options.compress && options.corrupt_offset.is_none() {
         let stats = WireStats::new(false);
         let chunks = ChannelChunks::new(channel, stats.clone());
@@ -110,50 +107,34 @@ pub fn compare_digest(lime: &str, computed: &str, record: &mut SourceRecord) -> 
     Ok(())
 }
 
-/// The data packets of a channel, as russh decoded them. Passing these
-/// buffers on saves a copy of every byte and a fresh buffer per batch, a
-/// tenth of the capture's CPU.
+/// LiME's uncompressed stream as the channel's own packets, counted.
+/// Dropping it closes the channel, which LiME needs before it can unload.
 pub struct ChannelChunks {
-    channel: Option<russh::Channel<russh::client::Msg>>,
+    tunnel: Option<Tunnel>,
     stats: Arc<WireStats>,
 }
 
 impl ChannelChunks {
-    pub fn new(channel: russh::Channel<russh::client::Msg>, stats: Arc<WireStats>) -> Self {
+    pub fn new(tunnel: Tunnel, stats: Arc<WireStats>) -> Self {
         ChannelChunks {
-            channel: Some(channel),
+            tunnel: Some(tunnel),
             stats,
         }
     }
 
     /// The next data packet; `None` once the channel is at its end.
     async fn packet(&mut self) -> Option<Bytes> {
-        let channel = self.channel.as_mut()?;
-        loop {
-            match channel.wait().await {
-                Some(russh::ChannelMsg::Data { data }) if !data.is_empty() => {
-                    self.stats.count(data.len());
-                    return Some(data);
-                }
-                Some(russh::ChannelMsg::Eof | russh::ChannelMsg::Close) | None => {
-                    self.close();
-                    return None;
-                }
-                // Window adjustments, stderr-like data: not the stream.
-                Some(_) => {}
-            }
+        let packet = self.tunnel.as_mut()?.packet().await;
+        match &packet {
+            Some(data) => self.stats.count(data.len()),
+            None => self.close(),
         }
+        packet
     }
 
-    /// Closes the channel without waiting; the target's sshd then drops its
-    /// connection to LiME, which LiME needs before the module can unload.
     fn close(&mut self) {
-        if let Some(channel) = self.channel.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = channel.close().await;
-            });
+        if let Some(tunnel) = self.tunnel.take() {
+            tunnel.close_in_background();
         }
     }
 }

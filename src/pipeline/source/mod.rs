@@ -9,9 +9,9 @@ mod lime;
 mod stream;
 
 pub use crate::record::{Method, SourceRecord, TargetPolicy, Used};
-pub use lime::{
-    ChannelChunks, check_lime_digest, compare_digest, lime_extra_arguments, lime_stream,
-};
+#[cfg(test)]
+pub use lime::compare_digest;
+pub use lime::{ChannelChunks, check_lime_digest, lime_extra_arguments, lime_stream};
 pub(crate) use stream::BATCH;
 pub use stream::{ChunkReader, StreamSource, WireCounter, WireStats};
 
