@@ -1,13 +1,13 @@
 //! Secrets (passwords, passphrases) that must never reach logs, manifests or argv.
 
-/// A secret string: `Debug` and `Display` print a placeholder; the memory is
-/// wiped on drop.
+/// A secret string: `Debug` prints a placeholder, there is no `Display`,
+/// and zeroize wipes the memory (all of its capacity) on drop.
 #[derive(Clone, Default)]
-pub struct Secret(String);
+pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
     pub fn new(value: String) -> Secret {
-        Secret(value)
+        Secret(zeroize::Zeroizing::new(value))
     }
 
     pub fn expose(&self) -> &str {
@@ -18,15 +18,6 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8, so the String stays well formed.
-        for byte in unsafe { self.0.as_bytes_mut() } {
-            unsafe { std::ptr::write_volatile(byte, 0) };
-        }
     }
 }
 

@@ -1,4 +1,8 @@
 //! Integration tests: real sshd, real QEMU guest.
+
+// The harness unwraps: a failed set-up step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod analyze_cli;
 mod fleet;
 mod fleet_flags;

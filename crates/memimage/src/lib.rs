@@ -13,6 +13,10 @@
 //! Invariants: no I/O, no environment access, no async: callers hand in
 //! byte slices and get plain values back, so everything here can be fuzzed.
 
+// Beyond the workspace's lints: image data decides nothing here by panicking.
+#![deny(clippy::panic)]
+#![warn(clippy::indexing_slicing)]
+
 pub mod format;
 
 pub use format::{FormatError, ImageFormat, PhysicalMemory};

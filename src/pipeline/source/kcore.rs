@@ -53,8 +53,16 @@ pub fn parse_header(bytes: &[u8]) -> anyhow::Result<Header> {
         bail!("{KCORE} is not a 64-bit little-endian ELF file; mshot reads only those");
     }
     let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let u32_at = |b: &[u8], at: usize| {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&b[at..at + 4]);
+        u32::from_le_bytes(word)
+    };
+    let u64_at = |b: &[u8], at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
     if u16_at(16) != 4 {
         bail!("{KCORE} is not an ELF core file (e_type {})", u16_at(16));
     }
