@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analyze_cli;
+mod architecture;
 mod fleet;
 mod fleet_flags;
 mod harness_smoke;
