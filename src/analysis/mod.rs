@@ -225,15 +225,17 @@ pub fn analyze_and_store(
     image: &Path,
     plugins: &[String],
     profile: Option<&Path>,
-    cfg: &AnalyzeConfig,
 ) -> anyhow::Result<(Analysis, Vec<PathBuf>)> {
-    let mut cfg = cfg.clone();
-    if cfg.dump_dir.is_none() {
-        let name = image
-            .file_name()
-            .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
-        cfg.dump_dir = Some(image.with_file_name(format!("{name}.memdump")));
-    }
+    let name = image
+        .file_name()
+        .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
+    let cfg = AnalyzeConfig {
+        threads: false,
+        cache_dir: default_cache_dir(),
+        pids: Vec::new(),
+        // memdump output goes beside the image (NAME.memdump/).
+        dump_dir: Some(image.with_file_name(format!("{name}.memdump"))),
+    };
     let analysis = analyze_image(image, plugins, profile, &cfg)?;
     let dir = image
         .parent()

@@ -7,13 +7,21 @@
 //! gets its final name only after the LiME headers, byte count and ranges all
 //! match /proc/iomem; and `cleanup` runs on every path, Ctrl-C included.
 
+mod bench;
+mod cleanup;
 mod job;
 mod kcore;
 pub mod manifest;
+mod module;
+mod on_target;
 
 use crate::repository::ModuleFile;
+pub use bench::bench_receive;
+use cleanup::{RemoteState, cleanup};
 use job::module_record;
 pub use job::{CaptureJob, ModuleSource, SudoPolicy, default_filename, local_user};
+use module::module_availability;
+use on_target::{become_root, wait_for_listener};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::sink::ImageSink;
 use crate::pipeline::source::{self, Used};
-use crate::pipeline::{Received, SourceStream, receive};
+use crate::pipeline::{Received, receive};
+use crate::record;
 use crate::record::audit::AuditLog;
-use crate::record::{self, CleanupReport};
-use crate::target::shell::{PendingAudit, Shell};
-use crate::target::{self, ListenState, PhysRange, Privilege, SudoMode, commands};
-use crate::transport::{RunningCommand, Session};
+use crate::target::shell::Shell;
+use crate::target::{self, PhysRange, Privilege, commands};
+use crate::transport::Session;
 use crate::util::progress::CaptureProgress;
 use manifest::Manifest;
 
@@ -40,18 +48,6 @@ pub struct CaptureOutcome {
     pub manifest_path: Option<PathBuf>,
     /// Cleanup left something on the target: the capture itself may still be good.
     pub cleanup_failed: bool,
-}
-
-/// What we have done on the target so far, so cleanup knows what to undo.
-#[derive(Default)]
-struct RemoteState {
-    privilege: Option<Privilege>,
-    temp_dir: Option<String>,
-    port: Option<u16>,
-    insmod: Option<(RunningCommand, PendingAudit)>,
-    module_loaded_by_us: bool,
-    /// The S3 destination; `capture` aborts its upload unless it completed.
-    s3: Option<crate::pipeline::sink::s3::Destination>,
 }
 
 /// Facts gathered before the stream starts; they go into the manifest.
@@ -66,88 +62,6 @@ struct Facts {
     source: source::SourceRecord,
     /// The module actually used, once known (repository modules after `uname`).
     module: Option<manifest::ModuleRecord>,
-}
-
-/// The receive path alone, for the tunnel benchmark: connect, stream a
-/// LiME-format source at `127.0.0.1:port` (as the target sees it) into the
-/// image file. Returns the S3 record too, when uploading.
-pub async fn bench_receive(
-    job: &CaptureJob,
-    port: u16,
-    progress: &CaptureProgress,
-) -> anyhow::Result<(Received, Option<crate::pipeline::sink::s3::S3Record>)> {
-    let mut s3 = prepare_s3(job).await?;
-    let started = Timestamp::now();
-    let clock = std::time::Instant::now();
-    let session = Session::connect(&job.route, &job.host_keys, &job.ssh).await?;
-    let metadata = s3_metadata(job, "unknown (bench-receive)");
-    let acked = progress.s3_acked(s3.is_some());
-    let sink = ImageSink::open(
-        job.local_image.then_some(job.image_path.as_path()),
-        s3.as_mut(),
-        None,
-        metadata,
-        acked,
-    )
-    .await?;
-    let result: anyhow::Result<Received> = async {
-        let channel = session.open_tcp("127.0.0.1", port).await?;
-        let chunks = source::ChannelChunks::new(channel, source::WireStats::new(false));
-        let stream = SourceStream::new(chunks);
-        let (received, sink) = receive(stream, sink, job.stream_idle_timeout, progress).await?;
-        sink.commit(&received.sha256).await?;
-        Ok(received)
-    }
-    .await;
-    session.close().await;
-    if let Some(s3) = &s3 {
-        if let Err(abort) = s3.abort_unfinished().await {
-            return Err(result
-                .err()
-                .unwrap_or_else(|| anyhow!("S3"))
-                .context(format!("{abort:#}")));
-        }
-        if let Ok(received) = &result {
-            let record = serde_json::to_vec_pretty(&s3.record()).unwrap_or_default();
-            s3.put_manifest(record, &received.sha256).await?;
-        }
-    }
-    // A local image gets a manifest as a capture's does, so that `mshot
-    // upload` can be tested and benchmarked on what the receive path wrote.
-    if let Ok(received) = &result
-        && job.local_image
-    {
-        let target = job.target();
-        let manifest = Manifest {
-            tool: "mshot".into(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            host: target.host.clone(),
-            port: target.port,
-            user: target.user.clone(),
-            jump_hosts: Vec::new(),
-            kernel_release: "unknown (bench-receive)".into(),
-            machine: String::new(),
-            privilege: None,
-            dry_run: false,
-            module: job.module.record(),
-            lime_arguments: format!("bench-receive from 127.0.0.1:{port}"),
-            started,
-            finished: Timestamp::now(),
-            duration_seconds: clock.elapsed().as_secs_f64(),
-            image: Some(received.image_record(&job.image_path)),
-            expected_ranges: Vec::new(),
-            error: None,
-            material: None,
-            source: Default::default(),
-            s3: s3.as_ref().and_then(|s3| s3.record()),
-            cleanup: Default::default(),
-            audit: Vec::new(),
-        };
-        let path = record::manifest_path_for(&job.image_path);
-        manifest::write(&path, &manifest)
-            .with_context(|| format!("writing manifest {}", path.display()))?;
-    }
-    Ok((result?, s3.as_ref().and_then(|s3| s3.record())))
 }
 
 /// Connects to S3 and checks the bucket and the keys before anything
@@ -595,267 +509,4 @@ async fn run(
         received,
         path.unwrap_or_else(|| job.image_path.clone()),
     )))
-}
-
-/// Whether `module` can serve this kernel: the input of `source::choose`.
-fn module_availability(
-    module: &ModuleFile,
-    kernel: &target::KernelInfo,
-) -> source::ModuleAvailability {
-    if module.bytes.is_empty() {
-        return source::ModuleAvailability::Missing("no LiME module was given (--module)".into());
-    }
-    match check_module_matches(module, kernel) {
-        Ok(()) => source::ModuleAvailability::Available {
-            signed: source::module_is_signed(&module.bytes),
-        },
-        Err(e) => source::ModuleAvailability::Missing(format!("{e:#}")),
-    }
-}
-
-/// Refuses a module built for another architecture or kernel before it is pushed.
-fn check_module_matches(module: &ModuleFile, kernel: &target::KernelInfo) -> anyhow::Result<()> {
-    let bytes = &module.bytes;
-    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
-        bail!(
-            "{} is not a kernel module (no ELF header)",
-            module.path.display()
-        );
-    }
-    let e_machine = u16::from_le_bytes([bytes[18], bytes[19]]);
-    let module_arch = match e_machine {
-        62 => "x86_64",
-        183 => "aarch64",
-        other => bail!(
-            "{} is for ELF machine {other}, which mshot does not support",
-            module.path.display()
-        ),
-    };
-    if module_arch != kernel.machine {
-        bail!(
-            "{} is built for {module_arch} but the target is {}",
-            module.path.display(),
-            kernel.machine
-        );
-    }
-    if let Some(vermagic) = crate::repository::manifest::find_vermagic(bytes)
-        && vermagic != kernel.release
-    {
-        bail!(
-            "{} is built for kernel {vermagic} but the target runs {}; build LiME for {} (see kernel-modules/README.md)",
-            module.path.display(),
-            kernel.release,
-            kernel.release
-        );
-    }
-    Ok(())
-}
-
-async fn become_root(shell: &Shell<'_>, uid: u32, sudo: &SudoPolicy) -> anyhow::Result<Privilege> {
-    match sudo.mode {
-        SudoMode::Auto | SudoMode::Never if uid == 0 => return Ok(Privilege::Root),
-        SudoMode::Never => bail!(
-            "logged in as uid {uid}, not root, and sudo is set to never; log in as root, or allow sudo (sudo: auto, --sudo auto)"
-        ),
-        SudoMode::Auto | SudoMode::Always => {}
-    }
-    let out = shell.run_plain(commands::SUDO_NO_PASSWORD).await?;
-    if out.success() {
-        return Ok(Privilege::SudoNoPassword);
-    }
-    let no_password_reason = out.stderr_line();
-    let Some(password) = shell.sudo_password else {
-        bail!(
-            "sudo refused without a password ({no_password_reason}); give one (--sudo-password, MSHOT_SUDO_PASSWORD, or sudo_password_env: in a fleet file), or log in as root"
-        );
-    };
-    let mut stdin = password.expose().as_bytes().to_vec();
-    stdin.push(b'\n');
-    let out = shell
-        .run_logged(
-            commands::SUDO_WITH_PASSWORD,
-            stdin,
-            Some("sudo password (redacted)".into()),
-        )
-        .await?;
-    if out.success() {
-        return Ok(Privilege::SudoPassword);
-    }
-    bail!(
-        "sudo refused the password from {}: {}; check that password and that the user may run sudo",
-        sudo.password_from.as_deref().unwrap_or("the configuration"),
-        if out.stderr_line().is_empty() {
-            out.describe_status()
-        } else {
-            out.stderr_line()
-        }
-    )
-}
-
-async fn wait_for_listener(
-    shell: &Shell<'_>,
-    state: &mut RemoteState,
-    port: u16,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((command, _)) = &state.insmod
-            && command.is_finished()
-        {
-            let Some((command, pending)) = state.insmod.take() else {
-                unreachable!()
-            };
-            let out = command.wait().await?;
-            pending.finish(shell.audit, Some(&out));
-            state.module_loaded_by_us = false;
-            bail!(
-                "insmod failed ({}): {}; is the module built for this kernel, and are unsigned modules allowed?",
-                out.describe_status(),
-                out.stderr_line()
-            );
-        }
-        let out = shell.run_plain(commands::TCP_SOCKETS).await?;
-        match target::listen_state(&target::parse_proc_net_tcp(&out.stdout_text()), port) {
-            ListenState::LoopbackOnly => return Ok(()),
-            ListenState::Exposed(address) => {
-                bail!(
-                    "LiME listens on {address}:{port}, not only on loopback; refusing to read an exposed stream"
-                )
-            }
-            ListenState::Nobody if Instant::now() > deadline => {
-                bail!("LiME did not start listening on 127.0.0.1:{port} within 60 s")
-            }
-            ListenState::Nobody => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// Undoes what `run` did on the target, on every path. Reconnects if the
-/// connection was lost, since a loaded module must not be left behind.
-async fn cleanup(
-    job: &CaptureJob,
-    session: Session,
-    audit: &AuditLog,
-    state: &mut RemoteState,
-) -> CleanupReport {
-    let mut report = CleanupReport::default();
-    let Some(privilege) = state.privilege else {
-        report.module_unloaded = true;
-        report.temp_dir_removed = true;
-        session.close().await;
-        return report;
-    };
-    let reconnected = session.is_closed();
-    let session = if reconnected {
-        tracing::warn!("connection lost; reconnecting to clean up");
-        match Session::connect(&job.route, &job.host_keys, &job.ssh).await {
-            Ok(s) => s,
-            Err(e) => {
-                report.errors.push(format!(
-                    "cannot reconnect to clean up ({e}); check the target by hand: lime module, {}",
-                    state.temp_dir.as_deref().unwrap_or("no temp dir")
-                ));
-                return report;
-            }
-        }
-    } else {
-        session
-    };
-    let host = session.label().to_string();
-    let shell = Shell {
-        session: &session,
-        audit,
-        host: &host,
-        sudo_password: job.sudo_password.as_ref(),
-        privilege,
-    };
-
-    // A LiME that still waits for its client blocks in init and cannot be
-    // removed: connect once and hang up, so init fails and the module goes away.
-    if let Some((command, pending)) = state.insmod.take() {
-        // With digest=sha256 LiME listens a second time, for the digest client,
-        // once it has skipped the rest of the image: hang up on that one too.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !command.is_finished() && Instant::now() < deadline {
-            if let Some(port) = state.port
-                && let Ok(channel) = session.open_tcp("127.0.0.1", port).await
-            {
-                channel.close().await;
-            }
-            for _ in 0..10 {
-                if command.is_finished() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(30), command.wait()).await {
-            Ok(Ok(out)) => pending.finish(audit, Some(&out)),
-            _ => pending.finish(audit, None),
-        }
-    }
-
-    // After a reconnect the insmod handle died with the old connection and
-    // tells nothing; ask the target instead, and hang up on LiME (its digest
-    // listener, say) for as long as its init is still running.
-    if reconnected
-        && state.module_loaded_by_us
-        && let Some(port) = state.port
-    {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let initialising = shell
-                .run_plain(commands::MODULES)
-                .await
-                .is_ok_and(|m| target::module_initialising(&m.stdout_text(), "lime"));
-            if !initialising {
-                break;
-            }
-            if let Ok(channel) = session.open_tcp("127.0.0.1", port).await {
-                channel.close().await;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    if state.module_loaded_by_us {
-        let modules = shell.run_plain(commands::MODULES).await;
-        let loaded = modules
-            .as_ref()
-            .map(|m| target::module_loaded(&m.stdout_text(), "lime"))
-            .unwrap_or(true);
-        if loaded {
-            match shell.run_root(commands::RMMOD_LIME, &[], None).await {
-                Ok(out) if out.success() => {}
-                Ok(out) => report
-                    .errors
-                    .push(format!("rmmod lime failed: {}", out.stderr_line())),
-                Err(e) => report.errors.push(format!("rmmod lime failed: {e}")),
-            }
-        }
-        let still = shell
-            .run_plain(commands::MODULES)
-            .await
-            .map(|m| target::module_loaded(&m.stdout_text(), "lime"))
-            .unwrap_or(true);
-        report.module_unloaded = !still;
-        if still && report.errors.is_empty() {
-            report.errors.push("the lime module is still loaded".into());
-        }
-    } else {
-        report.module_unloaded = true;
-    }
-
-    match &state.temp_dir {
-        Some(dir) => match shell.run_root(&commands::remove_dir(dir), &[], None).await {
-            Ok(out) if out.success() => report.temp_dir_removed = true,
-            Ok(out) => report
-                .errors
-                .push(format!("cannot remove {dir}: {}", out.stderr_line())),
-            Err(e) => report.errors.push(format!("cannot remove {dir}: {e}")),
-        },
-        None => report.temp_dir_removed = true,
-    }
-    session.close().await;
-    report
 }

@@ -174,18 +174,12 @@ async fn analyze_capture(
     image: &std::path::Path,
     args: &CaptureArgs,
 ) -> anyhow::Result<crate::analysis::Analysis> {
-    use crate::analysis::{AnalyzeConfig, analyze_and_store, default_cache_dir, render_table};
+    use crate::analysis::{analyze_and_store, render_table};
     let image = image.to_path_buf();
     let plugins = args.analyze.clone();
     let profile = args.profile.clone();
     let (analysis, written) = tokio::task::spawn_blocking(move || {
-        let config = AnalyzeConfig {
-            threads: false,
-            cache_dir: default_cache_dir(),
-            pids: Vec::new(),
-            dump_dir: None,
-        };
-        analyze_and_store(&image, &plugins, profile.as_deref(), &config)
+        analyze_and_store(&image, &plugins, profile.as_deref())
     })
     .await??;
     for (plugin, rows) in &analysis.results {

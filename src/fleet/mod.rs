@@ -366,19 +366,11 @@ async fn analyze(
     image: &Path,
     spec: &AnalyzeSpec,
 ) -> anyhow::Result<(Vec<PathBuf>, Option<memimage::plugins::integrity::Verdict>)> {
-    use crate::analysis::{AnalyzeConfig, analyze_and_store, default_cache_dir};
     let image = image.to_path_buf();
     let plugins = spec.plugins.clone();
     let profile = spec.profile.clone();
     let (analysis, written) = tokio::task::spawn_blocking(move || {
-        let config = AnalyzeConfig {
-            threads: false,
-            cache_dir: default_cache_dir(),
-            pids: Vec::new(),
-            // analyze_and_store puts memdump output beside the image (NAME.memdump/).
-            dump_dir: None,
-        };
-        analyze_and_store(&image, &plugins, profile.as_deref(), &config)
+        crate::analysis::analyze_and_store(&image, &plugins, profile.as_deref())
     })
     .await??;
     Ok((written, analysis.verdict()))

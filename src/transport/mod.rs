@@ -7,21 +7,23 @@
 //! of mshot: run a command (with stdin), start a command and collect it later,
 //! and open a TCP channel to an address as seen from the target.
 
+mod exec;
+mod handshake;
 pub mod keyfile;
 pub mod known_hosts;
 pub mod route;
 mod tunnel;
 
+pub use exec::{ExecOutput, RunningCommand};
+use handshake::{READ_BUFFER, Verifier, authenticate, client_config, read_known_hosts};
 pub use tunnel::Tunnel;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, Handle};
-use russh::keys::agent::AgentIdentity;
-use russh::keys::agent::client::AgentClient;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::PrivateKey;
 use russh::{ChannelMsg, Disconnect};
 
 use crate::util::secret::Secret;
@@ -148,80 +150,12 @@ pub enum SshError {
     Closed { endpoint: String },
 }
 
-/// Result of a remote command.
-#[derive(Debug, Clone)]
-pub struct ExecOutput {
-    /// None when the server closed the channel without an exit status (killed, dropped).
-    pub status: Option<u32>,
-    pub signal: Option<String>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    pub fn success(&self) -> bool {
-        self.status == Some(0)
-    }
-
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    /// The first line of stderr, sanitised, for one-line error messages.
-    pub fn stderr_line(&self) -> String {
-        let text = String::from_utf8_lossy(&self.stderr);
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("");
-        crate::util::sanitize::one_line(line)
-    }
-
-    pub fn describe_status(&self) -> String {
-        match (&self.status, &self.signal) {
-            (Some(code), _) => format!("exit status {code}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            (None, None) => "no exit status (connection closed?)".to_string(),
-        }
-    }
-}
-
 /// A connected chain of SSH sessions; the last one is the target.
 pub struct Session {
     target: Handle<Verifier>,
     // Earlier hops carry the target's connection: they must outlive it.
     hops: Vec<Handle<Verifier>>,
     label: String,
-}
-
-/// A command started on the target; `wait` collects its output.
-pub struct RunningCommand {
-    task: tokio::task::JoinHandle<Result<ExecOutput, russh::Error>>,
-    label: String,
-}
-
-impl RunningCommand {
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    pub async fn wait(self) -> Result<ExecOutput, SshError> {
-        match self.task.await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(source)) => Err(SshError::Protocol {
-                endpoint: self.label,
-                source: Box::new(source),
-            }),
-            Err(_) => Err(SshError::Closed {
-                endpoint: self.label,
-            }),
-        }
-    }
-
-    pub fn abort(&self) {
-        self.task.abort();
-    }
 }
 
 impl Session {
@@ -315,6 +249,30 @@ impl Session {
 
     /// Starts `command`, writes `stdin` to it and closes its input; returns at once.
     pub async fn start(&self, command: &str, stdin: Vec<u8>) -> Result<RunningCommand, SshError> {
+        self.exec(command, stdin, None).await
+    }
+
+    /// Starts `command` and hands its stdout over as it arrives (a bounded
+    /// queue, so a slow reader slows the remote side through the SSH window);
+    /// the returned `RunningCommand` collects stderr and the exit status.
+    pub async fn start_stream(
+        &self,
+        command: &str,
+        stdin: Vec<u8>,
+    ) -> Result<(tokio::sync::mpsc::Receiver<bytes::Bytes>, RunningCommand), SshError> {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let running = self.exec(command, stdin, Some(sender)).await?;
+        Ok((receiver, running))
+    }
+
+    /// Runs `command` in a session channel: stdout is collected, or sent to
+    /// `stdout_to` when given.
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: Vec<u8>,
+        stdout_to: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    ) -> Result<RunningCommand, SshError> {
         let mut channel = self
             .target
             .channel_open_session()
@@ -329,15 +287,19 @@ impl Session {
                 channel.data_bytes(stdin).await?;
             }
             channel.eof().await?;
-            let mut out = ExecOutput {
-                status: None,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
+            let mut out = ExecOutput::default();
             while let Some(message) = channel.wait().await {
                 match message {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => match &stdout_to {
+                        None => out.stdout.extend_from_slice(&data),
+                        Some(to) => {
+                            if to.send(bytes::Bytes::copy_from_slice(&data)).await.is_err() {
+                                // The reader gave up: closing the channel stops the command.
+                                let _ = channel.close().await;
+                                break;
+                            }
+                        }
+                    },
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
                         out.stderr.extend_from_slice(&data)
                     }
@@ -354,68 +316,6 @@ impl Session {
             task,
             label: self.label.clone(),
         })
-    }
-
-    /// Starts `command` and hands its stdout over as it arrives (a bounded
-    /// queue, so a slow reader slows the remote side through the SSH window);
-    /// the returned `RunningCommand` collects stderr and the exit status.
-    pub async fn start_stream(
-        &self,
-        command: &str,
-        stdin: Vec<u8>,
-    ) -> Result<(tokio::sync::mpsc::Receiver<bytes::Bytes>, RunningCommand), SshError> {
-        let mut channel = self
-            .target
-            .channel_open_session()
-            .await
-            .map_err(|source| self.protocol(source))?;
-        channel
-            .exec(true, command.as_bytes())
-            .await
-            .map_err(|source| self.protocol(source))?;
-        let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-        let task = tokio::spawn(async move {
-            if !stdin.is_empty() {
-                channel.data_bytes(stdin).await?;
-            }
-            channel.eof().await?;
-            let mut out = ExecOutput {
-                status: None,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            while let Some(message) = channel.wait().await {
-                match message {
-                    // The reader gave up: closing the channel stops the remote command.
-                    ChannelMsg::Data { data }
-                        if sender
-                            .send(bytes::Bytes::copy_from_slice(&data))
-                            .await
-                            .is_err() =>
-                    {
-                        let _ = channel.close().await;
-                        break;
-                    }
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        out.stderr.extend_from_slice(&data)
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
-                        out.signal = Some(format!("{signal_name:?}"))
-                    }
-                    _ => {}
-                }
-            }
-            Ok(out)
-        });
-        Ok((
-            receiver,
-            RunningCommand {
-                task,
-                label: self.label.clone(),
-            },
-        ))
     }
 
     /// Runs `command` to completion.
@@ -458,229 +358,4 @@ impl Session {
 
 fn handles_label(route: &[Endpoint], index: usize) -> String {
     route.get(index).map(|e| e.to_string()).unwrap_or_default()
-}
-
-fn read_known_hosts(path: &Path) -> Result<String, SshError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(source) => Err(SshError::KnownHostsUnreadable {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
-}
-
-/// The buffer between the TCP socket and russh's packet reader.
-const READ_BUFFER: usize = 256 << 10;
-
-fn client_config(
-    options: &SshOptions,
-    known_hosts_text: &str,
-    endpoint: &Endpoint,
-) -> client::Config {
-    let mut preferred = russh::Preferred::default();
-    // Ask for a host key type we can verify, as OpenSSH does: otherwise a server with
-    // several keys could offer one the file does not list and be refused as unknown.
-    let known = known_hosts::known_algorithms(known_hosts_text, &endpoint.host, endpoint.port);
-    if !known.is_empty() {
-        let mut ordered: Vec<russh::keys::Algorithm> = Vec::new();
-        for name in &known {
-            for algorithm in preferred.key.iter() {
-                let matches = algorithm.to_string() == *name
-                    || (name == "ssh-rsa"
-                        && matches!(algorithm, russh::keys::Algorithm::Rsa { .. }));
-                if matches && !ordered.contains(algorithm) {
-                    ordered.push(algorithm.clone());
-                }
-            }
-        }
-        if !ordered.is_empty() {
-            preferred.key = ordered.into();
-        }
-    }
-    preferred.cipher = cipher_order().into();
-    client::Config {
-        // 4 MiB windows. OpenSSH's 2 MiB caps a 50 ms path at 40 MiB/s, this
-        // at 80 MiB/s. The target's sshd buffers up to the window, and its
-        // CPU per GiB grows with it (benches/tunnel.sh, aes256-gcm: 1.04 s
-        // at 2 MiB, 1.12 at 4, 1.34 at 8, 2.0 at 16); on a busy target that
-        // is the capture's own speed.
-        window_size: 4 * 1024 * 1024,
-        maximum_packet_size: 65535,
-        channel_buffer_size: 256,
-        keepalive_interval: Some(options.keepalive_interval),
-        keepalive_max: 4,
-        nodelay: true,
-        preferred,
-        ..Default::default()
-    }
-}
-
-/// The ciphers mshot offers, best first: ChaCha20-Poly1305 as OpenSSH does,
-/// since it is fast on any CPU. AES-GCM first was tried: cheaper where the
-/// target has AES instructions, but the target's CPU cannot be known before
-/// the handshake, and on the lab guest (a CPU model without AES) captures
-/// took 1.35x as long. aes128-gcm is in the list (russh's default leaves it
-/// out) so that servers allowing only it still connect.
-fn cipher_order() -> Vec<russh::cipher::Name> {
-    use russh::cipher::{
-        AES_128_CTR, AES_128_GCM, AES_192_CTR, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305,
-    };
-    vec![
-        CHACHA20_POLY1305,
-        AES_256_GCM,
-        AES_128_GCM,
-        AES_256_CTR,
-        AES_192_CTR,
-        AES_128_CTR,
-    ]
-}
-
-async fn authenticate(handle: &mut Handle<Verifier>, endpoint: &Endpoint) -> Result<(), SshError> {
-    let label = endpoint.to_string();
-    let protocol = |source| SshError::Protocol {
-        endpoint: label.clone(),
-        source: Box::new(source),
-    };
-    let mut tried = Vec::new();
-    if let Some(key) = &endpoint.credentials.key {
-        let hash = rsa_hash(handle, &key.key.algorithm())
-            .await
-            .map_err(protocol)?;
-        let result = handle
-            .authenticate_publickey(
-                endpoint.user.clone(),
-                PrivateKeyWithHashAlg::new(key.key.clone(), hash),
-            )
-            .await
-            .map_err(protocol)?;
-        if result.success() {
-            return Ok(());
-        }
-        tried.push(format!("key {}", key.path.display()));
-    }
-    if endpoint.credentials.use_agent
-        && let Ok(mut agent) = AgentClient::connect_env().await
-    {
-        let identities = agent.request_identities().await.unwrap_or_default();
-        for identity in identities {
-            let AgentIdentity::PublicKey { key, .. } = identity else {
-                continue;
-            };
-            let hash = rsa_hash(handle, &key.algorithm()).await.map_err(protocol)?;
-            let fingerprint = known_hosts::fingerprint(&key);
-            match handle
-                .authenticate_publickey_with(endpoint.user.clone(), key, hash, &mut agent)
-                .await
-            {
-                Ok(result) if result.success() => return Ok(()),
-                _ => tried.push(format!("agent key {fingerprint}")),
-            }
-        }
-    }
-    if let Some(password) = &endpoint.credentials.password {
-        let result = handle
-            .authenticate_password(endpoint.user.clone(), password.expose())
-            .await
-            .map_err(protocol)?;
-        if result.success() {
-            return Ok(());
-        }
-        tried.push("password".into());
-    }
-    if tried.is_empty() {
-        tried.push("nothing: give --key, --password or run an ssh-agent".into());
-    }
-    Err(SshError::AuthFailed {
-        endpoint: label,
-        tried: tried.join(", "),
-    })
-}
-
-/// The signature hash to use with an RSA key: the best the server supports.
-async fn rsa_hash(
-    handle: &Handle<Verifier>,
-    algorithm: &russh::keys::Algorithm,
-) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
-    if !algorithm.clone().is_rsa() {
-        return Ok(None);
-    }
-    Ok(handle.best_supported_rsa_hash().await?.flatten())
-}
-
-/// Checks each server's host key against known_hosts before anything else is sent.
-struct Verifier {
-    host: String,
-    port: u16,
-    policy: HostKeyPolicy,
-    rejection: Arc<Mutex<Option<SshError>>>,
-}
-
-impl Verifier {
-    fn verify(&self, server_key: &PublicKeyOrCertificate) -> Result<(), SshError> {
-        let host = known_hosts::lookup_name(&self.host, self.port);
-        let known_hosts = self.policy.known_hosts.display().to_string();
-        let PublicKeyOrCertificate::PublicKey { key, .. } = server_key else {
-            return Err(SshError::HostCertificate { host });
-        };
-        let contents = read_known_hosts(&self.policy.known_hosts)?;
-        match known_hosts::check(&contents, &self.host, self.port, key) {
-            known_hosts::Verdict::Known => Ok(()),
-            known_hosts::Verdict::Unknown if self.policy.accept_new => {
-                known_hosts::learn(&self.policy.known_hosts, &self.host, self.port, key).map_err(
-                    |source| SshError::KnownHostsWrite {
-                        host: host.clone(),
-                        path: known_hosts.clone(),
-                        source,
-                    },
-                )?;
-                tracing::warn!(
-                    "recorded new host key for {host} ({}) in {known_hosts}",
-                    known_hosts::fingerprint(key)
-                );
-                Ok(())
-            }
-            known_hosts::Verdict::Unknown => Err(SshError::UnknownHostKey {
-                host,
-                fingerprint: known_hosts::fingerprint(key),
-                known_hosts,
-            }),
-            known_hosts::Verdict::Changed {
-                line,
-                known_fingerprint,
-            } => Err(SshError::HostKeyChanged {
-                host,
-                known_hosts,
-                line,
-                known: known_fingerprint,
-                offered: known_hosts::fingerprint(key),
-            }),
-            known_hosts::Verdict::Revoked { line } => Err(SshError::HostKeyRevoked {
-                host,
-                fingerprint: known_hosts::fingerprint(key),
-                known_hosts,
-                line,
-            }),
-        }
-    }
-}
-
-impl client::Handler for Verifier {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        server_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        match self.verify(server_key) {
-            Ok(()) => Ok(true),
-            Err(reason) => {
-                if let Ok(mut slot) = self.rejection.lock() {
-                    *slot = Some(reason);
-                }
-                Ok(false)
-            }
-        }
-    }
 }
