@@ -159,6 +159,7 @@ pub fn analyze_image(
                     memimage::ImageFormat::Lime => "a LiME image",
                     memimage::ImageFormat::AvmlCompressed => "an AVML image",
                     memimage::ImageFormat::Raw => "raw memory (no LiME or AVML header)",
+                    memimage::ImageFormat::Live => "a live source",
                 }
             ),
             Err(e) => match fallback {

@@ -11,12 +11,14 @@
 
 mod avml;
 mod lime;
+mod source;
 pub mod write;
 
 use std::cell::RefCell;
 
 pub use avml::{AVML_MAGIC, AVML_VERSION};
 pub use lime::{LIME_MAGIC, LIME_VERSION};
+pub use source::{PageSource, SourceStats};
 
 /// Errors from parsing or reading a physical memory image.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -43,6 +45,21 @@ pub enum FormatError {
         "corrupt AVML compressed data in range starting at physical {range_start:#x}: {reason}"
     )]
     Compressed { range_start: u64, reason: String },
+    /// A live source failed: the analysis cannot go on as if the page
+    /// were merely absent.
+    #[error("reading physical {addr:#x} from the live source failed: {reason}")]
+    Source { addr: u64, reason: String },
+    #[error(
+        "this needs a search of all physical memory, which a live source does not offer: analyse a capture for it"
+    )]
+    NotScannable,
+}
+
+impl FormatError {
+    /// Whether the error is the source failing rather than a page missing.
+    pub fn is_source_failure(&self) -> bool {
+        matches!(self, FormatError::Source { .. })
+    }
 }
 
 /// The image formats that [`PhysicalMemory::parse`] recognises.
@@ -51,6 +68,8 @@ pub enum ImageFormat {
     Lime,
     AvmlCompressed,
     Raw,
+    /// A running machine's memory read on demand ([`PageSource`]).
+    Live,
 }
 
 /// Where the bytes of one physical range come from.
@@ -60,6 +79,8 @@ enum Backing<'a> {
     Plain(&'a [u8]),
     /// AVML snappy frames, with an index of chunk boundaries.
     Snappy(avml::SnappyRange<'a>),
+    /// Read on demand through the block cache.
+    Source,
 }
 
 /// One contiguous captured range of physical memory, `[start, end)`.
@@ -77,6 +98,8 @@ pub struct PhysicalMemory<'a> {
     ranges: Vec<Range<'a>>,
     /// Last decompressed AVML chunk: (range index, chunk index, bytes).
     chunk_cache: RefCell<Option<(usize, usize, Vec<u8>)>>,
+    /// The live source behind `Backing::Source` ranges.
+    source: Option<source::BlockCache<'a>>,
 }
 
 impl<'a> PhysicalMemory<'a> {
@@ -107,7 +130,58 @@ impl<'a> PhysicalMemory<'a> {
             format,
             ranges,
             chunk_cache: RefCell::new(None),
+            source: None,
         })
+    }
+
+    /// Physical memory of `ranges` (`[start, end)`, sorted, not
+    /// overlapping) read from `source` on demand in blocks of `block`
+    /// bytes, holding at most `cache_bytes` of them.
+    pub fn from_source(
+        ranges: &[(u64, u64)],
+        source: &'a dyn PageSource,
+        block: usize,
+        cache_bytes: usize,
+    ) -> Self {
+        let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(s, e)| s < e).collect();
+        sorted.sort_unstable();
+        sorted.dedup_by(|b, a| b.0 < a.1);
+        Self {
+            format: ImageFormat::Live,
+            ranges: sorted
+                .into_iter()
+                .map(|(start, end)| Range {
+                    start,
+                    end,
+                    backing: Backing::Source,
+                })
+                .collect(),
+            chunk_cache: RefCell::new(None),
+            source: Some(source::BlockCache::new(source, block, cache_bytes)),
+        }
+    }
+
+    /// Requests and bytes read from a live source so far (zero for files).
+    pub fn source_stats(&self) -> SourceStats {
+        self.source
+            .as_ref()
+            .map_or_else(SourceStats::default, |s| s.stats())
+    }
+
+    /// Like `read`, but a live source is asked again rather than answered
+    /// from the cache: code that a check judges is read twice.
+    pub fn read_fresh(&self, addr: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        match &self.source {
+            Some(cache) => {
+                let idx = self.range_index(addr).ok_or(FormatError::Absent { addr })?;
+                let r = self.ranges.get(idx).ok_or(FormatError::Absent { addr })?;
+                if addr.saturating_add(buf.len() as u64) > r.end {
+                    return Err(FormatError::Absent { addr: r.end });
+                }
+                cache.read_fresh(addr, buf)
+            }
+            None => self.read(addr, buf),
+        }
     }
 
     pub fn format(&self) -> ImageFormat {
@@ -191,6 +265,12 @@ impl<'a> PhysicalMemory<'a> {
                 let mut cache = self.chunk_cache.borrow_mut();
                 s.read(idx, r.start, off, dst, &mut cache)
             }
+            Backing::Source => match &self.source {
+                Some(cache) => cache.read(r.start, r.end, r.start + off, dst),
+                None => Err(FormatError::Absent {
+                    addr: r.start + off,
+                }),
+            },
         }
     }
 
@@ -220,6 +300,9 @@ impl<'a> PhysicalMemory<'a> {
                     if !keep_going {
                         return Ok(());
                     }
+                }
+                Backing::Source => {
+                    return Err(FormatError::NotScannable);
                 }
             }
         }

@@ -78,26 +78,30 @@ struct Ctx<'p, 'a> {
     files_off: u64,
 }
 
+/// The kernel at a physical shift already known (from the VMCOREINFO of
+/// a running machine's /proc/kcore), validated as a found one would be.
+pub(super) fn at_shift<'p, 'a>(
+    phys: &'p PhysicalMemory<'a>,
+    profile: &'p Profile,
+    shift: u64,
+) -> Result<Kernel<'p, 'a>, KernelError> {
+    let ctx = Ctx::new(phys, profile)?;
+    match ctx.try_shift(shift, "vmcoreinfo") {
+        Ok(k) => ctx.finish(k),
+        Err(detail) => Err(KernelError::NotLocated {
+            profile: profile.name.clone(),
+            banner: String::new(),
+            detail,
+        }),
+    }
+}
+
 pub(super) fn locate<'p, 'a>(
     phys: &'p PhysicalMemory<'a>,
     profile: &'p Profile,
     full: bool,
 ) -> Result<Kernel<'p, 'a>, KernelError> {
-    let dtb_sym = ["init_top_pgt", "init_level4_pgt", "swapper_pg_dir"]
-        .iter()
-        .find_map(|s| profile.symbol(s).ok())
-        .map_or_else(|| profile.symbol("init_top_pgt"), Ok)?;
-    let ctx = Ctx {
-        phys,
-        profile,
-        banner_sym: profile.symbol("linux_banner")?,
-        task_sym: profile.symbol("init_task")?,
-        files_sym: profile.symbol("init_files")?,
-        dtb_sym,
-        comm_off: profile.offset("task_struct", "comm")?,
-        pid_off: profile.offset("task_struct", "pid")?,
-        files_off: profile.offset("task_struct", "files")?,
-    };
+    let ctx = Ctx::new(phys, profile)?;
     let mut detail = String::from("no candidate");
     // 1. Probe 2 MiB-aligned spots for the banner.
     let want: &[u8] = expected_banner(profile).unwrap_or(BANNER_PREFIX);
@@ -194,6 +198,24 @@ fn read_eq(phys: &PhysicalMemory<'_>, pa: u64, want: &[u8]) -> bool {
 }
 
 impl<'p, 'a> Ctx<'p, 'a> {
+    fn new(phys: &'p PhysicalMemory<'a>, profile: &'p Profile) -> Result<Self, KernelError> {
+        let dtb_sym = ["init_top_pgt", "init_level4_pgt", "swapper_pg_dir"]
+            .iter()
+            .find_map(|s| profile.symbol(s).ok())
+            .map_or_else(|| profile.symbol("init_top_pgt"), Ok)?;
+        Ok(Ctx {
+            phys,
+            profile,
+            banner_sym: profile.symbol("linux_banner")?,
+            task_sym: profile.symbol("init_task")?,
+            files_sym: profile.symbol("init_files")?,
+            dtb_sym,
+            comm_off: profile.offset("task_struct", "comm")?,
+            pid_off: profile.offset("task_struct", "pid")?,
+            files_off: profile.offset("task_struct", "files")?,
+        })
+    }
+
     /// Checks one physical shift; Err carries why it was rejected.
     fn try_shift(&self, shift: u64, method: &'static str) -> Result<Kernel<'p, 'a>, String> {
         let phys = self.phys;

@@ -64,6 +64,20 @@ pub enum KernelError {
     },
 }
 
+impl KernelError {
+    /// Whether a live source failed underneath (see [`FormatError::Source`]).
+    pub fn is_source_failure(&self) -> bool {
+        match self {
+            KernelError::Physical { source, .. } => source.is_source_failure(),
+            KernelError::Memory {
+                source: MemoryError::Physical { source, .. },
+                ..
+            } => source.is_source_failure(),
+            _ => false,
+        }
+    }
+}
+
 /// A located kernel: everything a plugin needs to read kernel objects.
 #[derive(Debug)]
 pub struct Kernel<'p, 'a> {
@@ -106,6 +120,17 @@ impl<'p, 'a> Kernel<'p, 'a> {
     /// Locates the kernel described by `profile` in `phys`.
     pub fn locate(phys: &'p PhysicalMemory<'a>, profile: &'p Profile) -> Result<Self, KernelError> {
         locate::locate(phys, profile, true)
+    }
+
+    /// The kernel at a known physical shift (`KERNELOFFSET + phys_base`
+    /// from VMCOREINFO), validated as `locate` validates what it finds;
+    /// nothing is searched, so this suits a live source.
+    pub fn at_shift(
+        phys: &'p PhysicalMemory<'a>,
+        profile: &'p Profile,
+        shift: u64,
+    ) -> Result<Self, KernelError> {
+        locate::at_shift(phys, profile, shift)
     }
 
     /// Only the cheap probe; `Ok(None)` when it finds nothing. Used to pick

@@ -98,10 +98,14 @@ pub fn translate(
     for level in mode.levels() {
         let index = (va >> level.shift) & 0x1ff;
         let slot = table + index * 8;
-        let entry = phys.read_u64(slot).map_err(|_| MemoryError::TableAbsent {
-            va,
-            level: level.name,
-            table,
+        let entry = phys.read_u64(slot).map_err(|source| match source {
+            // A live source that failed is not a missing table.
+            source if source.is_source_failure() => MemoryError::Physical { va, source },
+            _ => MemoryError::TableAbsent {
+                va,
+                level: level.name,
+                table,
+            },
         })?;
         if entry & PRESENT == 0 {
             return Err(MemoryError::NotPresent {

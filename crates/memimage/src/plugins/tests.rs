@@ -343,3 +343,96 @@ fn a_smeared_list_is_completed_from_its_other_end() {
         assert!(k.take_notes().is_empty());
     });
 }
+
+/// The synthetic image's bytes served as a live source, one request per
+/// block; fails every request from `fail_from` on.
+struct MemorySource<'b> {
+    bytes: &'b [u8],
+    requests: std::cell::Cell<u32>,
+    fail_from: u32,
+}
+
+impl crate::format::PageSource for MemorySource<'_> {
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
+        let n = self.requests.get() + 1;
+        self.requests.set(n);
+        if n >= self.fail_from {
+            return Err("connection lost".into());
+        }
+        let at = addr as usize;
+        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+fn with_source<T>(fail_from: u32, f: impl FnOnce(&Kernel<'_, '_>, &PhysicalMemory<'_>) -> T) -> T {
+    let pk = proc::build(true);
+    let source = MemorySource {
+        bytes: &pk.mem.bytes,
+        requests: Default::default(),
+        fail_from,
+    };
+    let phys =
+        PhysicalMemory::from_source(&[(0, pk.mem.bytes.len() as u64)], &source, 4096, 1 << 20);
+    let profile = Profile::load(pk.isf.as_bytes(), "synth-proc").unwrap();
+    let dtb = pk.mem.dtb;
+    let k = Kernel {
+        phys: &phys,
+        profile: &profile,
+        vm: VirtualMemory::new(&phys, PagingMode::Level4, dtb),
+        aslr_shift: 0,
+        phys_shift: 0,
+        dtb,
+        mode: PagingMode::Level4,
+        banner: Vec::new(),
+        banner_pa: 0,
+        vmcoreinfo: None,
+        method: "synthetic",
+        notes: Default::default(),
+    };
+    f(&k, &phys)
+}
+
+#[test]
+fn a_live_source_gives_the_rows_a_file_gives_and_reads_only_what_they_need() {
+    let plugins = [
+        "pslist", "pstree", "psaux", "netstat", "maps", "envars", "bash", "lsof",
+    ];
+    let (live, stats) = with_source(u32::MAX, |k, phys| {
+        let rows: Vec<Vec<Row>> = plugins.iter().map(|p| run(k, p)).collect();
+        (rows, phys.source_stats())
+    });
+    let file: Vec<Vec<Row>> = with_kernel(true, |k| plugins.iter().map(|p| run(k, p)).collect());
+    for ((name, l), f) in plugins.iter().zip(&live).zip(&file) {
+        assert!(!f.is_empty(), "{name}: no rows from the file");
+        assert_eq!(l, f, "{name}: the live source and the file disagree");
+    }
+    let size = proc::build(true).mem.bytes.len() as u64;
+    assert!(
+        stats.requests > 0 && stats.bytes < size / 4,
+        "{stats:?} of {size}"
+    );
+}
+
+#[test]
+fn a_failing_live_source_is_an_error_never_fewer_rows() {
+    for fail_from in [1, 3, 8] {
+        let result = with_source(fail_from, |k, _| {
+            run_plugin("pslist", k, &Options { threads: false })
+        });
+        match result {
+            Err(super::PluginError::Kernel { cause, .. }) => {
+                assert!(cause.is_source_failure(), "{fail_from}: {cause}")
+            }
+            other => panic!("source failing from request {fail_from}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn searches_of_all_memory_refuse_a_live_source() {
+    with_source(u32::MAX, |_, phys| {
+        let e = phys.find_all(b"Linux version ", 4).unwrap_err();
+        assert!(e.to_string().contains("live source"), "{e}");
+    });
+}

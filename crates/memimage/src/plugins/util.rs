@@ -7,11 +7,14 @@ use crate::memory::{MemoryError, VirtualMemory};
 use crate::profile::{IntLayout, ProfileError, TypeRef};
 
 /// Memory errors (an unmapped or uncaptured page) skip the object being
-/// read, as Volatility does; profile errors (a missing field) are real
-/// errors and propagate.
+/// read, as Volatility does; profile errors (a missing field) and a failed
+/// live source are real errors and propagate.
 pub(crate) fn soft<T>(r: Result<T, KernelError>) -> Result<Option<T>, KernelError> {
     match r {
         Ok(v) => Ok(Some(v)),
+        // A live source that failed ends the plugin: skipping would turn a
+        // lost connection into rows that look complete.
+        Err(e) if e.is_source_failure() => Err(e),
         Err(KernelError::Memory { .. } | KernelError::Physical { .. }) => Ok(None),
         Err(e) => Err(e),
     }
