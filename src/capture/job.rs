@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::manifest;
 use crate::pipeline::source::SourceOptions;
 use crate::repository::ModuleFile;
-use crate::target::SudoMode;
+pub use crate::target::SudoPolicy;
 use crate::transport::{Endpoint, HostKeyPolicy, SshOptions};
 use crate::util::secret::Secret;
 
@@ -36,15 +36,6 @@ pub struct CaptureJob {
     pub stream_idle_timeout: Duration,
     /// Which source produces the stream (LiME, kcore), compression, digest.
     pub source: SourceOptions,
-}
-
-/// How a capture becomes root: the mode, and where the sudo password came
-/// from (a flag or variable name, never the value), so a refusal says which
-/// secret to check.
-#[derive(Clone, Debug, Default)]
-pub struct SudoPolicy {
-    pub mode: SudoMode,
-    pub password_from: Option<String>,
 }
 
 impl CaptureJob {

@@ -11,17 +11,18 @@ mod bench;
 mod cleanup;
 mod job;
 mod kcore;
+mod listener;
 pub mod manifest;
 mod module;
-mod on_target;
 
 use crate::repository::ModuleFile;
+use crate::target::become_root;
 pub use bench::bench_receive;
 use cleanup::{RemoteState, cleanup};
 use job::module_record;
 pub use job::{CaptureJob, ModuleSource, SudoPolicy, default_filename, local_user};
+use listener::wait_for_listener;
 use module::module_availability;
-use on_target::{become_root, wait_for_listener};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

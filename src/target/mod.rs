@@ -6,7 +6,10 @@
 //! mktemp, sha256sum, insmod, rmmod, rm), so a minimal target works too.
 
 pub mod material;
+mod root;
 pub mod shell;
+
+pub use root::{SudoPolicy, become_root};
 
 use std::collections::BTreeSet;
 
