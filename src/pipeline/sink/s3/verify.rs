@@ -238,16 +238,9 @@ pub struct Head {
 
 /// Asks S3 for the object's size and checksum (a failed HEAD is a check
 /// that could not be made, not an error: `settle` reads back).
-pub async fn head(
-    bucket: &Bucket,
-    key: &str,
-    bytes: u64,
-    expect: Expect<'_>,
-    reply: Reply,
-) -> Head {
-    let head = (bucket.client.head_object())
-        .bucket(&bucket.spec.bucket)
-        .key(key)
+async fn head(bucket: &Bucket, key: &str, bytes: u64, expect: Expect<'_>, reply: Reply) -> Head {
+    let head = bucket
+        .head_object(key)
         .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
         .send()
         .await;
@@ -295,10 +288,24 @@ pub async fn head(
     }
 }
 
+/// The whole check of a stored object: `head`, then `settle` on its checks.
+pub async fn object(
+    bucket: &Bucket,
+    key: &str,
+    sent: &Sent<'_>,
+    expect: Expect<'_>,
+    reply: Reply,
+) -> (Head, Verification) {
+    let head = head(bucket, key, sent.bytes, expect, reply).await;
+    let checks = head.checks.clone();
+    let verification = settle(bucket, key, head.version.as_deref(), sent, checks).await;
+    (head, verification)
+}
+
 /// Decides from the reply's checks; on anything but a clean pass keeps the
 /// object, tags it, and reads it back. Never deletes, never fails: the
 /// result says what held.
-pub async fn settle(
+async fn settle(
     bucket: &Bucket,
     key: &str,
     version: Option<&str>,
