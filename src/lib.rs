@@ -11,6 +11,7 @@ pub mod commands;
 mod analysis;
 mod capture;
 mod fleet;
+mod live;
 mod pipeline;
 mod record;
 mod repository;

@@ -129,6 +129,32 @@ pub fn load_dir(
     ))
 }
 
+/// Builds a profile from material held in memory (a running host's, read
+/// just now), with no image to check it against.
+pub fn load_files(
+    label: &str,
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+    sel: &Selection,
+) -> anyhow::Result<(Profile, MaterialCheck)> {
+    let held = OnDisk {
+        dir: PathBuf::from(label),
+        files,
+        notes: Vec::new(),
+    };
+    let (profile, derived, summary, notes) = build(&held, None, |m, btf| {
+        m.profile_with_btf(btf, &format!("material:{label}"), sel)
+            .map_err(anyhow::Error::from)
+    })?;
+    Ok((
+        profile,
+        MaterialCheck {
+            derived,
+            summary,
+            notes,
+        },
+    ))
+}
+
 /// The whole material as a Volatility 3 ISF document (for `profile export`).
 pub fn isf_for(
     dir: &Path,

@@ -97,17 +97,7 @@ pub fn analyze_image(
     profile: Option<&Path>,
     cfg: &AnalyzeConfig,
 ) -> anyhow::Result<Analysis> {
-    let names: Vec<String> = plugins
-        .iter()
-        .flat_map(|p| p.split(','))
-        .map(|p| plugins::canonical(&p.trim().to_ascii_lowercase()).to_string())
-        .filter(|p| !p.is_empty())
-        .collect();
-    for n in &names {
-        if !plugins::PLUGINS.contains(&n.as_str()) {
-            return Err(UsageError(unknown_plugin(n)).into());
-        }
-    }
+    let names = plugin_names(plugins)?;
     if names.iter().any(|n| n == "memdump") && cfg.dump_dir.is_none() {
         return Err(UsageError(
             "memdump writes files: pass --dump-dir DIR (a new or empty directory)".into(),
@@ -205,9 +195,26 @@ pub fn analyze_image(
     Ok(Analysis { results })
 }
 
+/// The plugins asked for, by their canonical names (commas allowed); an
+/// unknown name is a usage error with the closest names.
+pub fn plugin_names(plugins: &[String]) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = plugins
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|p| plugins::canonical(&p.trim().to_ascii_lowercase()).to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for n in &names {
+        if !plugins::PLUGINS.contains(&n.as_str()) {
+            return Err(UsageError(unknown_plugin(n)).into());
+        }
+    }
+    Ok(names)
+}
+
 /// Keeps rows whose `pid` is in `pids` (all rows when `pids` is empty or
 /// the plugin has no pid column).
-fn filter_pids(rows: Vec<Row>, pids: &[i64]) -> Vec<Row> {
+pub fn filter_pids(rows: Vec<Row>, pids: &[i64]) -> Vec<Row> {
     if pids.is_empty() {
         return rows;
     }

@@ -5,10 +5,12 @@
 //! `--filename`, `--output-dir`, `--log-dir`, ...) so its users can switch.
 
 mod analyze;
+mod live;
 mod profile;
 mod repo;
 
 pub use analyze::{AnalyzeArgs, OutputFormat};
+pub use live::LiveArgs;
 pub use profile::{ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
 pub use repo::{RepoArgs, RepoCommand};
 
@@ -38,6 +40,10 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Analyse a memory image offline: mshot analyze IMAGE pstree [psaux ...] [--profile PATH].
     Analyze(AnalyzeArgs),
+    /// Analyse a running host without capturing it: plugins read its
+    /// /proc/kcore over SSH; nothing is pushed or written there:
+    /// mshot live --server HOST --user U --key K pslist netstat [--format json].
+    Live(LiveArgs),
     /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
     Profile(ProfileArgs),
     /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
@@ -59,75 +65,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct CaptureArgs {
-    /// Target host name or address.
-    #[arg(long, value_name = "HOST")]
-    pub server: Option<String>,
-
-    /// Target SSH port.
-    #[arg(long, default_value_t = 22)]
-    pub port: u16,
-
-    /// User to log in as (default: the local user).
-    #[arg(long, visible_alias = "username", value_name = "USER")]
-    pub user: Option<String>,
-
-    /// Private key file (OpenSSH, PEM or PKCS#8; ed25519, RSA or ECDSA).
-    /// An encrypted key's passphrase comes from MSHOT_KEY_PASSPHRASE or a prompt.
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-
-    /// Log in with a password. Without a value mshot prompts for it; MSHOT_PASSWORD
-    /// also works. A value given here is visible in the process list: avoid it.
-    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
-    pub password: Option<String>,
-
-    /// Do not offer keys from ssh-agent (SSH_AUTH_SOCK).
-    #[arg(long)]
-    pub no_agent: bool,
-
-    /// sudo password on the target. Without a value mshot prompts; MSHOT_SUDO_PASSWORD
-    /// also works. Defaults to the login password when one was given.
-    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
-    pub sudo_password: Option<String>,
-
-    /// How to become root: auto (root login as is, else sudo -n, else sudo with
-    /// the password), never (the login must be root), always (sudo for every
-    /// root command, even as root, so the target's sudo log has them all).
-    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
-    pub sudo: crate::target::SudoMode,
-
-    /// Jump hosts, OpenSSH style: user@host:port[,user@host:port...], first hop first.
-    #[arg(short = 'J', long = "jump", value_name = "CHAIN")]
-    pub jump: Option<String>,
-
-    /// A single jump host (MargaritaShotgun's flag; -J takes chains).
-    #[arg(long, value_name = "HOST")]
-    pub jump_server: Option<String>,
-
-    /// Port of --jump-server.
-    #[arg(long, default_value_t = 22)]
-    pub jump_port: u16,
-
-    /// User on the jump hosts (default: --user).
-    #[arg(long, value_name = "USER")]
-    pub jump_username: Option<String>,
-
-    /// Private key for the jump hosts (default: --key).
-    #[arg(long, value_name = "FILE")]
-    pub jump_key: Option<PathBuf>,
-
-    /// Password for the jump hosts; prompts without a value, or MSHOT_JUMP_PASSWORD.
-    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
-    pub jump_password: Option<String>,
-
-    /// known_hosts file to check host keys against.
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-
-    /// Record the keys of hosts known_hosts does not list yet (a changed key is
-    /// always refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
 
     /// LiME kernel module built for the target's kernel (wins over any repository).
     #[arg(long, value_name = "FILE")]
@@ -167,10 +106,6 @@ pub struct CaptureArgs {
     /// Connect, become root, push and verify the module, then clean up; capture nothing.
     #[arg(long)]
     pub dry_run: bool,
-
-    /// Seconds to wait for each SSH connection [default: 20].
-    #[arg(long, value_name = "SECONDS")]
-    pub connect_timeout: Option<u64>,
 
     /// Fail if the memory stream is silent this long [default: 120].
     #[arg(long, value_name = "SECONDS")]
@@ -257,6 +192,85 @@ pub struct CaptureArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// How to reach one host and become root there: the flags a capture and
+/// `mshot live` share.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// Target host name or address.
+    #[arg(long, value_name = "HOST")]
+    pub server: Option<String>,
+
+    /// Target SSH port.
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+
+    /// User to log in as (default: the local user).
+    #[arg(long, visible_alias = "username", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Private key file (OpenSSH, PEM or PKCS#8; ed25519, RSA or ECDSA).
+    /// An encrypted key's passphrase comes from MSHOT_KEY_PASSPHRASE or a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Log in with a password. Without a value mshot prompts for it; MSHOT_PASSWORD
+    /// also works. A value given here is visible in the process list: avoid it.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub password: Option<String>,
+
+    /// Do not offer keys from ssh-agent (SSH_AUTH_SOCK).
+    #[arg(long)]
+    pub no_agent: bool,
+
+    /// sudo password on the target. Without a value mshot prompts; MSHOT_SUDO_PASSWORD
+    /// also works. Defaults to the login password when one was given.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub sudo_password: Option<String>,
+
+    /// How to become root: auto (root login as is, else sudo -n, else sudo with
+    /// the password), never (the login must be root), always (sudo for every
+    /// root command, even as root, so the target's sudo log has them all).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub sudo: crate::target::SudoMode,
+
+    /// Jump hosts, OpenSSH style: user@host:port[,user@host:port...], first hop first.
+    #[arg(short = 'J', long = "jump", value_name = "CHAIN")]
+    pub jump: Option<String>,
+
+    /// A single jump host (MargaritaShotgun's flag; -J takes chains).
+    #[arg(long, value_name = "HOST")]
+    pub jump_server: Option<String>,
+
+    /// Port of --jump-server.
+    #[arg(long, default_value_t = 22)]
+    pub jump_port: u16,
+
+    /// User on the jump hosts (default: --user).
+    #[arg(long, value_name = "USER")]
+    pub jump_username: Option<String>,
+
+    /// Private key for the jump hosts (default: --key).
+    #[arg(long, value_name = "FILE")]
+    pub jump_key: Option<PathBuf>,
+
+    /// Password for the jump hosts; prompts without a value, or MSHOT_JUMP_PASSWORD.
+    #[arg(long, value_name = "PASSWORD", num_args = 0..=1, default_missing_value = "")]
+    pub jump_password: Option<String>,
+
+    /// known_hosts file to check host keys against.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Record the keys of hosts known_hosts does not list yet (a changed key is
+    /// always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+
+    /// Seconds to wait for each SSH connection [default: 20].
+    #[arg(long, value_name = "SECONDS")]
+    pub connect_timeout: Option<u64>,
 }
 
 /// The S3 flags, shared by a capture and `mshot upload` (one definition,

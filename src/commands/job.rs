@@ -10,8 +10,9 @@ use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 
 use crate::capture::{CaptureJob, ModuleSource, default_filename, local_user};
-use crate::cli::CaptureArgs;
+use crate::cli::{CaptureArgs, ConnectionArgs};
 use crate::repository::ModuleFile;
+use crate::target::SudoPolicy;
 use crate::transport::keyfile::{decode_secret_key, needs_passphrase};
 use crate::transport::route::parse_jump_chain;
 use crate::transport::{Credentials, Endpoint, HostKeyPolicy, LoadedKey, SshOptions};
@@ -26,16 +27,23 @@ pub fn capture_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
     job_from(args, true)
 }
 
-/// Like `capture_job`, for the benchmark path that loads no module.
-pub fn bench_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
-    job_from(args, false)
+/// What every command that logs in to one host needs.
+pub struct Connection {
+    /// Jump hosts in order, then the target.
+    pub route: Vec<Endpoint>,
+    pub host_keys: HostKeyPolicy,
+    pub ssh: SshOptions,
+    pub sudo_password: Option<Secret>,
+    pub sudo: SudoPolicy,
 }
 
-fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob> {
+/// The route, host key policy, credentials and sudo settings from the
+/// connection flags; `what` names the command in errors.
+pub fn connection(args: &ConnectionArgs, what: &str) -> anyhow::Result<Connection> {
     let server = args
         .server
         .clone()
-        .ok_or_else(|| anyhow!("--server is required (the host to capture)"))?;
+        .ok_or_else(|| anyhow!("--server is required (the host to {what})"))?;
     let user = args.user.clone().unwrap_or_else(local_user);
 
     let password = secret_from(
@@ -73,6 +81,54 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
         None => home_dir()?.join(".ssh/known_hosts"),
     };
 
+    let sudo_password = secret_from(
+        args.sudo_password.as_deref(),
+        ENV_SUDO_PASSWORD,
+        &format!("sudo password for {user}@{server}: "),
+    )?;
+    // Named in a sudo refusal, so the user knows which secret to check.
+    let sudo_password_from = match (&sudo_password, args.sudo_password.as_deref(), &password) {
+        (Some(_), Some(""), _) if std::env::var_os(ENV_SUDO_PASSWORD).is_none() => {
+            Some("the prompt".to_string())
+        }
+        (Some(_), Some(v), _) if !v.is_empty() => Some("--sudo-password".to_string()),
+        (Some(_), _, _) => Some(ENV_SUDO_PASSWORD.to_string()),
+        (None, _, Some(_)) => Some("the login password".to_string()),
+        (None, _, None) => None,
+    };
+    let sudo_password = sudo_password.or(password);
+    Ok(Connection {
+        route,
+        host_keys: HostKeyPolicy {
+            known_hosts,
+            accept_new: args.accept_new_host_keys,
+        },
+        ssh: SshOptions {
+            connect_timeout: Duration::from_secs(args.connect_timeout.unwrap_or(20).max(1)),
+            keepalive_interval: Duration::from_secs(15),
+        },
+        sudo_password,
+        sudo: SudoPolicy {
+            mode: args.sudo,
+            password_from: sudo_password_from,
+        },
+    })
+}
+
+/// Like `capture_job`, for the benchmark path that loads no module.
+pub fn bench_job(args: &CaptureArgs) -> anyhow::Result<CaptureJob> {
+    job_from(args, false)
+}
+
+fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob> {
+    let Connection {
+        route,
+        host_keys,
+        ssh,
+        sudo_password,
+        sudo,
+    } = connection(&args.conn, "capture")?;
+    let server = route.last().map(|t| t.host.clone()).unwrap_or_default();
     // Without --module, --method auto reads /proc/kcore unless a repository
     // has a module for the target's kernel; only --method lime needs one.
     let method = args.method.unwrap_or_default();
@@ -111,23 +167,6 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             sha256: String::new(),
         }),
     };
-
-    let sudo_password = secret_from(
-        args.sudo_password.as_deref(),
-        ENV_SUDO_PASSWORD,
-        &format!("sudo password for {user}@{server}: "),
-    )?;
-    // Named in a sudo refusal, so the user knows which secret to check.
-    let sudo_password_from = match (&sudo_password, args.sudo_password.as_deref(), &password) {
-        (Some(_), Some(""), _) if std::env::var_os(ENV_SUDO_PASSWORD).is_none() => {
-            Some("the prompt".to_string())
-        }
-        (Some(_), Some(v), _) if !v.is_empty() => Some("--sudo-password".to_string()),
-        (Some(_), _, _) => Some(ENV_SUDO_PASSWORD.to_string()),
-        (None, _, Some(_)) => Some("the login password".to_string()),
-        (None, _, None) => None,
-    };
-    let sudo_password = sudo_password.or(password);
 
     let filename = match &args.filename {
         Some(name) => {
@@ -169,23 +208,14 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
 
     Ok(CaptureJob {
         route,
-        host_keys: HostKeyPolicy {
-            known_hosts,
-            accept_new: args.accept_new_host_keys,
-        },
-        ssh: SshOptions {
-            connect_timeout: Duration::from_secs(args.connect_timeout.unwrap_or(20).max(1)),
-            keepalive_interval: Duration::from_secs(15),
-        },
+        host_keys,
+        ssh,
         module,
         image_path: local_dir.join(filename),
         local_image,
         s3,
         sudo_password,
-        sudo: crate::capture::SudoPolicy {
-            mode: args.sudo,
-            password_from: sudo_password_from,
-        },
+        sudo,
         force: args.force,
         dry_run: args.dry_run,
         stream_idle_timeout: Duration::from_secs(args.stream_timeout.unwrap_or(120).max(1)),
@@ -223,7 +253,7 @@ pub fn s3_spec(
 
 /// Jump hosts from `-J` or MargaritaShotgun's `--jump-server` flags.
 fn jump_hosts(
-    args: &CaptureArgs,
+    args: &ConnectionArgs,
     default_user: &str,
     target_key: Option<&LoadedKey>,
     use_agent: bool,

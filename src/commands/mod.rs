@@ -5,6 +5,7 @@ mod analyze;
 mod capture;
 mod fleet;
 pub mod job;
+mod live;
 pub mod profile;
 pub mod repo;
 mod settings;
@@ -69,6 +70,7 @@ pub fn run(cli: Cli) -> u8 {
             };
         }
         Some(Command::Upload(args)) => return upload::main(args),
+        Some(Command::Live(args)) => return live::run(args),
         Some(Command::Capture(args)) => (args.clone(), None),
         Some(Command::BenchReceive {
             capture,
@@ -106,10 +108,24 @@ pub fn run(cli: Cli) -> u8 {
 
 /// stderr gets warnings (info with -v, debug with -vv); `--log-dir` gets everything at debug.
 pub(crate) fn init_logging(args: &CaptureArgs) -> Option<()> {
+    init_logging_for(
+        args.verbose,
+        args.log_dir.as_deref(),
+        args.conn.server.as_deref(),
+    )
+}
+
+/// Logging for any command: `verbose` raises stderr's level, `log_dir`
+/// gets a debug log named after `label`.
+pub(crate) fn init_logging_for(
+    verbose: u8,
+    log_dir: Option<&std::path::Path>,
+    label: Option<&str>,
+) -> Option<()> {
     use tracing_subscriber::{
         EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt,
     };
-    let level = match args.verbose {
+    let level = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -122,15 +138,12 @@ pub(crate) fn init_logging(args: &CaptureArgs) -> Option<()> {
         .with_target(false)
         .without_time()
         .with_filter(stderr_filter);
-    let file_layer = args.log_dir.as_ref().and_then(|dir| {
+    let file_layer = log_dir.and_then(|dir| {
         std::fs::create_dir_all(dir).ok()?;
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
         let name = format!(
             "mshot-{}-{stamp}.log",
-            args.server
-                .as_deref()
-                .unwrap_or("run")
-                .replace(['/', ':'], "_")
+            label.unwrap_or("run").replace(['/', ':'], "_")
         );
         let file = std::fs::File::create(dir.join(name)).ok()?;
         Some(

@@ -91,11 +91,16 @@ impl Fetched {
 /// Fetches every source; never fails the capture: what the target cannot
 /// give is recorded as missing.
 pub async fn fetch(shell: &Shell<'_>) -> Fetched {
+    fetch_only(shell, |_| true).await
+}
+
+/// Fetches the sources whose file name `want` accepts.
+pub async fn fetch_only(shell: &Shell<'_>, want: impl Fn(&str) -> bool) -> Fetched {
     let mut fetched = Fetched {
         record: MaterialRecord::default(),
         contents: Vec::new(),
     };
-    for s in SOURCES {
+    for s in SOURCES.iter().filter(|s| want(s.file)) {
         let out = if s.root {
             shell.run_root(s.command, &[], None).await
         } else {

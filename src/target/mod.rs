@@ -5,6 +5,7 @@
 //! Commands use only POSIX sh and tools that busybox also has (cat, uname, id,
 //! mktemp, sha256sum, insmod, rmmod, rm), so a minimal target works too.
 
+pub mod live;
 pub mod material;
 mod root;
 pub mod shell;

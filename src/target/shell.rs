@@ -26,6 +26,8 @@ pub struct Shell<'a> {
 pub struct PendingAudit {
     host: String,
     command: String,
+    /// What was written to its stdin, described.
+    stdin: Option<String>,
     started: Timestamp,
     clock: Instant,
 }
@@ -37,7 +39,7 @@ impl PendingAudit {
             started: self.started,
             duration_ms: self.clock.elapsed().as_millis() as u64,
             command: self.command,
-            stdin: None,
+            stdin: self.stdin,
             exit_status: out.and_then(|o| o.status),
             stderr: out.map(|o| o.stderr_line()).unwrap_or_default(),
         });
@@ -71,6 +73,7 @@ impl Shell<'_> {
         let pending = PendingAudit {
             host: self.host.to_string(),
             command: line.clone(),
+            stdin: None,
             started: Timestamp::now(),
             clock: Instant::now(),
         };
@@ -91,11 +94,31 @@ impl Shell<'_> {
         let pending = PendingAudit {
             host: self.host.to_string(),
             command: line.clone(),
+            stdin: None,
             started: Timestamp::now(),
             clock: Instant::now(),
         };
         let (stdout, running) = self.session.start_stream(&line, input).await?;
         Ok((stdout, running, pending))
+    }
+
+    /// Starts a command as root and hands over its stdin and stdout as one
+    /// byte stream (a protocol spoken with a remote program: sftp-server).
+    /// The sudo password, when needed, is written first.
+    pub async fn open_root_duplex(
+        &self,
+        command: &str,
+    ) -> anyhow::Result<(crate::transport::ExecStream, PendingAudit)> {
+        let (line, input, note) = self.as_root(command, &[], None);
+        let pending = PendingAudit {
+            host: self.host.to_string(),
+            command: line.clone(),
+            stdin: note,
+            started: Timestamp::now(),
+            clock: Instant::now(),
+        };
+        let stream = self.session.open_exec(&line, input).await?;
+        Ok((stream, pending))
     }
 
     fn as_root(

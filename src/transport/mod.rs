@@ -16,7 +16,7 @@ mod tunnel;
 
 pub use exec::{ExecOutput, RunningCommand};
 use handshake::{READ_BUFFER, Verifier, authenticate, client_config, read_known_hosts};
-pub use tunnel::Tunnel;
+pub use tunnel::{ExecStream, Tunnel};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -316,6 +316,31 @@ impl Session {
             task,
             label: self.label.clone(),
         })
+    }
+
+    /// Starts `command`, writes `stdin_first` to it, and hands over its
+    /// stdin and stdout as one byte stream (stderr is dropped).
+    pub async fn open_exec(
+        &self,
+        command: &str,
+        stdin_first: Vec<u8>,
+    ) -> Result<ExecStream, SshError> {
+        let channel = self
+            .target
+            .channel_open_session()
+            .await
+            .map_err(|source| self.protocol(source))?;
+        channel
+            .exec(true, command.as_bytes())
+            .await
+            .map_err(|source| self.protocol(source))?;
+        if !stdin_first.is_empty() {
+            channel
+                .data(&stdin_first[..])
+                .await
+                .map_err(|source| self.protocol(source))?;
+        }
+        Ok(ExecStream(channel.into_stream()))
     }
 
     /// Runs `command` to completion.

@@ -1,6 +1,6 @@
-//! A direct-tcpip channel to an address as the target sees it (LiME on the
-//! target's loopback): its data packets as russh decoded them, or a byte
-//! stream, and a close that does not wait.
+//! Channels as streams: a direct-tcpip channel to an address as the target
+//! sees it (LiME on the target's loopback), as russh's data packets or a
+//! byte stream; and a remote command's stdin and stdout as one stream.
 
 use bytes::Bytes;
 use russh::ChannelMsg;
@@ -43,5 +43,42 @@ impl Tunnel {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(self.close());
         }
+    }
+}
+
+/// A remote command's stdin and stdout as one byte stream.
+pub struct ExecStream(pub(super) russh::ChannelStream<Msg>);
+
+impl AsyncRead for ExecStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ExecStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["commands"],
     &["cli"],
     &["fleet"],
-    &["capture"],
+    &["capture", "live"],
     &["pipeline", "analysis"],
     &["target", "repository"],
     &["transport"],

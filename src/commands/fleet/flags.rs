@@ -36,16 +36,16 @@ pub fn overrides(args: &CaptureArgs) -> Overrides {
     if let Some(dir) = &output_dir {
         set("output_dir", Value::Str(dir.display().to_string()));
     }
-    if let Some(path) = &args.known_hosts {
+    if let Some(path) = &args.conn.known_hosts {
         set(
             "known_hosts",
             Value::Str(absolute(path).display().to_string()),
         );
     }
-    if args.no_agent {
+    if args.conn.no_agent {
         set("agent", Value::Bool(false));
     }
-    if let Some(secs) = args.connect_timeout {
+    if let Some(secs) = args.conn.connect_timeout {
         set("connect_timeout", Value::Int(secs.into()));
     }
     if let Some(secs) = args.stream_timeout {
@@ -93,7 +93,7 @@ pub fn overrides(args: &CaptureArgs) -> Overrides {
         dry_run: args.dry_run,
         only: args.hosts.clone(),
         shard: args.shard,
-        accept_new_host_keys: args.accept_new_host_keys,
+        accept_new_host_keys: args.conn.accept_new_host_keys,
         force: args.force,
         skip_file_checks: false,
         bench: args.bench_source_port.is_some(),

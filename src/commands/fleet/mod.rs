@@ -26,7 +26,7 @@ pub fn run(args: &CaptureArgs, file: &std::path::Path) -> u8 {
     flags::apply(&mut plan, args);
     let mut log_args = args.clone();
     log_args.log_dir = plan.log_dir.clone();
-    log_args.server = Some("fleet".into());
+    log_args.conn.server = Some("fleet".into());
     let _log_guard = init_logging(&log_args);
     for warning in &plan.warnings {
         tracing::warn!("{warning}");

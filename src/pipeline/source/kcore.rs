@@ -46,6 +46,37 @@ pub enum Header {
 
 /// Parses the ELF header and program headers at the start of /proc/kcore.
 pub fn parse_header(bytes: &[u8]) -> anyhow::Result<Header> {
+    Ok(match program_headers(bytes)? {
+        Err(need) => Header::NeedBytes(need),
+        Ok(entries) => Header::Segments(
+            entries
+                .into_iter()
+                .filter(|e| e.kind == 1)
+                .map(|e| e.segment)
+                .collect(),
+        ),
+    })
+}
+
+/// The PT_NOTE segments (file offset, size) of /proc/kcore's header, where
+/// the kernel puts its VMCOREINFO.
+pub fn note_segments(bytes: &[u8]) -> anyhow::Result<Vec<(u64, u64)>> {
+    Ok(program_headers(bytes)?
+        .map_err(|need| anyhow!("{KCORE} program headers need {need} bytes"))?
+        .into_iter()
+        .filter(|e| e.kind == 4)
+        .map(|e| (e.segment.offset, e.segment.filesz))
+        .collect())
+}
+
+/// One program header: its type and where its bytes are.
+struct Entry {
+    kind: u32,
+    segment: Segment,
+}
+
+/// Every program header, or how many bytes the table needs.
+fn program_headers(bytes: &[u8]) -> anyhow::Result<Result<Vec<Entry>, u64>> {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
         bail!("{KCORE} does not start with an ELF header");
     }
@@ -79,23 +110,67 @@ pub fn parse_header(bytes: &[u8]) -> anyhow::Result<Header> {
         if end > 64 << 20 {
             bail!("{KCORE} claims a program header table of {end} bytes");
         }
-        return Ok(Header::NeedBytes(end));
+        return Ok(Err(end));
     }
-    let mut segments = Vec::new();
+    let mut entries = Vec::new();
     for i in 0..phnum {
         let at = (phoff + i * phentsize) as usize;
         let entry = &bytes[at..at + 56];
-        if u32_at(entry, 0) != 1 {
-            continue; // PT_NOTE and others
-        }
-        segments.push(Segment {
-            offset: u64_at(entry, 8),
-            vaddr: u64_at(entry, 16),
-            paddr: u64_at(entry, 24),
-            filesz: u64_at(entry, 32),
+        entries.push(Entry {
+            kind: u32_at(entry, 0),
+            segment: Segment {
+                offset: u64_at(entry, 8),
+                vaddr: u64_at(entry, 16),
+                paddr: u64_at(entry, 24),
+                filesz: u64_at(entry, 32),
+            },
         });
     }
-    Ok(Header::Segments(segments))
+    Ok(Ok(entries))
+}
+
+/// One ELF note: `namesz`, `descsz`, `type`, then name and descriptor,
+/// each padded to 4 bytes (kcore's PT_NOTE, /sys/kernel/notes).
+pub struct ElfNote<'a> {
+    pub name: &'a [u8],
+    pub kind: u32,
+    pub desc: &'a [u8],
+}
+
+/// The notes in `bytes`, up to the first that does not fit.
+pub fn elf_notes(bytes: &[u8]) -> Vec<ElfNote<'_>> {
+    let word = |at: usize| -> Option<u32> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let pad = |n: usize| n.checked_add(3).map(|v| v & !3);
+    let mut notes = Vec::new();
+    let mut at = 0usize;
+    while let (Some(namesz), Some(descsz), Some(kind)) = (word(at), word(at + 4), word(at + 8)) {
+        let (namesz, descsz) = (namesz as usize, descsz as usize);
+        let name_at = at + 12;
+        let Some(desc_at) = pad(namesz).and_then(|n| name_at.checked_add(n)) else {
+            break;
+        };
+        let (Some(name), Some(desc)) = (
+            bytes.get(name_at..name_at + namesz),
+            desc_at
+                .checked_add(descsz)
+                .and_then(|end| bytes.get(desc_at..end)),
+        ) else {
+            break;
+        };
+        notes.push(ElfNote {
+            name: name.strip_suffix(b"\0").unwrap_or(name),
+            kind,
+            desc,
+        });
+        match pad(descsz).and_then(|n| desc_at.checked_add(n)) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    notes
 }
 
 /// A run of bytes in /proc/kcore.

@@ -12,7 +12,7 @@
 //! finding.
 
 use super::{Context, Finding, Report, Severity};
-use crate::format::PhysicalMemory;
+use crate::format::{FormatError, PhysicalMemory};
 use crate::kernel::{Kernel, KernelError};
 use crate::memory::PagingMode;
 use crate::plugins::tasks::{is_live_task, processes, threads};
@@ -47,9 +47,12 @@ const MAX_PID_TASKS: usize = 64;
 /// The `*_sched_class` objects sit next to each other, so their addresses
 /// share their high bytes: a SIMD substring search for those finds the
 /// few candidate words faster than comparing every word.
-pub(crate) fn scan_words(phys: &PhysicalMemory<'_>, needles: &[u64]) -> Vec<u64> {
+pub(crate) fn scan_words(
+    phys: &PhysicalMemory<'_>,
+    needles: &[u64],
+) -> Result<Vec<u64>, FormatError> {
     let (Some(&lo), Some(&hi)) = (needles.iter().min(), needles.iter().max()) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     // Number of low bytes in which the needles differ (1..=8).
     let low = 8 - ((lo ^ hi).leading_zeros() / 8) as usize;
@@ -64,8 +67,9 @@ pub(crate) fn scan_words(phys: &PhysicalMemory<'_>, needles: &[u64]) -> Vec<u64>
     };
     let mut carry: Vec<u8> = Vec::new();
     let mut carry_end = u64::MAX;
-    // Errors come from damaged compressed chunks; what was read stands.
-    let _ = phys.for_each_piece(|addr, bytes| {
+    // A damaged compressed chunk costs its own words only; a source that
+    // cannot be searched, or failed, means nothing was looked at.
+    let scanned = phys.for_each_piece(|addr, bytes| {
         // Words split between this piece and the one before.
         if carry_end == addr && !carry.is_empty() {
             let from = addr - carry.len() as u64;
@@ -103,7 +107,10 @@ pub(crate) fn scan_words(phys: &PhysicalMemory<'_>, needles: &[u64]) -> Vec<u64>
         carry_end = addr + bytes.len() as u64;
         hits.len() < MAX_HITS
     });
-    hits
+    match scanned {
+        Err(e @ (FormatError::NotScannable | FormatError::Source { .. })) => Err(e),
+        _ => Ok(hits),
+    }
 }
 
 /// A field of a structure read from a copy of its bytes.
@@ -339,7 +346,21 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
     };
     let pob = page_offset(k);
     let mut carved: BTreeMap<u64, Carved> = BTreeMap::new();
-    for hit in scan_words(k.phys, &needles) {
+    let hits = match scan_words(k.phys, &needles) {
+        Ok(hits) => hits,
+        Err(source @ FormatError::Source { .. }) => {
+            return Err(KernelError::Physical {
+                what: "the search for task_structs".into(),
+                source,
+            });
+        }
+        Err(e) => {
+            r.not_checked
+                .push(format!("task_structs carved from physical memory: {e}"));
+            return Ok(r);
+        }
+    };
+    for hit in hits {
         let Some(pa) = hit.checked_sub(sched_off) else {
             continue;
         };

@@ -233,3 +233,56 @@ fn unknown_dispatcher_code_is_not_checked() {
         && s(r, "result") == "not checked"
         && s(r, "what").contains("x64_sys_call")));
 }
+
+/// The synthetic kernel's bytes served as a live source.
+struct Served<'b>(&'b [u8]);
+
+impl crate::format::PageSource for Served<'_> {
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
+        let at = addr as usize;
+        buf.copy_from_slice(&self.0[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+/// On a live source nothing can search all of memory: psscan says it did
+/// not look, every other check runs as on the image, and the verdict
+/// never reads as clean for what was skipped.
+#[test]
+fn a_live_source_runs_every_check_but_the_carving_which_is_not_checked() {
+    let ik = build(Plant::default(), None);
+    let served = Served(&ik.mem.bytes);
+    let phys = PhysicalMemory::from_source(
+        &[(0, ik.mem.bytes.len() as u64)],
+        &served,
+        16 << 10,
+        64 << 20,
+    );
+    let profile =
+        Profile::load_with(ik.isf.as_bytes(), "synth-integrity", &Selection::INTEGRITY).unwrap();
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
+    let live: Vec<(String, String)> = run_plugin("triage", &k, &Options { threads: false })
+        .unwrap()
+        .iter()
+        .map(|r| (s(r, "check"), s(r, "result")))
+        .collect();
+    let image: Vec<(String, String)> = triage(Plant::default(), None)
+        .into_iter()
+        .map(|(c, r, _, _)| (c, r))
+        .collect();
+    assert_eq!(live.len(), image.len(), "{live:?}");
+    for ((check, l), (_, i)) in live.iter().zip(&image) {
+        if check == "psscan" {
+            assert_eq!(l, "not checked", "psscan on a live source: {live:?}");
+        } else {
+            assert_eq!(l, i, "{check}: live {l}, image {i}");
+        }
+    }
+    let verdict =
+        super::Verdict::of(&run_plugin("triage", &k, &Options { threads: false }).unwrap());
+    assert!(
+        !verdict.text().contains("every check ran"),
+        "{}",
+        verdict.text()
+    );
+}
