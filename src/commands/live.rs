@@ -136,10 +136,15 @@ fn cost(o: &LiveOutcome) -> String {
 fn write_record(dir: &std::path::Path, job: &LiveJob, o: &LiveOutcome) -> anyhow::Result<PathBuf> {
     let host = job.target().host.clone();
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-    let path = dir.join(format!(
-        "{}-{stamp}-live.json",
-        crate::util::sanitize::file_name_part(&host)
-    ));
+    let name = crate::util::sanitize::file_name_part(&host);
+    // Two runs in one second keep two records.
+    let path = (1..)
+        .map(|n| match n {
+            1 => dir.join(format!("{name}-{stamp}-live.json")),
+            n => dir.join(format!("{name}-{stamp}-{n}-live.json")),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join(format!("{name}-{stamp}-live.json")));
     let record = serde_json::json!({
         "tool": "mshot",
         "tool_version": env!("CARGO_PKG_VERSION"),

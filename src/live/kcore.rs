@@ -46,7 +46,15 @@ impl RemoteKcore {
                 .sftp
                 .read(self.handle.clone(), offset + done as u64, want)
                 .await
-                .map_err(|e| anyhow!("reading {KCORE} at {:#x}: {e}", offset + done as u64))?
+                .map_err(|e| {
+                    let at = offset + done as u64;
+                    match e {
+                        russh_sftp::client::error::Error::UnexpectedBehavior(_) => anyhow!(
+                            "the connection to the host was lost while reading {KCORE} at {at:#x} ({e}); nothing was written on the host: run again"
+                        ),
+                        e => anyhow!("reading {KCORE} at {at:#x}: {e}"),
+                    }
+                })?
                 .data;
             if data.is_empty() {
                 bail!("{KCORE} ended at {:#x}", offset + done as u64);

@@ -69,6 +69,16 @@ impl Guest {
     }
 }
 
+impl Guest {
+    /// Stops the guest now, as a crash or a cut link would.
+    pub(crate) fn stop(&mut self) {
+        let _ = Command::new(repo().join("lab/stop-guest.sh"))
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .status();
+    }
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("lab/stop-guest.sh"))
@@ -183,8 +193,24 @@ impl Setup {
         cmd
     }
 
+    /// `mshot live` of the guest, its record going to `out_dir`.
+    pub(crate) fn mshot_live(&self, out_dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+        cmd.arg("live");
+        self.connection_args(&mut cmd);
+        cmd.arg("--output-dir").arg(out_dir);
+        cmd
+    }
+
     fn mshot_base(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
+        self.connection_args(&mut cmd);
+        cmd.args(["--filename", "guest.lime"]);
+        cmd
+    }
+
+    /// How mshot reaches the guest: through the jump host, keys checked.
+    fn connection_args(&self, cmd: &mut Command) {
         cmd.args([
             "--server",
             "127.0.0.1",
@@ -206,9 +232,7 @@ impl Setup {
         .arg(&self.jump_key.private)
         .arg("--known-hosts")
         .arg(&self.known_hosts)
-        .args(["--filename", "guest.lime"])
         .env_remove("SSH_AUTH_SOCK");
-        cmd
     }
 }
 
