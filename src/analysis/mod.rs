@@ -12,9 +12,10 @@
 pub mod material;
 mod memdump;
 mod render;
+pub mod stack;
 
 use memdump::dump_memory;
-pub use render::{render_table, to_json, write_json_files};
+pub use render::{analysis_json_rows, render_table, to_json, write_json_files};
 
 use anyhow::{Context, Result, bail};
 use memimage::kernel::{Kernel, find_banners};

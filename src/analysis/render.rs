@@ -32,6 +32,17 @@ pub fn rows_json(rows: &[Row]) -> serde_json::Value {
         .into()
 }
 
+/// Each plugin's rows as JSON objects, in request order.
+pub fn analysis_json_rows(a: &Analysis) -> Vec<(String, Vec<serde_json::Value>)> {
+    a.results
+        .iter()
+        .map(|(n, rows)| match rows_json(rows) {
+            serde_json::Value::Array(rows) => (n.clone(), rows),
+            _ => (n.clone(), Vec::new()),
+        })
+        .collect()
+}
+
 /// One JSON object keyed by plugin name (and `verdict`, when triage ran).
 pub fn to_json(a: &Analysis) -> serde_json::Value {
     let mut out: serde_json::Map<_, _> = a

@@ -168,6 +168,12 @@ pub struct CaptureArgs {
     )]
     pub config: Option<PathBuf>,
 
+    /// Fleet: analyse every host live with these plugins instead of
+    /// capturing it (see `mshot live`), then stack the rows: the processes,
+    /// modules, listeners and findings only a few hosts have.
+    #[arg(long, value_name = "PLUGINS", value_delimiter = ',', num_args = 1.., requires = "config")]
+    pub live: Vec<String>,
+
     /// Fleet: hosts captured at once (default: the file's workers:, else auto).
     #[arg(long, value_name = "N|auto", requires = "config", value_parser = parse_workers)]
     pub workers: Option<crate::fleet::config::Workers>,

@@ -168,7 +168,7 @@ fn write_record(dir: &std::path::Path, job: &LiveJob, o: &LiveOutcome) -> anyhow
     Ok(path)
 }
 
-fn default_material_cache() -> Option<PathBuf> {
+pub(super) fn default_material_cache() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;

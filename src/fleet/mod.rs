@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod flags;
+pub mod live;
 pub mod report;
 pub mod yaml;
 

@@ -40,6 +40,9 @@ pub fn run(args: &CaptureArgs, file: &std::path::Path) -> u8 {
             jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
         ))
     });
+    if !args.live.is_empty() {
+        return live(plan, args, workers, &report_path);
+    }
     // Output directories exist before any host starts (a typo fails here, once).
     for host in &plan.hosts {
         if let Some(dir) = host.job.image_path.parent()
@@ -109,3 +112,67 @@ pub fn run(args: &CaptureArgs, file: &std::path::Path) -> u8 {
 
 #[cfg(test)]
 mod tests;
+
+/// `-c FILE --live PLUGINS`: every host analysed live, then stacked.
+fn live(
+    plan: crate::fleet::config::FleetPlan,
+    args: &CaptureArgs,
+    workers: usize,
+    report_path: &std::path::Path,
+) -> u8 {
+    use crate::fleet::live::{self, LiveFleet};
+    let plugins = match crate::analysis::plugin_names(&args.live) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mshot: {e:#}");
+            return exit::USAGE;
+        }
+    };
+    if plan.hosts.is_empty() {
+        eprintln!("mshot: no host left to analyse after --hosts/--shard");
+        return exit::USAGE;
+    }
+    let options = LiveFleet {
+        plugins,
+        workers,
+        deadline: std::time::Duration::from_secs(120),
+        cache_dir: super::live::default_material_cache(),
+    };
+    eprintln!(
+        "mshot: {} host(s), {workers} at a time, live: {}",
+        plan.hosts.len(),
+        options.plugins.join(", ")
+    );
+    let Some(runtime) = build_runtime(None) else {
+        return exit::FAILED;
+    };
+    let hosts = runtime.block_on(async {
+        let cancel = interrupt_token();
+        live::run(plan, &options, cancel).await
+    });
+    let outliers = live::outliers(&hosts);
+    println!("== outliers ==");
+    print!("{}", crate::analysis::stack::render(&outliers));
+    let mut code = exit::OK;
+    for h in &hosts {
+        match &h.outcome {
+            Ok(o) if o.failed.is_empty() => {
+                if o.analysis.verdict().is_some_and(|v| v.findings > 0) && code == exit::OK {
+                    code = exit::FINDINGS;
+                }
+            }
+            _ => code = exit::FAILED,
+        }
+    }
+    match live::write_report(report_path, &hosts, &outliers) {
+        Ok(()) => println!("report   {}", report_path.display()),
+        Err(e) => {
+            eprintln!(
+                "mshot: cannot write the report {}: {e:#}",
+                report_path.display()
+            );
+            code = exit::FAILED;
+        }
+    }
+    code
+}
