@@ -8,11 +8,13 @@ mod analyze;
 mod live;
 mod profile;
 mod repo;
+mod stack;
 
 pub use analyze::{AnalyzeArgs, OutputFormat};
 pub use live::LiveArgs;
 pub use profile::{ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
 pub use repo::{RepoArgs, RepoCommand};
+pub use stack::StackArgs;
 
 use std::path::PathBuf;
 
@@ -44,6 +46,9 @@ pub enum Command {
     /// /proc/kcore over SSH; nothing is pushed or written there:
     /// mshot live --server HOST --user U --key K pslist netstat [--format json].
     Live(LiveArgs),
+    /// Several captures side by side: the processes, modules, listeners and
+    /// findings only a few of them have: mshot stack IMAGE IMAGE... [--plugins P,...].
+    Stack(StackArgs),
     /// Profiles from capture material: mshot profile export IMAGE -o FILE.json.xz.
     Profile(ProfileArgs),
     /// Build, index, sign and verify a LiME module repository (kernel-modules/README.md).
@@ -171,7 +176,14 @@ pub struct CaptureArgs {
     /// Fleet: analyse every host live with these plugins instead of
     /// capturing it (see `mshot live`), then stack the rows: the processes,
     /// modules, listeners and findings only a few hosts have.
-    #[arg(long, value_name = "PLUGINS", value_delimiter = ',', num_args = 1.., requires = "config")]
+    #[arg(
+        long,
+        value_name = "PLUGINS",
+        value_delimiter = ',',
+        num_args = 1..,
+        requires = "config",
+        conflicts_with_all = ["analyze", "dry_run", "bucket"]
+    )]
     pub live: Vec<String>,
 
     /// Fleet: hosts captured at once (default: the file's workers:, else auto).

@@ -10,6 +10,7 @@ pub mod profile;
 pub mod repo;
 mod settings;
 mod signals;
+mod stack;
 mod upload;
 
 use std::io::IsTerminal;
@@ -71,6 +72,7 @@ pub fn run(cli: Cli) -> u8 {
         }
         Some(Command::Upload(args)) => return upload::main(args),
         Some(Command::Live(args)) => return live::run(args),
+        Some(Command::Stack(args)) => return stack::run(args),
         Some(Command::Capture(args)) => (args.clone(), None),
         Some(Command::BenchReceive {
             capture,

@@ -164,3 +164,29 @@ fn an_unreachable_host_is_said_once() {
     assert_eq!(errors.len(), 1, "{e}");
     assert_eq!(errors[0].matches("refused").count(), 1, "{e}");
 }
+
+/// `mshot stack` of one capture twice: the same values everywhere, so no
+/// outliers; and a single image is a usage error.
+#[test]
+fn stacking_identical_captures_finds_no_outliers() {
+    let one = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .args(["stack", "/nonexistent.lime"])
+        .output()
+        .unwrap();
+    assert_eq!(one.status.code(), Some(2), "{}", stderr(&one));
+    let Some((image, isf)) = fixture() else {
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .arg("stack")
+        .arg(&image)
+        .arg(&image)
+        .arg("--profile")
+        .arg(&isf)
+        .args(["--plugins", "pslist,lsmod,netstat", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["outliers"], serde_json::json!([]), "{doc}");
+}
