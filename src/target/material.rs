@@ -121,7 +121,9 @@ pub async fn fetch_only(shell: &Shell<'_>, want: impl Fn(&str) -> bool) -> Fetch
             Ok(out) => format!("{}: {}", out.describe_status(), out.stderr_line()),
             Err(e) => format!("{e:#}"),
         };
-        tracing::info!("profile material: {} unavailable: {error}", s.command);
+        // Common and harmless (no /etc/os-release on a busybox host); the
+        // manifest records it, and -v shows it.
+        tracing::debug!("profile material: {} unavailable: {error}", s.command);
         fetched.record.missing.push(MissingFile {
             name: s.file.into(),
             source: s.command.into(),

@@ -31,12 +31,16 @@ struct PlainState {
 const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
 
 impl CaptureProgress {
-    /// A bar when stderr is a terminal, log lines otherwise.
+    /// A bar when stderr is a terminal, log lines otherwise. The bar sits
+    /// in a `MultiProgress` that log lines go around (`Stderr`), so a
+    /// warning printed mid-capture does not overwrite it.
     pub fn new(host: &str) -> CaptureProgress {
         use std::io::IsTerminal;
-        let bar = std::io::stderr()
-            .is_terminal()
-            .then(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let multi =
+                MULTI.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+            multi.add(ProgressBar::new_spinner())
+        });
         CaptureProgress::with_bar(host, bar)
     }
 

@@ -253,6 +253,31 @@ impl<'k> Context<'k> {
 }
 
 /// Runs one integrity check by name.
+/// Reads code that a check judges. On a running kernel (a live source) it
+/// is read twice, the second time past the cache, and copies that differ
+/// are an error: the verdict must not rest on a torn read.
+pub(crate) fn read_judged(k: &Kernel<'_, '_>, va: u64, buf: &mut [u8]) -> Result<(), String> {
+    k.vm.read(va, buf).map_err(|e| e.to_string())?;
+    if k.phys.format() != crate::ImageFormat::Live {
+        return Ok(());
+    }
+    let mut again = vec![0u8; buf.len()];
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = va.wrapping_add(done as u64);
+        let in_page = (0x1000 - (at & 0xfff)) as usize;
+        let n = in_page.min(buf.len() - done);
+        let pa = k.vm.translate(at).map_err(|e| e.to_string())?;
+        let dst = again.get_mut(done..done + n).ok_or("out of range")?;
+        k.phys.read_fresh(pa, dst).map_err(|e| e.to_string())?;
+        done += n;
+    }
+    if again != buf {
+        return Err("it changed while it was read: two reads of the running kernel differ".into());
+    }
+    Ok(())
+}
+
 pub(crate) fn run_check(
     name: &str,
     k: &Kernel<'_, '_>,

@@ -270,7 +270,7 @@ fn check_dispatcher(
         .unwrap_or(start + MAX_DISPATCHER)
         .min(start + MAX_DISPATCHER);
     let mut code = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-    if let Err(e) = k.vm.read(start, &mut code) {
+    if let Err(e) = super::read_judged(k, start, &mut code) {
         r.not_checked
             .push(format!("{}: its code cannot be read ({e})", abi.dispatcher));
         return;
@@ -375,6 +375,20 @@ fn check_entry(k: &Kernel<'_, '_>, cx: &Context<'_>, syms: &Symbols<'_>, h: u64,
         Some(0xe8) => ("call", rel(at + 1)),
         _ => return,
     };
+    // A jump or call is judged: on a running kernel, read it once more.
+    let mut again = [0u8; 16];
+    if let Err(e) = super::read_judged(k, h, &mut again) {
+        r.not_checked
+            .push(format!("entry of {}: {e}", syms.text(h)));
+        return;
+    }
+    if again != b {
+        r.not_checked.push(format!(
+            "entry of {}: it changed between two reads of the running kernel",
+            syms.text(h)
+        ));
+        return;
+    }
     let Some(target) = target else { return };
     let ftrace = ["ftrace_caller", "ftrace_regs_caller", "__fentry__"]
         .iter()
