@@ -215,3 +215,41 @@ impl memimage::format::PageSource for KcoreSource {
             .map_err(|e| self.fail(format!("{e:#}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn physical_addresses_map_to_kcore_offsets_within_their_piece() {
+        // RAM 0x1000-0x9ffff and 0x100000-0x1fffffff; the direct map at
+        // file offset 0x10000 + paddr.
+        let segments = [kcore::Segment {
+            offset: 0x10000,
+            vaddr: 0xffff_8880_0000_0000,
+            paddr: 0,
+            filesz: 0x2000_0000,
+        }];
+        let ram = [
+            PhysRange {
+                start: 0x1000,
+                end: 0x9_ffff,
+            },
+            PhysRange {
+                start: 0x10_0000,
+                end: 0x1fff_ffff,
+            },
+        ];
+        let layout = PhysicalLayout::new(&ram, &segments).unwrap();
+        assert_eq!(
+            layout.ranges(),
+            [(0x1000, 0xa_0000), (0x10_0000, 0x2000_0000)]
+        );
+        assert_eq!(layout.ram_bytes(), 0x9_f000 + 0x1ff0_0000);
+        assert_eq!(layout.offset_of(0x1000), Some((0x11000, 0x9_f000)));
+        assert_eq!(layout.offset_of(0x9_ffff), Some((0xa_ffff, 1)));
+        assert_eq!(layout.offset_of(0xa_0000), None);
+        assert_eq!(layout.offset_of(0x1fff_f000), Some((0x2000_f000, 0x1000)));
+        assert_eq!(layout.offset_of(0x2000_0000), None);
+    }
+}
