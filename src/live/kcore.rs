@@ -6,11 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use russh_sftp::client::RawSftpSession;
-use russh_sftp::protocol::OpenFlags;
 
 use crate::pipeline::source::kcore::{self, Header, KCORE, Piece};
 use crate::record::PhysRange;
+use crate::transport::{SftpError, SftpFile};
 
 /// The longest one SFTP read asks for: OpenSSH's sftp-server answers up to
 /// 256 KiB a request.
@@ -18,46 +17,32 @@ const MAX_READ: u64 = 64 << 10;
 
 /// An open /proc/kcore on the target.
 pub struct RemoteKcore {
-    sftp: RawSftpSession,
-    handle: String,
+    file: SftpFile,
 }
 
 impl RemoteKcore {
     pub async fn open(stream: crate::transport::ExecStream) -> anyhow::Result<Self> {
-        let sftp = RawSftpSession::new(stream);
-        sftp.set_timeout(30);
-        sftp.init()
-            .await
-            .map_err(|e| anyhow!("the target's sftp-server did not start as root ({e})"))?;
-        let handle = sftp
-            .open(KCORE, OpenFlags::READ, Default::default())
-            .await
-            .map_err(|e| anyhow!("{}", explain_open_failure(&e.to_string())))?
-            .handle;
-        Ok(RemoteKcore { sftp, handle })
+        match SftpFile::open(stream, KCORE).await {
+            Ok(file) => Ok(RemoteKcore { file }),
+            Err(SftpError::Refused(e)) => bail!("{}", explain_open_failure(&e)),
+            Err(e) => Err(anyhow!("{e}: sftp-server could not be started as root")),
+        }
     }
 
     /// Reads exactly `buf.len()` bytes at `offset` (SFTP may answer short).
     pub async fn read_exact(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
+            let at = offset + done as u64;
             let want = (buf.len() - done).min(MAX_READ as usize) as u32;
-            let data = self
-                .sftp
-                .read(self.handle.clone(), offset + done as u64, want)
-                .await
-                .map_err(|e| {
-                    let at = offset + done as u64;
-                    match e {
-                        russh_sftp::client::error::Error::UnexpectedBehavior(_) => anyhow!(
-                            "the connection to the host was lost while reading {KCORE} at {at:#x} ({e}); nothing was written on the host: run again"
-                        ),
-                        e => anyhow!("reading {KCORE} at {at:#x}: {e}"),
-                    }
-                })?
-                .data;
+            let data = self.file.read_at(at, want).await.map_err(|e| match e {
+                SftpError::Lost(_) => anyhow!(
+                    "{e} while reading {KCORE} at {at:#x}; nothing was written on the host: run again"
+                ),
+                e => anyhow!("reading {KCORE} at {at:#x}: {e}"),
+            })?;
             if data.is_empty() {
-                bail!("{KCORE} ended at {:#x}", offset + done as u64);
+                bail!("{KCORE} ended at {at:#x}");
             }
             let n = data.len().min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&data[..n]);
@@ -101,8 +86,7 @@ impl RemoteKcore {
     }
 
     pub async fn close(self) {
-        let _ = self.sftp.close(self.handle).await;
-        let _ = self.sftp.close_session();
+        self.file.close().await;
     }
 }
 

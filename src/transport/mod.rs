@@ -12,10 +12,12 @@ mod handshake;
 pub mod keyfile;
 pub mod known_hosts;
 pub mod route;
+mod sftp;
 mod tunnel;
 
 pub use exec::{ExecOutput, RunningCommand};
 use handshake::{READ_BUFFER, Verifier, authenticate, client_config, read_known_hosts};
+pub use sftp::{SftpError, SftpFile};
 pub use tunnel::{ExecStream, Tunnel};
 
 use std::path::PathBuf;
