@@ -253,6 +253,54 @@ async fn material(
     Ok((files, bytes, btf_cached))
 }
 
+/// The tasks whose pid or name read differently a moment later, past the
+/// cache: rows of a running kernel that may mix two moments.
+fn changed_tasks(
+    kernel: &Kernel<'_, '_>,
+    phys: &PhysicalMemory<'_>,
+    rows: &[Row],
+) -> Option<String> {
+    let profile = kernel.profile;
+    let (comm_off, pid_off) = (
+        profile.offset("task_struct", "comm").ok()?,
+        profile.offset("task_struct", "pid").ok()?,
+    );
+    let fresh = |va: u64, len: usize| -> Option<Vec<u8>> {
+        let pa = kernel.vm.translate(va).ok()?;
+        let mut b = vec![0u8; len];
+        phys.read_fresh(pa, &mut b).ok()?;
+        Some(b)
+    };
+    let mut changed = Vec::new();
+    for row in rows {
+        let (Some(memimage::plugins::Value::UInt(task)), Some(memimage::plugins::Value::Int(tid))) =
+            (row.get("offset"), row.get("tid").or_else(|| row.get("pid")))
+        else {
+            continue;
+        };
+        let comm = match row.get("comm") {
+            Some(memimage::plugins::Value::Str(c)) => c.clone(),
+            _ => continue,
+        };
+        let now_pid =
+            fresh(task + pid_off, 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let now_comm = fresh(task + comm_off, 16).map(|b| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).into_owned()
+        });
+        if now_pid != Some(*tid as i32) || now_comm.as_deref() != Some(comm.as_str()) {
+            changed.push(tid.to_string());
+        }
+    }
+    (!changed.is_empty()).then(|| {
+        format!(
+            "{} task(s) changed while they were read (pid {}): the host kept running; their rows may mix two moments",
+            changed.len(),
+            changed.join(", ")
+        )
+    })
+}
+
 /// The kernel located at the shift VMCOREINFO (or iomem's "Kernel code")
 /// gives, then each plugin with its deadline. Runs on a blocking thread.
 #[allow(clippy::too_many_arguments)]
@@ -322,6 +370,12 @@ fn run_plugins(
             plugins::run_plugin(name, &kernel, &Options { threads }).map_err(Into::into)
         };
         for note in kernel.take_notes() {
+            notes.push(format!("{name}: {note}"));
+        }
+        if let Ok(rows) = &rows
+            && matches!(name.as_str(), "pslist" | "pstree" | "psaux")
+            && let Some(note) = changed_tasks(&kernel, &phys, rows)
+        {
             notes.push(format!("{name}: {note}"));
         }
         match rows {
