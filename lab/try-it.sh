@@ -47,4 +47,8 @@ echo "try-it: capturing with mshot, then pstree and triage from the capture's ow
 target/release/mshot --server 127.0.0.1 --port $PORT --user root \
   --key "$LAB/id_ed25519" --known-hosts "$LAB/known_hosts-$PORT" \
   --module "$LAB/lime.ko" --output-dir "$OUT" --analyze pstree,triage
+echo "try-it: the same guest without capturing: mshot live netstat (reads /proc/kcore over SSH)"
+target/release/mshot live --server 127.0.0.1 --port $PORT --user root \
+  --key "$LAB/id_ed25519" --known-hosts "$LAB/known_hosts-$PORT" \
+  --output-dir "$OUT" netstat
 echo "try-it: done; the image, its manifest and the analysis are in $OUT/ (tool output: $LOG)"
