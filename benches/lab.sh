@@ -5,8 +5,8 @@
 # Reference: push lime.ko over ssh, insmod in TCP mode, `ssh -L`, a plain reader
 # into a file, rmmod (what a careful responder does by hand with OpenSSH).
 # mshot: the full capture (checks, push, verify, load, stream, validate, hash,
-# fsync, cleanup, manifest), by default and with --no-digest: LiME's own
-# SHA-256 (on by default) hashes in the target's kernel while it streams,
+# fsync, cleanup, manifest), by default and with --digest: LiME's own
+# SHA-256 (off by default) hashes in the target's kernel while it streams,
 # which the reference does not do (and which is slow on the emulated CPU).
 #
 # Usage: benches/lab.sh [LAB_DIR=lab/build/amd64] [ROUNDS=1]
@@ -37,7 +37,7 @@ openssh_capture() {
   "${SSH[@]}" 'rmmod lime; rm -rf /tmp/ref'
 }
 
-printf '%-6s %12s %12s %8s %18s %8s %14s\n' round openssh_s mshot_s ratio mshot_nodigest_s ratio image_bytes
+printf '%-6s %12s %12s %8s %18s %8s %14s\n' round openssh_s mshot_s ratio mshot_digest_s ratio image_bytes
 for round in $(seq "$ROUNDS"); do
   t0=$(date +%s.%N); openssh_capture; t1=$(date +%s.%N)
   ref_size=$(stat -c %s "$W/ref.lime"); rm -f "$W/ref.lime"
@@ -46,7 +46,7 @@ for round in $(seq "$ROUNDS"); do
   t2=$(date +%s.%N)
   size=$(stat -c %s "$W/mshot.lime"); rm -f "$W/mshot.lime" "$W/mshot.json"
   "$MSHOT" --server 127.0.0.1 --port $PORT --user root --key "$LAB/id_ed25519" --known-hosts "$KH" \
-      --module "$LAB/lime.ko" --output-dir "$W" --filename mshot.lime --no-digest > /dev/null 2> "$W/mshot.err" || { cat "$W/mshot.err"; exit 1; }
+      --module "$LAB/lime.ko" --output-dir "$W" --filename mshot.lime --digest > /dev/null 2> "$W/mshot.err" || { cat "$W/mshot.err"; exit 1; }
   t3=$(date +%s.%N)
   rm -f "$W/mshot.lime" "$W/mshot.json"
   [ "$size" = "$ref_size" ] || echo "warning: sizes differ ($ref_size vs $size)"

@@ -52,17 +52,17 @@ PY
 
 row() { printf '%-28s %9s %13s %13s\n' "$@"; }
 row run seconds wire_bytes image_bytes
-read -r t_lime w_lime i_lime < <(capture lime $PORT --method lime --module "$LAB/lime.ko" --no-digest)
+read -r t_lime w_lime i_lime < <(capture lime $PORT --method lime --module "$LAB/lime.ko")
 row "lime plain" "$t_lime" "$w_lime" "$i_lime"
-read -r t_dig w_dig i_dig < <(capture lime-digest $PORT --method lime --module "$LAB/lime.ko")
+read -r t_dig w_dig i_dig < <(capture lime-digest $PORT --method lime --module "$LAB/lime.ko" --digest)
 row "lime plain + digest" "$t_dig" "$w_dig" "$i_dig"
 read -r t_kc w_kc i_kc < <(capture kcore $PORT --method kcore)
 row "kcore" "$t_kc" "$w_kc" "$i_kc"
-read -r t_c w_c i_c < <(capture lime-z $PORT --method lime --module "$LAB/lime.ko" --no-digest --compress)
+read -r t_c w_c i_c < <(capture lime-z $PORT --method lime --module "$LAB/lime.ko" --compress)
 row "lime compressed" "$t_c" "$w_c" "$i_c"
-read -r t_pr w_pr i_pr < <(capture lime-slow $RELAY --method lime --module "$LAB/lime.ko" --no-digest)
+read -r t_pr w_pr i_pr < <(capture lime-slow $RELAY --method lime --module "$LAB/lime.ko")
 row "lime plain @ $RATE B/s" "$t_pr" "$w_pr" "$i_pr"
-read -r t_cr w_cr i_cr < <(capture lime-z-slow $RELAY --method lime --module "$LAB/lime.ko" --no-digest --compress)
+read -r t_cr w_cr i_cr < <(capture lime-z-slow $RELAY --method lime --module "$LAB/lime.ko" --compress)
 row "lime compressed @ $RATE B/s" "$t_cr" "$w_cr" "$i_cr"
 
 python3 - "$t_lime" "$t_dig" "$t_kc" "$t_c" "$w_lime" "$w_c" "$t_pr" "$t_cr" "$RATE" <<'PY'

@@ -223,7 +223,7 @@ fn job_from(args: &CaptureArgs, needs_module: bool) -> anyhow::Result<CaptureJob
             method,
             compress: args.compress,
             store_compressed: args.store_compressed,
-            digest: !args.no_digest,
+            digest: args.digest,
             corrupt_offset: args.test_corrupt_offset,
         },
     })

@@ -104,7 +104,13 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
     // 1. LiME, compressed on the wire and stored as received, with LiME's digest.
     let output = setup
         .mshot(out)
-        .args(["--method", "lime", "--compress", "--store-compressed"])
+        .args([
+            "--method",
+            "lime",
+            "--compress",
+            "--store-compressed",
+            "--digest",
+        ])
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -264,7 +270,13 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
     std::fs::create_dir(&bad_dir)?;
     let output = setup
         .mshot(&bad_dir)
-        .args(["--method", "lime", "--test-corrupt-offset", "1048576"])
+        .args([
+            "--method",
+            "lime",
+            "--digest",
+            "--test-corrupt-offset",
+            "1048576",
+        ])
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

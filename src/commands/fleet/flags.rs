@@ -65,8 +65,8 @@ pub fn overrides(args: &CaptureArgs) -> Overrides {
     if args.store_compressed {
         set("store_compressed", Value::Bool(true));
     }
-    if args.no_digest {
-        set("digest", Value::Bool(false));
+    if args.digest {
+        set("digest", Value::Bool(true));
     }
     let s3 = &args.s3;
     let bucket = s3.bucket.as_ref().map(|name| BucketSpec {

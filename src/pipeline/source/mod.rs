@@ -33,14 +33,14 @@ pub struct SourceOptions {
     pub corrupt_offset: Option<u64>,
 }
 
-/// The command line's defaults: `--method auto`, LiME's digest on.
+/// The command line's defaults: `--method auto`, no LiME digest.
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             method: Method::Auto,
             compress: false,
             store_compressed: false,
-            digest: true,
+            digest: false,
             corrupt_offset: None,
         }
     }
