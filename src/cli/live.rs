@@ -11,7 +11,8 @@ pub struct LiveArgs {
     pub conn: ConnectionArgs,
     /// Plugins to run on the running host (commas allowed): pslist, pstree,
     /// psaux, lsmod, netstat, maps, envars, bash, lsof, triage and the
-    /// integrity checks. memdump and banner need a capture.
+    /// integrity checks, and banner (the running kernel's). memdump needs a
+    /// capture.
     #[arg(required = true, value_delimiter = ',')]
     pub plugins: Vec<String>,
     /// Output format (the same document as `mshot analyze`).

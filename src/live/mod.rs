@@ -366,6 +366,20 @@ fn run_plugins(
             Err(anyhow!(
                 "memdump reads whole memory regions: capture the host for it"
             ))
+        } else if name == "banner" {
+            // The running kernel's own banner: a search of memory for
+            // others needs a capture.
+            Ok(vec![Row {
+                fields: vec![
+                    (
+                        "banner",
+                        memimage::plugins::Value::Str(
+                            String::from_utf8_lossy(&kernel.banner).into_owned(),
+                        ),
+                    ),
+                    ("offset", memimage::plugins::Value::UInt(kernel.banner_pa)),
+                ],
+            }])
         } else {
             plugins::run_plugin(name, &kernel, &Options { threads }).map_err(Into::into)
         };

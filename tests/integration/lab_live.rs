@@ -103,7 +103,11 @@ fn live_agrees_with_a_capture_reads_little_and_writes_nothing() -> anyhow::Resul
     let setup = Setup::start(AGREE_PORT)?;
     setup.ssh("touch /tmp/.before-live && sleep 1");
     let out = tempfile::tempdir()?;
-    let (doc, record, stderr) = live(&setup, out.path(), &["pslist", "lsmod", "netstat"])?;
+    let (doc, record, stderr) = live(
+        &setup,
+        out.path(),
+        &["banner", "pslist", "lsmod", "netstat"],
+    )?;
     // Nothing new on the guest's file system.
     let written = setup.ssh(
         "find / -xdev -newer /tmp/.before-live 2>/dev/null | grep -v '^/proc\\|^/sys\\|^/dev'; echo end",
@@ -146,6 +150,13 @@ fn live_agrees_with_a_capture_reads_little_and_writes_nothing() -> anyhow::Resul
         listeners(&doc["netstat"]).contains(&("\"TCP\"".into(), "22".into())),
         "{}",
         doc["netstat"]
+    );
+    // The running kernel's banner is the one /proc/version shows.
+    let version = setup.ssh("cat /proc/version");
+    let banner = doc["banner"][0]["banner"].as_str().unwrap();
+    assert!(
+        !banner.is_empty() && version.trim_end().starts_with(banner.trim_end()),
+        "{banner:?} vs {version:?}"
     );
     // The live session's own sftp-server is among the processes.
     assert!(
