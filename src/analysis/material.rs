@@ -114,19 +114,7 @@ pub fn load_dir(
     phys: Option<&PhysicalMemory<'_>>,
     sel: &Selection,
 ) -> anyhow::Result<(Profile, MaterialCheck)> {
-    let disk = read_dir(dir)?;
-    let (profile, derived, summary, notes) = build(&disk, phys, |m, btf| {
-        m.profile_with_btf(btf, &format!("material:{}", dir.display()), sel)
-            .map_err(anyhow::Error::from)
-    })?;
-    Ok((
-        profile,
-        MaterialCheck {
-            derived,
-            summary,
-            notes,
-        },
-    ))
+    profile_from(&read_dir(dir)?, phys, sel)
 }
 
 /// Builds a profile from material held in memory (a running host's, read
@@ -141,8 +129,17 @@ pub fn load_files(
         files,
         notes: Vec::new(),
     };
-    let (profile, derived, summary, notes) = build(&held, None, |m, btf| {
-        m.profile_with_btf(btf, &format!("material:{label}"), sel)
+    profile_from(&held, None, sel)
+}
+
+fn profile_from(
+    material: &OnDisk,
+    phys: Option<&PhysicalMemory<'_>>,
+    sel: &Selection,
+) -> anyhow::Result<(Profile, MaterialCheck)> {
+    let label = format!("material:{}", material.dir.display());
+    let (profile, derived, summary, notes) = build(material, phys, |m, btf| {
+        m.profile_with_btf(btf, &label, sel)
             .map_err(anyhow::Error::from)
     })?;
     Ok((

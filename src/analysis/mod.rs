@@ -85,10 +85,15 @@ impl Analysis {
 
 /// The default cache directory, from XDG_CACHE_HOME or HOME.
 pub fn default_cache_dir() -> Option<PathBuf> {
+    cache_dir("profiles")
+}
+
+/// `NAME` under mshot's cache (`$XDG_CACHE_HOME/mshot`, else `~/.cache/mshot`).
+pub fn cache_dir(name: &str) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("mshot").join("profiles"))
+    Some(base.join("mshot").join(name))
 }
 
 /// Runs `plugins` on the image at `image`.

@@ -169,8 +169,5 @@ fn write_record(dir: &std::path::Path, job: &LiveJob, o: &LiveOutcome) -> anyhow
 }
 
 pub(super) fn default_material_cache() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("mshot").join("material"))
+    crate::analysis::cache_dir("material")
 }

@@ -54,7 +54,7 @@ pub async fn run(plan: FleetPlan, options: &LiveFleet, cancel: CancellationToken
             tokio::spawn(async move {
                 let _slot = semaphore.acquire_owned().await;
                 let outcome = tokio::select! {
-                    r = analyze(&job) => r.map_err(|e| crate::util::sanitize::one_line(&crate::util::sanitize::error_chain(&e))),
+                    r = analyze(&job) => r.map_err(|e| super::error_line(&e)),
                     _ = cancel.cancelled() => Err("interrupted".to_string()),
                 };
                 match &outcome {

@@ -70,13 +70,7 @@ impl Shell<'_> {
         command: &str,
     ) -> anyhow::Result<(RunningCommand, PendingAudit)> {
         let (line, input, _) = self.as_root(command, &[], None);
-        let pending = PendingAudit {
-            host: self.host.to_string(),
-            command: line.clone(),
-            stdin: None,
-            started: Timestamp::now(),
-            clock: Instant::now(),
-        };
+        let pending = self.pending(&line, None);
         let running = self.session.start(&line, input).await?;
         Ok((running, pending))
     }
@@ -91,13 +85,7 @@ impl Shell<'_> {
         PendingAudit,
     )> {
         let (line, input, _) = self.as_root(command, &[], None);
-        let pending = PendingAudit {
-            host: self.host.to_string(),
-            command: line.clone(),
-            stdin: None,
-            started: Timestamp::now(),
-            clock: Instant::now(),
-        };
+        let pending = self.pending(&line, None);
         let (stdout, running) = self.session.start_stream(&line, input).await?;
         Ok((stdout, running, pending))
     }
@@ -110,15 +98,20 @@ impl Shell<'_> {
         command: &str,
     ) -> anyhow::Result<(crate::transport::ExecStream, PendingAudit)> {
         let (line, input, note) = self.as_root(command, &[], None);
-        let pending = PendingAudit {
-            host: self.host.to_string(),
-            command: line.clone(),
-            stdin: note,
-            started: Timestamp::now(),
-            clock: Instant::now(),
-        };
+        let pending = self.pending(&line, note);
         let stream = self.session.open_exec(&line, input).await?;
         Ok((stream, pending))
+    }
+
+    /// The audit entry of a command started now, finished later.
+    fn pending(&self, line: &str, stdin: Option<String>) -> PendingAudit {
+        PendingAudit {
+            host: self.host.to_string(),
+            command: line.to_string(),
+            stdin,
+            started: Timestamp::now(),
+            clock: Instant::now(),
+        }
     }
 
     fn as_root(

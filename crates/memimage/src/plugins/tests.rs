@@ -375,21 +375,7 @@ fn with_source<T>(fail_from: u32, f: impl FnOnce(&Kernel<'_, '_>, &PhysicalMemor
     let phys =
         PhysicalMemory::from_source(&[(0, pk.mem.bytes.len() as u64)], &source, 4096, 1 << 20);
     let profile = Profile::load(pk.isf.as_bytes(), "synth-proc").unwrap();
-    let dtb = pk.mem.dtb;
-    let k = Kernel {
-        phys: &phys,
-        profile: &profile,
-        vm: VirtualMemory::new(&phys, PagingMode::Level4, dtb),
-        aslr_shift: 0,
-        phys_shift: 0,
-        dtb,
-        mode: PagingMode::Level4,
-        banner: Vec::new(),
-        banner_pa: 0,
-        vmcoreinfo: None,
-        method: "synthetic",
-        notes: Default::default(),
-    };
+    let k = crate::synth::kernel(&phys, &profile, pk.mem.dtb);
     f(&k, &phys)
 }
 
