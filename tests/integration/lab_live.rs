@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as J;
 
-use crate::lab_capture::Setup;
+use crate::lab_guest::Setup;
 use crate::support::{Need, prereq};
 
 /// This file's guest ports.

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-use crate::lab_capture::Setup;
+use crate::lab_guest::Setup;
 use crate::support::{self, Need, prereq};
 
 /// The guest's sshd port (this helper's range is 2285-2289).

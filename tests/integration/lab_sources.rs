@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::lab_capture::{Setup, lime_ranges, system_ram};
+use crate::lab_guest::{Setup, lime_ranges, system_ram};
 use crate::support::{self, Need};
 
 /// Ports of this file's guests (issue 8's range).

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::lab_capture::Setup;
+use crate::lab_guest::Setup;
 use crate::support::{self, Need, prereq};
 
 /// The guests' sshd ports (this file's range is 2280-2284).

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value as J;
 
-use crate::lab_capture::Setup;
+use crate::lab_guest::Setup;
 use crate::lab_testkit::{HOOKED, MODULE, cloud_lab_dir, hooks_from_dmesg, start_compromised};
 use crate::support::{Need, prereq};
 

@@ -9,6 +9,7 @@ mod fleet;
 mod fleet_flags;
 mod harness_smoke;
 mod lab_capture;
+mod lab_guest;
 mod lab_live;
 mod lab_material;
 mod lab_sources;

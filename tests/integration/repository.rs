@@ -765,7 +765,7 @@ fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Resu
         Need::Python3,
         Need::LabDir
     );
-    let setup = crate::lab_capture::Setup::start(LAB_PORT)?;
+    let setup = crate::lab_guest::Setup::start(LAB_PORT)?;
     let release = setup.lab.release();
 
     // The repository: built by `mshot repo build` from Debian's packages for
@@ -809,8 +809,8 @@ fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Resu
     assert!(output.status.success(), "mshot failed: {stderr}");
 
     let image = std::fs::read(out_dir.path().join("guest.lime"))?;
-    let ram = crate::lab_capture::system_ram(&setup.ssh("cat /proc/iomem"));
-    assert_eq!(crate::lab_capture::lime_ranges(&image), ram);
+    let ram = crate::lab_guest::system_ram(&setup.ssh("cat /proc/iomem"));
+    assert_eq!(crate::lab_guest::lime_ranges(&image), ram);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
     assert_eq!(manifest["kernel_release"], release.as_str());
@@ -883,7 +883,7 @@ fn the_shipped_repository_serves_a_real_kernel() -> anyhow::Result<()> {
         .or_else(|| Some(main.parent()?.join("cloud-amd64")))
         .filter(|d| d.join("vmlinuz").is_file() && d.join("release").is_file())
         .unwrap_or(main);
-    let setup = crate::lab_capture::Setup::start_in(&dir, SHIPPED_LAB_PORT, "")?;
+    let setup = crate::lab_guest::Setup::start_in(&dir, SHIPPED_LAB_PORT, "")?;
     let release = setup.lab.release();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-modules/repo");
     let shipped_manifest: serde_json::Value =
@@ -921,8 +921,8 @@ fn the_shipped_repository_serves_a_real_kernel() -> anyhow::Result<()> {
     }
     assert!(output.status.success(), "mshot failed: {stderr}");
     let image = std::fs::read(out_dir.path().join("guest.lime"))?;
-    let ram = crate::lab_capture::system_ram(&setup.ssh("cat /proc/iomem"));
-    assert_eq!(crate::lab_capture::lime_ranges(&image), ram);
+    let ram = crate::lab_guest::system_ram(&setup.ssh("cat /proc/iomem"));
+    assert_eq!(crate::lab_guest::lime_ranges(&image), ram);
     let origin = &manifest["module"]["repository"];
     assert_eq!(origin["key_origin"], "built-in key");
     assert_eq!(origin["entry"]["kernel_release"], release.as_str());
