@@ -3,7 +3,7 @@
 //! Pipeline (each layer only talks to the one below it):
 //!
 //! ```text
-//!  bytes (mmap) ─▶ format::PhysicalMemory ─▶ memory::VirtualMemory (x86-64 paging)
+//!  bytes (mmap) ─▶ format::PhysicalMemory ─▶ memory::VirtualMemory (x86-64, AArch64)
 //!                                                  │
 //!  profile bytes ─▶ profile::Profile ──────────▶ kernel::Kernel (banner, KASLR, DTB)
 //!                                                  │
@@ -24,7 +24,7 @@ pub mod memory;
 #[doc(hidden)]
 pub mod synth;
 
-pub use memory::{MemoryError, PagingMode, VirtualMemory};
+pub use memory::{Aarch64Paging, Granule, MemoryError, PagingMode, VirtualMemory};
 pub mod profile;
 
 pub use profile::{Profile, ProfileError};

@@ -1,78 +1,257 @@
-//! x86-64 page-table walking, with the levels as a table (memflow's habit):
-//! one generic loop reads it, so 4- and 5-level paging share every line.
+//! Page-table walking for x86-64 and AArch64, with each architecture's
+//! levels as data (memflow's habit): one loop reads any geometry, and only
+//! the decoding of one entry differs between the two.
 
 use super::MemoryError;
 use crate::format::PhysicalMemory;
 
-/// Number of translation levels in use (CR4.LA57 off or on).
+/// How an address space translates: x86-64 with 4 or 5 levels (CR4.LA57),
+/// or an AArch64 stage-1 regime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingMode {
     Level4,
     Level5,
+    Aarch64(Aarch64Paging),
 }
 
-struct Level {
-    name: &'static str,
-    shift: u32,
-    /// A PS bit at this level maps a large page of `1 << shift` bytes.
-    large: bool,
+/// AArch64 translation granule (page size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granule {
+    K4,
+    K16,
+    K64,
 }
 
-const LEVELS: [Level; 5] = [
-    Level {
-        name: "PML5",
-        shift: 48,
-        large: false,
-    },
-    Level {
-        name: "PML4",
-        shift: 39,
-        large: false,
-    },
-    Level {
-        name: "PDPT",
-        shift: 30,
-        large: true,
-    },
-    Level {
-        name: "PD",
-        shift: 21,
-        large: true,
-    },
-    Level {
-        name: "PT",
-        shift: 12,
-        large: false,
-    },
-];
-
-/// Bits 51..12 of an entry: the next table or page frame.
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-const PRESENT: u64 = 1;
-const PAGE_SIZE_BIT: u64 = 1 << 7;
-/// In a large-page entry bit 12 is PAT, not an address bit.
-const LARGE_PAT: u64 = 1 << 12;
-
-impl PagingMode {
-    fn levels(self) -> &'static [Level] {
-        match self {
-            PagingMode::Level4 => LEVELS.get(1..).unwrap_or_default(),
-            PagingMode::Level5 => &LEVELS,
+impl Granule {
+    pub fn from_page_size(size: u64) -> Option<Self> {
+        match size {
+            0x1000 => Some(Granule::K4),
+            0x4000 => Some(Granule::K16),
+            0x1_0000 => Some(Granule::K64),
+            _ => None,
         }
     }
 
-    /// Number of significant virtual-address bits (48 or 57).
+    pub fn shift(self) -> u32 {
+        match self {
+            Granule::K4 => 12,
+            Granule::K16 => 14,
+            Granule::K64 => 16,
+        }
+    }
+
+    pub fn page_size(self) -> u64 {
+        1 << self.shift()
+    }
+}
+
+/// An AArch64 regime: granule and the virtual-address size it really runs
+/// with (64 - TCR_EL1.T1SZ), which can be less than the kernel's `VA_BITS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aarch64Paging {
+    pub granule: Granule,
+    pub va_bits: u32,
+}
+
+impl Aarch64Paging {
+    /// 52-bit addresses with 4 or 16 KiB pages need FEAT_LPA2 (TCR_EL1.DS),
+    /// which changes where output-address bits 51:50 live.
+    pub fn lpa2(self) -> bool {
+        self.va_bits > 48 && self.granule != Granule::K64
+    }
+
+    /// Whether this geometry exists: 4 KiB pages take 39 to 52 bits, the
+    /// larger granules at least two levels' worth.
+    pub fn is_valid(self) -> bool {
+        let min = match self.granule {
+            Granule::K4 => 25,
+            Granule::K16 => 36,
+            Granule::K64 => 42,
+        };
+        (min..=52).contains(&self.va_bits)
+    }
+}
+
+/// One level of a geometry, top first.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    name: &'static str,
+    shift: u32,
+    /// Index bits this level takes from the address.
+    bits: u32,
+    /// An entry here may map a block of `1 << shift` bytes.
+    block: bool,
+}
+
+const X86_LEVELS: [Level; 5] = [
+    x86_level("PML5", 48, false),
+    x86_level("PML4", 39, false),
+    x86_level("PDPT", 30, true),
+    x86_level("PD", 21, true),
+    x86_level("PT", 12, false),
+];
+
+const fn x86_level(name: &'static str, shift: u32, block: bool) -> Level {
+    Level {
+        name,
+        shift,
+        bits: 9,
+        block,
+    }
+}
+
+/// A geometry: up to five levels, top first.
+struct Geometry {
+    levels: [Level; 5],
+    count: usize,
+}
+
+impl Geometry {
+    fn levels(&self) -> &[Level] {
+        self.levels.get(..self.count).unwrap_or_default()
+    }
+}
+
+const ARM_NAMES: [&str; 5] = ["L-1", "L0", "L1", "L2", "L3"];
+
+/// Bits 51..12 of an x86 entry: the next table or page frame.
+const X86_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const X86_LARGE: u64 = 1 << 7;
+/// In an x86 large-page entry bit 12 is PAT, not an address bit.
+const X86_PAT: u64 = 1 << 12;
+
+impl PagingMode {
+    fn geometry(self) -> Geometry {
+        match self {
+            PagingMode::Level4 | PagingMode::Level5 => {
+                let skip = usize::from(self == PagingMode::Level4);
+                let mut levels = X86_LEVELS;
+                levels.rotate_left(skip);
+                Geometry {
+                    levels,
+                    count: 5 - skip,
+                }
+            }
+            PagingMode::Aarch64(a) => {
+                let g = a.granule.shift();
+                let per = g - 3;
+                let count = (a.va_bits.saturating_sub(g)).div_ceil(per).clamp(1, 5) as usize;
+                let mut levels = [Level {
+                    name: "",
+                    shift: 0,
+                    bits: 0,
+                    block: false,
+                }; 5];
+                for (i, level) in levels.iter_mut().take(count).enumerate() {
+                    let from_bottom = (count - 1 - i) as u32;
+                    let shift = g + from_bottom * per;
+                    let bits = if i == 0 {
+                        a.va_bits.saturating_sub(shift).min(per)
+                    } else {
+                        per
+                    };
+                    *level = Level {
+                        name: ARM_NAMES
+                            .get(4 - from_bottom as usize)
+                            .copied()
+                            .unwrap_or("L?"),
+                        shift,
+                        bits,
+                        block: arm_block(a, shift),
+                    };
+                }
+                Geometry { levels, count }
+            }
+        }
+    }
+
+    /// Number of significant virtual-address bits.
     pub fn va_bits(self) -> u32 {
         match self {
             PagingMode::Level4 => 48,
             PagingMode::Level5 => 57,
+            PagingMode::Aarch64(a) => a.va_bits,
         }
     }
 
-    /// True when bits 63..va_bits-1 all equal (sign extension).
+    /// True when bits 63..va_bits-1 all equal (sign extension; on AArch64
+    /// the upper half is TTBR1's, the lower TTBR0's).
     pub fn is_canonical(self, va: u64) -> bool {
-        let top = (va as i64) >> (self.va_bits() - 1);
+        let top = (va as i64) >> (self.va_bits().clamp(1, 64) - 1);
         top == 0 || top == -1
+    }
+
+    /// Smallest page this mode maps.
+    pub fn page_size(self) -> u64 {
+        match self {
+            PagingMode::Aarch64(a) => a.granule.page_size(),
+            _ => 0x1000,
+        }
+    }
+
+    pub fn is_aarch64(self) -> bool {
+        matches!(self, PagingMode::Aarch64(_))
+    }
+
+    /// Reads one entry: the next table, a leaf's output address, or nothing.
+    fn decode(self, entry: u64, level: &Level, last: bool) -> Entry {
+        match self {
+            PagingMode::Level4 | PagingMode::Level5 => {
+                if entry & 1 == 0 {
+                    Entry::Invalid
+                } else if last {
+                    Entry::Leaf(entry & X86_ADDR)
+                } else if level.block && entry & X86_LARGE != 0 {
+                    Entry::Leaf(entry & X86_ADDR & !X86_PAT)
+                } else {
+                    Entry::Table(entry & X86_ADDR)
+                }
+            }
+            PagingMode::Aarch64(a) => {
+                let table_bit = entry & 2 != 0;
+                let oa = arm_output_address(a, entry);
+                match (entry & 1 != 0, last, table_bit) {
+                    (false, _, _) => Entry::Invalid,
+                    (true, true, true) => Entry::Leaf(oa),
+                    (true, true, false) => Entry::Invalid,
+                    (true, false, true) => Entry::Table(oa),
+                    (true, false, false) if level.block => Entry::Leaf(oa),
+                    (true, false, false) => Entry::Invalid,
+                }
+            }
+        }
+    }
+}
+
+enum Entry {
+    Table(u64),
+    Leaf(u64),
+    Invalid,
+}
+
+/// Levels where AArch64 allows block descriptors (2 MiB and 1 GiB with
+/// 4 KiB pages, 32 MiB with 16 KiB, 512 MiB with 64 KiB; one level higher
+/// with 52-bit output addresses).
+fn arm_block(a: Aarch64Paging, shift: u32) -> bool {
+    let wide = a.va_bits > 48;
+    match a.granule {
+        Granule::K4 => shift == 21 || shift == 30 || (wide && shift == 39),
+        Granule::K16 => shift == 25 || (wide && shift == 36),
+        Granule::K64 => shift == 29 || (wide && shift == 42),
+    }
+}
+
+/// Output address of a table or page descriptor, page-aligned. With LPA2
+/// bits 51:50 sit in descriptor bits 9:8 and bits 49:48 are address bits;
+/// with 64 KiB pages bits 51:48 sit in descriptor bits 15:12 (zero when
+/// unused, as they are reserved then).
+fn arm_output_address(a: Aarch64Paging, entry: u64) -> u64 {
+    let g = a.granule.shift();
+    let low = !((1u64 << g) - 1);
+    match a.granule {
+        Granule::K64 => (entry & 0x0000_ffff_ffff_0000) | (((entry >> 12) & 0xf) << 48),
+        _ if a.lpa2() => (entry & 0x0003_ffff_ffff_f000 & low) | (((entry >> 8) & 3) << 50),
+        _ => entry & 0x0000_ffff_ffff_f000 & low,
     }
 }
 
@@ -80,11 +259,12 @@ impl PagingMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
     pub pa: u64,
-    /// Size of the page that maps the address (4 KiB, 2 MiB or 1 GiB).
+    /// Size of the page or block that maps the address.
     pub page_size: u64,
 }
 
-/// Walks the tables rooted at `dtb` (a CR3 value) for `va`.
+/// Walks the tables rooted at `dtb` (CR3, or a TTBR's table address) for
+/// `va`.
 pub fn translate(
     phys: &PhysicalMemory<'_>,
     mode: PagingMode,
@@ -94,10 +274,19 @@ pub fn translate(
     if !mode.is_canonical(va) {
         return Err(MemoryError::NonCanonical { va, mode });
     }
-    let mut table = dtb & ADDR_MASK;
-    for level in mode.levels() {
-        let index = (va >> level.shift) & 0x1ff;
-        let slot = table + index * 8;
+    let geometry = mode.geometry();
+    let levels = geometry.levels();
+    let mut table = match mode {
+        // A 52-bit-built kernel on a 48-bit CPU offsets TTBR1 into its
+        // larger top table, so a table address need not be page-aligned.
+        PagingMode::Aarch64(_) => dtb & 0x000f_ffff_ffff_fff8,
+        _ => dtb & X86_ADDR,
+    };
+    let mut parent_span = 1u64 << mode.va_bits().min(63);
+    for (i, level) in levels.iter().enumerate() {
+        let index = (va >> level.shift) & ((1u64 << level.bits) - 1);
+        let slot = table.wrapping_add(index * 8);
+        let span = 1u64 << level.shift;
         let entry = phys.read_u64(slot).map_err(|source| match source {
             // A live source that failed is not a missing table.
             source if source.is_source_failure() => MemoryError::Physical { va, source },
@@ -105,33 +294,33 @@ pub fn translate(
                 va,
                 level: level.name,
                 table,
+                span: parent_span,
             },
         })?;
-        if entry & PRESENT == 0 {
-            return Err(MemoryError::NotPresent {
-                va,
-                level: level.name,
-                entry,
-            });
+        let last = i + 1 == levels.len();
+        match mode.decode(entry, level, last) {
+            Entry::Invalid => {
+                return Err(MemoryError::NotPresent {
+                    va,
+                    level: level.name,
+                    entry,
+                    span,
+                });
+            }
+            Entry::Leaf(frame) => {
+                return Ok(Translation {
+                    pa: (frame & !(span - 1)) | (va & (span - 1)),
+                    page_size: span,
+                });
+            }
+            Entry::Table(next) => table = next,
         }
-        let size = 1u64 << level.shift;
-        if level.shift == 12 || (level.large && entry & PAGE_SIZE_BIT != 0) {
-            let frame = entry & ADDR_MASK & !LARGE_PAT & !(size - 1);
-            let frame = if level.shift == 12 {
-                entry & ADDR_MASK
-            } else {
-                frame
-            };
-            return Ok(Translation {
-                pa: frame | (va & (size - 1)),
-                page_size: size,
-            });
-        }
-        table = entry & ADDR_MASK;
+        parent_span = span;
     }
     Err(MemoryError::NotPresent {
         va,
-        level: "PT",
+        level: "last",
         entry: 0,
+        span: mode.page_size(),
     })
 }

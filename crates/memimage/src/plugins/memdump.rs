@@ -100,20 +100,13 @@ fn hole_end(e: &MemoryError, va: u64, mode: PagingMode) -> u64 {
     ((va / span) + 1).saturating_mul(span)
 }
 
-/// Bytes covered by one entry of the level that failed, so a hole can skip
-/// everything that entry would have mapped.
+/// Bytes covered by the entry (or missing table) that failed, so a hole
+/// can skip everything it would have mapped.
 fn hole_span(e: &MemoryError) -> u64 {
-    let shift = |level: &str| match level {
-        "PML5" => 48,
-        "PML4" => 39,
-        "PDPT" => 30,
-        "PD" => 21,
-        _ => 12,
-    };
     match e {
-        MemoryError::NotPresent { level, .. } => 1u64 << shift(level),
-        // The table itself is missing: its parent entry's whole span.
-        MemoryError::TableAbsent { level, .. } => 1u64 << (shift(level) + 9).min(48),
+        MemoryError::NotPresent { span, .. } | MemoryError::TableAbsent { span, .. } => {
+            (*span).max(0x1000)
+        }
         _ => 0x1000,
     }
 }

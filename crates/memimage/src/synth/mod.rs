@@ -6,7 +6,7 @@
 
 use crate::format::PhysicalMemory;
 use crate::kernel::Kernel;
-use crate::memory::{PagingMode, VirtualMemory};
+use crate::memory::{Aarch64Paging, PagingMode, VirtualMemory};
 use crate::profile::Profile;
 
 /// A located kernel over a synthetic image: 4-level paging rooted at
@@ -69,6 +69,8 @@ pub struct SynthMemory {
     pub bytes: Vec<u8>,
     next_table: u64,
     pub five_level: bool,
+    /// AArch64 tables instead of x86-64 ones.
+    pub arm: Option<Aarch64Paging>,
     pub dtb: u64,
 }
 
@@ -80,14 +82,37 @@ impl SynthMemory {
             bytes: vec![0; size],
             next_table: table_area,
             five_level,
+            arm: None,
             dtb: 0,
         };
         m.dtb = m.alloc_table();
         m
     }
 
+    /// Like [`SynthMemory::new`] with AArch64 tables of `paging`'s geometry.
+    pub fn new_aarch64(size: usize, table_area: u64, paging: Aarch64Paging) -> Self {
+        let mut m = Self {
+            bytes: vec![0; size],
+            next_table: table_area,
+            five_level: false,
+            arm: Some(paging),
+            dtb: 0,
+        };
+        m.dtb = m.alloc_table();
+        m
+    }
+
+    /// The paging mode these tables are written for.
+    pub fn mode(&self) -> PagingMode {
+        match (self.arm, self.five_level) {
+            (Some(a), _) => PagingMode::Aarch64(a),
+            (None, true) => PagingMode::Level5,
+            (None, false) => PagingMode::Level4,
+        }
+    }
+
     fn alloc_table(&mut self) -> u64 {
-        self.next_table -= 0x1000;
+        self.next_table -= self.arm.map_or(0x1000, |a| a.granule.page_size());
         self.next_table
     }
 
@@ -123,6 +148,9 @@ impl SynthMemory {
 
     /// Like [`SynthMemory::map`], in the address space rooted at `root`.
     pub fn map_in(&mut self, root: u64, va: u64, pa: u64, page_size: u64) {
+        if let Some(a) = self.arm {
+            return self.map_arm(a, root, va, pa, page_size);
+        }
         let shifts: &[u32] = if self.five_level {
             &[48, 39, 30, 21, 12]
         } else {
@@ -147,12 +175,54 @@ impl SynthMemory {
         }
     }
 
-    /// Maps a contiguous region with 4 KiB pages.
+    /// AArch64: written from the architecture's rules, not from the walker,
+    /// so the two check each other. Pages and tables are `0b11`, blocks
+    /// `0b01`, with the access flag; output-address bits above 47 go where
+    /// LPA2 (bits 9:8) or 64 KiB pages (bits 15:12) put them.
+    fn map_arm(&mut self, a: Aarch64Paging, root: u64, va: u64, pa: u64, size: u64) {
+        let g = a.granule.shift();
+        let per = g - 3;
+        let count = (a.va_bits - g).div_ceil(per);
+        let encode = |addr: u64| -> u64 {
+            match (g, a.va_bits > 48) {
+                (16, _) => (addr & 0x0000_ffff_ffff_0000) | ((addr >> 48) & 0xf) << 12,
+                (_, true) => (addr & 0x0003_ffff_ffff_f000) | ((addr >> 50) & 3) << 8,
+                _ => addr & 0x0000_ffff_ffff_f000,
+            }
+        };
+        const AF: u64 = 1 << 10;
+        let mut table = root;
+        for level in 0..count {
+            let shift = g + (count - 1 - level) * per;
+            let bits = if level == 0 { a.va_bits - shift } else { per };
+            let slot = table + ((va >> shift) & ((1 << bits) - 1)) * 8;
+            if (1u64 << shift) == size {
+                let kind = if level + 1 == count { 0b11 } else { 0b01 };
+                self.write_u64(slot, encode(pa & !(size - 1)) | AF | kind);
+                return;
+            }
+            let e = self.read_u64(slot);
+            table = if e & 3 == 3 {
+                match (g, a.va_bits > 48) {
+                    (16, _) => (e & 0x0000_ffff_ffff_0000) | ((e >> 12) & 0xf) << 48,
+                    (_, true) => (e & 0x0003_ffff_ffff_f000) | ((e >> 8) & 3) << 50,
+                    _ => e & 0x0000_ffff_ffff_f000,
+                }
+            } else {
+                let t = self.alloc_table();
+                self.write_u64(slot, encode(t) | 0b11);
+                t
+            };
+        }
+    }
+
+    /// Maps a contiguous region with the smallest pages.
     pub fn map_range(&mut self, va: u64, pa: u64, len: u64) {
+        let page = self.mode().page_size();
         let mut off = 0;
         while off < len {
-            self.map(va + off, pa + off, 0x1000);
-            off += 0x1000;
+            self.map(va + off, pa + off, page);
+            off += page;
         }
     }
 }
