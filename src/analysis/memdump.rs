@@ -110,6 +110,7 @@ mod tests {
             profile: &profile,
             vm: VirtualMemory::new(&phys, PagingMode::Level4, pk.mem.dtb),
             aslr_shift: 0,
+            image_base: memimage::kernel::KERNEL_MAP,
             phys_shift: 0,
             dtb: pk.mem.dtb,
             mode: PagingMode::Level4,

@@ -102,9 +102,9 @@ async fn analyze_on(
     let out = shell.run_plain(commands::KERNEL).await?;
     let kernel = target::parse_kernel_info(&out.stdout_text())
         .ok_or_else(|| anyhow!("unexpected answer to `{}`", commands::KERNEL))?;
-    if kernel.machine != "x86_64" {
+    if kernel.machine != "x86_64" && kernel.machine != "aarch64" {
         bail!(
-            "live analysis reads x86-64 kernels; this host is {} ({}): capture it instead",
+            "live analysis reads x86-64 and arm64 kernels; this host is {} ({}): capture it instead",
             kernel.machine,
             kernel.release
         );
@@ -324,38 +324,16 @@ fn run_plugins(
     let (profile, check) = crate::analysis::material::load_files(host, files, &sel)?;
     let phys = PhysicalMemory::from_source(&layout.ranges(), source, BLOCK, CACHE_BYTES);
     let info = vmcoreinfo.as_deref().and_then(VmcoreInfo::parse);
-    let mut shifts = Vec::new();
-    if let Some(info) = &info {
-        let phys_base = info.number("phys_base").unwrap_or(0) as u64;
-        shifts.push(phys_base);
-        if let Some(offset) = info.kernel_offset() {
-            shifts.push(phys_base.wrapping_add(offset));
-        }
-    }
-    if let (Some(code), Ok(text)) = (
-        memimage::material::iomem_kernel_code(&iomem),
-        profile.symbol("_text"),
-    ) {
-        shifts.push(code.wrapping_sub(text.wrapping_sub(memimage::kernel::KERNEL_MAP)));
-    }
-    shifts.dedup();
+    let kernel_code = memimage::material::iomem_kernel_code(&iomem);
     source.set_deadline(deadline);
-    let mut why = String::from("no VMCOREINFO in /proc/kcore and no Kernel code in /proc/iomem");
-    let mut kernel = None;
-    for shift in shifts {
-        match Kernel::at_shift(&phys, &profile, shift) {
-            Ok(k) => {
-                kernel = Some(k);
-                break;
+    let kernel = match Kernel::from_running(&phys, &profile, info.as_ref(), kernel_code) {
+        Ok(k) => k,
+        Err(why) => {
+            if let Some(failure) = source.failure() {
+                bail!("reading {KCORE} failed: {failure}");
             }
-            Err(e) => why = e.to_string(),
+            bail!("the running kernel was not found in {KCORE}: {why}");
         }
-    }
-    let Some(kernel) = kernel else {
-        if let Some(failure) = source.failure() {
-            bail!("reading {KCORE} failed: {failure}");
-        }
-        bail!("the running kernel was not found in {KCORE}: {why}");
     };
     let mut notes = check.notes;
     let mut results = Vec::new();

@@ -12,14 +12,55 @@ use memimage::format::write::{avml_image, lime_image};
 use memimage::kernel::KERNEL_MAP;
 use memimage::plugins::{Options, Row, Value, run_banner, run_plugin};
 use memimage::synth::SynthMemory;
-use memimage::{Kernel, KernelError, PagingMode, PhysicalMemory, Profile};
+use memimage::{Aarch64Paging, Granule, Kernel, KernelError, PagingMode, PhysicalMemory, Profile};
 
 const PHYS_SHIFT: u64 = 0x20_0000; // kernel loaded 2 MiB above its link address
 const ASLR: u64 = 0x1000_0000; // virtual slide
 const DIRECT: u64 = 0xffff_8880_0000_0000;
 const BANNER: &[u8] = b"Linux version 6.1.0-synth (test@example) (gcc 12) #1 SMP\n\0";
 
-fn isf(dtb_link: u64) -> String {
+/// Where a synthetic kernel lives: x86-64 (4 or 5 levels) or AArch64.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Arch {
+    X86 { five: bool },
+    Arm(Aarch64Paging),
+}
+
+impl Arch {
+    /// Link address of physical offset 0 of the layout below (the image's
+    /// `_text` is linked at `base + 0x200000`).
+    fn base(self) -> u64 {
+        match self {
+            Arch::X86 { .. } => KERNEL_MAP,
+            // KIMAGE_VADDR: 2 GiB into the upper half of the smallest VA size.
+            Arch::Arm(a) => (!0u64 << (a.va_bits.min(48) - 1)) + 0x8000_0000 - 0x20_0000,
+        }
+    }
+    fn direct(self) -> u64 {
+        match self {
+            Arch::X86 { five: true } => 0xff11_0000_0000_0000,
+            Arch::X86 { five: false } => DIRECT,
+            Arch::Arm(a) => !0u64 << a.va_bits,
+        }
+    }
+    /// A user address every geometry can map.
+    fn user(self) -> u64 {
+        match self {
+            Arch::X86 { .. } => 0x7ffd_1234_5000,
+            Arch::Arm(_) => 0x2_1234_0000,
+        }
+    }
+    fn mode(self) -> PagingMode {
+        match self {
+            Arch::X86 { five: true } => PagingMode::Level5,
+            Arch::X86 { five: false } => PagingMode::Level4,
+            Arch::Arm(a) => PagingMode::Aarch64(a),
+        }
+    }
+}
+
+fn isf(arch: Arch, dtb_link: u64) -> String {
+    let base = arch.base();
     let t = |k: &str, n: &str| format!(r#"{{"kind": "{k}", "name": "{n}"}}"#);
     let ptr = |n: &str| {
         format!(r#"{{"kind": "pointer", "subtype": {{"kind": "struct", "name": "{n}"}}}}"#)
@@ -36,7 +77,16 @@ fn isf(dtb_link: u64) -> String {
     let mem =
         r#"{"kind": "array", "count": 7, "subtype": {"kind": "struct", "name": "module_memory"}}"#
             .to_string();
-    let sym = |name: &str, a: u64| format!(r#""{name}": {{"address": {}}}"#, KERNEL_MAP + a);
+    let sym = |name: &str, a: u64| format!(r#""{name}": {{"address": {}}}"#, base + a);
+    let arch_syms = match arch {
+        Arch::X86 { .. } => sym("init_top_pgt", dtb_link),
+        Arch::Arm(_) => format!(
+            "{}, {}, {}",
+            sym("swapper_pg_dir", dtb_link),
+            sym("_text", 0x20_0000),
+            sym("kimage_voffset", 0x20_3200)
+        ),
+    };
     let b64 = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(BANNER)
@@ -100,30 +150,41 @@ fn isf(dtb_link: u64) -> String {
         f(8, lh),
         f(0x18, name),
         f(0x60, mem),
-        KERNEL_MAP + 0x20_0100,
+        base + 0x20_0100,
         sym("init_task", 0x20_1000),
         sym("init_files", 0x20_3000),
         sym("modules", 0x20_3100),
-        sym("init_top_pgt", dtb_link),
+        arch_syms,
     )
 }
 
 struct Built {
     image: Vec<u8>,
     profile: String,
-    five: bool,
+    arch: Arch,
 }
 
 /// Physical layout: kernel image at 0x400000 (link 0x200000), objects in
 /// the direct map at 0x100000.., user pages at 0x300000.
-fn build(five: bool) -> Built {
-    let mut m = SynthMemory::new(0x80_0000, 0x80_0000, five);
-    let direct = if five { 0xff11_0000_0000_0000 } else { DIRECT };
-    let kva = |pa: u64| KERNEL_MAP + (pa - PHYS_SHIFT) + ASLR; // runtime VA of kernel-image PA
-    let dva = |pa: u64| direct + pa;
-    m.map(kva(0x40_0000), 0x40_0000, 0x20_0000);
-    for pa in (0..0x80_0000).step_by(0x20_0000) {
-        m.map(dva(pa), pa, 0x20_0000);
+fn build(arch: Arch) -> Built {
+    let mut m = match arch {
+        Arch::X86 { five } => SynthMemory::new(0x80_0000, 0x80_0000, five),
+        Arch::Arm(a) => SynthMemory::new_aarch64(0x80_0000, 0x80_0000, a),
+    };
+    let base = arch.base();
+    let kva = |pa: u64| base + (pa - PHYS_SHIFT) + ASLR; // runtime VA of kernel-image PA
+    let dva = |pa: u64| arch.direct() + pa;
+    match arch {
+        Arch::X86 { .. } => {
+            m.map(kva(0x40_0000), 0x40_0000, 0x20_0000);
+            for pa in (0..0x80_0000).step_by(0x20_0000) {
+                m.map(dva(pa), pa, 0x20_0000);
+            }
+        }
+        Arch::Arm(_) => {
+            m.map_range(kva(0x40_0000), 0x40_0000, 0x20_0000);
+            m.map_range(dva(0), 0, 0x80_0000);
+        }
     }
     m.write(0x40_0100, BANNER);
     // Tasks: init_task in the image, others in the direct map.
@@ -175,8 +236,9 @@ fn build(five: bool) -> Built {
     m.write_u64(0x10_0c00 + 0x78, dva(0x10_0800) + 0x70);
     // Process address space for pid 50 with its command line.
     let root = m.new_root();
-    let user = 0x7ffd_1234_5000u64;
-    m.map_in(root, user, 0x30_0000, 0x1000);
+    let user = arch.user();
+    let page = m.mode().page_size();
+    m.map_in(root, user, 0x30_0000, page);
     let args = b"/bin/sh\0-c\0echo hi\0";
     m.write(0x30_0010, args);
     let mm = 0x18_1000u64;
@@ -188,8 +250,8 @@ fn build(five: bool) -> Built {
     // pid 1 has an mm whose arguments are not mapped: args must be null.
     let mm1 = 0x18_2000u64;
     m.write_u64(mm1 + 0x10, dva(root));
-    m.write_u64(mm1 + 0x20, 0x7ffd_0000_0000);
-    m.write_u64(mm1 + 0x28, 0x7ffd_0000_0010);
+    m.write_u64(mm1 + 0x20, user + 0x1_0000_0000);
+    m.write_u64(mm1 + 0x28, user + 0x1_0000_0010);
     m.write_u64(0x10_0000 + 0x58, dva(mm1));
     // Modules: head at 0x403100, one module "synthmod".
     let head = 0x40_3100u64;
@@ -210,8 +272,8 @@ fn build(five: bool) -> Built {
     ]);
     Built {
         image,
-        profile: isf(dtb_link),
-        five,
+        profile: isf(arch, dtb_link),
+        arch,
     }
 }
 
@@ -224,15 +286,8 @@ fn check(b: &Built, image: &[u8]) {
     let profile = Profile::load(b.profile.as_bytes(), "synth").unwrap();
     let k = Kernel::locate(&phys, &profile).unwrap();
     assert_eq!(k.aslr_shift, ASLR);
-    assert_eq!(k.phys_shift, PHYS_SHIFT);
-    assert_eq!(
-        k.mode,
-        if b.five {
-            PagingMode::Level5
-        } else {
-            PagingMode::Level4
-        }
-    );
+    assert_eq!(k.image_pa(b.arch.base() + 0x20_0100), 0x40_0100);
+    assert_eq!(k.mode, b.arch.mode());
     assert_eq!(k.method, "probe");
     let opts = Options { threads: false };
     let ps = run_plugin("pslist", &k, &opts).unwrap();
@@ -281,13 +336,13 @@ fn check(b: &Built, image: &[u8]) {
 
 #[test]
 fn four_level_lime() {
-    let b = build(false);
+    let b = build(Arch::X86 { five: false });
     check(&b, &b.image);
 }
 
 #[test]
 fn five_level_lime() {
-    let b = build(true);
+    let b = build(Arch::X86 { five: true });
     // Tell the kernel it runs 5-level via __pgtable_l5_enabled.
     let mut prof: serde_json::Value = serde_json::from_str(&b.profile).unwrap();
     prof["symbols"]["__pgtable_l5_enabled"] =
@@ -298,14 +353,14 @@ fn five_level_lime() {
     let b = Built {
         image,
         profile: prof.to_string(),
-        five: true,
+        arch: Arch::X86 { five: true },
     };
     check(&b, &b.image);
 }
 
 #[test]
 fn avml_same_as_lime() {
-    let b = build(false);
+    let b = build(Arch::X86 { five: false });
     let phys = PhysicalMemory::parse(&b.image).unwrap();
     let mut ranges = Vec::new();
     for (s, e) in phys.ranges() {
@@ -320,7 +375,7 @@ fn avml_same_as_lime() {
 
 #[test]
 fn one_line_errors() {
-    let b = build(false);
+    let b = build(Arch::X86 { five: false });
     let profile = Profile::load(b.profile.as_bytes(), "synth").unwrap();
     // No banner at all.
     let blank = lime_image(&[(0, &vec![0u8; 0x10_0000])]);
@@ -354,4 +409,76 @@ fn one_line_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("truncated image"), "{e}");
+}
+
+/// The same kernel on AArch64, in every geometry Linux builds: found by the
+/// probe, the geometry told apart by reading the banner back, and every
+/// process and module plugin gives the x86-64 answers.
+#[test]
+fn aarch64_every_geometry() {
+    for (granule, va_bits) in [
+        (Granule::K4, 48),
+        (Granule::K4, 52),
+        (Granule::K4, 39),
+        (Granule::K16, 47),
+        (Granule::K16, 48),
+        (Granule::K16, 52),
+        (Granule::K64, 42),
+        (Granule::K64, 48),
+        (Granule::K64, 52),
+    ] {
+        let b = build(Arch::Arm(Aarch64Paging { granule, va_bits }));
+        check(&b, &b.image);
+    }
+}
+
+/// A running AArch64 machine states where its kernel is: VMCOREINFO
+/// (KERNELOFFSET, kimage_voffset, and the VA size the CPU runs, which a
+/// kernel built for 52 bits reports apart from `VA_BITS`), or iomem's
+/// "Kernel code". Each is checked against the image, not trusted.
+#[test]
+fn aarch64_from_running_statements() {
+    use memimage::kernel::{VmcoreInfo, vmcoreinfo_geometry};
+    let paging = Aarch64Paging {
+        granule: Granule::K4,
+        va_bits: 48,
+    };
+    let arch = Arch::Arm(paging);
+    let b = build(arch);
+    let phys = PhysicalMemory::parse(&b.image).unwrap();
+    let profile = Profile::load(b.profile.as_bytes(), "synth").unwrap();
+    let text_runtime = arch.base() + 0x20_0000 + ASLR;
+    let voffset = text_runtime.wrapping_sub(0x40_0000) as i64;
+    let info = |offset: u64, voffset: i64| {
+        VmcoreInfo::parse(
+            format!(
+                "OSRELEASE=6.12.0-synth\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n\
+                 NUMBER(VA_BITS)=52\nNUMBER(kimage_voffset)={voffset}\nNUMBER(TCR_EL1_T1SZ)=16\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(vmcoreinfo_geometry(&info(ASLR, voffset)), Some(paging));
+    let k = Kernel::from_running(&phys, &profile, Some(&info(ASLR, voffset)), None).unwrap();
+    assert_eq!(
+        (k.method, k.mode, k.aslr_shift),
+        ("vmcoreinfo", arch.mode(), ASLR)
+    );
+    assert_eq!(k.image_pa(arch.base() + 0x20_0000), 0x40_0000);
+    let k = Kernel::from_running(&phys, &profile, None, Some(0x40_0000)).unwrap();
+    assert_eq!((k.method, k.aslr_shift), ("iomem", ASLR));
+    // A KERNELOFFSET that the image contradicts is refused, in one line.
+    let moved = info(ASLR + 0x20_0000, voffset + 0x20_0000);
+    let e = Kernel::from_running(&phys, &profile, Some(&moved), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("KERNELOFFSET") && !e.contains('\n'), "{e}");
+    let e = Kernel::from_running(&phys, &profile, None, Some(0x60_0000))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("init_task at physical 0x601000") && !e.contains('\n'),
+        "{e}"
+    );
 }

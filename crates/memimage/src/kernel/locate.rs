@@ -9,7 +9,7 @@ use crate::profile::Profile;
 /// Base of the kernel-image mapping (`__START_KERNEL_map`).
 pub const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 const STEP_2M: u64 = 0x20_0000;
-const BANNER_PREFIX: &[u8] = b"Linux version ";
+pub(super) const BANNER_PREFIX: &[u8] = b"Linux version ";
 const MAX_CANDIDATES: usize = 64;
 
 fn link_pa(va: u64) -> u64 {
@@ -47,7 +47,7 @@ pub fn find_banners(
     Ok(out)
 }
 
-fn read_partial(phys: &PhysicalMemory<'_>, pa: u64, buf: &mut [u8]) -> usize {
+pub(super) fn read_partial(phys: &PhysicalMemory<'_>, pa: u64, buf: &mut [u8]) -> usize {
     let mut n = buf.len();
     while n > 0 {
         if let Some(dst) = buf.get_mut(..n)
@@ -61,7 +61,7 @@ fn read_partial(phys: &PhysicalMemory<'_>, pa: u64, buf: &mut [u8]) -> usize {
 }
 
 /// The banner bytes we expect in memory (profile's, without the NUL).
-fn expected_banner(profile: &Profile) -> Option<&[u8]> {
+pub(super) fn expected_banner(profile: &Profile) -> Option<&[u8]> {
     let b = profile.banner.as_deref()?;
     Some(b.strip_suffix(b"\0").unwrap_or(b))
 }
@@ -88,9 +88,8 @@ pub(super) fn at_shift<'p, 'a>(
     let ctx = Ctx::new(phys, profile)?;
     match ctx.try_shift(shift, "vmcoreinfo") {
         Ok(k) => ctx.finish(k),
-        Err(detail) => Err(KernelError::NotLocated {
+        Err(detail) => Err(KernelError::NotAsStated {
             profile: profile.name.clone(),
-            banner: String::new(),
             detail,
         }),
     }
@@ -285,6 +284,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
             profile: self.profile,
             vm,
             aslr_shift: aslr,
+            image_base: KERNEL_MAP,
             phys_shift: shift,
             dtb,
             mode,

@@ -15,9 +15,11 @@
 //! bytes found physically). VMCOREINFO, when the kernel exposes it through
 //! `vmcoreinfo_note`, is read and cross-checked.
 
+mod arm64;
 mod locate;
 mod vmcoreinfo;
 
+pub use arm64::{is_arm64, vmcoreinfo_geometry};
 pub use locate::{KERNEL_MAP, find_banners};
 pub use vmcoreinfo::VmcoreInfo;
 
@@ -48,6 +50,8 @@ pub enum KernelError {
         banner: String,
         detail: String,
     },
+    #[error("the kernel is not where the machine says it is (profile {profile}): {detail}")]
+    NotAsStated { profile: String, detail: String },
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error("reading {what}: {source}")]
@@ -78,6 +82,13 @@ impl KernelError {
     }
 }
 
+fn no_statement(profile: &Profile) -> KernelError {
+    KernelError::NotAsStated {
+        profile: profile.name.clone(),
+        detail: "it stated neither VMCOREINFO nor a \"Kernel code\" range in iomem".into(),
+    }
+}
+
 /// A located kernel: everything a plugin needs to read kernel objects.
 #[derive(Debug)]
 pub struct Kernel<'p, 'a> {
@@ -87,7 +98,11 @@ pub struct Kernel<'p, 'a> {
     pub vm: VirtualMemory<'p, 'a>,
     /// Virtual KASLR slide: runtime VA = link VA + `aslr_shift`.
     pub aslr_shift: u64,
-    /// Physical shift: PA = link VA - KERNEL_MAP + `phys_shift` (wrapping).
+    /// Link address the physical shift counts from: `KERNEL_MAP` on x86-64,
+    /// `_text` on AArch64.
+    pub image_base: u64,
+    /// Physical shift: PA = link VA - `image_base` + `phys_shift`
+    /// (wrapping); on AArch64 this is PA(`_text`).
     pub phys_shift: u64,
     pub dtb: u64,
     pub mode: PagingMode,
@@ -119,18 +134,69 @@ impl<'p, 'a> Kernel<'p, 'a> {
 
     /// Locates the kernel described by `profile` in `phys`.
     pub fn locate(phys: &'p PhysicalMemory<'a>, profile: &'p Profile) -> Result<Self, KernelError> {
-        locate::locate(phys, profile, true)
+        if arm64::is_arm64(profile) {
+            arm64::locate(phys, profile, true)
+        } else {
+            locate::locate(phys, profile, true)
+        }
     }
 
-    /// The kernel at a known physical shift (`KERNELOFFSET + phys_base`
-    /// from VMCOREINFO), validated as `locate` validates what it finds;
+    /// The kernel of a running machine, from what it states about itself:
+    /// its VMCOREINFO note and the start of "Kernel code" in /proc/iomem.
+    /// Each candidate is validated as `locate` validates what it finds, and
     /// nothing is searched, so this suits a live source.
-    pub fn at_shift(
+    pub fn from_running(
         phys: &'p PhysicalMemory<'a>,
         profile: &'p Profile,
-        shift: u64,
+        info: Option<&VmcoreInfo>,
+        kernel_code: Option<u64>,
     ) -> Result<Self, KernelError> {
-        locate::at_shift(phys, profile, shift)
+        if arm64::is_arm64(profile) {
+            let mut last = None;
+            if let Some(info) = info {
+                match arm64::from_vmcoreinfo(phys, profile, info) {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(code) = kernel_code {
+                match arm64::at_text(phys, profile, code) {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = Some(e),
+                }
+            }
+            return Err(last.unwrap_or_else(|| no_statement(profile)));
+        }
+        let mut shifts = Vec::new();
+        if let Some(info) = info {
+            let phys_base = info.number("phys_base").unwrap_or(0) as u64;
+            shifts.push(phys_base);
+            if let Some(offset) = info.kernel_offset() {
+                shifts.push(phys_base.wrapping_add(offset));
+            }
+        }
+        if let (Some(code), Ok(text)) = (kernel_code, profile.symbol("_text")) {
+            shifts.push(code.wrapping_sub(text.wrapping_sub(KERNEL_MAP)));
+        }
+        shifts.dedup();
+        let mut last = None;
+        for shift in shifts {
+            match locate::at_shift(phys, profile, shift) {
+                Ok(k) => return Ok(k),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| no_statement(profile)))
+    }
+
+    /// Physical address of a kernel-image symbol's link address.
+    pub fn image_pa(&self, link: u64) -> u64 {
+        link.wrapping_sub(self.image_base)
+            .wrapping_add(self.phys_shift)
+    }
+
+    pub fn is_aarch64(&self) -> bool {
+        self.mode.is_aarch64()
     }
 
     /// Only the cheap probe; `Ok(None)` when it finds nothing. Used to pick
@@ -139,7 +205,12 @@ impl<'p, 'a> Kernel<'p, 'a> {
         phys: &'p PhysicalMemory<'a>,
         profile: &'p Profile,
     ) -> Result<Option<Self>, KernelError> {
-        match locate::locate(phys, profile, false) {
+        let found = if arm64::is_arm64(profile) {
+            arm64::locate(phys, profile, false)
+        } else {
+            locate::locate(phys, profile, false)
+        };
+        match found {
             Ok(k) => Ok(Some(k)),
             Err(KernelError::Profile(e)) => Err(KernelError::Profile(e)),
             Err(_) => Ok(None),

@@ -3,7 +3,8 @@
 //! kallsyms addresses are runtime addresses: KASLR has already been
 //! applied. The virtual slide is `_text - LINK_TEXT`, where `LINK_TEXT`
 //! is where x86-64 kernels link `_text` (`__START_KERNEL_map` +
-//! `CONFIG_PHYSICAL_START`, 16 MiB on every distribution kernel we know).
+//! `CONFIG_PHYSICAL_START`, 16 MiB on every distribution kernel we know),
+//! or [`LINK_TEXT_ARM64`] on AArch64 (`KIMAGE_VADDR` of 6.x kernels).
 //! A kernel linked elsewhere still works: every address moves by the same
 //! constant and discovery measures the real slide from the image.
 
@@ -11,9 +12,13 @@ use std::collections::HashMap;
 
 /// Link-time address of `_text` on x86-64.
 pub const LINK_TEXT: u64 = 0xffff_ffff_8100_0000;
-/// Addresses below this are per-CPU offsets or absolute values, which
-/// KASLR does not move.
+/// Link-time address of `_text` on AArch64 (6.x, 48-bit minimum VA).
+pub const LINK_TEXT_ARM64: u64 = 0xffff_8000_8000_0000;
+/// On x86-64, addresses below this are per-CPU offsets or absolute values,
+/// which KASLR does not move; any x86-64 `_text` lies above it.
 const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+/// The same bound on AArch64: its kernel addresses all lie above it.
+const ARM64_KERNEL_SPACE: u64 = 0xff00_0000_0000_0000;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum KallsymsError {
@@ -95,9 +100,23 @@ impl<'a> Kallsyms<'a> {
         Ok(Kallsyms { symbols, text })
     }
 
+    /// An AArch64 kernel: its `_text` lies below x86-64's kernel map.
+    pub fn is_arm64(&self) -> bool {
+        self.text < KERNEL_MAP
+    }
+
+    /// Where this architecture links `_text`.
+    pub fn link_text(&self) -> u64 {
+        if self.is_arm64() {
+            LINK_TEXT_ARM64
+        } else {
+            LINK_TEXT
+        }
+    }
+
     /// The virtual KASLR slide these addresses carry.
     pub fn slide(&self) -> u64 {
-        self.text.wrapping_sub(LINK_TEXT)
+        self.text.wrapping_sub(self.link_text())
     }
 
     /// Runtime address of a uniquely named symbol.
@@ -112,7 +131,12 @@ impl<'a> Kallsyms<'a> {
     }
 
     pub fn to_link(&self, runtime: u64) -> u64 {
-        if runtime >= KERNEL_MAP {
+        let moved = if self.is_arm64() {
+            ARM64_KERNEL_SPACE
+        } else {
+            KERNEL_MAP
+        };
+        if runtime >= moved {
             runtime.wrapping_sub(self.slide())
         } else {
             runtime
@@ -171,6 +195,19 @@ ffffffffc0000000 t foo\t[e1000]\nffffffffb6a00010 t dup\nffffffffb6a00020 t dup\
         assert_eq!(k.runtime("foo"), None);
         assert_eq!(k.runtime("dup"), None);
         assert_eq!(k.len(), 4);
+    }
+
+    #[test]
+    fn arm64_addresses_move_by_their_own_slide() {
+        let k = Kallsyms::parse(
+            b"0000000000012340 A cpu_number\nffffb5d8c3400000 T _text\nffffb5d8c4a1c040 D init_task\n",
+        )
+        .unwrap();
+        assert!(k.is_arm64());
+        assert_eq!(k.slide(), 0xffffb5d8c3400000 - LINK_TEXT_ARM64);
+        assert_eq!(k.link("_text"), Some(LINK_TEXT_ARM64));
+        assert_eq!(k.link("init_task"), Some(LINK_TEXT_ARM64 + 0x161_c040));
+        assert_eq!(k.link("cpu_number"), Some(0x12340));
     }
 
     #[test]

@@ -21,10 +21,10 @@ pub mod kallsyms;
 
 pub use btf::{Btf, BtfError};
 pub use isf::SYMBOL_TYPES;
-pub use kallsyms::{Kallsyms, KallsymsError, LINK_TEXT, iomem_kernel_code};
+pub use kallsyms::{Kallsyms, KallsymsError, LINK_TEXT, LINK_TEXT_ARM64, iomem_kernel_code};
 
 use crate::format::PhysicalMemory;
-use crate::kernel::{KERNEL_MAP, Kernel};
+use crate::kernel::Kernel;
 use crate::profile::{Profile, ProfileError, Selection};
 
 /// Errors that make material unusable as a profile.
@@ -60,6 +60,8 @@ pub struct Derived {
     pub slide: u64,
     /// Physical address of `_text` from /proc/iomem ("Kernel code").
     pub kernel_code: Option<u64>,
+    /// Link-time address given to `_text` (by architecture).
+    pub link_text: u64,
     /// Link-time address and length of the kernel's BTF in memory.
     pub start_btf: Option<u64>,
     pub btf_len: u64,
@@ -109,6 +111,7 @@ impl<'a> Material<'a> {
         let derived = Derived {
             slide: ks.slide(),
             kernel_code: self.iomem.and_then(iomem_kernel_code),
+            link_text: ks.link_text(),
             start_btf: ks.link("__start_BTF"),
             btf_len: btf_bytes.len() as u64,
             btf_types: btf.len(),
@@ -165,9 +168,7 @@ pub fn verify(kernel: &Kernel<'_, '_>, derived: &Derived, btf_bytes: &[u8]) -> V
         ));
     }
     if let Some(code) = derived.kernel_code {
-        let image_text = LINK_TEXT
-            .wrapping_sub(KERNEL_MAP)
-            .wrapping_add(kernel.phys_shift);
+        let image_text = kernel.image_pa(derived.link_text);
         if code != image_text {
             v.same_boot = false;
             v.notes.push(format!(

@@ -174,11 +174,26 @@ impl PagingMode {
         }
     }
 
-    /// True when bits 63..va_bits-1 all equal (sign extension; on AArch64
-    /// the upper half is TTBR1's, the lower TTBR0's).
+    /// Bits that select the address; above them, all ones or all zeros.
+    /// x86-64 sign-extends its top bit; AArch64 picks TTBR1 or TTBR0 by
+    /// the bits above `va_bits` alone, so 0xffff_0000_... is a kernel
+    /// address with 48 bits.
+    fn selecting_bits(self) -> u32 {
+        match self {
+            PagingMode::Aarch64(a) => a.va_bits.clamp(1, 63),
+            _ => self.va_bits() - 1,
+        }
+    }
+
+    /// True when the bits above the translated ones all equal.
     pub fn is_canonical(self, va: u64) -> bool {
-        let top = (va as i64) >> (self.va_bits().clamp(1, 64) - 1);
+        let top = (va as i64) >> self.selecting_bits();
         top == 0 || top == -1
+    }
+
+    /// The first address of the upper (kernel) half.
+    pub fn upper_half(self) -> u64 {
+        !0u64 << self.selecting_bits()
     }
 
     /// Smallest page this mode maps.

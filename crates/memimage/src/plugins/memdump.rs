@@ -93,7 +93,7 @@ fn plan(k: &Kernel<'_, '_>, pids: &[i64]) -> Result<Vec<DumpRegion>, KernelError
 /// no table can map.
 fn hole_end(e: &MemoryError, va: u64, mode: PagingMode) -> u64 {
     if let MemoryError::NonCanonical { .. } = e {
-        let upper = !((1u64 << (mode.va_bits() - 1)) - 1);
+        let upper = mode.upper_half();
         return if va < upper { upper } else { u64::MAX };
     }
     let span = hole_span(e);

@@ -23,6 +23,7 @@ fn with_image<T>(bytes: &[u8], isf: &str, dtb: u64, f: impl FnOnce(&Kernel<'_, '
         profile: &profile,
         vm: VirtualMemory::new(&phys, PagingMode::Level4, dtb),
         aslr_shift: 0,
+        image_base: crate::kernel::KERNEL_MAP,
         phys_shift: 0,
         dtb,
         mode: PagingMode::Level4,

@@ -115,7 +115,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
 ];
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v5";
+const CACHE_VERSION: &str = "v6";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -135,6 +135,10 @@ impl Selection {
             "phys_base",
             "_text",
             "__pgtable_l5_enabled",
+            // AArch64 discovery.
+            "kimage_voffset",
+            "vabits_actual",
+            "memstart_addr",
             "vmcoreinfo_note",
             "linux_proc_banner",
             "socket_file_ops",

@@ -21,6 +21,7 @@ pub fn kernel<'p, 'a>(
         profile,
         vm: VirtualMemory::new(phys, PagingMode::Level4, dtb),
         aslr_shift: 0,
+        image_base: crate::kernel::KERNEL_MAP,
         phys_shift: 0,
         dtb,
         mode: PagingMode::Level4,
