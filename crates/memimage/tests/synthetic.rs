@@ -468,6 +468,16 @@ fn aarch64_from_running_statements() {
     assert_eq!(k.image_pa(arch.base() + 0x20_0000), 0x40_0000);
     let k = Kernel::from_running(&phys, &profile, None, Some(0x40_0000)).unwrap();
     assert_eq!((k.method, k.aslr_shift), ("iomem", ASLR));
+    // triage on AArch64: no IDT to check, said as such (not "not checked").
+    let rows = run_plugin("triage", &k, &Options { threads: false }).unwrap();
+    let idt = rows
+        .iter()
+        .find(|r| r.get("check") == Some(&Value::Str("check_idt".into())))
+        .unwrap();
+    assert_eq!(
+        idt.get("result"),
+        Some(&Value::Str("does not apply".into()))
+    );
     // A KERNELOFFSET that the image contradicts is refused, in one line.
     let moved = info(ASLR + 0x20_0000, voffset + 0x20_0000);
     let e = Kernel::from_running(&phys, &profile, Some(&moved), None)

@@ -12,6 +12,7 @@
 
 mod creds;
 mod dispatch;
+mod entry;
 mod hooks;
 mod kmsg;
 mod malfind;
@@ -69,6 +70,8 @@ pub(crate) struct Report {
     pub not_checked: Vec<String>,
     /// What it looked at, for a reader who sees no findings.
     pub examined: String,
+    /// Why the check has nothing to look at on this architecture.
+    pub not_applicable: Option<String>,
 }
 
 /// The integrity plugins, in the order triage runs them.
@@ -313,6 +316,9 @@ pub(crate) fn plugin_rows(name: &str, k: &Kernel<'_, '_>) -> Option<Result<Vec<R
     let cx = Context::new(k);
     let report = run_check(name, k, &cx)?;
     Some(report.map(|r| {
+        if let Some(why) = &r.not_applicable {
+            k.note(format!("{name}: does not apply: {why}"));
+        }
         for n in &r.not_checked {
             k.note(format!("{name}: not checked: {n}"));
         }

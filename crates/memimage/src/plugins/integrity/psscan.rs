@@ -150,9 +150,28 @@ struct Carved {
     start: Option<i128>,
 }
 
-/// Where the direct map starts (`page_offset_base`, else the default of
-/// kernels without KASLR of memory regions).
+/// What to add to a physical address for its direct-map (linear-map)
+/// address: `page_offset_base` on x86-64 (else the default of kernels
+/// without KASLR of memory regions). On AArch64, VMCOREINFO's
+/// `PAGE_OFFSET - PHYS_OFFSET`, else the offset of a task the task list
+/// points at (slab memory lies in the linear map).
 fn page_offset(k: &Kernel<'_, '_>) -> u64 {
+    if k.is_aarch64() {
+        let stated = k.vmcoreinfo.as_ref().and_then(|info| {
+            let phys_offset = info.number("PHYS_OFFSET")?;
+            let va_bits = u32::try_from(info.number("VA_BITS")?).ok()?;
+            Some((!0u64 << va_bits.min(63)).wrapping_sub(phys_offset as u64))
+        });
+        let from_task = || -> Option<u64> {
+            let off = k.profile.offset("task_struct", "tasks").ok()?;
+            let next = k
+                .read_u64(k.symbol("init_task").ok()? + off, String::new)
+                .ok()?;
+            let task = next.wrapping_sub(off);
+            Some(task.wrapping_sub(k.vm.translate(task).ok()?))
+        };
+        return stated.or_else(from_task).unwrap_or(0);
+    }
     k.symbol("page_offset_base")
         .and_then(|s| k.read_u64(s, || "page_offset_base".into()))
         .unwrap_or(match k.mode {
@@ -205,9 +224,7 @@ fn carve(k: &Kernel<'_, '_>, pa: u64, pob: u64) -> Result<Option<Carved>, Kernel
         .filter(|&a| a != 0)
         .and_then(|a| k.read_int(a, "task_struct", "tgid").ok());
     // The direct-map address, when it maps back to this page.
-    let va = pob
-        .checked_add(pa)
-        .filter(|&va| k.vm.translate(va).ok() == Some(pa));
+    let va = Some(pob.wrapping_add(pa)).filter(|&va| k.vm.translate(va).ok() == Some(pa));
     let tasks = usize::try_from(p.offset("task_struct", "tasks")?).unwrap_or(usize::MAX);
     let word = |at: usize| {
         buf.get(at..at + 8)

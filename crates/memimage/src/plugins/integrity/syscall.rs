@@ -7,6 +7,7 @@
 //! hook (a jump, or an ftrace site calling anything but ftrace).
 
 use super::dispatch::{self, Case};
+use super::entry;
 use super::syscall_names::{self, Entry};
 use super::{Context, Finding, Owner, Report, Severity, Symbols};
 use crate::kernel::{Kernel, KernelError};
@@ -21,30 +22,69 @@ const MAX_TABLE: u64 = 1024;
 struct Abi {
     label: &'static str,
     table: &'static str,
+    /// The generated dispatcher, where the kernel has one ("" for none).
     dispatcher: &'static str,
     names: &'static str,
+    /// Prefix of the 64-bit entry points.
+    prefix: &'static str,
+    /// A number without a handler must reach ni_syscall. Where the names
+    /// are not known this well (AArch64), such an entry need only be
+    /// kernel code.
+    strict: bool,
 }
 
-const ABIS: &[Abi] = &[
+const X86_ABIS: &[Abi] = &[
     Abi {
         label: "64bit",
         table: "sys_call_table",
         dispatcher: "x64_sys_call",
         names: syscall_names::X64,
+        prefix: "__x64_sys_",
+        strict: true,
     },
     Abi {
         label: "32bit",
         table: "ia32_sys_call_table",
         dispatcher: "ia32_sys_call",
         names: syscall_names::IA32,
+        prefix: "__x64_sys_",
+        strict: true,
     },
     Abi {
         label: "x32",
         table: "x32_sys_call_table",
         dispatcher: "x32_sys_call",
         names: syscall_names::X32,
+        prefix: "__x64_sys_",
+        strict: true,
     },
 ];
+
+/// AArch64 dispatches through the table itself (`invoke_syscall`). The
+/// AArch32 compat table has its own numbering, not kept here: its entries
+/// are judged by their owner alone.
+const ARM64_ABIS: &[Abi] = &[
+    Abi {
+        label: "64bit",
+        table: "sys_call_table",
+        dispatcher: "",
+        names: syscall_names::ARM64,
+        prefix: "__arm64_sys_",
+        strict: false,
+    },
+    Abi {
+        label: "32bit",
+        table: "compat_sys_call_table",
+        dispatcher: "",
+        names: "",
+        prefix: "__arm64_compat_sys_",
+        strict: false,
+    },
+];
+
+fn abis(k: &Kernel<'_, '_>) -> &'static [Abi] {
+    if k.is_aarch64() { ARM64_ABIS } else { X86_ABIS }
+}
 
 impl Abi {
     /// Handler symbols a number may reach, most specific first.
@@ -69,7 +109,7 @@ impl Abi {
             }
             _ => {
                 for n in &e.entries {
-                    out.push(format!("__x64_sys_{n}"));
+                    out.push(format!("{}{n}", self.prefix));
                 }
             }
         }
@@ -82,6 +122,7 @@ fn expected(k: &Kernel<'_, '_>, abi: &Abi, nr: u64) -> (Vec<u64>, String) {
     let ni = [
         "__x64_sys_ni_syscall",
         "__ia32_sys_ni_syscall",
+        "__arm64_sys_ni_syscall",
         "sys_ni_syscall",
     ]
     .iter()
@@ -91,7 +132,7 @@ fn expected(k: &Kernel<'_, '_>, abi: &Abi, nr: u64) -> (Vec<u64>, String) {
         .ok()
         .and_then(|n| syscall_names::entry(abi.names, n))
     else {
-        return (ni, "-".into());
+        return (if abi.strict { ni } else { Vec::new() }, "-".into());
     };
     let mut addrs: Vec<u64> = abi
         .handler_names(&e)
@@ -100,7 +141,7 @@ fn expected(k: &Kernel<'_, '_>, abi: &Abi, nr: u64) -> (Vec<u64>, String) {
         .collect();
     // A number with no handler on this kernel (a call added later, or
     // removed) must reach ni_syscall.
-    if e.entries.contains(&"ni_syscall") || addrs.is_empty() {
+    if e.entries.contains(&"ni_syscall") || (addrs.is_empty() && abi.strict) {
         addrs.extend(&ni);
     }
     (addrs, e.name.to_string())
@@ -145,10 +186,13 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     let mut r = Report::default();
     let mut handlers = BTreeSet::new();
     let mut any = false;
-    for abi in ABIS {
+    for abi in abis(k) {
         if let Ok(t) = k.symbol(abi.table) {
             any = true;
             check_table(k, cx, syms, abi, t, &mut r, &mut handlers);
+        }
+        if abi.dispatcher.is_empty() {
+            continue;
         }
         if let Ok(d) = k.symbol(abi.dispatcher) {
             any = true;
@@ -161,7 +205,7 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     }
     let entries = handlers.len();
     for h in handlers {
-        check_entry(k, cx, syms, h, &mut r);
+        entry::check(k, cx, syms, h, &mut r);
     }
     let by_source = |s: &str| {
         r.rows
@@ -170,7 +214,7 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
             .count()
     };
     let mut parts = Vec::new();
-    for abi in ABIS {
+    for abi in abis(k) {
         for src in [abi.table, abi.dispatcher] {
             let n = by_source(src);
             if n > 0 {
@@ -351,66 +395,4 @@ fn push_case(
         hooked,
         &owner,
     ));
-}
-
-/// The first instruction of a handler, after `endbr64`: a jump is an
-/// inline hook; the ftrace site may call only ftrace's own callers.
-fn check_entry(k: &Kernel<'_, '_>, cx: &Context<'_>, syms: &Symbols<'_>, h: u64, r: &mut Report) {
-    let mut b = [0u8; 16];
-    if k.vm.read(h, &mut b).is_err() {
-        r.not_checked
-            .push(format!("entry of {}: unreadable", syms.text(h)));
-        return;
-    }
-    let mut at = 0usize;
-    if b.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
-        at = 4;
-    }
-    let rel = |o: usize| -> Option<u64> {
-        let d = i32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?);
-        Some(h.wrapping_add(o as u64 + 4).wrapping_add(d as i64 as u64))
-    };
-    let (kind, target) = match b.get(at) {
-        Some(0xe9) => ("jmp", rel(at + 1)),
-        Some(0xe8) => ("call", rel(at + 1)),
-        _ => return,
-    };
-    // A jump or call is judged: on a running kernel, read it once more.
-    let mut again = [0u8; 16];
-    if let Err(e) = super::read_judged(k, h, &mut again) {
-        r.not_checked
-            .push(format!("entry of {}: {e}", syms.text(h)));
-        return;
-    }
-    if again != b {
-        r.not_checked.push(format!(
-            "entry of {}: it changed between two reads of the running kernel",
-            syms.text(h)
-        ));
-        return;
-    }
-    let Some(target) = target else { return };
-    let ftrace = ["ftrace_caller", "ftrace_regs_caller", "__fentry__"]
-        .iter()
-        .filter_map(|n| k.symbol(n).ok())
-        .any(|a| a == target);
-    if kind == "call" && ftrace {
-        return;
-    }
-    let owner = cx.owner(target);
-    r.findings.push(Finding {
-        severity: if kind == "jmp" {
-            Severity::High
-        } else {
-            Severity::Medium
-        },
-        check: "check_syscall",
-        what: format!("inline hook at the entry of {}", syms.text(h)),
-        evidence: format!(
-            "{kind} to {target:#x} ({}) at {:#x}",
-            syms.text(target),
-            h + at as u64
-        ),
-        owner: owner.describe(),
-    });
 }

@@ -1,5 +1,5 @@
-//! System-call numbers, names and entry points of x86-64 Linux, from the
-//! kernel's generated `syscalls_64.h`, `syscalls_32.h` and `syscalls_x32.h`
+//! System-call numbers, names and entry points of x86-64 and AArch64
+//! Linux. x86-64's come from the kernel's generated `syscalls_64.h`, `syscalls_32.h` and `syscalls_x32.h`
 //! (Debian 6.1.0-57 and 6.12.118) with the user-space names of
 //! `unistd_*.h`. Numbers are ABI and never reused, so one table serves
 //! every kernel; where kernels differ, an entry lists both (`a|b`).
@@ -72,7 +72,7 @@ pub(super) const X64: &str = concat!(
     "fsopen fsconfig fsmount fspick pidfd_open clone3 close_range openat2 pidfd_getfd ",
     "faccessat2 process_madvise epoll_pwait2 mount_setattr quotactl_fd ",
     "landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret ",
-    "process_mrelease futex_waitv set_mempolicy_home_node syscalls=cachestat fchmodat2 ",
+    "process_mrelease futex_waitv set_mempolicy_home_node cachestat fchmodat2 ",
     "map_shadow_stack futex_wake futex_wait futex_requeue statmount listmount ",
     "lsm_get_self_attr lsm_set_self_attr lsm_list_modules mseal ",
 );
@@ -191,7 +191,7 @@ pub(super) const IA32: &str = concat!(
     "fsmount fspick pidfd_open clone3 close_range openat2 pidfd_getfd faccessat2 ",
     "process_madvise epoll_pwait2/compat_sys_epoll_pwait2 mount_setattr quotactl_fd ",
     "landlock_create_ruleset landlock_add_rule landlock_restrict_self memfd_secret ",
-    "process_mrelease futex_waitv set_mempolicy_home_node syscalls=cachestat fchmodat2 ",
+    "process_mrelease futex_waitv set_mempolicy_home_node cachestat fchmodat2 ",
     "map_shadow_stack futex_wake futex_wait futex_requeue statmount listmount ",
     "lsm_get_self_attr lsm_set_self_attr lsm_list_modules mseal ",
 );
@@ -287,6 +287,60 @@ pub(super) const X32: &str = concat!(
     "pwritev2=compat_sys_pwritev64v2 ",
 );
 
+/// The AArch64 table (`sys_call_table`, entries `__arm64_sys_*`): the
+/// generic numbering of `asm-generic/unistd.h` as arm64 builds it
+/// (`__ARCH_WANT_RENAMEAT`, `_NEW_STAT`, `_SET_GET_RLIMIT`, `_SYS_CLONE3`,
+/// `_MEMFD_SECRET`; 64-bit variants), with arm64's own `personality`
+/// entry, and the numbers 451 to 462 shared by every architecture since.
+pub(super) const ARM64: &str = concat!(
+    "io_setup io_destroy io_submit io_cancel io_getevents setxattr lsetxattr fsetxattr ",
+    "getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr removexattr lremovexattr ",
+    "fremovexattr getcwd lookup_dcookie eventfd2 epoll_create1 epoll_ctl epoll_pwait dup ",
+    "dup3 fcntl inotify_init1 inotify_add_watch inotify_rm_watch ioctl ioprio_set ",
+    "ioprio_get flock mknodat mkdirat unlinkat symlinkat linkat renameat umount2=umount ",
+    "mount pivot_root nfsservctl=ni_syscall statfs fstatfs truncate ftruncate fallocate ",
+    "faccessat chdir fchdir chroot fchmod fchmodat fchownat fchown openat close vhangup ",
+    "pipe2 quotactl getdents64 lseek read write readv writev pread64 pwrite64 preadv ",
+    "pwritev sendfile=sendfile64 pselect6 ppoll signalfd4 vmsplice splice tee readlinkat ",
+    "newfstatat fstat=newfstat sync fsync fdatasync sync_file_range timerfd_create ",
+    "timerfd_settime timerfd_gettime utimensat acct capget capset ",
+    "personality=arm64_personality exit exit_group waitid set_tid_address unshare futex ",
+    "set_robust_list get_robust_list nanosleep getitimer setitimer kexec_load init_module ",
+    "delete_module timer_create timer_gettime timer_getoverrun timer_settime timer_delete ",
+    "clock_settime clock_gettime clock_getres clock_nanosleep syslog ptrace sched_setparam ",
+    "sched_setscheduler sched_getscheduler sched_getparam sched_setaffinity ",
+    "sched_getaffinity sched_yield sched_get_priority_max sched_get_priority_min ",
+    "sched_rr_get_interval restart_syscall kill tkill tgkill sigaltstack rt_sigsuspend ",
+    "rt_sigaction rt_sigprocmask rt_sigpending rt_sigtimedwait rt_sigqueueinfo ",
+    "rt_sigreturn setpriority getpriority reboot setregid setgid setreuid setuid setresuid ",
+    "getresuid setresgid getresgid setfsuid setfsgid times setpgid getpgid getsid setsid ",
+    "getgroups setgroups uname=newuname sethostname setdomainname getrlimit setrlimit ",
+    "getrusage umask prctl getcpu gettimeofday settimeofday adjtimex getpid getppid getuid ",
+    "geteuid getgid getegid gettid sysinfo mq_open mq_unlink mq_timedsend mq_timedreceive ",
+    "mq_notify mq_getsetattr msgget msgctl msgrcv msgsnd semget semctl semtimedop semop ",
+    "shmget shmctl shmat shmdt socket socketpair bind listen accept connect getsockname ",
+    "getpeername sendto recvfrom setsockopt getsockopt shutdown sendmsg recvmsg readahead ",
+    "brk munmap mremap add_key request_key keyctl clone execve mmap fadvise64=fadvise64_64 ",
+    "swapon swapoff mprotect msync mlock munlock mlockall munlockall mincore madvise ",
+    "remap_file_pages mbind get_mempolicy set_mempolicy migrate_pages move_pages ",
+    "rt_tgsigqueueinfo perf_event_open accept4 recvmmsg - - - - - - - - - - - - - - - - ",
+    "wait4 prlimit64 fanotify_init fanotify_mark name_to_handle_at open_by_handle_at ",
+    "clock_adjtime syncfs setns sendmmsg process_vm_readv process_vm_writev kcmp ",
+    "finit_module sched_setattr sched_getattr renameat2 seccomp getrandom memfd_create bpf ",
+    "execveat userfaultfd membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect ",
+    "pkey_alloc pkey_free statx io_pgetevents rseq kexec_file_load - - - - - - - - - - - - ",
+    "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - ",
+    "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - ",
+    "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - pidfd_send_signal ",
+    "io_uring_setup io_uring_enter io_uring_register open_tree move_mount fsopen fsconfig ",
+    "fsmount fspick pidfd_open clone3 close_range openat2 pidfd_getfd faccessat2 ",
+    "process_madvise epoll_pwait2 mount_setattr quotactl_fd landlock_create_ruleset ",
+    "landlock_add_rule landlock_restrict_self memfd_secret process_mrelease futex_waitv ",
+    "set_mempolicy_home_node cachestat fchmodat2 map_shadow_stack futex_wake futex_wait ",
+    "futex_requeue statmount listmount lsm_get_self_attr lsm_set_self_attr ",
+    "lsm_list_modules mseal",
+);
+
 /// One number's names: the user-facing name, the entry points (without
 /// the `sys_` prefix) and the compat entry points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,6 +378,15 @@ mod tests {
         assert_eq!(entry(X64, 217).unwrap().name, "getdents64");
         assert_eq!(entry(IA32, 5).unwrap().compat, ["compat_sys_open"]);
         assert_eq!(entry(X64, 462).unwrap().name, "mseal");
+        assert_eq!(entry(X64, 451).unwrap().name, "cachestat");
+        // AArch64: the generic numbering.
+        assert_eq!(entry(ARM64, 63).unwrap().name, "read");
+        assert_eq!(entry(ARM64, 129).unwrap().name, "kill");
+        assert_eq!(entry(ARM64, 221).unwrap().name, "execve");
+        assert_eq!(entry(ARM64, 92).unwrap().entries, ["arm64_personality"]);
+        assert_eq!(entry(ARM64, 80).unwrap().entries, ["newfstat"]);
+        assert!(entry(ARM64, 250).unwrap().entries.is_empty());
+        assert_eq!(entry(ARM64, 462).unwrap().name, "mseal");
         assert!(entry(X64, 5000).is_none());
     }
 }

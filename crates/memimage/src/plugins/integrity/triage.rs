@@ -12,6 +12,7 @@ use crate::plugins::{Row, Value};
 pub const FINDING: &str = "finding";
 pub const NOT_CHECKED: &str = "not checked";
 pub const OK: &str = "ok";
+pub const NOT_APPLICABLE: &str = "does not apply";
 
 fn result_row(check: &str, result: &str, f: Option<&Finding>, what: String) -> Row {
     let s = |v: &str| Value::Str(v.to_string());
@@ -48,6 +49,10 @@ pub(crate) fn run(k: &Kernel<'_, '_>) -> Result<Vec<Row>, KernelError> {
         match run_check(check, k, &cx) {
             None => {}
             Some(Err(e)) => rows.push(result_row(check, NOT_CHECKED, None, e.to_string())),
+            Some(Ok(report)) if report.not_applicable.is_some() => {
+                let why = report.not_applicable.unwrap_or_default();
+                rows.push(result_row(check, NOT_APPLICABLE, None, why));
+            }
             Some(Ok(report)) => {
                 let mut findings = report.findings;
                 findings.sort_by_key(|f| f.severity);
