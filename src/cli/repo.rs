@@ -25,6 +25,11 @@ pub enum RepoCommand {
         /// package (one release; for Ubuntu, Amazon Linux, RHEL headers).
         #[arg(long, value_name = "DIR")]
         headers: Option<PathBuf>,
+        /// Architecture to build for (as `uname -m` prints it); aarch64 is
+        /// cross-built on an x86-64 machine, no emulation needed. Default:
+        /// this machine's.
+        #[arg(long, value_name = "ARCH", value_parser = ["x86_64", "aarch64"])]
+        arch: Option<String>,
         /// Kernel releases as the targets' `uname -r` prints them.
         #[arg(required = true, value_name = "RELEASE")]
         releases: Vec<String>,

@@ -19,8 +19,15 @@ pub fn run(args: &RepoArgs) -> anyhow::Result<()> {
             out,
             work,
             headers,
+            arch,
             releases,
-        } => build(out, work.as_deref(), headers.as_deref(), releases),
+        } => build(
+            out,
+            work.as_deref(),
+            headers.as_deref(),
+            arch.as_deref(),
+            releases,
+        ),
         RepoCommand::Index { repo, description } => {
             let manifest = manifest::index(repo, description.clone())?;
             let path = repo.join(MANIFEST_NAME);
@@ -78,6 +85,7 @@ fn build(
     out: &Path,
     work: Option<&Path>,
     headers: Option<&Path>,
+    arch: Option<&str>,
     releases: &[String],
 ) -> anyhow::Result<()> {
     for release in releases {
@@ -93,6 +101,9 @@ fn build(
     }
     if let Some(headers) = headers {
         command.arg("--headers").arg(headers);
+    }
+    if let Some(arch) = arch {
+        command.arg("--arch").arg(arch);
     }
     command.args(releases);
     let status = command
