@@ -6,7 +6,7 @@
 #
 # An arm64 build (LAB_ARCH=aarch64 in OUTDIR/env) runs in qemu-system-aarch64
 # -M virt, --cpu cortex-a72 by default (--cpu max: 52-bit VA with LPA2), console
-# ttyAMA0, default --timeout 300 (TCG emulates arm64 much more slowly).
+# ttyAMA0, default --timeout 180 (-cpu max emulates about 3x more slowly).
 # Guest port 22 (dropbear) is forwarded to 127.0.0.1:PORT (inside NS with --netns).
 # Writes OUTDIR/qemu-PORT.pid, OUTDIR/console-PORT.log (serial console) and
 # OUTDIR/known_hosts-PORT ("[127.0.0.1]:PORT ssh-ed25519 AAAA..."), then waits until
@@ -60,7 +60,7 @@ case "${LAB_ARCH:-x86_64}" in
   aarch64)
     QEMU_NAME=qemu-system-aarch64 QEMU_PKG=qemu-system-arm
     MACHINE=(-machine virt) CONSOLE_DEV=ttyAMA0
-    CPU=${CPU:-cortex-a72} TIMEOUT=${TIMEOUT:-300} ;;
+    CPU=${CPU:-cortex-a72} TIMEOUT=${TIMEOUT:-180} ;;
   *) die "LAB_ARCH=$LAB_ARCH in $OUTDIR/env: not x86_64 or aarch64 (rebuild with lab/build-guest.sh)" ;;
 esac
 
