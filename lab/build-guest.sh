@@ -53,8 +53,8 @@ fi
 case "$FLAVOUR" in
   amd64)       NIC=e1000;          NIC_MODULES="e1000" ;;
   cloud-amd64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
-  # Both arm64 kernels have virtio PCI built in; virtio_net is a module (needing
-  # failover and net_failover, which --show-depends adds).
+  # virtio_pci is built in (6.12 cloud) or a module (6.1 generic); virtio_net is a
+  # module needing failover and net_failover (--show-depends finds them).
   arm64|cloud-arm64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
   *) die "unknown flavour '$FLAVOUR' (amd64, cloud-amd64, arm64 or cloud-arm64)" ;;
 esac
@@ -115,7 +115,7 @@ ensure_pkgs() {
 # distribution's qemu-system-x86; asked for together, apt replaces it with
 # the matching version instead of removing it, so qemu-img stays.
 QEMU_PKGS=(qemu-system-x86)
-if dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok installed$' &&
+if [ -z "$DEB_ARCH" ] && dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok installed$' &&
   ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q '^install ok installed$'; then
   apt_update_once
   candidate=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
