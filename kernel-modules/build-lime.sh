@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build LiME kernel modules from Debian packages, without installing a kernel.
 #
-#   kernel-modules/build-lime.sh [--work DIR] [--headers DIR] [--keep-headers]
-#                                --out REPO RELEASE...
+#   kernel-modules/build-lime.sh [--arch ARCH] [--work DIR] [--headers DIR]
+#                                [--keep-headers] --out REPO RELEASE...
 #
 # For each RELEASE (a target's `uname -r`) this writes
 #   REPO/modules/ARCH/lime-RELEASE.ko             (debug info stripped)
 #   REPO/modules/ARCH/lime-RELEASE.ko.build.json  (how it was built)
-# where ARCH is this machine's `uname -m`. `mshot repo index REPO` then lists
+# where ARCH is the target's `uname -m`: this machine's by default; --arch
+# aarch64 on an x86_64 machine cross-builds (Debian's arm64 headers package,
+# unpacked, and gcc-N-aarch64-linux-gnu). `mshot repo index REPO` then lists
 # them in REPO/manifest.json. LiME comes from `lime-forensics-dkms`, the
 # headers from `linux-headers-RELEASE`; --headers DIR uses a kernel build tree
 # already on disk instead (one RELEASE only; for other distributions).
@@ -22,11 +24,12 @@ log() { echo "$PROG: $*" >&2; }
 trap 'rc=$?; echo "$PROG: FAILED (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
 OUT=""
+ARCH=""
 WORK=""
 HEADERS=""
 KEEP_HEADERS=0
@@ -35,6 +38,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || die "--out needs a value"; OUT=$2; shift 2 ;;
     --out=*) OUT=${1#*=}; shift ;;
+    --arch) [ $# -ge 2 ] || die "--arch needs a value"; ARCH=$2; shift 2 ;;
+    --arch=*) ARCH=${1#*=}; shift ;;
     --work) [ $# -ge 2 ] || die "--work needs a value"; WORK=$2; shift 2 ;;
     --work=*) WORK=${1#*=}; shift ;;
     --headers) [ $# -ge 2 ] || die "--headers needs a value"; HEADERS=$2; shift 2 ;;
@@ -54,7 +59,23 @@ for r in "${RELEASES[@]}"; do
   case "$r" in *[!A-Za-z0-9.+_~-]*|"") die "bad release '$r' (expected a uname -r)" ;; esac
 done
 
-ARCH=$(uname -m)
+# Target architecture (uname -m spelling). A different one than this machine's
+# is a cross build: the Debian headers package of the target's architecture is
+# unpacked (never installed) and built with the matching cross compiler; the
+# kbuild helpers (fixdep, modpost) are the host's, from linux-kbuild-*.
+HOST_ARCH=$(uname -m)
+case "${ARCH:-$HOST_ARCH}" in
+  x86_64|amd64) ARCH=x86_64 ;;
+  aarch64|arm64) ARCH=aarch64 ;;
+  *) ARCH=${ARCH:-$HOST_ARCH} ;;
+esac
+CROSS=""
+if [ "$ARCH" != "$HOST_ARCH" ]; then
+  case "$HOST_ARCH/$ARCH" in
+    x86_64/aarch64) CROSS=aarch64-linux-gnu- DEB_ARCH=arm64 KARCH=arm64 ;;
+    *) die "cross build from $HOST_ARCH to $ARCH is not supported (x86_64 to aarch64 is; else build on a $ARCH machine)" ;;
+  esac
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/mshot/build}
@@ -95,18 +116,22 @@ ensure_pkgs() {
   fi
 }
 # apt-get download PKG into $WORK/debs (kept for reuse); prints the .deb path.
+# PKG:ARCH downloads that architecture's package.
 fetch_deb() {
-  local pkg=$1 deb
+  local pkg=$1 deb glob
+  case "$pkg" in *:*) glob="${pkg%%:*}_*_${pkg#*:}.deb" ;; *) glob="${pkg}_*.deb" ;; esac
   mkdir -p "$WORK/debs"
-  deb=$(ls "$WORK"/debs/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+  # shellcheck disable=SC2086
+  deb=$(cd "$WORK/debs" && ls $glob 2>/dev/null | head -n1 || true)
   if [ -z "$deb" ]; then
     log "apt-get download $pkg"
     (cd "$WORK/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2) \
       || { apt_update_once; (cd "$WORK/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2); } \
       || die "apt-get download $pkg failed (is it still in the archive?)"
-    deb=$(ls "$WORK"/debs/"${pkg}"_*.deb | head -n1)
+    # shellcheck disable=SC2086
+    deb=$(cd "$WORK/debs" && ls $glob | head -n1)
   fi
-  echo "$deb"
+  echo "$WORK/debs/$deb"
 }
 json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 
@@ -115,15 +140,77 @@ if [ -z "$HEADERS" ]; then
 else
   ensure_pkgs lime-forensics-dkms kmod binutils
 fi
+STRIP=strip
+if [ -n "$CROSS" ]; then
+  # The target architecture's packages are only downloaded (apt-get download
+  # PKG:arm64), which needs it as a foreign architecture in apt's lists.
+  if ! dpkg --print-foreign-architectures | grep -qx "$DEB_ARCH"; then
+    [ "$(id -u)" = 0 ] || die "$DEB_ARCH is not a dpkg architecture here: run as root, or dpkg --add-architecture $DEB_ARCH && apt-get update"
+    log "dpkg --add-architecture $DEB_ARCH"
+    dpkg --add-architecture "$DEB_ARCH" || die "dpkg --add-architecture $DEB_ARCH failed"
+    apt_updated=0
+    apt_update_once
+  fi
+  ensure_pkgs "binutils-${CROSS%-}"
+  STRIP=${CROSS}strip
+fi
 LIME_SRC=$(ls -d /usr/src/lime-forensics-*/ 2>/dev/null | sort -V | tail -n1 || true)
 [ -n "$LIME_SRC" ] && [ -f "$LIME_SRC/main.c" ] || die "LiME source not found in /usr/src/lime-forensics-*/"
 LIME_PKG_VERSION=$(dpkg-query -W -f='${Version}' lime-forensics-dkms 2>/dev/null || echo unknown)
 LIME_VERSION=${LIME_PKG_VERSION%%-*}
 
 # ---------------------------------------------------------------- headers
+# Unpack headers package DEB for RELEASE into $WORK/headers-RELEASE (not installed)
+# and point its dangling relative links (scripts, tools -> ../../lib/linux-kbuild-*)
+# at the real system paths. Sets HDRS and HDRS_VERSION.
+unpack_headers() {
+  local deb=$1 release=$2 hroot="$WORK/headers-$2" L T S
+  rm -rf "$hroot"
+  dpkg -x "$deb" "$hroot"
+  while IFS= read -r -d '' L; do
+    [ -e "$L" ] && continue
+    T=$(readlink "$L")
+    case "$T" in /*) S=$T ;; *) S=$(realpath -m "/${L#"$hroot"/}/../$T") ;; esac
+    [ -e "$S" ] && ln -sfn "$S" "$L"
+  done < <(find "$hroot" -type l -print0)
+  HDRS="$hroot/usr/src/linux-headers-$release"
+  HDRS_VERSION=$(dpkg-deb -f "$deb" Version)
+}
+
+# Cross build: the target architecture's headers package, downloaded and unpacked.
+# Its dependencies are installed for this machine instead: -common (Architecture
+# all; the unpacked Makefile includes /usr/src/linux-headers-*-common/Makefile by
+# absolute path), linux-kbuild-* (Multi-Arch foreign: this machine's fixdep and
+# modpost), and gcc-N becomes the cross compiler gcc-N-aarch64-linux-gnu, which the
+# headers' Makefile calls as $(CROSS_COMPILE)gcc-N. The kernel image is skipped.
+headers_for_cross() {
+  local release=$1 hpkg="linux-headers-$1" deb d pkgs=() cc="" common
+  HDRS_PKG="$hpkg:$DEB_ARCH"
+  apt-cache show "$hpkg:$DEB_ARCH" >/dev/null 2>&1 || apt_update_once
+  apt-cache show "$hpkg:$DEB_ARCH" >/dev/null 2>&1 \
+    || die "no package $hpkg:$DEB_ARCH in the apt sources: is $release a Debian $DEB_ARCH kernel? (--headers DIR builds against a tree on disk)"
+  deb=$(fetch_deb "$hpkg:$DEB_ARCH")
+  for d in $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/:any//' | tr -d ' '); do
+    case "$d" in
+      linux-image-*) ;;
+      gcc-[0-9]*) cc="${CROSS}$d"; pkgs+=("$d-${CROSS%-}") ;;
+      *) pkgs+=("$d") ;;
+    esac
+  done
+  ensure_pkgs "${pkgs[@]}"
+  if [ -n "$cc" ]; then
+    command -v "$cc" >/dev/null || die "$cc missing after installing ${pkgs[*]}"
+  fi
+  unpack_headers "$deb" "$release"
+  common=$(sed -n 's/^include \(\/usr\/src\/[^ ]*\)$/\1/p' "$HDRS/Makefile")
+  [ -z "$common" ] || [ -f "$common" ] \
+    || die "$common missing: the $DEB_ARCH headers need the -common package installed at /usr/src (apt-get install $(basename "$(dirname "$common")"))"
+  log "unpacked $hpkg:$DEB_ARCH privately (cross build with ${cc:-${CROSS}gcc})"
+}
+
 # Sets HDRS (the kernel build tree) and HDRS_PKG/HDRS_VERSION for RELEASE.
 headers_for() {
-  local release=$1 hpkg="linux-headers-$1" hdeps other hroot deb L T S
+  local release=$1 hpkg="linux-headers-$1" hdeps other deb
   HDRS=/usr/src/linux-headers-$release
   HDRS_PKG=$hpkg
   if [ -f "$HDRS/Makefile" ] && installed "$hpkg"; then
@@ -140,19 +227,8 @@ headers_for() {
     other=$(echo "$hdeps" | awk '$1 ~ /Depends:$/ && $2 !~ /^linux-image-/ && $2 !~ /^</ {print $2}' | sort -u)
     # shellcheck disable=SC2086
     ensure_pkgs $other
-    hroot="$WORK/headers-$release"
-    rm -rf "$hroot"
     deb=$(fetch_deb "$hpkg")
-    dpkg -x "$deb" "$hroot"
-    # Relative links (scripts, tools -> ../../lib/linux-kbuild-*) point at the real system paths.
-    while IFS= read -r -d '' L; do
-      [ -e "$L" ] && continue
-      T=$(readlink "$L")
-      case "$T" in /*) S=$T ;; *) S=$(realpath -m "/${L#"$hroot"/}/../$T") ;; esac
-      [ -e "$S" ] && ln -sfn "$S" "$L"
-    done < <(find "$hroot" -type l -print0)
-    HDRS="$hroot/usr/src/linux-headers-$release"
-    HDRS_VERSION=$(dpkg-deb -f "$deb" Version)
+    unpack_headers "$deb" "$release"
     log "unpacked $hpkg privately (it depends on the kernel image)"
   else
     ensure_pkgs "$hpkg"
@@ -169,6 +245,8 @@ for RELEASE in "${RELEASES[@]}"; do
     HDRS_PKG="(build tree $HDRS)"
     HDRS_VERSION=unknown
     [ -f "$HDRS/Makefile" ] || die "$HDRS/Makefile missing: --headers must be a kernel build tree"
+  elif [ -n "$CROSS" ]; then
+    headers_for_cross "$RELEASE"
   else
     headers_for "$RELEASE"
   fi
@@ -176,12 +254,20 @@ for RELEASE in "${RELEASES[@]}"; do
   rm -rf "$BUILD"
   cp -a "$LIME_SRC" "$BUILD"
   log "building LiME $LIME_PKG_VERSION for $RELEASE ($ARCH) against $HDRS"
-  make -s -C "$HDRS" M="$BUILD" modules >"$BUILD.log" 2>&1 \
+  # Cross: Debian's headers set ARCH and CROSS_COMPILE themselves; given here
+  # for other build trees (--headers).
+  MAKE_CROSS=()
+  [ -z "$CROSS" ] || MAKE_CROSS=(ARCH="$KARCH" CROSS_COMPILE="$CROSS")
+  make -s -C "$HDRS" "${MAKE_CROSS[@]}" M="$BUILD" modules >"$BUILD.log" 2>&1 \
     || { tail -n 30 "$BUILD.log" >&2; die "LiME build for $RELEASE failed (log: $BUILD.log)"; }
   [ -f "$BUILD/lime.ko" ] || die "LiME build for $RELEASE produced no lime.ko"
   VERMAGIC=$(modinfo -F vermagic "$BUILD/lime.ko" | sed 's/ *$//')
   case "$VERMAGIC" in "$RELEASE "*) ;; *) die "lime.ko vermagic '$VERMAGIC' does not match $RELEASE" ;; esac
-  strip --strip-debug "$BUILD/lime.ko"
+  if [ -n "$CROSS" ]; then
+    MACHINE=$(readelf -h "$BUILD/lime.ko" | sed -n 's/^ *Machine: *//p')
+    case "$ARCH/$MACHINE" in aarch64/AArch64) ;; *) die "lime.ko is for '$MACHINE', not $ARCH" ;; esac
+  fi
+  "$STRIP" --strip-debug "$BUILD/lime.ko"
   CC_LINE=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$HDRS/.config" 2>/dev/null || true)
   DEST="$OUT/modules/$ARCH/lime-$RELEASE.ko"
   cp "$BUILD/lime.ko" "$DEST.tmp" && mv -f "$DEST.tmp" "$DEST"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build a bootable QEMU lab guest from Debian packages, plus a LiME module for it.
 #
-#   lab/build-guest.sh [--flavour amd64|cloud-amd64] [--release 6.1.0-NN-amd64] OUTDIR
+#   lab/build-guest.sh [--flavour amd64|cloud-amd64|arm64|cloud-arm64]
+#                      [--release 6.1.0-NN-amd64] OUTDIR
 #
-# OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko, rwx-helper, release, env,
-# id_ed25519{,.pub}, host_key.pub (and the dropbear host key it was derived from).
-# A second run for the same release (and the same script and testkit sources) reuses
-# the build and takes a second or two. See lab/README.md.
+# OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko (x86 only), rwx-helper,
+# release, env, id_ed25519{,.pub}, host_key.pub (and the dropbear host key it was
+# derived from). The arm64 flavours are built from Debian's arm64 packages
+# (downloaded, never installed) and LiME is cross-built for them. A second run for
+# the same release (and the same script and testkit sources) reuses the build and
+# takes a second or two. See lab/README.md.
 set -euo pipefail
 
 PROG=build-guest
@@ -15,7 +18,7 @@ log() { echo "$PROG: $*" >&2; }
 trap 'rc=$?; echo "$PROG: FAILED (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
@@ -38,13 +41,32 @@ done
 
 # Flavour: explicit, or derived from --release, default amd64.
 if [ -z "$FLAVOUR" ]; then
-  case "$RELEASE" in *cloud*) FLAVOUR=cloud-amd64 ;; *) FLAVOUR=amd64 ;; esac
+  case "$RELEASE" in
+    *cloud-arm64) FLAVOUR=cloud-arm64 ;;
+    *-arm64) FLAVOUR=arm64 ;;
+    *cloud*) FLAVOUR=cloud-amd64 ;;
+    *) FLAVOUR=amd64 ;;
+  esac
 fi
+# GUEST_ARCH is the guest's uname -m; DEB_ARCH ("" = this machine's) the
+# architecture of the Debian packages the guest is made of.
 case "$FLAVOUR" in
   amd64)       NIC=e1000;          NIC_MODULES="e1000" ;;
   cloud-amd64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
-  *) die "unknown flavour '$FLAVOUR' (amd64 or cloud-amd64)" ;;
+  # virtio_pci is built in (6.12 cloud) or a module (6.1 generic); virtio_net is a
+  # module needing failover and net_failover (--show-depends finds them).
+  arm64|cloud-arm64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
+  *) die "unknown flavour '$FLAVOUR' (amd64, cloud-amd64, arm64 or cloud-arm64)" ;;
 esac
+case "$FLAVOUR" in
+  *arm64) GUEST_ARCH=aarch64 DEB_ARCH=arm64 QEMU_BIN=qemu-system-aarch64 CROSS=aarch64-linux-gnu- ;;
+  *)      GUEST_ARCH=x86_64  DEB_ARCH=""    QEMU_BIN=qemu-system-x86_64  CROSS="" ;;
+esac
+CROSS_TRIPLET=${CROSS%-}
+# The arm64 guest's userland: busybox, dropbear and sftp-server, and the libraries
+# they need (each NEEDED entry must be found in one of these).
+GUEST_PKGS="busybox-static dropbear-bin openssh-sftp-server libc6 libcrypt1 zlib1g libtomcrypt1 libtommath1 libgmp10"
+[ "$(uname -m)" = x86_64 ] || die "build-guest.sh runs on an x86_64 Debian machine (this is $(uname -m))"
 
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -93,7 +115,7 @@ ensure_pkgs() {
 # distribution's qemu-system-x86; asked for together, apt replaces it with
 # the matching version instead of removing it, so qemu-img stays.
 QEMU_PKGS=(qemu-system-x86)
-if dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok installed$' &&
+if [ -z "$DEB_ARCH" ] && dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok installed$' &&
   ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q '^install ok installed$'; then
   apt_update_once
   candidate=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
@@ -103,21 +125,38 @@ if dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q '^install ok in
     log "warning: could not keep qemu-utils beside qemu-system-x86; apt may remove it"
   QEMU_PKGS=(qemu-system-x86)
 fi
-ensure_pkgs "${QEMU_PKGS[@]}" busybox-static dropbear-bin lime-forensics-dkms \
-  openssh-sftp-server openssh-client cpio gzip zstd xz-utils kmod make gcc binutils libc6-dev
+if [ -z "$DEB_ARCH" ]; then
+  ensure_pkgs "${QEMU_PKGS[@]}" busybox-static dropbear-bin lime-forensics-dkms \
+    openssh-sftp-server openssh-client cpio gzip zstd xz-utils kmod make gcc binutils libc6-dev
+else
+  # The guest's userland comes from $DEB_ARCH packages (downloaded below); the host
+  # needs dropbear-bin for dropbearkey, the cross compiler and libc for rwx-helper.
+  ensure_pkgs qemu-system-arm dropbear-bin lime-forensics-dkms openssh-client cpio gzip \
+    zstd xz-utils kmod make gcc binutils binutils-aarch64-linux-gnu gcc-12-aarch64-linux-gnu \
+    libc6-dev-arm64-cross
+  # apt-get download PKG:arm64 needs arm64 as a foreign architecture (nothing of it is installed).
+  if ! dpkg --print-foreign-architectures | grep -qx "$DEB_ARCH"; then
+    log "dpkg --add-architecture $DEB_ARCH"
+    dpkg --add-architecture "$DEB_ARCH" || die "dpkg --add-architecture $DEB_ARCH failed"
+    apt_updated=0
+    apt_update_once
+  fi
+fi
 
 # ---------------------------------------------------------------- release
 if [ -z "$RELEASE" ]; then
-  if [ "$FLAVOUR" = amd64 ]; then
-    METAS="linux-image-amd64"
-  else
+  case "$FLAVOUR" in
+    amd64) METAS="linux-image-amd64" ;;
     # The 6.12 cloud kernel (bookworm-security) first, then the 6.1 cloud one.
-    METAS="linux-image-6.12-cloud-amd64 linux-image-cloud-amd64"
-  fi
+    cloud-amd64) METAS="linux-image-6.12-cloud-amd64 linux-image-cloud-amd64" ;;
+    arm64) METAS="linux-image-arm64:arm64" ;;
+    cloud-arm64) METAS="linux-image-6.12-cloud-arm64:arm64 linux-image-cloud-arm64:arm64" ;;
+  esac
+  # (apt-cache names a foreign architecture's packages PKG:ARCH.)
   resolve() {
     apt-cache depends "$1" 2>/dev/null \
       | awk '$1=="Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}' \
-      | sed 's/^linux-image-//'
+      | sed 's/^linux-image-//; s/:[a-z0-9]*$//'
   }
   for m in $METAS; do
     RELEASE=$(resolve "$m")
@@ -138,17 +177,21 @@ case "$RELEASE" in *[!A-Za-z0-9.+_-]*|"") die "bad release '$RELEASE'" ;; esac
 # ---------------------------------------------------------------- reuse
 STAMP="$OUTDIR/.stamp"
 STAMP_WANT="release=$RELEASE flavour=$FLAVOUR script=$SCRIPT_HASH"
+# The test rootkit is x86-64 code: the arm64 guests have none (LAB_TESTKIT empty).
+if [ "$GUEST_ARCH" = x86_64 ]; then TESTKIT_KO="$OUTDIR/testkit.ko"; else TESTKIT_KO=""; fi
 write_env() {
   cat >"$OUTDIR/.env.tmp" <<EOF
 # Generated by lab/build-guest.sh; source it: . $OUTDIR/env
 LAB_DIR=$OUTDIR
 LAB_FLAVOUR=$FLAVOUR
+LAB_ARCH=$GUEST_ARCH
+LAB_QEMU=$QEMU_BIN
 LAB_RELEASE=$RELEASE
 LAB_NIC=$NIC
 LAB_VMLINUZ=$OUTDIR/vmlinuz
 LAB_INITRD=$OUTDIR/initrd.img
 LAB_LIME=$OUTDIR/lime.ko
-LAB_TESTKIT=$OUTDIR/testkit.ko
+LAB_TESTKIT=$TESTKIT_KO
 LAB_RWX_HELPER=$OUTDIR/rwx-helper
 LAB_KEY=$OUTDIR/id_ed25519
 LAB_HOST_KEY_PUB=$OUTDIR/host_key.pub
@@ -158,7 +201,7 @@ EOF
 complete_build() {
   local f
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ] || return 1
-  for f in vmlinuz initrd.img lime.ko testkit.ko rwx-helper release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
+  for f in vmlinuz initrd.img lime.ko ${TESTKIT_KO:+testkit.ko} rwx-helper release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
     [ -s "$OUTDIR/$f" ] || return 1
   done
   [ "$(cat "$OUTDIR/release")" = "$RELEASE" ]
@@ -173,20 +216,24 @@ rm -f "$STAMP"
 # ---------------------------------------------------------------- downloads
 mkdir -p "$WORK/debs"
 # apt-get download PKG into $WORK/debs (kept for reuse); prints the .deb path.
+# PKG:ARCH downloads that architecture's package.
 fetch_deb() {
-  local pkg=$1 deb
-  deb=$(ls "$WORK"/debs/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+  local pkg=$1 deb glob
+  case "$pkg" in *:*) glob="${pkg%%:*}_*_${pkg#*:}.deb" ;; *) glob="${pkg}_*.deb" ;; esac
+  # shellcheck disable=SC2086
+  deb=$(cd "$WORK/debs" && ls $glob 2>/dev/null | head -n1 || true)
   if [ -z "$deb" ]; then
     log "apt-get download $pkg"
     (cd "$WORK/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2) \
       || { apt_update_once; (cd "$WORK/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2); } \
       || die "apt-get download $pkg failed (is $RELEASE still in the archive?)"
-    deb=$(ls "$WORK"/debs/"${pkg}"_*.deb | head -n1)
+    # shellcheck disable=SC2086
+    deb=$(cd "$WORK/debs" && ls $glob | head -n1)
   fi
-  echo "$deb"
+  echo "$WORK/debs/$deb"
 }
 # ---------------------------------------------------------------- kernel
-KPKG="linux-image-$RELEASE"
+KPKG="linux-image-$RELEASE${DEB_ARCH:+:$DEB_ARCH}"
 DEB=$(fetch_deb "$KPKG")
 KROOT="$WORK/kernel"
 rm -rf "$KROOT"
@@ -209,25 +256,34 @@ depmod -b "$KROOT" "$RELEASE" || die "depmod on the unpacked kernel failed"
 # lime-forensics-dkms against linux-headers-$RELEASE, no kernel installed.
 LIME_REPO="$WORK/lime-repo"
 rm -rf "$LIME_REPO"
-bash "$LIME_BUILDER" --work "$WORK" --keep-headers --out "$LIME_REPO" "$RELEASE" \
+# For an arm64 guest it cross-builds (--arch aarch64).
+LIME_ARCH=()
+[ -z "$CROSS" ] || LIME_ARCH=(--arch "$GUEST_ARCH")
+bash "$LIME_BUILDER" "${LIME_ARCH[@]}" --work "$WORK" --keep-headers --out "$LIME_REPO" "$RELEASE" \
   || die "LiME build for $RELEASE failed (kernel-modules/build-lime.sh)"
-LIME_KO="$LIME_REPO/modules/$(uname -m)/lime-$RELEASE.ko"
+LIME_KO="$LIME_REPO/modules/$GUEST_ARCH/lime-$RELEASE.ko"
 [ -s "$LIME_KO" ] || die "kernel-modules/build-lime.sh produced no $LIME_KO"
 
 # ---------------------------------------------------------------- test rootkit
 # Built like LiME, against the same headers tree; the helper with the host's gcc.
+# The rootkit patches x86-64 code: not built for arm64, where only the helper is.
 TK_BUILD="$WORK/testkit-build"
 rm -rf "$TK_BUILD"
 mkdir -p "$TK_BUILD"
-cp "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TK_BUILD/"
-log "building mshot_testkit for $RELEASE"
-make -s -C "$LIME_REPO/headers-$RELEASE/" M="$TK_BUILD" modules >"$TK_BUILD.log" 2>&1 \
-  || { tail -n 30 "$TK_BUILD.log" >&2; die "mshot_testkit build for $RELEASE failed (log: $TK_BUILD.log)"; }
-TK_KO="$TK_BUILD/mshot_testkit.ko"
-[ -f "$TK_KO" ] || die "the testkit build produced no mshot_testkit.ko"
-case "$(modinfo -F vermagic "$TK_KO")" in "$RELEASE "*) ;; *) die "mshot_testkit.ko vermagic does not match $RELEASE" ;; esac
-strip --strip-debug "$TK_KO"
-gcc -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" || die "rwx-helper build failed"
+if [ -n "$TESTKIT_KO" ]; then
+  cp "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TK_BUILD/"
+  log "building mshot_testkit for $RELEASE"
+  make -s -C "$LIME_REPO/headers-$RELEASE/" M="$TK_BUILD" modules >"$TK_BUILD.log" 2>&1 \
+    || { tail -n 30 "$TK_BUILD.log" >&2; die "mshot_testkit build for $RELEASE failed (log: $TK_BUILD.log)"; }
+  TK_KO="$TK_BUILD/mshot_testkit.ko"
+  [ -f "$TK_KO" ] || die "the testkit build produced no mshot_testkit.ko"
+  case "$(modinfo -F vermagic "$TK_KO")" in "$RELEASE "*) ;; *) die "mshot_testkit.ko vermagic does not match $RELEASE" ;; esac
+  strip --strip-debug "$TK_KO"
+  gcc -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" || die "rwx-helper build failed"
+else
+  "${CROSS}gcc-12" -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" \
+    || die "rwx-helper cross build failed (${CROSS}gcc-12; packages gcc-12-aarch64-linux-gnu libc6-dev-arm64-cross)"
+fi
 
 # ---------------------------------------------------------------- keys
 if [ ! -s "$OUTDIR/id_ed25519" ] || [ ! -s "$OUTDIR/id_ed25519.pub" ]; then
@@ -258,38 +314,83 @@ ln -s ../run "$IR/var/run"
 chmod 1777 "$IR/tmp"
 chmod 700 "$IR/root" "$IR/root/.ssh"
 
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] || die "$BUSYBOX missing (package busybox-static)"
-case "$(ldd "$BUSYBOX" 2>&1 || true)" in *"not a dynamic"*|*"statically linked"*) ;; *) die "$BUSYBOX is not the static busybox (install busybox-static)" ;; esac
-cp "$BUSYBOX" "$IR/bin/busybox"
-n=0
-for applet in $("$IR/bin/busybox" --list); do
-  # The list contains 'busybox' itself: linking it over the binary makes a loop (ELOOP, -40).
-  case "$applet" in busybox|*/*|"") continue ;; esac
-  [ -e "$IR/bin/$applet" ] || { ln -s busybox "$IR/bin/$applet"; n=$((n + 1)); }
-done
-[ -L "$IR/bin/busybox" ] && die "internal: busybox became a symlink"
-log "busybox: $n applets"
-
-# Copy a dynamic ELF binary and the libraries ldd lists, at the same paths.
-copy_with_libs() {
-  local src=$1 dst=$2 lib
-  mkdir -p "$IR/$(dirname "$dst")"
-  cp -L "$src" "$IR/$dst"
-  for lib in $(ldd "$src" | grep -o '/[^ ]*' | sort -u); do
-    [ -e "$IR/$lib" ] && continue
-    mkdir -p "$IR/$(dirname "$lib")"
-    cp -L "$lib" "$IR/$lib"
+if [ -z "$DEB_ARCH" ]; then
+  BUSYBOX=/bin/busybox
+  [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (package busybox-static)"
+  case "$(ldd "$BUSYBOX" 2>&1 || true)" in *"not a dynamic"*|*"statically linked"*) ;; *) die "$BUSYBOX is not the static busybox (install busybox-static)" ;; esac
+  cp "$BUSYBOX" "$IR/bin/busybox"
+  n=0
+  for applet in $("$IR/bin/busybox" --list); do
+    # The list contains 'busybox' itself: linking it over the binary makes a loop (ELOOP, -40).
+    case "$applet" in busybox|*/*|"") continue ;; esac
+    [ -e "$IR/bin/$applet" ] || { ln -s busybox "$IR/bin/$applet"; n=$((n + 1)); }
   done
-}
-copy_with_libs /usr/sbin/dropbear /bin/dropbear
-SFTP_SRC=/usr/lib/openssh/sftp-server
-[ -x "$SFTP_SRC" ] || die "$SFTP_SRC missing (package openssh-sftp-server)"
-copy_with_libs "$SFTP_SRC" /usr/lib/sftp-server
-mkdir -p "$IR/usr/lib/openssh"
-ln -s ../sftp-server "$IR/usr/lib/openssh/sftp-server"
-# Prove the loader finds everything inside the image.
-chroot "$IR" /bin/dropbear -V >/dev/null 2>&1 || die "dropbear does not run inside the initramfs (missing libraries?)"
+  [ -L "$IR/bin/busybox" ] && die "internal: busybox became a symlink"
+  log "busybox: $n applets"
+
+  # Copy a dynamic ELF binary and the libraries ldd lists, at the same paths.
+  copy_with_libs() {
+    local src=$1 dst=$2 lib
+    mkdir -p "$IR/$(dirname "$dst")"
+    cp -L "$src" "$IR/$dst"
+    for lib in $(ldd "$src" | grep -o '/[^ ]*' | sort -u); do
+      [ -e "$IR/$lib" ] && continue
+      mkdir -p "$IR/$(dirname "$lib")"
+      cp -L "$lib" "$IR/$lib"
+    done
+  }
+  copy_with_libs /usr/sbin/dropbear /bin/dropbear
+  SFTP_SRC=/usr/lib/openssh/sftp-server
+  [ -x "$SFTP_SRC" ] || die "$SFTP_SRC missing (package openssh-sftp-server)"
+  copy_with_libs "$SFTP_SRC" /usr/lib/sftp-server
+  mkdir -p "$IR/usr/lib/openssh"
+  ln -s ../sftp-server "$IR/usr/lib/openssh/sftp-server"
+  # Prove the loader finds everything inside the image.
+  chroot "$IR" /bin/dropbear -V >/dev/null 2>&1 || die "dropbear does not run inside the initramfs (missing libraries?)"
+else
+  # The guest's userland from $DEB_ARCH packages, unpacked into a sysroot. Nothing of it
+  # runs here: busybox's applet links are made by /init (busybox --install), and the
+  # libraries are found by following readelf's NEEDED entries inside the sysroot.
+  SYSROOT="$WORK/sysroot"
+  rm -rf "$SYSROOT"
+  mkdir -p "$SYSROOT"
+  for p in $GUEST_PKGS; do
+    dpkg -x "$(fetch_deb "$p:$DEB_ARCH")" "$SYSROOT"
+  done
+  [ -f "$SYSROOT/bin/busybox" ] || die "no bin/busybox in busybox-static:$DEB_ARCH"
+  cp "$SYSROOT/bin/busybox" "$IR/bin/busybox"
+  ln -s busybox "$IR/bin/sh"
+  LIBDIRS="lib/$CROSS_TRIPLET usr/lib/$CROSS_TRIPLET lib usr/lib"
+  # Copy a $DEB_ARCH ELF binary from the sysroot and, recursively, the libraries it
+  # needs (to /lib/TRIPLET) and its program interpreter (to the path it names).
+  copy_guest_elf() {
+    local src=$1 dst=$2 interp lib d found
+    [ -f "$SYSROOT/$src" ] || die "$src missing in the $DEB_ARCH packages ($GUEST_PKGS)"
+    mkdir -p "$IR/$(dirname "$dst")"
+    cp -L "$SYSROOT/$src" "$IR/$dst"
+    interp=$(readelf -l "$SYSROOT/$src" | sed -n 's/.*Requesting program interpreter: \(.*\)]$/\1/p')
+    if [ -n "$interp" ] && [ ! -e "$IR/$interp" ]; then
+      [ -e "$SYSROOT/$interp" ] || die "interpreter $interp of $src not in the $DEB_ARCH packages (libc6)"
+      mkdir -p "$IR/$(dirname "$interp")"
+      cp -L "$SYSROOT/$interp" "$IR/$interp"
+    fi
+    for lib in $(readelf -d "$SYSROOT/$src" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+      [ -e "$IR/lib/$CROSS_TRIPLET/$lib" ] && continue
+      [ "/lib/$lib" = "$interp" ] && continue
+      found=""
+      for d in $LIBDIRS; do
+        [ -e "$SYSROOT/$d/$lib" ] && found="$d/$lib" && break
+      done
+      [ -n "$found" ] || die "$lib (needed by $src) is in none of the $DEB_ARCH packages $GUEST_PKGS: add its package to GUEST_PKGS in $0"
+      copy_guest_elf "$found" "/lib/$CROSS_TRIPLET/$lib"
+    done
+  }
+  copy_guest_elf usr/sbin/dropbear /bin/dropbear
+  copy_guest_elf usr/lib/openssh/sftp-server /usr/lib/sftp-server
+  mkdir -p "$IR/usr/lib/openssh"
+  ln -s ../sftp-server "$IR/usr/lib/openssh/sftp-server"
+  log "$DEB_ARCH userland: busybox, dropbear, sftp-server, $(ls "$IR/lib/$CROSS_TRIPLET" | tr '\n' ' ')"
+fi
 
 # NIC modules (and their dependencies), decompressed: busybox insmod wants plain .ko.
 : >"$IR/etc/lab-modules"
@@ -340,7 +441,7 @@ chmod 600 "$IR/root/.ssh/authorized_keys"
 cp "$OUTDIR/dropbear_ed25519_host_key" "$IR/etc/dropbear/dropbear_ed25519_host_key"
 chmod 600 "$IR/etc/dropbear/dropbear_ed25519_host_key"
 echo '<html><body>mshot lab guest</body></html>' >"$IR/srv/www/index.html"
-cp "$TK_KO" "$IR/lib/modules/testkit/mshot_testkit.ko"
+[ -z "$TESTKIT_KO" ] || cp "$TK_KO" "$IR/lib/modules/testkit/mshot_testkit.ko"
 cp "$TK_BUILD/rwx-helper" "$IR/usr/local/bin/rwx-helper"
 
 cat >"$IR/usr/local/bin/lab-sleeper" <<'EOF'
@@ -355,10 +456,21 @@ done
 EOF
 chmod 755 "$IR/usr/local/bin/lab-sleeper"
 
-cat >"$IR/init" <<'EOF'
+# /init; the arm64 image's busybox makes its applet links here first (the build
+# machine cannot run it), and has no test rootkit to load.
+{
+cat <<'EOF'
 #!/bin/sh
 # mshot lab guest /init (busybox). Sets up the system, then execs busybox init,
 # which starts and respawns the workloads and dropbear (see /etc/inittab).
+EOF
+if [ -n "$DEB_ARCH" ]; then
+  cat <<'EOF'
+# Every applet as a link in /bin (this busybox was not run at build time).
+/bin/busybox --install -s /bin
+EOF
+fi
+cat <<'EOF'
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -384,6 +496,9 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo 'nameserver 10.0.2.3' >/etc/resolv.conf
+EOF
+if [ -n "$TESTKIT_KO" ]; then
+  cat <<'EOF'
 # The test rootkit, opt-in: a guest without the parameter stays clean.
 case " $(cat /proc/cmdline) " in
   *" mshot.testkit=1 "*)
@@ -391,9 +506,22 @@ case " $(cat /proc/cmdline) " in
     /usr/local/bin/rwx-helper >/run/rwx-helper.log 2>&1 &
     ;;
 esac
+EOF
+else
+  cat <<'EOF'
+# No test rootkit for this architecture; the RWX helper only, opt-in.
+case " $(cat /proc/cmdline) " in
+  *" mshot.testkit=1 "*)
+    /usr/local/bin/rwx-helper >/run/rwx-helper.log 2>&1 &
+    ;;
+esac
+EOF
+fi
+cat <<'EOF'
 echo "lab-init: network up, starting init"
 exec /bin/init
 EOF
+} >"$IR/init"
 chmod 755 "$IR/init"
 
 cat >"$IR/etc/inittab" <<'EOF'
@@ -415,11 +543,11 @@ install_atomic() { cp "$1" "$OUTDIR/.$2.tmp" && mv -f "$OUTDIR/.$2.tmp" "$OUTDIR
 install_atomic "$VMLINUZ_SRC" vmlinuz
 mv -f "$INITRD_TMP" "$OUTDIR/initrd.img"
 install_atomic "$LIME_KO" lime.ko
-install_atomic "$TK_KO" testkit.ko
+if [ -n "$TESTKIT_KO" ]; then install_atomic "$TK_KO" testkit.ko; else rm -f "$OUTDIR/testkit.ko"; fi
 install_atomic "$TK_BUILD/rwx-helper" rwx-helper
 echo "$RELEASE" >"$OUTDIR/.release.tmp" && mv -f "$OUTDIR/.release.tmp" "$OUTDIR/release"
 write_env
-rm -rf "$KROOT" "$LIME_REPO" "$IR" "$TK_BUILD" "$TK_BUILD.log" "$WORK/headers-$RELEASE"
+rm -rf "$KROOT" "$LIME_REPO" "$IR" "$TK_BUILD" "$TK_BUILD.log" "$WORK/headers-$RELEASE" "$WORK/sysroot"
 echo "$STAMP_WANT" >"$STAMP"
-log "done: $OUTDIR (release $RELEASE, initrd $(stat -c %s "$OUTDIR/initrd.img") bytes, lime.ko $(stat -c %s "$OUTDIR/lime.ko") bytes, testkit.ko $(stat -c %s "$OUTDIR/testkit.ko") bytes)"
+log "done: $OUTDIR (release $RELEASE, $GUEST_ARCH, initrd $(stat -c %s "$OUTDIR/initrd.img") bytes, lime.ko $(stat -c %s "$OUTDIR/lime.ko") bytes${TESTKIT_KO:+, testkit.ko $(stat -c %s "$OUTDIR/testkit.ko") bytes})"
 cat "$OUTDIR/env"

@@ -4,6 +4,9 @@
 #   lab/start-guest.sh OUTDIR --port PORT [--mem 512] [--smp 1] [--cpu qemu64]
 #                      [--netns NS] [--append "extra kernel args"] [--timeout 90]
 #
+# An arm64 build (LAB_ARCH=aarch64 in OUTDIR/env) runs in qemu-system-aarch64
+# -M virt, --cpu cortex-a72 by default (--cpu max: 52-bit VA with LPA2), console
+# ttyAMA0, default --timeout 180 (-cpu max emulates about 3x more slowly).
 # Guest port 22 (dropbear) is forwarded to 127.0.0.1:PORT (inside NS with --netns).
 # Writes OUTDIR/qemu-PORT.pid, OUTDIR/console-PORT.log (serial console) and
 # OUTDIR/known_hosts-PORT ("[127.0.0.1]:PORT ssh-ed25519 AAAA..."), then waits until
@@ -15,7 +18,7 @@ PROG=start-guest
 die() { echo "$PROG: ERROR: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 
-OUTDIR="" PORT="" MEM=512 SMP=1 CPU=qemu64 NETNS="" APPEND="" TIMEOUT=90
+OUTDIR="" PORT="" MEM=512 SMP=1 CPU="" NETNS="" APPEND="" TIMEOUT=""
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
     --timeout) need "$@"; TIMEOUT=$2; shift 2 ;;
     --port=*|--mem=*|--smp=*|--cpu=*|--netns=*|--append=*|--timeout=*)
       k=${1%%=*}; v=${1#*=}; shift; set -- "$k" "$v" "$@" ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option: $1" ;;
     *) [ -z "$OUTDIR" ] || die "only one OUTDIR expected"; OUTDIR=$1; shift ;;
   esac
@@ -48,13 +51,25 @@ for f in "$LAB_VMLINUZ" "$LAB_INITRD" "$LAB_HOST_KEY_PUB"; do
   [ -s "$f" ] || die "$f missing: rebuild with lab/build-guest.sh $OUTDIR"
 done
 NIC=${LAB_NIC:-e1000}
+# Builds from before LAB_ARCH are x86_64.
+case "${LAB_ARCH:-x86_64}" in
+  x86_64)
+    QEMU_NAME=qemu-system-x86_64 QEMU_PKG=qemu-system-x86
+    MACHINE=(-machine pc) CONSOLE_DEV=ttyS0
+    CPU=${CPU:-qemu64} TIMEOUT=${TIMEOUT:-90} ;;
+  aarch64)
+    QEMU_NAME=qemu-system-aarch64 QEMU_PKG=qemu-system-arm
+    MACHINE=(-machine virt) CONSOLE_DEV=ttyAMA0
+    CPU=${CPU:-cortex-a72} TIMEOUT=${TIMEOUT:-180} ;;
+  *) die "LAB_ARCH=$LAB_ARCH in $OUTDIR/env: not x86_64 or aarch64 (rebuild with lab/build-guest.sh)" ;;
+esac
 
-QEMU=$(command -v qemu-system-x86_64 || true)
+QEMU=$(command -v "$QEMU_NAME" || true)
 if [ -z "$QEMU" ]; then
-  log "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 \
-    || die "could not install qemu-system-x86"
-  QEMU=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 still missing"
+  log "$QEMU_NAME missing: apt-get install $QEMU_PKG"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$QEMU_PKG" >&2 \
+    || die "could not install $QEMU_PKG"
+  QEMU=$(command -v "$QEMU_NAME") || die "$QEMU_NAME still missing"
 fi
 
 NS=()
@@ -83,11 +98,11 @@ START=$(date +%s.%N)
 # so a busy port or a bad option fails here, with its message on stderr.
 if ! "${NS[@]}" "$QEMU" \
     -name "mshot-lab-$PORT" \
-    -machine pc -accel tcg -cpu "$CPU" -smp "$SMP" -m "$MEM" \
+    "${MACHINE[@]}" -accel tcg -cpu "$CPU" -smp "$SMP" -m "$MEM" \
     -nodefaults -display none -monitor none -no-reboot \
     -serial "file:$CONSOLE" \
     -kernel "$LAB_VMLINUZ" -initrd "$LAB_INITRD" \
-    -append "console=ttyS0 panic=1 $APPEND" \
+    -append "console=$CONSOLE_DEV panic=1 $APPEND" \
     -nic "user,model=$NIC,hostfwd=tcp:127.0.0.1:$PORT-:22" \
     -daemonize -pidfile "$PIDFILE" 2>"$QEMULOG"; then
   cat "$QEMULOG" >&2
@@ -95,7 +110,7 @@ if ! "${NS[@]}" "$QEMU" \
 fi
 PID=$(cat "$PIDFILE")
 [ -s "$QEMULOG" ] || rm -f "$QEMULOG"
-log "QEMU pid $PID (kernel $LAB_RELEASE, ${MEM} MiB, NIC $NIC, console $CONSOLE)"
+log "QEMU pid $PID (kernel $LAB_RELEASE, ${LAB_ARCH:-x86_64} cpu $CPU, ${MEM} MiB, NIC $NIC, console $CONSOLE)"
 
 banner() {
   "${NS[@]}" timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && head -c 4 <&3' "$PORT" 2>/dev/null || true
