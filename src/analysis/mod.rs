@@ -175,7 +175,9 @@ pub fn analyze_image(
         (true, Some(p)) => (load_profiles(&p, cfg.cache_dir.as_deref(), &sel)?, Some(p)),
     };
     let kernel = if needs_kernel {
-        Some(pick_kernel(&phys, &profiles, profile.as_deref())?)
+        let k = pick_kernel(&phys, &profiles, profile.as_deref())?;
+        eprintln!("mshot: kernel {}", k.describe());
+        Some(k)
     } else {
         None
     };

@@ -195,6 +195,17 @@ impl<'p, 'a> Kernel<'p, 'a> {
             .wrapping_add(self.phys_shift)
     }
 
+    /// How the kernel was found and how it translates, in one line.
+    pub fn describe(&self) -> String {
+        format!(
+            "found by {}: {}, KASLR slide {:#x}, page tables at {:#x}",
+            self.method,
+            self.mode.describe(),
+            self.aslr_shift,
+            self.dtb
+        )
+    }
+
     pub fn is_aarch64(&self) -> bool {
         self.mode.is_aarch64()
     }

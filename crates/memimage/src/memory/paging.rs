@@ -165,6 +165,26 @@ impl PagingMode {
         }
     }
 
+    /// How many levels a walk reads.
+    pub fn levels(self) -> usize {
+        self.geometry().count
+    }
+
+    /// One phrase for people: "x86-64, 4 levels", "arm64, 4 KiB pages,
+    /// 52-bit addresses (LPA2), 5 levels".
+    pub fn describe(self) -> String {
+        match self {
+            PagingMode::Aarch64(a) => format!(
+                "arm64, {} KiB pages, {}-bit addresses{}, {} levels",
+                a.granule.page_size() >> 10,
+                a.va_bits,
+                if a.lpa2() { " (LPA2)" } else { "" },
+                self.levels()
+            ),
+            _ => format!("x86-64, {} levels", self.levels()),
+        }
+    }
+
     /// Number of significant virtual-address bits.
     pub fn va_bits(self) -> u32 {
         match self {

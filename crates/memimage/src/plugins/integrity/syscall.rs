@@ -246,6 +246,19 @@ fn check_table(
     while entries.last() == Some(&Some(0)) {
         entries.pop();
     }
+    // Beyond the numbers known, the table ends at the first word that is
+    // no kernel address: the next symbol may lie past other data (arm64's
+    // table is followed by strings).
+    let kernel_space = |a: u64| k.mode.is_canonical(a) && a >= k.mode.upper_half();
+    if let Some(end) = entries
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(names).unwrap_or(usize::MAX))
+        .find(|(_, e)| e.is_some_and(|a| !kernel_space(a)))
+        .map(|(i, _)| i)
+    {
+        entries.truncate(end);
+    }
     for (nr, addr) in entries.into_iter().enumerate() {
         let nr = nr as u64;
         let Some(addr) = addr else {
@@ -253,7 +266,16 @@ fn check_table(
                 .push(format!("{} entry {nr}: unreadable", abi.table));
             continue;
         };
-        let (exp, name) = expected(k, abi, nr);
+        let (exp, mut name) = expected(k, abi, nr);
+        // Numbers not kept here (arm64's AArch32 table): the handler names it.
+        if name == "-"
+            && let Some((sym, 0)) = syms.name(addr)
+            && let Some(call) = ["__arm64_compat_sys_", "__arm64_sys_"]
+                .iter()
+                .find_map(|p| sym.strip_prefix(p))
+        {
+            name = call.to_string();
+        }
         let hooked = is_hooked(syms, &exp, addr);
         let owner = cx.owner(addr);
         handlers.extend(exp.iter().take(1));
