@@ -42,13 +42,30 @@ pub(crate) struct Guest {
     pub(crate) port: u16,
 }
 
+/// How a guest boots, beyond its build.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Boot<'a> {
+    /// Added to the kernel command line.
+    pub(crate) append: &'a str,
+    /// QEMU's `-cpu` (the build's default when `None`).
+    pub(crate) cpu: Option<&'a str>,
+    /// RAM in MiB (start-guest.sh's default when `None`).
+    pub(crate) mem_mib: Option<u32>,
+}
+
 impl Guest {
-    fn start(lab: &Lab, ns: &NetNs, port: u16, append: &str) -> anyhow::Result<Guest> {
-        let status = Command::new(repo().join("lab/start-guest.sh"))
-            .arg(&lab.dir)
+    fn start(lab: &Lab, ns: &NetNs, port: u16, boot: Boot<'_>) -> anyhow::Result<Guest> {
+        let mut cmd = Command::new(repo().join("lab/start-guest.sh"));
+        cmd.arg(&lab.dir)
             .args(["--port", &port.to_string(), "--netns", ns.name()])
-            .args(["--append", append])
-            .status()?;
+            .args(["--append", boot.append]);
+        if let Some(cpu) = boot.cpu {
+            cmd.args(["--cpu", cpu]);
+        }
+        if let Some(mem) = boot.mem_mib {
+            cmd.args(["--mem", &mem.to_string()]);
+        }
+        let status = cmd.status()?;
         anyhow::ensure!(status.success(), "lab/start-guest.sh failed");
         Ok(Guest {
             dir: lab.dir.clone(),
@@ -99,6 +116,18 @@ impl Setup {
 
     /// A guest of the lab build in `dir` (another kernel than MSHOT_LAB_DIR's).
     pub(crate) fn start_in(dir: &Path, port: u16, append: &str) -> anyhow::Result<Setup> {
+        Self::boot(
+            dir,
+            port,
+            Boot {
+                append,
+                ..Boot::default()
+            },
+        )
+    }
+
+    /// A guest of the lab build in `dir`, booted as `boot` says.
+    pub(crate) fn boot(dir: &Path, port: u16, boot: Boot<'_>) -> anyhow::Result<Setup> {
         let lab = Lab {
             dir: std::fs::canonicalize(dir)?,
         };
@@ -120,7 +149,7 @@ impl Setup {
                 lab.host_key_line(port)
             ),
         )?;
-        let guest = Guest::start(&lab, &ns, port, append)?;
+        let guest = Guest::start(&lab, &ns, port, boot)?;
         Ok(Setup {
             guest,
             jump,

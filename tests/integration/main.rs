@@ -8,6 +8,7 @@ mod architecture;
 mod fleet;
 mod fleet_flags;
 mod harness_smoke;
+mod lab_arm64;
 mod lab_capture;
 mod lab_guest;
 mod lab_live;

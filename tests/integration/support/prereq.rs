@@ -30,6 +30,9 @@ pub enum Need {
     Python3,
     /// `MSHOT_LAB_DIR` names an existing directory (the QEMU lab's build).
     LabDir,
+    /// An arm64 lab build: `MSHOT_LAB_ARM64_DIR`, else `cloud-arm64` beside
+    /// `MSHOT_LAB_DIR` (see [`arm64_lab_dir`]).
+    LabArm64,
     /// Volatility 3's `vol` (see [`volatility`]), installed by `tests/run`.
     Volatility,
     /// The `minisign` tool (Debian package `minisign`).
@@ -79,6 +82,7 @@ impl Need {
                 )),
                 Some(_) => None,
             },
+            Need::LabArm64 => arm64_lab_dir().err(),
             Need::Moto | Need::MotoCrc32c => {
                 let (variant, extras) = match self {
                     Need::Moto => (super::moto::Variant::Plain, "server"),
@@ -107,6 +111,31 @@ pub fn volatility() -> Option<std::path::PathBuf> {
             std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/mshot-tools"))
         })?;
     Some(tools.join("vol3/bin/vol")).filter(|p| p.is_file())
+}
+
+/// The arm64 lab build (lab/build-guest.sh --flavour cloud-arm64):
+/// `MSHOT_LAB_ARM64_DIR`, else `cloud-arm64` beside `MSHOT_LAB_DIR`, where
+/// `tests/run` builds it.
+pub fn arm64_lab_dir() -> Result<std::path::PathBuf, String> {
+    let dir = match std::env::var_os("MSHOT_LAB_ARM64_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let main = std::env::var_os("MSHOT_LAB_DIR")
+                .ok_or("neither MSHOT_LAB_ARM64_DIR nor MSHOT_LAB_DIR is set (tests/run builds the lab and sets them)")?;
+            Path::new(&main)
+                .parent()
+                .ok_or("MSHOT_LAB_DIR has no parent")?
+                .join("cloud-arm64")
+        }
+    };
+    let env = std::fs::read_to_string(dir.join("env")).unwrap_or_default();
+    if !env.contains("LAB_ARCH=aarch64") || !dir.join("lime.ko").is_file() {
+        return Err(format!(
+            "{} is not a complete arm64 lab build (bash lab/build-guest.sh --flavour cloud-arm64 {0})",
+            dir.display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// Whether `MSHOT_REQUIRE_ALL=1`: a missing prerequisite fails the test.
