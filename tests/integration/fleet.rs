@@ -648,7 +648,7 @@ hosts:
 
 /// Guests' sshd ports (issue 6's range), forwarded on 127.0.0.1 only.
 const GUEST_61_PORT: u16 = 2270;
-const GUEST_612_PORT: u16 = 2271;
+const SECOND_PORT: u16 = 2271;
 const INTERRUPT_PORT: u16 = 2272;
 /// Small guests keep the captures short; the kernels are the point.
 const GUEST_MEM_MIB: &str = "256";
@@ -682,13 +682,15 @@ impl LabBuild {
     }
 }
 
-/// The main lab build, and a second kernel if one is built: the cloud flavour
-/// (6.12) beside it, or MSHOT_LAB_CLOUD_DIR. Without one, the second guest
+/// The main lab build, and a second kernel: the arm64 guest when it is
+/// built (one fleet file mixing x86-64 and arm64), else the cloud flavour
+/// (6.12) beside it or MSHOT_LAB_CLOUD_DIR. Without one, the second guest
 /// runs the same kernel.
 fn lab_builds() -> (LabBuild, LabBuild) {
     let main = std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR").unwrap()).unwrap();
-    let second = std::env::var_os("MSHOT_LAB_CLOUD_DIR")
-        .map(PathBuf::from)
+    let second = support::prereq::arm64_lab_dir()
+        .ok()
+        .or_else(|| std::env::var_os("MSHOT_LAB_CLOUD_DIR").map(PathBuf::from))
         .or_else(|| Some(main.parent()?.join("cloud-amd64")))
         .filter(|d| d.join("lime.ko").is_file() && d.join("vmlinuz").is_file())
         .unwrap_or_else(|| main.clone());
@@ -778,14 +780,14 @@ fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
         Need::TestUsers,
         Need::LabDir
     );
-    let (lab61, lab612) = lab_builds();
+    let (lab61, second_lab) = lab_builds();
     // Boot both guests at once: each takes 10-30 s under TCG.
-    let (guest61, guest612) = std::thread::scope(|s| {
+    let (guest61, second_guest) = std::thread::scope(|s| {
         let a = s.spawn(|| Guest::start(&lab61, GUEST_61_PORT));
-        let b = s.spawn(|| Guest::start(&lab612, GUEST_612_PORT));
+        let b = s.spawn(|| Guest::start(&second_lab, SECOND_PORT));
         (a.join().unwrap(), b.join().unwrap())
     });
-    let (guest61, guest612) = (guest61?, guest612?);
+    let (guest61, second_guest) = (guest61?, second_guest?);
 
     let work = tempfile::tempdir()?;
     let dir = work.path();
@@ -802,7 +804,7 @@ fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
             "{}{}\n{}\n",
             std::fs::read_to_string(&known_hosts)?,
             lab61.known_hosts_line(GUEST_61_PORT),
-            lab612.known_hosts_line(GUEST_612_PORT)
+            second_lab.known_hosts_line(SECOND_PORT)
         ),
     )?;
     let nobody = support::free_port("127.0.0.1".parse()?)?;
@@ -831,10 +833,10 @@ hosts:
     module: {module61}
     jump: loopback
   - addr: 127.0.0.1
-    port: {p612}
+    port: {p2}
     name: second-kernel
-    key: {key612}
-    module: {module612}
+    key: {key2}
+    module: {module2}
     filename: second.lime
   - addr: 127.0.0.1
     port: {nobody}
@@ -852,11 +854,11 @@ hosts:
         jump_key = jump_key.private.display(),
         known_hosts = known_hosts.display(),
         p61 = GUEST_61_PORT,
-        p612 = GUEST_612_PORT,
+        p2 = SECOND_PORT,
         key61 = lab61.key().display(),
-        key612 = lab612.key().display(),
+        key2 = second_lab.key().display(),
         module61 = lab61.module().display(),
-        module612 = lab612.module().display(),
+        module2 = second_lab.module().display(),
         wrong = wrong.private.display(),
     );
     let config_path = dir.join("fleet.yaml");
@@ -891,7 +893,7 @@ hosts:
 
     for (name, lab, guest) in [
         ("kernel-6.1", &lab61, &guest61),
-        ("second-kernel", &lab612, &guest612),
+        ("second-kernel", &second_lab, &second_guest),
     ] {
         let host = report_host(&report, name);
         assert_eq!(host["status"], "captured", "{name}: {host:#}");
@@ -905,6 +907,12 @@ hosts:
         assert_eq!(host["kernel_release"], lab.release().as_str());
         assert_eq!(host["method"], "lime", "{name}");
         let manifest = read_json(Path::new(host["manifest"].as_str().unwrap()));
+        let arch = std::fs::read_to_string(lab.dir.join("env"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("LAB_ARCH="))
+            .unwrap_or("x86_64")
+            .to_string();
+        assert_eq!(manifest["machine"], arch.as_str(), "{name}");
         assert_eq!(manifest["image"]["sha256"], sha.as_str());
         assert_eq!(manifest["cleanup"]["module_unloaded"], true);
         // The summary line carries the hash.

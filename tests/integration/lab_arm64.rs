@@ -281,7 +281,10 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
     };
     assert_eq!(entry(63), Some(("read", "__arm64_sys_read")));
     assert_eq!(entry(129), Some(("kill", "__arm64_sys_kill")));
-    assert!(syscalls.iter().all(|r| r["hooked"] == "false"), "{syscalls:?}");
+    assert!(
+        syscalls.iter().all(|r| r["hooked"] == "false"),
+        "{syscalls:?}"
+    );
     Ok(())
 }
 
