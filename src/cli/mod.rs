@@ -12,7 +12,7 @@ mod stack;
 
 pub use analyze::{AnalyzeArgs, OutputFormat};
 pub use live::LiveArgs;
-pub use profile::{ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
+pub use profile::{BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
 pub use repo::{RepoArgs, RepoCommand};
 pub use stack::StackArgs;
 

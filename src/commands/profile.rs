@@ -1,6 +1,7 @@
 //! `mshot profile export`: the profile built from a capture's material,
 //! written as a Volatility 3 ISF (or a Rekall profile), so the capture can
-//! also be opened with those tools.
+//! also be opened with those tools. `mshot profile build`: the same from a
+//! kernel's debug vmlinux.
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +10,56 @@ use memimage::material::{Codec, compress};
 use memimage::profile::Selection;
 use memimage::{PhysicalMemory, Profile};
 
-use crate::cli::{ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
+use crate::cli::{BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
 
 pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     match &args.command {
         ProfileCommand::Export(a) => export(a),
+        ProfileCommand::Build(a) => build(a),
     }
+}
+
+fn refuse_existing(output: &Path, force: bool) -> anyhow::Result<()> {
+    if output.exists() && !force {
+        bail!(
+            "{} already exists: choose another -o, or pass --force to replace it",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+fn build(args: &BuildArgs) -> anyhow::Result<()> {
+    refuse_existing(&args.output, args.force)?;
+    let file = std::fs::File::open(&args.vmlinux)
+        .with_context(|| format!("opening {}", args.vmlinux.display()))?;
+    // SAFETY: read-only map of a file this process only reads.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", args.vmlinux.display()))?;
+    let v = memimage::material::vmlinux::read(&map)
+        .with_context(|| format!("{}", args.vmlinux.display()))?;
+    let material = memimage::material::Material {
+        btf: Some(&v.btf),
+        kallsyms: Some(&v.symbols),
+        iomem: None,
+        version: v.banner.as_deref(),
+    };
+    let (doc, derived) = material
+        .isf(&Selection::All)
+        .with_context(|| format!("profile from {}", args.vmlinux.display()))?;
+    eprintln!(
+        "mshot: profile from {} ({}): {} BTF types, {} symbols{}",
+        args.vmlinux.display(),
+        v.machine,
+        derived.btf_types,
+        derived.symbols,
+        if v.banner.is_some() {
+            ""
+        } else {
+            "; no linux_banner, so the profile cannot be matched to an image by its banner"
+        }
+    );
+    write_profile(&doc, args.format, &args.output)
 }
 
 fn codec_for(path: &Path) -> Codec {
@@ -29,12 +74,7 @@ fn codec_for(path: &Path) -> Codec {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    if args.output.exists() && !args.force {
-        bail!(
-            "{} already exists: choose another -o, or pass --force to replace it",
-            args.output.display()
-        );
-    }
+    refuse_existing(&args.output, args.force)?;
     let (dir, image) = if args.input.is_dir() {
         (args.input.clone(), None)
     } else if args.input.is_file() {
@@ -76,24 +116,34 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     for n in &notes {
         eprintln!("mshot: note: {n}");
     }
-    let json = match args.format {
-        ExportFormat::Isf => serde_json::to_vec(&doc)?,
+    write_profile(&doc, args.format, &args.output)
+}
+
+/// Writes `doc` as `format` to `output` (compressed by its extension),
+/// whole or not at all.
+fn write_profile(
+    doc: &serde_json::Value,
+    format: ExportFormat,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let json = match format {
+        ExportFormat::Isf => serde_json::to_vec(doc)?,
         ExportFormat::Rekall => {
-            let bytes = serde_json::to_vec(&doc)?;
+            let bytes = serde_json::to_vec(doc)?;
             let p = Profile::load_with(&bytes, "material", &Selection::All)?;
             serde_json::to_vec(&p.to_rekall_json())?
         }
     };
-    let data = compress(&json, codec_for(&args.output)).context("compressing the profile")?;
-    let mut tmp = args.output.as_os_str().to_owned();
+    let data = compress(&json, codec_for(output)).context("compressing the profile")?;
+    let mut tmp = output.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), args.output.display()))?;
+    std::fs::rename(&tmp, output)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
     eprintln!(
         "mshot: wrote {} ({} bytes, {} uncompressed)",
-        args.output.display(),
+        output.display(),
         data.len(),
         json.len()
     );

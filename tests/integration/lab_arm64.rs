@@ -4,8 +4,10 @@
 //! There is no Volatility reference for arm64, so every result is held to
 //! the guest's own view taken over SSH before and after: its processes
 //! (/proc/PID/stat), its modules (/proc/modules) and its TCP listeners
-//! (netstat -tln). The same kernel runs on two CPU models: cortex-a72
-//! (48-bit addresses, 4 levels) and `max` (LPA2: 52 bits, 5 levels).
+//! (netstat -tln). The LiME image is also read with a profile built from
+//! the kernel's -dbg package (link-time addresses), which must give the
+//! same rows. The same kernel runs on two CPU models: cortex-a72 (48-bit
+//! addresses, 4 levels) and `max` (LPA2: 52 bits, 5 levels).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -151,6 +153,26 @@ fn analysis(dir: &Path, plugin: &str) -> J {
     read_json(&dir.join(format!("guest.lime.{plugin}.json")))
 }
 
+fn mshot() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mshot"))
+}
+
+/// The kernel's debug vmlinux beside the build (lab/fetch-dbg.sh), if any.
+fn dbg_vmlinux(dir: &Path) -> Option<std::path::PathBuf> {
+    let path = dir.join("vmlinux-dbg");
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} is missing: bash lab/fetch-dbg.sh {} (tests/run runs it)",
+        path.display(),
+        dir.display()
+    );
+    assert!(!prereq::require_all(), "{why}");
+    eprintln!("skipped: the -dbg profile part: {why}");
+    None
+}
+
 fn live(setup: &Setup, plugins: &[&str]) -> (J, String) {
     let out = tempfile::tempdir().unwrap();
     let o = setup
@@ -193,6 +215,32 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
     assert_eq!(manifest["machine"], "aarch64");
     assert_eq!(manifest["source"]["method"], "lime");
     setup.assert_target_clean(&manifest);
+
+    // 1b. The same image with a profile built from the kernel's -dbg
+    //     package (link-time addresses): the same rows as with the material.
+    if let Some(vmlinux) = dbg_vmlinux(&dir) {
+        let profile = lime.path().join("dbg.json.xz");
+        let o = mshot()
+            .args(["profile", "build", "--vmlinux"])
+            .arg(&vmlinux)
+            .arg("-o")
+            .arg(&profile)
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for plugin in ["pslist", "lsmod", "netstat"] {
+            let o = mshot()
+                .arg("analyze")
+                .arg(lime.path().join("guest.lime"))
+                .arg(plugin)
+                .arg("--profile")
+                .arg(&profile)
+                .args(["--format", "json"])
+                .output()?;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let doc: J = serde_json::from_slice(&o.stdout)?;
+            assert_eq!(doc[plugin], analysis(lime.path(), plugin), "{plugin}");
+        }
+    }
 
     // 2. /proc/kcore, nothing pushed.
     let kcore = tempfile::tempdir()?;

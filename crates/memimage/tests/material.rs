@@ -383,3 +383,15 @@ fn stale_or_broken_material_is_reported() {
         "{e}"
     );
 }
+
+/// A vmlinux that is not one says why, in one line.
+#[test]
+fn vmlinux_errors_name_the_problem() {
+    use memimage::material::vmlinux::{VmlinuxError, read};
+    assert!(matches!(read(b"not an elf"), Err(VmlinuxError::NotElf(_))));
+    // This test program: an ELF file, but no kernel (no .BTF).
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let e = read(&exe).unwrap_err();
+    assert_eq!(e, VmlinuxError::NoBtf);
+    assert!(!e.to_string().contains('\n'));
+}

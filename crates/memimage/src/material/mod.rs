@@ -18,6 +18,7 @@
 pub mod btf;
 mod isf;
 pub mod kallsyms;
+pub mod vmlinux;
 
 pub use btf::{Btf, BtfError};
 pub use isf::SYMBOL_TYPES;
