@@ -1,6 +1,6 @@
 //! arm64 end to end: a Debian 6.12 cloud-arm64 guest under
-//! qemu-system-aarch64 (TCG), captured with the cross-built LiME and with
-//! /proc/kcore, analysed with the capture's own material, and read live.
+//! qemu-system-aarch64 (TCG), captured with LiME from a signed repository
+//! that `mshot repo build --arch aarch64` cross-built, and with /proc/kcore, analysed with the capture's own material, and read live.
 //! There is no Volatility reference for arm64, so every result is held to
 //! the guest's own view taken over SSH before and after: its processes
 //! (/proc/PID/stat), its modules (/proc/modules) and its TCP listeners
@@ -15,7 +15,7 @@ use std::path::Path;
 use serde_json::Value as J;
 
 use crate::lab_guest::{Boot, Setup};
-use crate::support::{Need, prereq};
+use crate::support::{HttpServer, Need, prereq};
 
 /// This file's guest ports.
 const A72_PORT: u16 = 2400;
@@ -199,10 +199,46 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
     let setup = Setup::boot(&dir, A72_PORT, boot)?;
     let before = guest_view(&setup);
 
-    // 1. LiME, cross-built for this kernel, analysed as the image lands.
+    // 1. LiME from a signed repository that `mshot repo build --arch
+    //    aarch64` cross-built for this kernel, analysed as the image lands.
+    let release = setup.lab.release();
+    let root = tempfile::tempdir()?;
+    let repo = root.path().join("repo");
+    let run = |cmd: &mut std::process::Command| {
+        let o = cmd.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(mshot()
+        .args(["repo", "build", "--arch", "aarch64", "--out"])
+        .arg(&repo)
+        .arg(&release));
+    let (secret, public) = (root.path().join("k.key"), root.path().join("k.pub"));
+    run(mshot()
+        .args(["repo", "keygen", "--unencrypted", "--secret-key"])
+        .arg(&secret)
+        .arg("--public-key")
+        .arg(&public));
+    run(mshot().args(["repo", "index"]).arg(&repo));
+    run(mshot()
+        .args(["repo", "sign"])
+        .arg(&repo)
+        .arg("--secret-key")
+        .arg(&secret));
+    let server = HttpServer::serve(&repo)?;
     let lime = tempfile::tempdir()?;
     let o = setup
-        .mshot(lime.path())
+        .mshot_without_module(lime.path())
+        .arg("--repository-url")
+        .arg(server.url())
+        .arg("--repository-key")
+        .arg(&public)
+        .env("XDG_CACHE_HOME", root.path().join("cache"))
+        .env_remove("MSHOT_REPOSITORY_URL")
+        .env_remove("MSHOT_REPOSITORY_KEY")
         .args(["--analyze", "pslist,pstree,lsmod,netstat,triage"])
         .output()?;
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -214,6 +250,8 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
     let manifest = read_json(&lime.path().join("guest.json"));
     assert_eq!(manifest["machine"], "aarch64");
     assert_eq!(manifest["source"]["method"], "lime");
+    assert_eq!(manifest["module"]["repository"]["repository"], server.url());
+    assert_eq!(manifest["module"]["repository"]["entry"]["arch"], "aarch64");
     setup.assert_target_clean(&manifest);
 
     // 1b. The same image with a profile built from the kernel's -dbg
