@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a bootable QEMU lab guest from Debian packages, plus a LiME module for it.
 #
-#   lab/build-guest.sh [--flavour amd64|cloud-amd64|arm64|cloud-arm64]
+#   lab/build-guest.sh [--flavour amd64|cloud-amd64|arm64|cloud-arm64|arm64-16k]
 #                      [--release 6.1.0-NN-amd64] OUTDIR
 #
 # OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko (x86 only), rwx-helper,
@@ -43,6 +43,7 @@ done
 if [ -z "$FLAVOUR" ]; then
   case "$RELEASE" in
     *cloud-arm64) FLAVOUR=cloud-arm64 ;;
+    *-arm64-16k) FLAVOUR=arm64-16k ;;
     *-arm64) FLAVOUR=arm64 ;;
     *cloud*) FLAVOUR=cloud-amd64 ;;
     *) FLAVOUR=amd64 ;;
@@ -55,11 +56,19 @@ case "$FLAVOUR" in
   cloud-amd64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
   # virtio_pci is built in (6.12 cloud) or a module (6.1 generic); virtio_net is a
   # module needing failover and net_failover (--show-depends finds them).
-  arm64|cloud-arm64) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
-  *) die "unknown flavour '$FLAVOUR' (amd64, cloud-amd64, arm64 or cloud-arm64)" ;;
+  arm64|cloud-arm64|arm64-16k) NIC=virtio-net-pci; NIC_MODULES="virtio_pci virtio_net" ;;
+  *) die "unknown flavour '$FLAVOUR' (amd64, cloud-amd64, arm64, cloud-arm64 or arm64-16k)" ;;
+esac
+# The CPU start-guest.sh gives QEMU unless told otherwise: 16 KiB pages need a
+# CPU with that granule (QEMU's cortex-a72 has none); max with the IMPDEF
+# pointer-authentication algorithm is the cheap one to emulate.
+case "$FLAVOUR" in
+  amd64|cloud-amd64) GUEST_CPU=qemu64 ;;
+  arm64-16k) GUEST_CPU=max,pauth-impdef=on ;;
+  *) GUEST_CPU=cortex-a72 ;;
 esac
 case "$FLAVOUR" in
-  *arm64) GUEST_ARCH=aarch64 DEB_ARCH=arm64 QEMU_BIN=qemu-system-aarch64 CROSS=aarch64-linux-gnu- ;;
+  *arm64|arm64-16k) GUEST_ARCH=aarch64 DEB_ARCH=arm64 QEMU_BIN=qemu-system-aarch64 CROSS=aarch64-linux-gnu- ;;
   *)      GUEST_ARCH=x86_64  DEB_ARCH=""    QEMU_BIN=qemu-system-x86_64  CROSS="" ;;
 esac
 CROSS_TRIPLET=${CROSS%-}
@@ -151,6 +160,7 @@ if [ -z "$RELEASE" ]; then
     cloud-amd64) METAS="linux-image-6.12-cloud-amd64 linux-image-cloud-amd64" ;;
     arm64) METAS="linux-image-arm64:arm64" ;;
     cloud-arm64) METAS="linux-image-6.12-cloud-arm64:arm64 linux-image-cloud-arm64:arm64" ;;
+    arm64-16k) METAS="linux-image-6.12-arm64-16k:arm64" ;;
   esac
   # (apt-cache names a foreign architecture's packages PKG:ARCH.)
   resolve() {
@@ -186,6 +196,7 @@ LAB_DIR=$OUTDIR
 LAB_FLAVOUR=$FLAVOUR
 LAB_ARCH=$GUEST_ARCH
 LAB_QEMU=$QEMU_BIN
+LAB_CPU=$GUEST_CPU
 LAB_RELEASE=$RELEASE
 LAB_NIC=$NIC
 LAB_VMLINUZ=$OUTDIR/vmlinuz

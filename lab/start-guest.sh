@@ -56,11 +56,11 @@ case "${LAB_ARCH:-x86_64}" in
   x86_64)
     QEMU_NAME=qemu-system-x86_64 QEMU_PKG=qemu-system-x86
     MACHINE=(-machine pc) CONSOLE_DEV=ttyS0
-    CPU=${CPU:-qemu64} TIMEOUT=${TIMEOUT:-90} ;;
+    CPU=${CPU:-${LAB_CPU:-qemu64}} TIMEOUT=${TIMEOUT:-90} ;;
   aarch64)
     QEMU_NAME=qemu-system-aarch64 QEMU_PKG=qemu-system-arm
     MACHINE=(-machine virt) CONSOLE_DEV=ttyAMA0
-    CPU=${CPU:-cortex-a72} TIMEOUT=${TIMEOUT:-180} ;;
+    CPU=${CPU:-${LAB_CPU:-cortex-a72}} TIMEOUT=${TIMEOUT:-180} ;;
   *) die "LAB_ARCH=$LAB_ARCH in $OUTDIR/env: not x86_64 or aarch64 (rebuild with lab/build-guest.sh)" ;;
 esac
 

@@ -20,6 +20,7 @@ use crate::support::{HttpServer, Need, prereq};
 /// This file's guest ports.
 const A72_PORT: u16 = 2400;
 const LPA2_PORT: u16 = 2401;
+const PAGES_16K_PORT: u16 = 2402;
 /// Small guests keep captures under TCG short.
 const MEM_MIB: u32 = 256;
 
@@ -409,5 +410,65 @@ fn arm64_with_52_bit_addresses_lpa2() -> anyhow::Result<()> {
     let mut with_lime = before.modules.clone();
     with_lime.insert("lime".into());
     assert_eq!(module_names(&analysis(out.path(), "lsmod")), with_lime);
+    Ok(())
+}
+
+/// Debian's 16 KiB-page kernel, on a CPU with LPA2 (52-bit addresses, 4
+/// levels) and without (it falls back to 47 bits, 3 levels).
+#[test]
+fn arm64_16k_pages_with_and_without_lpa2() -> anyhow::Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let dir = match prereq::arm64_16k_lab_dir() {
+        Ok(d) => d,
+        Err(why) => {
+            assert!(!prereq::require_all(), "{why}");
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    for (cpu, geometry) in [
+        (
+            "max,pauth-impdef=on",
+            "16 KiB pages, 52-bit addresses (LPA2), 4 levels",
+        ),
+        (
+            "max,pauth-impdef=on,lpa2=off",
+            "16 KiB pages, 47-bit addresses, 3 levels",
+        ),
+    ] {
+        let boot = Boot {
+            cpu: Some(cpu),
+            mem_mib: Some(MEM_MIB),
+            ..Boot::default()
+        };
+        let setup = Setup::boot(&dir, PAGES_16K_PORT, boot)?;
+        let page = setup.ssh("grep -m1 KernelPageSize /proc/self/smaps");
+        assert!(page.contains("16 kB"), "{cpu}: {page}");
+        let before = guest_view(&setup);
+        let out = tempfile::tempdir()?;
+        let o = setup
+            .mshot(out.path())
+            .args(["--analyze", "pslist,lsmod,netstat"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{cpu}: LiME capture failed: {stderr}");
+        assert!(stderr.contains(geometry), "{cpu}: {stderr}");
+        let after = guest_view(&setup);
+        assert_tasks(cpu, &analysis(out.path(), "pslist"), &before, &after);
+        let mut with_lime = before.modules.clone();
+        with_lime.insert("lime".into());
+        assert_eq!(
+            module_names(&analysis(out.path(), "lsmod")),
+            with_lime,
+            "{cpu}"
+        );
+        assert_eq!(
+            tcp_listeners(&analysis(out.path(), "netstat")),
+            before.tcp_listeners,
+            "{cpu}"
+        );
+    }
     Ok(())
 }

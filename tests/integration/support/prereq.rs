@@ -117,21 +117,32 @@ pub fn volatility() -> Option<std::path::PathBuf> {
 /// `MSHOT_LAB_ARM64_DIR`, else `cloud-arm64` beside `MSHOT_LAB_DIR`, where
 /// `tests/run` builds it.
 pub fn arm64_lab_dir() -> Result<std::path::PathBuf, String> {
-    let dir = match std::env::var_os("MSHOT_LAB_ARM64_DIR") {
+    arm64_build("MSHOT_LAB_ARM64_DIR", "cloud-arm64")
+}
+
+/// The arm64 lab build with 16 KiB pages (`--flavour arm64-16k`):
+/// `MSHOT_LAB_ARM64_16K_DIR`, else `arm64-16k` beside `MSHOT_LAB_DIR`.
+pub fn arm64_16k_lab_dir() -> Result<std::path::PathBuf, String> {
+    arm64_build("MSHOT_LAB_ARM64_16K_DIR", "arm64-16k")
+}
+
+fn arm64_build(var: &str, flavour: &str) -> Result<std::path::PathBuf, String> {
+    let dir = match std::env::var_os(var) {
         Some(d) => std::path::PathBuf::from(d),
         None => {
-            let main = std::env::var_os("MSHOT_LAB_DIR")
-                .ok_or("neither MSHOT_LAB_ARM64_DIR nor MSHOT_LAB_DIR is set (tests/run builds the lab and sets them)")?;
+            let main = std::env::var_os("MSHOT_LAB_DIR").ok_or(format!(
+                "neither {var} nor MSHOT_LAB_DIR is set (tests/run builds the lab and sets them)"
+            ))?;
             Path::new(&main)
                 .parent()
                 .ok_or("MSHOT_LAB_DIR has no parent")?
-                .join("cloud-arm64")
+                .join(flavour)
         }
     };
     let env = std::fs::read_to_string(dir.join("env")).unwrap_or_default();
     if !env.contains("LAB_ARCH=aarch64") || !dir.join("lime.ko").is_file() {
         return Err(format!(
-            "{} is not a complete arm64 lab build (bash lab/build-guest.sh --flavour cloud-arm64 {0})",
+            "{} is not a complete arm64 lab build (bash lab/build-guest.sh --flavour {flavour} {0})",
             dir.display()
         ));
     }
