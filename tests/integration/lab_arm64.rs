@@ -383,10 +383,12 @@ fn arm64_with_52_bit_addresses_lpa2() -> anyhow::Result<()> {
     let dir = prereq::arm64_lab_dir().map_err(anyhow::Error::msg)?;
     // `max` has FEAT_LPA2; the IMPDEF pointer-authentication algorithm is
     // much cheaper to emulate than QARMA5 and changes nothing here.
+    // mshot.testkit=1 starts the lab's rwx-helper: arm64 code in anonymous
+    // writable and executable memory, which malfind must show disassembled.
     let boot = Boot {
         cpu: Some("max,pauth-impdef=on"),
         mem_mib: Some(MEM_MIB),
-        ..Boot::default()
+        append: "mshot.testkit=1",
     };
     let setup = Setup::boot(&dir, LPA2_PORT, boot)?;
     let dmesg = setup.ssh("dmesg | grep -c 'LPA2'");
@@ -395,13 +397,28 @@ fn arm64_with_52_bit_addresses_lpa2() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let o = setup
         .mshot(out.path())
-        .args(["--analyze", "pslist,lsmod"])
+        .args(["--analyze", "pslist,lsmod,malfind"])
         .output()?;
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "LiME capture failed: {stderr}");
     assert!(
         stderr.contains("arm64, 4 KiB pages, 52-bit addresses (LPA2), 5 levels"),
         "{stderr}"
+    );
+    let malfind = analysis(out.path(), "malfind");
+    let rwx: Vec<&J> = malfind
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["comm"] == "rwx-helper")
+        .collect();
+    assert_eq!(rwx.len(), 1, "{malfind:#}");
+    assert!(
+        rwx[0]["disasm"]
+            .as_str()
+            .unwrap()
+            .starts_with("mov w0, #0x2a; ret"),
+        "{malfind:#}"
     );
     let (doc, _) = live(&setup, &["pslist"]);
     let after = guest_view(&setup);

@@ -13,13 +13,38 @@ use crate::plugins::{Row, Value};
 use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
 
 const SHOWN: usize = 64;
+/// Instructions shown.
+const SHOWN_INSNS: usize = 8;
 
-fn disassemble(bytes: &[u8], ip: u64) -> String {
+/// The first instructions of `bytes` in the kernel's architecture.
+fn disassemble(k: &Kernel<'_, '_>, bytes: &[u8], ip: u64) -> String {
+    if k.is_aarch64() {
+        disassemble_a64(bytes)
+    } else {
+        disassemble_x86(bytes, ip)
+    }
+}
+
+fn disassemble_a64(bytes: &[u8]) -> String {
+    use yaxpeax_arch::{Decoder as _, U8Reader};
+    let dec = yaxpeax_arm::armv8::a64::InstDecoder::default();
+    let mut reader = U8Reader::new(bytes);
+    let mut out = Vec::new();
+    while out.len() < SHOWN_INSNS {
+        match dec.decode(&mut reader) {
+            Ok(ins) => out.push(ins.to_string()),
+            Err(_) => break,
+        }
+    }
+    out.join("; ")
+}
+
+fn disassemble_x86(bytes: &[u8], ip: u64) -> String {
     let mut dec = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
     let mut fmt = GasFormatter::new();
     let mut out = Vec::new();
     let mut text = String::new();
-    while dec.can_decode() && out.len() < 8 {
+    while dec.can_decode() && out.len() < SHOWN_INSNS {
         let ins = dec.decode();
         if ins.is_invalid() {
             break;
@@ -59,7 +84,7 @@ pub(crate) fn check(k: &Kernel<'_, '_>, _cx: &Context<'_>) -> Result<Report, Ker
             if vm.read(v.start, &mut head).is_err() || head.iter().all(|&b| b == 0) {
                 continue;
             }
-            let disasm = disassemble(&head, v.start);
+            let disasm = disassemble(k, &head, v.start);
             r.findings.push(Finding {
                 severity: Severity::Medium,
                 check: "malfind",
@@ -91,4 +116,24 @@ fn hex(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_architectures_disassemble() {
+        // mov w0, #42; ret (what the lab's rwx-helper runs on arm64).
+        let a64: Vec<u8> = [0x5280_0540u32, 0xd65f_03c0]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(disassemble_a64(&a64), "mov w0, #0x2a; ret");
+        // mov eax, 42; ret
+        assert_eq!(
+            disassemble_x86(&[0xb8, 0x2a, 0, 0, 0, 0xc3], 0x1000),
+            "mov $0x2A,%eax; ret"
+        );
+    }
 }
