@@ -10,15 +10,15 @@
 //! VMCOREINFO, `vabits_actual` when the kernel has the variable, then every
 //! geometry Linux supports; a wrong one cannot read the banner back.
 
-use super::locate::{BANNER_PREFIX, expected_banner, read_partial};
-use super::vmcoreinfo::{NOTE_NAME, VmcoreInfo};
+use super::candidate::{self, InitTask};
+use super::locate::{BANNER_PREFIX, expected_banner, finish};
+use super::vmcoreinfo::VmcoreInfo;
 use super::{Kernel, KernelError};
 use crate::format::PhysicalMemory;
 use crate::memory::{Aarch64Paging, Granule, PagingMode, VirtualMemory};
 use crate::profile::Profile;
 
 const STEP_2M: u64 = 0x20_0000;
-const MAX_CANDIDATES: usize = 64;
 
 /// Geometries in the order they are tried: clouds and Debian first.
 const GEOMETRIES: [(Granule, u32); 10] = [
@@ -50,12 +50,8 @@ struct Ctx<'p, 'a> {
     profile: &'p Profile,
     text: u64,
     banner: u64,
-    task: u64,
-    files: u64,
     swapper: u64,
-    comm_off: u64,
-    pid_off: u64,
-    files_off: u64,
+    init: InitTask,
 }
 
 /// What is known before a candidate is checked.
@@ -83,7 +79,7 @@ pub(super) fn locate<'p, 'a>(
             let mut got = vec![0u8; want.len()];
             if phys.read(pa, &mut got).is_ok() && got == want {
                 match ctx.try_text(text_pa, Hints::default(), "probe") {
-                    Ok(k) => return Ok(ctx.finish(k)),
+                    Ok(k) => return Ok(finish(k)),
                     Err(e) => detail = e,
                 }
             }
@@ -94,43 +90,24 @@ pub(super) fn locate<'p, 'a>(
         return Err(ctx.not_located(detail));
     }
     // 2. VMCOREINFO notes anywhere in memory.
-    let notes =
-        phys.find_all(NOTE_NAME, MAX_CANDIDATES)
-            .map_err(|source| KernelError::Physical {
-                what: "VMCOREINFO scan".into(),
-                source,
-            })?;
-    for hit in notes {
-        let mut note = vec![0u8; 4096];
-        let n = read_partial(phys, hit.wrapping_sub(12), &mut note);
-        let Some(info) = VmcoreInfo::parse_note(note.get(..n).unwrap_or_default()) else {
-            continue;
-        };
+    for info in candidate::vmcoreinfo_notes(phys)? {
         match ctx.try_vmcoreinfo(&info) {
-            Ok(k) => return Ok(ctx.finish(k)),
+            Ok(k) => return Ok(finish(k)),
             Err(e) => detail = e,
         }
     }
-    // 3. init_task's comm, anywhere.
-    let hits = phys
-        .find_all(b"swapper/0\0\0\0\0\0\0\0", MAX_CANDIDATES)
-        .map_err(|source| KernelError::Physical {
-            what: "init_task scan".into(),
-            source,
-        })?;
-    for hit in hits {
-        let text_pa = hit
-            .wrapping_sub(ctx.comm_off)
-            .wrapping_sub(ctx.task.wrapping_sub(ctx.text));
+    // 3. init_task's name, anywhere.
+    for task_pa in candidate::init_task_hits(phys, &ctx.init)? {
+        let text_pa = task_pa.wrapping_sub(ctx.init.task.wrapping_sub(ctx.text));
         if text_pa % 0x1000 != 0 {
             continue;
         }
         match ctx.try_text(text_pa, Hints::default(), "swapper-scan") {
-            Ok(k) => return Ok(ctx.finish(k)),
+            Ok(k) => return Ok(finish(k)),
             Err(e) => detail = e,
         }
     }
-    Err(ctx.not_located(detail))
+    Err(candidate::explain(phys, profile, detail))
 }
 
 /// The kernel VMCOREINFO describes (a running machine's /proc/kcore note).
@@ -141,7 +118,7 @@ pub(super) fn from_vmcoreinfo<'p, 'a>(
 ) -> Result<Kernel<'p, 'a>, KernelError> {
     let ctx = Ctx::new(phys, profile)?;
     ctx.try_vmcoreinfo(info)
-        .map(|k| ctx.finish(k))
+        .map(finish)
         .map_err(|detail| ctx.not_as_stated(detail))
 }
 
@@ -153,7 +130,7 @@ pub(super) fn at_text<'p, 'a>(
 ) -> Result<Kernel<'p, 'a>, KernelError> {
     let ctx = Ctx::new(phys, profile)?;
     ctx.try_text(text_pa, Hints::default(), "iomem")
-        .map(|k| ctx.finish(k))
+        .map(finish)
         .map_err(|detail| ctx.not_as_stated(detail))
 }
 
@@ -184,12 +161,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
             profile,
             text,
             banner: profile.symbol("linux_banner")?,
-            task: profile.symbol("init_task")?,
-            files: profile.symbol("init_files")?,
             swapper: profile.symbol("swapper_pg_dir")?,
-            comm_off: profile.offset("task_struct", "comm")?,
-            pid_off: profile.offset("task_struct", "pid")?,
-            files_off: profile.offset("task_struct", "files")?,
+            init: InitTask::new(profile)?,
         })
     }
 
@@ -231,34 +204,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     ) -> Result<Kernel<'p, 'a>, String> {
         let phys = self.phys;
         let pa_of = |link: u64| link.wrapping_sub(self.text).wrapping_add(text_pa);
-        let task_pa = pa_of(self.task);
-        let mut comm = [0u8; 16];
-        phys.read(task_pa.wrapping_add(self.comm_off), &mut comm)
-            .map_err(|e| format!("init_task at physical {task_pa:#x}: {e}"))?;
-        if !comm.starts_with(b"swapper") {
-            return Err(format!(
-                "init_task at physical {task_pa:#x} has comm {:?}, expected \"swapper/0\"",
-                String::from_utf8_lossy(&comm).trim_end_matches('\0')
-            ));
-        }
-        let mut pid = [0u8; 4];
-        phys.read(task_pa.wrapping_add(self.pid_off), &mut pid)
-            .map_err(|e| e.to_string())?;
-        if pid != [0; 4] {
-            return Err(format!(
-                "init_task at physical {task_pa:#x} has pid {}",
-                u32::from_le_bytes(pid)
-            ));
-        }
-        let files = phys
-            .read_u64(task_pa.wrapping_add(self.files_off))
-            .map_err(|e| format!("init_task.files: {e}"))?;
-        let aslr = files.wrapping_sub(self.files);
-        if aslr % 0x1000 != 0 {
-            return Err(format!(
-                "virtual shift {aslr:#x} from init_task.files is not page-aligned"
-            ));
-        }
+        let aslr = self.init.slide_at(phys, pa_of(self.init.task))?;
         if let Some(stated) = hints.aslr
             && stated != aslr
         {
@@ -276,10 +222,6 @@ impl<'p, 'a> Ctx<'p, 'a> {
             let mut got = vec![0u8; want.len()];
             if vm.read(banner_va, &mut got).is_ok() && got == want {
                 let banner_pa = pa_of(self.banner);
-                let mut full = [0u8; 512];
-                let n = read_partial(phys, banner_pa, &mut full);
-                let text = full.get(..n).unwrap_or_default();
-                let end = memchr::memchr(0, text).unwrap_or(text.len());
                 return Ok(Kernel {
                     phys,
                     profile: self.profile,
@@ -289,7 +231,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
                     phys_shift: text_pa,
                     dtb: root,
                     mode,
-                    banner: text.get(..end).unwrap_or_default().to_vec(),
+                    banner: candidate::banner_at(phys, banner_pa),
                     banner_pa,
                     vmcoreinfo: None,
                     method,
@@ -342,18 +284,5 @@ impl<'p, 'a> Ctx<'p, 'a> {
             ));
         }
         out
-    }
-
-    /// Reads VMCOREINFO through `vmcoreinfo_note` when the kernel has one.
-    fn finish(&self, mut k: Kernel<'p, 'a>) -> Kernel<'p, 'a> {
-        if let Ok(sym) = k.symbol("vmcoreinfo_note")
-            && let Ok(note_va) = k.vm.read_u64(sym)
-        {
-            let mut note = vec![0u8; 4096];
-            if k.vm.read(note_va, &mut note).is_ok() {
-                k.vmcoreinfo = VmcoreInfo::parse_note(&note);
-            }
-        }
-        k
     }
 }

@@ -1,6 +1,6 @@
 //! The three discovery strategies and the validation they share.
 
-use super::vmcoreinfo::{NOTE_NAME, VmcoreInfo};
+use super::candidate::{self, InitTask};
 use super::{Kernel, KernelError};
 use crate::format::PhysicalMemory;
 use crate::memory::{PagingMode, VirtualMemory};
@@ -10,7 +10,6 @@ use crate::profile::Profile;
 pub const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 const STEP_2M: u64 = 0x20_0000;
 pub(super) const BANNER_PREFIX: &[u8] = b"Linux version ";
-const MAX_CANDIDATES: usize = 64;
 
 fn link_pa(va: u64) -> u64 {
     va.wrapping_sub(KERNEL_MAP)
@@ -70,12 +69,8 @@ struct Ctx<'p, 'a> {
     phys: &'p PhysicalMemory<'a>,
     profile: &'p Profile,
     banner_sym: u64,
-    task_sym: u64,
-    files_sym: u64,
     dtb_sym: u64,
-    comm_off: u64,
-    pid_off: u64,
-    files_off: u64,
+    init: InitTask,
 }
 
 /// The kernel at a physical shift already known (from the VMCOREINFO of
@@ -87,12 +82,18 @@ pub(super) fn at_shift<'p, 'a>(
 ) -> Result<Kernel<'p, 'a>, KernelError> {
     let ctx = Ctx::new(phys, profile)?;
     match ctx.try_shift(shift, "vmcoreinfo") {
-        Ok(k) => ctx.finish(k),
+        Ok(k) => Ok(finish(k)),
         Err(detail) => Err(KernelError::NotAsStated {
             profile: profile.name.clone(),
             detail,
         }),
     }
+}
+
+/// A found kernel with its VMCOREINFO read, when it has one.
+pub(super) fn finish<'p, 'a>(mut k: Kernel<'p, 'a>) -> Kernel<'p, 'a> {
+    candidate::attach_vmcoreinfo(&mut k);
+    k
 }
 
 pub(super) fn locate<'p, 'a>(
@@ -115,7 +116,7 @@ pub(super) fn locate<'p, 'a>(
                 || (phys.slice(pa, want.len()).is_none() && read_eq(phys, pa, want))
             {
                 match ctx.try_shift(pa.wrapping_sub(link_pa(ctx.banner_sym)), "probe") {
-                    Ok(k) => return ctx.finish(k),
+                    Ok(k) => return Ok(finish(k)),
                     Err(e) => detail = e,
                 }
             }
@@ -130,65 +131,28 @@ pub(super) fn locate<'p, 'a>(
         });
     }
     // 2. VMCOREINFO notes.
-    let notes =
-        phys.find_all(NOTE_NAME, MAX_CANDIDATES)
-            .map_err(|source| KernelError::Physical {
-                what: "VMCOREINFO scan".into(),
-                source,
-            })?;
-    for hit in notes {
-        let mut note = vec![0u8; 4096];
-        let n = read_partial(phys, hit.wrapping_sub(12), &mut note);
-        let Some(info) = VmcoreInfo::parse_note(note.get(..n).unwrap_or_default()) else {
-            continue;
-        };
+    for info in candidate::vmcoreinfo_notes(phys)? {
         let (Some(aslr), Some(phys_base)) = (info.kernel_offset(), info.number("phys_base")) else {
             continue;
         };
         let shift = aslr.wrapping_add(phys_base as u64);
         match ctx.try_shift(shift, "vmcoreinfo") {
-            Ok(k) => return ctx.finish(k),
+            Ok(k) => return Ok(finish(k)),
             Err(e) => detail = e,
         }
     }
-    // 3. init_task.comm = "swapper/0" padded with NULs.
-    let hits = phys
-        .find_all(b"swapper/0\0\0\0\0\0\0\0", MAX_CANDIDATES)
-        .map_err(|source| KernelError::Physical {
-            what: "init_task scan".into(),
-            source,
-        })?;
-    for hit in hits {
-        let task_pa = hit.wrapping_sub(ctx.comm_off);
-        let shift = task_pa.wrapping_sub(link_pa(ctx.task_sym));
+    // 3. init_task's name.
+    for task_pa in candidate::init_task_hits(phys, &ctx.init)? {
+        let shift = task_pa.wrapping_sub(link_pa(ctx.init.task));
         if shift % 0x1000 != 0 {
             continue;
         }
         match ctx.try_shift(shift, "swapper-scan") {
-            Ok(k) => return ctx.finish(k),
+            Ok(k) => return Ok(finish(k)),
             Err(e) => detail = e,
         }
     }
-    // Nothing validated: explain with what the image does hold.
-    let banners = find_banners(phys, 4)?;
-    let Some((_, found)) = banners.first() else {
-        return Err(KernelError::NoBanner);
-    };
-    let found_s = String::from_utf8_lossy(found).trim_end().to_string();
-    if let Some(exp) = expected_banner(profile)
-        && !banners.iter().any(|(_, b)| exp.starts_with(b))
-    {
-        return Err(KernelError::WrongProfile {
-            profile: profile.name.clone(),
-            expected: String::from_utf8_lossy(exp).trim_end().to_string(),
-            found: found_s,
-        });
-    }
-    Err(KernelError::NotLocated {
-        profile: profile.name.clone(),
-        banner: found_s,
-        detail,
-    })
+    Err(candidate::explain(phys, profile, detail))
 }
 
 fn read_eq(phys: &PhysicalMemory<'_>, pa: u64, want: &[u8]) -> bool {
@@ -206,46 +170,16 @@ impl<'p, 'a> Ctx<'p, 'a> {
             phys,
             profile,
             banner_sym: profile.symbol("linux_banner")?,
-            task_sym: profile.symbol("init_task")?,
-            files_sym: profile.symbol("init_files")?,
             dtb_sym,
-            comm_off: profile.offset("task_struct", "comm")?,
-            pid_off: profile.offset("task_struct", "pid")?,
-            files_off: profile.offset("task_struct", "files")?,
+            init: InitTask::new(profile)?,
         })
     }
 
     /// Checks one physical shift; Err carries why it was rejected.
     fn try_shift(&self, shift: u64, method: &'static str) -> Result<Kernel<'p, 'a>, String> {
         let phys = self.phys;
-        let task_pa = link_pa(self.task_sym).wrapping_add(shift);
-        let mut comm = [0u8; 16];
-        phys.read(task_pa.wrapping_add(self.comm_off), &mut comm)
-            .map_err(|e| format!("init_task at physical {task_pa:#x}: {e}"))?;
-        if !comm.starts_with(b"swapper") {
-            return Err(format!(
-                "init_task at physical {task_pa:#x} has comm {:?}, expected \"swapper/0\"",
-                String::from_utf8_lossy(&comm).trim_end_matches('\0')
-            ));
-        }
-        let mut pid = [0u8; 4];
-        phys.read(task_pa.wrapping_add(self.pid_off), &mut pid)
-            .map_err(|e| e.to_string())?;
-        if pid != [0; 4] {
-            return Err(format!(
-                "init_task at physical {task_pa:#x} has pid {}",
-                u32::from_le_bytes(pid)
-            ));
-        }
-        let files = phys
-            .read_u64(task_pa.wrapping_add(self.files_off))
-            .map_err(|e| format!("init_task.files: {e}"))?;
-        let aslr = files.wrapping_sub(self.files_sym);
-        if aslr % 0x1000 != 0 {
-            return Err(format!(
-                "virtual shift {aslr:#x} from init_task.files is not page-aligned"
-            ));
-        }
+        let task_pa = link_pa(self.init.task).wrapping_add(shift);
+        let aslr = self.init.slide_at(phys, task_pa)?;
         let l5 = self
             .profile
             .symbol("__pgtable_l5_enabled")
@@ -275,10 +209,6 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 "banner read through DTB {dtb:#x} does not match the expected banner"
             ));
         }
-        let mut full = [0u8; 512];
-        let n = read_partial(phys, banner_pa, &mut full);
-        let text = full.get(..n).unwrap_or_default();
-        let end = memchr::memchr(0, text).unwrap_or(text.len());
         Ok(Kernel {
             phys,
             profile: self.profile,
@@ -288,24 +218,11 @@ impl<'p, 'a> Ctx<'p, 'a> {
             phys_shift: shift,
             dtb,
             mode,
-            banner: text.get(..end).unwrap_or_default().to_vec(),
+            banner: candidate::banner_at(phys, banner_pa),
             banner_pa,
             vmcoreinfo: None,
             method,
             notes: Default::default(),
         })
-    }
-
-    /// Reads VMCOREINFO through `vmcoreinfo_note` when the kernel has one.
-    fn finish(&self, mut k: Kernel<'p, 'a>) -> Result<Kernel<'p, 'a>, KernelError> {
-        if let Ok(sym) = k.symbol("vmcoreinfo_note")
-            && let Ok(note_va) = k.vm.read_u64(sym)
-        {
-            let mut note = vec![0u8; 4096];
-            if k.vm.read(note_va, &mut note).is_ok() {
-                k.vmcoreinfo = VmcoreInfo::parse_note(&note);
-            }
-        }
-        Ok(k)
     }
 }

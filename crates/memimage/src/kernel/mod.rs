@@ -16,6 +16,7 @@
 //! `vmcoreinfo_note`, is read and cross-checked.
 
 mod arm64;
+mod candidate;
 mod locate;
 mod vmcoreinfo;
 
