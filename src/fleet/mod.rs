@@ -258,6 +258,7 @@ async fn capture_host(
     match capture::capture(job, progress, &context.cancel).await {
         Ok(outcome) => {
             report.kernel_release = Some(outcome.manifest.kernel_release.clone());
+            report.machine = Some(outcome.manifest.machine.clone());
             report.method = outcome.manifest.source.method;
             report.cleanup = Some(outcome.manifest.cleanup.clone());
             report.manifest = outcome.manifest_path.clone();

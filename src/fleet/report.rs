@@ -59,6 +59,8 @@ pub struct HostReport {
     pub status: Status,
     pub error: Option<String>,
     pub kernel_release: Option<String>,
+    /// `uname -m` of the host (x86_64, aarch64).
+    pub machine: Option<String>,
     /// How the image was taken (lime or kcore), as the manifest says.
     pub method: Option<crate::pipeline::source::Used>,
     pub bytes: Option<u64>,
@@ -93,6 +95,7 @@ impl HostReport {
             status: Status::Failed,
             error: None,
             kernel_release: None,
+            machine: None,
             method: None,
             bytes: None,
             sha256: None,

@@ -913,6 +913,7 @@ hosts:
             .unwrap_or("x86_64")
             .to_string();
         assert_eq!(manifest["machine"], arch.as_str(), "{name}");
+        assert_eq!(host["machine"], arch.as_str(), "{name}");
         assert_eq!(manifest["image"]["sha256"], sha.as_str());
         assert_eq!(manifest["cleanup"]["module_unloaded"], true);
         // The summary line carries the hash.
