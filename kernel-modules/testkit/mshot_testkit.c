@@ -6,8 +6,9 @@
  * On load it hooks kill (62), getdents (78) and getdents64 (217) twice: in
  * sys_call_table and in the tail jumps of x64_sys_call (the dispatcher since
  * the branch-history-injection fix), registers a keyboard notifier and an
- * IPv4 LOCAL_IN netfilter hook, then unlinks itself from the module list
- * (it stays in sysfs and in mod_tree). It cannot be unloaded.
+ * IPv4 LOCAL_IN netfilter hook and a probe on the sched_process_exec
+ * tracepoint, then unlinks itself from the module list (it stays in sysfs
+ * and in mod_tree). It cannot be unloaded.
  *
  * kill(31337, 63) returns 0 (no such process exists): proof that the
  * patched dispatch is live. Every other call reaches the original handler.
@@ -23,6 +24,7 @@
 #include <linux/smp.h>
 #include <linux/stop_machine.h>
 #include <linux/string.h>
+#include <linux/tracepoint.h>
 #include <net/net_namespace.h>
 #include <asm/processor-flags.h>
 #include <asm/sync_core.h>
@@ -104,6 +106,23 @@ static struct nf_hook_ops netfilter_ops = {
 	.hooknum = NF_INET_LOCAL_IN,
 	.priority = NF_IP_PRI_FIRST,
 };
+
+/*
+ * Runs at every exec (the tracepoint's arguments: the task, its old pid,
+ * the binprm); says once that it is live, then does nothing.
+ */
+static void mshot_testkit_exec(void *data, struct task_struct *p, pid_t old_pid, void *bprm)
+{
+	pr_info_once("mshot_testkit: exec probe called\n");
+}
+
+static struct tracepoint *exec_tp;
+
+static void find_exec_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sched_process_exec"))
+		*(struct tracepoint **)priv = tp;
+}
 
 /*
  * Our own accessors: native_write_cr0 puts WP back (CR0 pinning), and the
@@ -281,11 +300,23 @@ static int __init mshot_testkit_init(void)
 		}
 	}
 
+	for_each_kernel_tracepoint(find_exec_tp, &exec_tp);
+	if (!exec_tp) {
+		pr_err("mshot_testkit: no sched_process_exec tracepoint\n");
+		return -ENOENT;
+	}
+
 	err = register_keyboard_notifier(&keyboard_nb);
 	if (err)
 		return err;
 	err = nf_register_net_hook(&init_net, &netfilter_ops);
 	if (err) {
+		unregister_keyboard_notifier(&keyboard_nb);
+		return err;
+	}
+	err = tracepoint_probe_register(exec_tp, (void *)mshot_testkit_exec, NULL);
+	if (err) {
+		nf_unregister_net_hook(&init_net, &netfilter_ops);
 		unregister_keyboard_notifier(&keyboard_nb);
 		return err;
 	}
@@ -307,6 +338,8 @@ static int __init mshot_testkit_init(void)
 	}
 	pr_info("mshot_testkit: keyboard notifier %px, netfilter ipv4 LOCAL_IN hook %px\n",
 		mshot_testkit_keyboard, mshot_testkit_netfilter);
+	pr_info("mshot_testkit: tracepoint sched_process_exec %px probe %px\n", exec_tp,
+		mshot_testkit_exec);
 
 	/*
 	 * The list_del rootkits do, made safe for RCU readers of the list:
@@ -326,5 +359,5 @@ static int __init mshot_testkit_init(void)
 module_init(mshot_testkit_init);
 
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("mshot test rootkit for the lab guests (hides, hooks syscalls)");
+MODULE_DESCRIPTION("mshot test rootkit for the lab guests (hides, hooks syscalls, probes a tracepoint)");
 MODULE_AUTHOR("mshot");

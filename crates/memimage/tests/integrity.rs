@@ -365,3 +365,24 @@ fn process_spoofing_agrees_with_volatility() {
         assert_eq!(ours.iter().filter(|o| o.2 == "/bin/busybox").count(), 5);
     });
 }
+
+/// tracepoints: Volatility 3's linux.tracing.tracepoints finds no probe on
+/// the clean fixture, and neither does mshot, having read every one of the
+/// kernel's 639 tracepoints (32-bit offsets on x86-64) and the modules'.
+#[test]
+fn tracepoints_agree_with_volatility() {
+    with_kernel(|k| {
+        assert!(run(k, "tracepoints").is_empty());
+        assert!(vol_file("linux.tracing.tracepoints").is_empty());
+        let triage = run(k, "triage");
+        let row = triage
+            .iter()
+            .find(|r| s(r, "check") == "tracepoints")
+            .unwrap();
+        assert_eq!(s(row, "result"), "ok");
+        let what = s(row, "what");
+        let n: u64 = what.split(' ').next().unwrap().parse().unwrap();
+        assert!(n >= 639, "{what}");
+        assert!(what.contains("0 probes attached"), "{what}");
+    });
+}

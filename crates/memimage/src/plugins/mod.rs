@@ -84,6 +84,7 @@ pub const PLUGINS: &[&str] = &[
     "check_creds",
     "ftrace",
     "kprobes",
+    "tracepoints",
     "malfind",
     "check_afinfo",
     "tty_check",
@@ -122,6 +123,8 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "ftrace_hash",
     "ftrace_func_entry",
     "kprobe",
+    "tracepoint",
+    "tracepoint_func",
     // check_afinfo, tty_check.
     "seq_operations",
     "tcp_seq_afinfo",

@@ -10,6 +10,7 @@
 //! `tcp4_seq_ops` member and a terminal's `receive_buf`.
 
 mod checks;
+mod tracing;
 pub use checks::{HIDDEN_COMM, HIDDEN_PID};
 
 use super::{SynthMemory, ty};
@@ -71,6 +72,7 @@ pub struct Plant {
     pub oops: bool,
     pub afinfo_hook: bool,
     pub tty_hook: bool,
+    pub tracepoint: bool,
 }
 
 impl Plant {
@@ -88,6 +90,7 @@ impl Plant {
             oops: true,
             afinfo_hook: true,
             tty_hook: true,
+            tracepoint: true,
         }
     }
 }
@@ -99,6 +102,11 @@ pub struct IntegrityKernel {
 
 fn d(pa: u64) -> u64 {
     DIRECT + pa
+}
+
+/// An address in the hidden module's text.
+fn kit(off: u64) -> u64 {
+    MODULES + KIT_TEXT + off
 }
 
 fn isf(drop_symbol: Option<&str>) -> String {
@@ -115,7 +123,10 @@ fn isf(drop_symbol: Option<&str>) -> String {
     let mut types = json!({
         "list_head": ty(16, &[("next", 0, ptr("list_head")), ("prev", 8, ptr("list_head"))]),
         "module": ty(0x400, &[("list", 8, st("list_head")), ("name", 0x18, arr(56, base("char"))),
-            ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory")))]),
+            ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory"))),
+            ("num_tracepoints", tracing::MODULE_NUM_TRACEPOINTS, u32t.clone()),
+            ("tracepoints_ptrs", tracing::MODULE_TRACEPOINTS_PTRS,
+                json!({"kind": "pointer", "subtype": i32t.clone()}))]),
         "module_memory": ty(0x38, &[("base", 0, vp.clone()), ("size", 8, u32t.clone())]),
         "module_kobject": ty(0x60, &[("kobj", 0, st("kobject")), ("mod", 0x40, ptr("module"))]),
         "kobject": ty(0x40, &[("name", 0, vp.clone()), ("entry", 8, st("list_head"))]),
@@ -140,6 +151,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     });
     if let Some(t) = types.as_object_mut() {
         checks::types(t);
+        tracing::types(t);
     }
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
@@ -170,6 +182,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     sym("ftrace_list_end", d(FTRACE_END));
     sym("kprobe_table", d(KPROBES));
     checks::symbols(&mut sym);
+    tracing::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": super::base_types(),
@@ -227,7 +240,6 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     for h in [READ, WRITE, KILL, NI, EXC, NF_HOOK] {
         m.write(text(h), &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
     }
-    let kit = |off: u64| MODULES + KIT_TEXT + off;
     m.write(MODULES_PA + KIT_TEXT, &[0xc3; 0x200]);
     let kill_target = if plant.dispatch_hook {
         kit(0x10)
@@ -321,6 +333,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     };
     m.write_u64(FTRACE_LIST, first);
     checks::write(&mut m, &plant);
+    tracing::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,
         isf: isf(drop_symbol),

@@ -190,7 +190,7 @@ fn arm64_transfer(b: &[u8], h: u64) -> Option<Transfer> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn code(words: &[u32]) -> Vec<u8> {

@@ -26,6 +26,9 @@ mod syscall_names;
 mod tests;
 #[cfg(test)]
 mod tests_checks;
+#[cfg(test)]
+mod tests_tracing;
+mod tracepoints;
 mod tracing;
 mod triage;
 
@@ -87,6 +90,7 @@ pub const CHECKS: &[&str] = &[
     "check_creds",
     "ftrace",
     "kprobes",
+    "tracepoints",
     "psscan",
     "process_spoofing",
     "malfind",
@@ -105,6 +109,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
     ("linux.tracing.ftrace", "ftrace"),
+    ("linux.tracing.tracepoints", "tracepoints"),
     ("linux.malware.check_afinfo", "check_afinfo"),
     ("linux.malware.tty_check", "tty_check"),
     ("linux.kmsg", "kmsg"),
@@ -298,6 +303,7 @@ pub(crate) fn run_check(
         "malfind" => malfind::check(k, cx),
         "ftrace" => tracing::ftrace(k, cx),
         "kprobes" => tracing::kprobes(k, cx),
+        "tracepoints" => tracepoints::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),

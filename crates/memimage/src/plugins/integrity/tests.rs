@@ -74,6 +74,10 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("keyboard_notifiers", "keyboard"), "{rows:#?}");
     assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
     assert!(found("ftrace", "ftrace hook"), "{rows:#?}");
+    assert!(
+        found("tracepoints", "tracepoint sched_process_exec"),
+        "{rows:#?}"
+    );
     assert!(found("check_afinfo", "tcp4_seq_ops.show"), "{rows:#?}");
     assert!(found("tty_check", "ttyS0"), "{rows:#?}");
     assert!(found("kmsg", "tainted the kernel"), "{rows:#?}");
@@ -94,12 +98,12 @@ fn every_planted_item_is_found_and_named() {
     // Nothing else: exactly one finding per planted item (the syscall
     // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 13, "{findings:#?}");
+    assert_eq!(findings.len(), 14, "{findings:#?}");
     let by_module = findings
         .iter()
         .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
     assert!(by_module.clone().all(|(_, _, _, o)| *o == owner));
-    assert_eq!(by_module.count(), 10);
+    assert_eq!(by_module.count(), 11);
 }
 
 #[test]
@@ -161,6 +165,13 @@ fn each_plant_alone_is_found_by_its_check() {
                 ..Plant::default()
             },
         ),
+        (
+            "tracepoints",
+            Plant {
+                tracepoint: true,
+                ..Plant::default()
+            },
+        ),
     ];
     for (check, plant) in single {
         let rows = triage(plant, None);
@@ -198,6 +209,7 @@ fn missing_symbols_are_not_checked() {
         ("_stext", "check_syscall"),
         ("ftrace_ops_list", "ftrace"),
         ("kprobe_table", "kprobes"),
+        ("__start___tracepoints_ptrs", "tracepoints"),
         ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),
