@@ -386,3 +386,18 @@ fn tracepoints_agree_with_volatility() {
         assert!(what.contains("0 probes attached"), "{what}");
     });
 }
+
+/// ebpf: no program is loaded on the fixture (Volatility 3's linux.ebpf
+/// lists none either); the walk of prog_idr, link_idr and the BPF symbol
+/// list still ran.
+#[test]
+fn ebpf_agrees_with_volatility() {
+    with_kernel(|k| {
+        assert!(run(k, "ebpf").is_empty());
+        assert!(vol_file("linux.ebpf").is_empty());
+        let triage = run(k, "triage");
+        let row = triage.iter().find(|r| s(r, "check") == "ebpf").unwrap();
+        assert_eq!(s(row, "result"), "ok");
+        assert_eq!(s(row, "what"), "0 eBPF programs, 0 links: no findings");
+    });
+}

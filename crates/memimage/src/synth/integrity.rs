@@ -7,8 +7,11 @@
 //! replaces `kill` in the table and in the dispatcher, an IDT gate, a
 //! keyboard notifier and a netfilter hook; and, for the newer checks
 //! (`checks`), a hidden task, a tainting module and an oops in the log, a
-//! `tcp4_seq_ops` member and a terminal's `receive_buf`.
+//! `tcp4_seq_ops` member and a terminal's `receive_buf`; a probe on a
+//! tracepoint (`tracing`); an eBPF program calling `bpf_probe_write_user`
+//! and one hidden from `prog_idr` (`bpf`).
 
+mod bpf;
 mod checks;
 mod tracing;
 pub use checks::{HIDDEN_COMM, HIDDEN_PID};
@@ -73,6 +76,8 @@ pub struct Plant {
     pub afinfo_hook: bool,
     pub tty_hook: bool,
     pub tracepoint: bool,
+    pub bpf: bool,
+    pub bpf_hidden: bool,
 }
 
 impl Plant {
@@ -91,6 +96,8 @@ impl Plant {
             afinfo_hook: true,
             tty_hook: true,
             tracepoint: true,
+            bpf: true,
+            bpf_hidden: true,
         }
     }
 }
@@ -152,6 +159,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     if let Some(t) = types.as_object_mut() {
         checks::types(t);
         tracing::types(t);
+        bpf::types(t);
     }
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
@@ -183,6 +191,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     sym("kprobe_table", d(KPROBES));
     checks::symbols(&mut sym);
     tracing::symbols(&mut sym);
+    bpf::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": super::base_types(),
@@ -236,6 +245,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     }
     m.map_range(TEXT, TEXT_PA, 0x1_0000);
     m.map_range(MODULES, MODULES_PA, 0x3_0000);
+    m.map_range(MODULES + bpf::JIT_PACK, MODULES_PA + bpf::JIT_PACK, 0x1000);
     let text = |off: u64| TEXT_PA + off;
     for h in [READ, WRITE, KILL, NI, EXC, NF_HOOK] {
         m.write(text(h), &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
@@ -334,6 +344,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     m.write_u64(FTRACE_LIST, first);
     checks::write(&mut m, &plant);
     tracing::write(&mut m, &plant);
+    bpf::write(&mut m, &plant, d(tracing::TP_EXEC));
     IntegrityKernel {
         mem: m,
         isf: isf(drop_symbol),

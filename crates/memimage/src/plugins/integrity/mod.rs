@@ -10,8 +10,11 @@
 //! by the module that holds it, whether the module list shows that module
 //! or only carving or sysfs found it.
 
+mod bpf;
+mod bpf_names;
 mod creds;
 mod dispatch;
+mod ebpf;
 mod entry;
 mod hooks;
 mod kmsg;
@@ -31,6 +34,7 @@ mod tests_tracing;
 mod tracepoints;
 mod tracing;
 mod triage;
+mod xarray;
 
 pub(crate) use modules::Inventory;
 pub use triage::Verdict;
@@ -91,6 +95,7 @@ pub const CHECKS: &[&str] = &[
     "ftrace",
     "kprobes",
     "tracepoints",
+    "ebpf",
     "psscan",
     "process_spoofing",
     "malfind",
@@ -110,6 +115,8 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.malfind", "malfind"),
     ("linux.tracing.ftrace", "ftrace"),
     ("linux.tracing.tracepoints", "tracepoints"),
+    ("linux.ebpf.EBPF", "ebpf"),
+    ("linux.ebpf", "ebpf"),
     ("linux.malware.check_afinfo", "check_afinfo"),
     ("linux.malware.tty_check", "tty_check"),
     ("linux.kmsg", "kmsg"),
@@ -219,10 +226,12 @@ impl Owner {
     }
 }
 
-/// What every check shares: symbols and the module inventory.
+/// What every check shares: symbols, the module inventory and, read when
+/// a check first asks, the eBPF objects.
 pub(crate) struct Context<'k> {
     pub symbols: Result<Symbols<'k>, KernelError>,
     pub modules: Result<Inventory, KernelError>,
+    bpf: std::cell::OnceCell<Result<bpf::Bpf, KernelError>>,
 }
 
 impl<'k> Context<'k> {
@@ -230,7 +239,16 @@ impl<'k> Context<'k> {
         Context {
             symbols: Symbols::new(k),
             modules: Inventory::gather(k),
+            bpf: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The eBPF programs, links and JIT memory (read once).
+    pub(crate) fn bpf(&self, k: &Kernel<'_, '_>) -> Result<&bpf::Bpf, KernelError> {
+        self.bpf
+            .get_or_init(|| bpf::Bpf::gather(k, self.symbols.as_ref().ok()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     pub(crate) fn owner(&self, addr: u64) -> Owner {
@@ -304,6 +322,7 @@ pub(crate) fn run_check(
         "ftrace" => tracing::ftrace(k, cx),
         "kprobes" => tracing::kprobes(k, cx),
         "tracepoints" => tracepoints::check(k, cx),
+        "ebpf" => ebpf::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),

@@ -95,13 +95,30 @@ fn every_planted_item_is_found_and_named() {
         "{rows:#?}"
     );
     assert!(named("kmsg", "the kernel oopsed", "kernel"), "{rows:#?}");
+    let no_holder = "no process holds it open (kept by its attachment or a pin)";
+    assert!(
+        named(
+            "ebpf",
+            "eBPF program 2 (kit_rawtp, raw_tracepoint) calls bpf_probe_write_user",
+            no_holder
+        ),
+        "{rows:#?}"
+    );
+    assert!(
+        named(
+            "ebpf",
+            "eBPF program 3 (kit_hidden, kprobe) is hidden from the program list",
+            no_holder
+        ),
+        "{rows:#?}"
+    );
     // Nothing else: exactly one finding per planted item (the syscall
     // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 14, "{findings:#?}");
+    assert_eq!(findings.len(), 16, "{findings:#?}");
     let by_module = findings
         .iter()
-        .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
+        .filter(|(c, _, _, _)| !["psscan", "kmsg", "ebpf"].contains(&c.as_str()));
     assert!(by_module.clone().all(|(_, _, _, o)| *o == owner));
     assert_eq!(by_module.count(), 11);
 }
@@ -210,6 +227,7 @@ fn missing_symbols_are_not_checked() {
         ("ftrace_ops_list", "ftrace"),
         ("kprobe_table", "kprobes"),
         ("__start___tracepoints_ptrs", "tracepoints"),
+        ("prog_idr", "ebpf"),
         ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),

@@ -99,3 +99,133 @@ fn entry_form_follows_the_types_or_the_first_entry() {
     let stop = k.symbol("__stop___tracepoints_ptrs").unwrap();
     assert_eq!(guess_form(&k, start, stop), Entries::Absolute);
 }
+
+fn ebpf_rows(k: &crate::kernel::Kernel<'_, '_>) -> Vec<[String; 8]> {
+    rows(k, "ebpf")
+        .iter()
+        .map(|r| {
+            [
+                "id",
+                "name",
+                "type",
+                "tag",
+                "attached",
+                "helpers",
+                "in_idr",
+                "in_kallsyms",
+            ]
+            .map(|c| s(r, c))
+        })
+        .collect()
+}
+
+fn ebpf_triage(plant: Plant, edit: impl FnOnce(&mut crate::synth::SynthMemory)) -> Vec<Row> {
+    let mut ik = build(plant, None);
+    edit(&mut ik.mem);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
+    rows(&k, "triage")
+        .into_iter()
+        .filter(|r| s(r, "check") == "ebpf")
+        .collect()
+}
+
+#[test]
+fn ebpf_lists_programs_with_their_links_and_helpers() {
+    let row = |v: [&str; 8]| v.map(str::to_string);
+    let sd = row([
+        "1",
+        "sd_devices",
+        "cgroup_device",
+        "a001020304050607",
+        "-",
+        "",
+        "true",
+        "true",
+    ]);
+    with_kernel(Plant::default(), None, |k| {
+        assert_eq!(ebpf_rows(k), vec![sd.clone()]);
+    });
+    let t = ebpf_triage(Plant::default(), |_| {});
+    assert_eq!(t.len(), 1);
+    assert_eq!(s(&t[0], "result"), "ok");
+    assert_eq!(s(&t[0], "what"), "1 eBPF programs, 0 links: no findings");
+    with_kernel(Plant::all(), None, |k| {
+        assert_eq!(
+            ebpf_rows(k),
+            vec![
+                sd,
+                row([
+                    "2",
+                    "kit_rawtp",
+                    "raw_tracepoint",
+                    "a101020304050607",
+                    "link 1 raw_tracepoint: tracepoint sched_process_exec",
+                    "bpf_probe_write_user",
+                    "true",
+                    "true",
+                ]),
+                row([
+                    "3",
+                    "kit_hidden",
+                    "kprobe",
+                    "a201020304050607",
+                    "-",
+                    "",
+                    "false",
+                    "true",
+                ]),
+            ]
+        );
+    });
+}
+
+/// Each eBPF plant alone is one finding of its own weight; a program off
+/// the IDR whose references are gone is being freed, not hidden.
+#[test]
+fn ebpf_findings_are_the_planted_programs() {
+    let only = |plant: Plant| -> Vec<(String, String)> {
+        ebpf_triage(plant, |_| {})
+            .iter()
+            .filter(|r| s(r, "result") == "finding")
+            .map(|r| (s(r, "severity"), s(r, "what")))
+            .collect()
+    };
+    let write_user = only(Plant {
+        bpf: true,
+        ..Plant::default()
+    });
+    assert_eq!(write_user.len(), 1, "{write_user:?}");
+    assert_eq!(write_user[0].0, "high");
+    assert!(write_user[0].1.contains("bpf_probe_write_user"));
+    let hidden = only(Plant {
+        bpf_hidden: true,
+        ..Plant::default()
+    });
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    assert!(hidden[0].1.contains("kit_hidden"), "{hidden:?}");
+    // Its aux (physical 0x9_7000) with no references left.
+    let freed = ebpf_triage(
+        Plant {
+            bpf_hidden: true,
+            ..Plant::default()
+        },
+        |m| m.write_u64(0x9_7000, 0),
+    );
+    assert_eq!(s(&freed[0], "result"), "ok", "{freed:?}");
+}
+
+#[test]
+fn tracepoint_data_names_the_bpf_program() {
+    // The kernel's own probe on sched_switch passes a trace_event_file;
+    // pointing it at a program names the program.
+    let mut ik = build(Plant::default(), None);
+    ik.mem.write_u64(0x8_0808, DIRECT + 0x9_1000);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
+    let r = rows(&k, "tracepoints");
+    assert_eq!(s(&r[0], "bpf_program"), "BPF program 1 (sd_devices)");
+    assert_eq!(s(&r[1], "bpf_program"), "-");
+}

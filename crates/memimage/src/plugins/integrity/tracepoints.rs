@@ -246,6 +246,8 @@ fn judge(o: &Owner) -> Option<Severity> {
 pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
     let mut r = Report::default();
     let (probes, examined) = probes(k, cx, &mut r.not_checked)?;
+    // A BPF raw tracepoint's probe is kernel code whose data is the program.
+    let bpf = cx.bpf(k).ok();
     for p in &probes {
         let owner = cx.owner(p.func);
         let symbol = cx.syms().map_or_else(|_| "-".into(), |s| s.text(p.func));
@@ -273,6 +275,13 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
                 ("symbol", Value::Str(symbol)),
                 ("priority", p.prio.map_or(Value::Null, Value::Int)),
                 ("data", Value::UInt(p.data)),
+                (
+                    "bpf_program",
+                    Value::Str(
+                        bpf.and_then(|b| b.describe(p.data))
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                ),
                 ("owner", Value::Str(owner.describe())),
             ],
         });

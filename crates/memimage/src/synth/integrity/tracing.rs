@@ -15,7 +15,7 @@ const BPF_TRACE_XMIT: u64 = 0x910;
 /// Kernel data (physical).
 const TP_PTRS: u64 = 0x8_0000;
 const TP_SWITCH: u64 = 0x8_0100;
-const TP_EXEC: u64 = 0x8_0200;
+pub(super) const TP_EXEC: u64 = 0x8_0200;
 const TP_NAMES: u64 = 0x8_0400;
 const FUNCS_SWITCH: u64 = 0x8_0800;
 const FUNCS_EXEC: u64 = 0x8_0900;
