@@ -308,10 +308,18 @@ fn btf_layouts_equal_the_dwarf_isf_and_plugins_agree() {
     assert_eq!(p.enums, fx.isf.enums);
     // Symbols typed for Volatility (BTF has no types for most globals):
     // the same type as dwarf2json gives them.
-    for (name, _) in memimage::material::SYMBOL_TYPES {
+    let tracepoints = ["__start___tracepoints_ptrs", "__stop___tracepoints_ptrs"];
+    for name in memimage::material::SYMBOL_TYPES
+        .iter()
+        .map(|(n, _)| n)
+        .chain(&tracepoints)
+    {
         let (Some(a), Some(b)) = (fx.isf.symbols.get(*name), p.symbols.get(*name)) else {
             continue;
         };
+        if tracepoints.contains(name) {
+            assert!(b.ty.is_some(), "{name}: no type from BTF");
+        }
         if let (Some(ta), Some(tb)) = (&a.ty, &b.ty) {
             assert!(same_type(ta, tb), "{name}: ISF {ta:?} vs BTF {tb:?}");
         }
