@@ -74,10 +74,20 @@ pub(crate) struct Bpf {
 }
 
 impl Bpf {
-    /// `BPF program ID (name)` for the program at `addr`, if known.
+    /// `BPF program ID (name)` for the program at `addr`, or `... through
+    /// link N` for a link to one (a raw tracepoint's probe data is the
+    /// program before 6.10, its link since).
     pub(crate) fn describe(&self, addr: u64) -> Option<String> {
-        let p = self.programs.iter().find(|p| p.addr == addr)?;
-        Some(format!("BPF program {} ({})", p.id, p.name))
+        let prog = |a: u64| self.programs.iter().find(|p| p.addr == a);
+        if let Some(p) = prog(addr) {
+            return Some(format!("BPF program {} ({})", p.id, p.name));
+        }
+        let l = self.links.iter().find(|l| l.addr == addr)?;
+        let p = prog(l.prog)?;
+        Some(format!(
+            "BPF program {} ({}) through link {}",
+            p.id, p.name, l.id
+        ))
     }
 
     /// Who holds the program open, directly or through a link to it.

@@ -228,4 +228,19 @@ fn tracepoint_data_names_the_bpf_program() {
     let r = rows(&k, "tracepoints");
     assert_eq!(s(&r[0], "bpf_program"), "BPF program 1 (sd_devices)");
     assert_eq!(s(&r[1], "bpf_program"), "-");
+    // Since 6.10 a raw tracepoint's probe data is the link.
+    let plant = Plant {
+        bpf: true,
+        ..Plant::default()
+    };
+    let mut ik = build(plant, None);
+    ik.mem.write_u64(0x8_0808, DIRECT + 0x9_8000);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
+    let r = rows(&k, "tracepoints");
+    assert_eq!(
+        s(&r[0], "bpf_program"),
+        "BPF program 2 (kit_rawtp) through link 1"
+    );
 }
