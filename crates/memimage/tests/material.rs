@@ -122,6 +122,14 @@ const ORACLE_TYPES: &[&str] = &[
     "bpf_perf_link",
     "perf_event",
     "trace_event_call",
+    // mod_tree, and module space's other code (kprobe instruction slots).
+    "latch_tree_root",
+    "latch_tree_node",
+    "rb_root",
+    "rb_node",
+    "mod_tree_node",
+    "kprobe_insn_cache",
+    "kprobe_insn_page",
 ];
 
 /// The integrity selection (every symbol, its enums) with the oracle's

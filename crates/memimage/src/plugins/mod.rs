@@ -147,6 +147,14 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "bpf_perf_link",
     "perf_event",
     "trace_event_call",
+    // mod_tree, and module space's other code (kprobe instruction slots).
+    "latch_tree_root",
+    "latch_tree_node",
+    "rb_root",
+    "rb_node",
+    "mod_tree_node",
+    "kprobe_insn_cache",
+    "kprobe_insn_page",
     // check_afinfo, tty_check.
     "seq_operations",
     "tcp_seq_afinfo",

@@ -138,7 +138,13 @@ fn isf(drop_symbol: Option<&str>) -> String {
         "module_kobject": ty(0x60, &[("kobj", 0, st("kobject")), ("mod", 0x40, ptr("module"))]),
         "kobject": ty(0x40, &[("name", 0, vp.clone()), ("entry", 8, st("list_head"))]),
         "kset": ty(0x60, &[("list", 0, st("list_head"))]),
-        "mod_tree_root": ty(0x40, &[("addr_min", 0x30, vp.clone()), ("addr_max", 0x38, vp.clone())]),
+        "mod_tree_root": ty(0x40, &[("root", 0, st("latch_tree_root")),
+            ("addr_min", 0x30, vp.clone()), ("addr_max", 0x38, vp.clone())]),
+        "latch_tree_root": ty(0x28, &[("tree", 8, arr(2, st("rb_root")))]),
+        "rb_root": ty(8, &[("rb_node", 0, ptr("rb_node"))]),
+        "rb_node": ty(0x18, &[("rb_right", 8, ptr("rb_node")), ("rb_left", 0x10, ptr("rb_node"))]),
+        "mod_tree_node": ty(0x38, &[("mod", 0, ptr("module")), ("node", 8, st("latch_tree_node"))]),
+        "latch_tree_node": ty(0x30, &[("node", 0, arr(2, st("rb_node")))]),
         "atomic_notifier_head": ty(0x10, &[("head", 8, ptr("notifier_block"))]),
         "notifier_block": ty(0x18, &[("notifier_call", 0, vp.clone()), ("next", 8, ptr("notifier_block")),
             ("priority", 0x10, i32t)]),
@@ -224,6 +230,10 @@ fn dispatcher(cases: &[(u32, u64)], ni: u64) -> Vec<u8> {
     code
 }
 
+/// Where each synthetic module keeps its `mod_tree_node` (offset in its
+/// struct); the tree's rb_node for tree 0 is 8 bytes in.
+const MTN: u64 = 0x300;
+
 /// Writes a module: struct at `m` (module-space offset), one text region.
 fn module(mem: &mut SynthMemory, m: u64, name: &str, text: u64, list: (u64, u64)) {
     let pa = MODULES_PA + m;
@@ -235,6 +245,7 @@ fn module(mem: &mut SynthMemory, m: u64, name: &str, text: u64, list: (u64, u64)
     mem.write(pa + 0x108, &0x1000u32.to_le_bytes());
     mem.write_u64(pa + 0x100 + 0x38, MODULES + m - (m & 0xfff)); // data region
     mem.write(pa + 0x108 + 0x38, &0x1000u32.to_le_bytes());
+    mem.write_u64(pa + MTN, MODULES + m); // mod_tree_node.mod
 }
 
 /// Builds the kernel; `drop_symbol` leaves one symbol out of the profile.
@@ -311,6 +322,12 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
         };
         m.write_u64(pa, next);
         m.write_u64(pa + 8, prev);
+    }
+    // mod_tree: the good module's node at the root, the hidden one's (a
+    // list_del leaves it there) its right child.
+    m.write_u64(MOD_TREE + 8, MODULES + GOOD + MTN + 8);
+    if plant.hidden_module {
+        m.write_u64(MODULES_PA + GOOD + MTN + 8 + 8, MODULES + KIT + MTN + 8);
     }
     m.write_u64(MOD_TREE + 0x30, MODULES);
     m.write_u64(MOD_TREE + 0x38, MODULES + 0x3_0000);

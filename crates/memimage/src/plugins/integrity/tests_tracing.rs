@@ -244,3 +244,40 @@ fn tracepoint_data_names_the_bpf_program() {
         "BPF program 2 (kit_rawtp) through link 1"
     );
 }
+
+/// A hidden module that also broke its `mkobj.mod` self-reference is
+/// neither carved nor in sysfs, but `mod_tree` still holds it.
+#[test]
+fn mod_tree_finds_a_module_carving_misses() {
+    let plant = Plant {
+        hidden_module: true,
+        ..Plant::default()
+    };
+    let mut ik = build(plant, None);
+    // The hidden module's struct is at module space + 0x2000 (physical
+    // 0x30_2000); mkobj.mod at 0x90.
+    ik.mem.write_u64(0x30_2090, 0);
+    let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
+    let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
+    let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
+    let views: Vec<[String; 5]> = rows(&k, "modxview")
+        .iter()
+        .map(|r| ["name", "in_list", "in_sysfs", "in_mod_tree", "carved"].map(|c| s(r, c)))
+        .collect();
+    let v = |a: [&str; 5]| a.map(str::to_string);
+    assert_eq!(
+        views,
+        vec![
+            v(["e1000", "true", "true", "true", "true"]),
+            v([KIT_NAME, "false", "false", "true", "false"]),
+        ]
+    );
+    let t: Vec<Row> = rows(&k, "triage")
+        .into_iter()
+        .filter(|r| s(r, "result") == "finding")
+        .collect();
+    assert_eq!(t.len(), 1, "{t:#?}");
+    assert_eq!(s(&t[0], "check"), "hidden_modules");
+    assert!(s(&t[0], "evidence").contains("in mod_tree"), "{t:#?}");
+    assert_eq!(s(&t[0], "owner"), format!("hidden module {KIT_NAME}"));
+}
