@@ -1,9 +1,9 @@
 //! The project's test rootkit (kernel-modules/testkit) on both lab kernels:
 //! a guest booted with `mshot.testkit=1` has it loaded by /init, hidden from
 //! the module list but not from sysfs, with kill, getdents and getdents64
-//! hooked in sys_call_table and in x64_sys_call and a probe on the
-//! sched_process_exec tracepoint, an RWX helper running and a BPF helper
-//! holding two eBPF programs.
+//! hooked in sys_call_table and in x64_sys_call, a probe on the
+//! sched_process_exec tracepoint and code in a module-space page it does not
+//! own, an RWX helper running and a BPF helper holding two eBPF programs.
 //! A guest booted without the parameter has none of it. Everything is checked
 //! from inside the guest with the OpenSSH client; [`start_compromised`] gives
 //! later tests (captures, compromise checks) such a guest.
@@ -94,6 +94,15 @@ pub(crate) fn probe_from_dmesg(dmesg: &str) -> Option<(u64, u64)> {
     };
     let hex = |s: &str| u64::from_str_radix(s, 16).ok();
     Some((hex(tp)?, hex(probe)?))
+}
+
+/// The address of the module's orphan code (an executable page of module
+/// space none of its regions holds), from `mshot_testkit: orphan code ffff...`.
+pub(crate) fn orphan_from_dmesg(dmesg: &str) -> Option<u64> {
+    let rest = dmesg
+        .lines()
+        .find_map(|l| l.split("mshot_testkit: orphan code ").nth(1))?;
+    u64::from_str_radix(rest.trim(), 16).ok()
 }
 
 /// The BPF helper's programs from its log, `bpf-helper: NAME id N tag HEX`:
@@ -293,6 +302,12 @@ fn assert_compromised(dir: &Path, port: u16) -> anyhow::Result<()> {
         "{tp:#x} {probe:#x}"
     );
     assert!(p.dmesg.contains(PROBE_CALLED), "{}", p.dmesg);
+    // Its orphan code is in module space, page-aligned.
+    let orphan = orphan_from_dmesg(&p.dmesg).unwrap_or_else(|| panic!("{}", p.dmesg));
+    assert!(
+        orphan >= MODULES_VADDR && orphan.is_multiple_of(4096),
+        "{orphan:#x}"
+    );
 
     // The BPF helper holds its two programs (and the raw tracepoint link).
     assert!(!p.get("bpf_pid").is_empty(), "{:?}", p.values);
@@ -392,6 +407,10 @@ fn testkit_and_bpf_helper_messages_parse() {
         Some((0xffff_ffff_ab20_a0a0, 0xffff_ffff_c024_0140))
     );
     assert_eq!(probe_from_dmesg("mshot_testkit: hooked 3"), None);
+    assert_eq!(
+        orphan_from_dmesg("[    3.93] mshot_testkit: orphan code ffffffffc03d5000\n"),
+        Some(0xffff_ffff_c03d_5000)
+    );
     let log = "bpf-helper: mshot_sockfilt id 1 tag a04f5eef06a7f555\n\
                bpf-helper: mshot_rawtp id 2 tag ba4768fde4bf90de\n\
                bpf-helper: pid 99, raw tracepoint sched_process_exec link fd 6\n";

@@ -15,7 +15,7 @@ use serde_json::Value as J;
 use crate::lab_guest::Setup;
 use crate::lab_testkit::{
     BPF_PROGRAMS, HOOKED, MODULE, TRACEPOINT, bpf_programs_from_log, cloud_lab_dir,
-    hooks_from_dmesg, probe_from_dmesg, start_compromised,
+    hooks_from_dmesg, orphan_from_dmesg, probe_from_dmesg, start_compromised,
 };
 use crate::support::{Need, prereq};
 
@@ -100,11 +100,13 @@ fn assert_clean(rows: &[J], code: i32) {
 /// Each planted item, and only those: the module hidden (carving and
 /// sysfs), three system calls in the table and three in x64_sys_call,
 /// the keyboard notifier, the netfilter hook, the tracepoint probe, all
-/// owned by the hidden module by name, the RWX helper's injected code, the
+/// owned by the hidden module by name, the module's orphan code (at the
+/// address it printed, owned by no one), the RWX helper's injected code, the
 /// BPF helper's program calling bpf_probe_write_user (held by the helper),
 /// and the kernel log's taint line naming the module (it loads before
 /// LiME, so the log names it and not LiME).
-fn assert_planted(rows: &[J]) {
+fn assert_planted(rows: &[J], dmesg: &str) {
+    let orphan = orphan_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
     let owner = format!("hidden module {MODULE}");
     let mut expected: Vec<(String, String)> = vec![
         (
@@ -119,6 +121,10 @@ fn assert_planted(rows: &[J]) {
         (
             "ebpf".into(),
             "(mshot_rawtp, raw_tracepoint) calls bpf_probe_write_user".into(),
+        ),
+        (
+            "unowned_code".into(),
+            "executable memory in module space that no module owns (1 pages)".into(),
         ),
     ];
     for (nr, _, _) in HOOKED {
@@ -141,6 +147,13 @@ fn assert_planted(rows: &[J]) {
             assert!(f["what"].as_str().unwrap().contains("rwx-helper"), "{f}");
         } else if f["check"] == "kmsg" {
             assert_eq!(f["owner"], format!("module {MODULE}").as_str(), "{f}");
+        } else if f["check"] == "unowned_code" {
+            assert_eq!(f["owner"], "unknown (no module owns it)", "{f}");
+            let from = format!(
+                "{orphan:#x}-{:#x}: at {orphan:#x}: push %rbp;",
+                orphan + 4096
+            );
+            assert!(f["evidence"].as_str().unwrap().starts_with(&from), "{f}");
         } else if f["check"] == "ebpf" {
             assert!(
                 f["owner"].as_str().unwrap().ends_with(" (bpf-helper)"),
@@ -157,7 +170,8 @@ fn assert_planted(rows: &[J]) {
     assert_eq!(per_check("kmsg"), 1, "{found:#?}");
     assert_eq!(per_check("tracepoints"), 1, "{found:#?}");
     assert_eq!(per_check("ebpf"), 1, "{found:#?}");
-    assert_eq!(found.len(), 14, "exactly the planted items: {found:#?}");
+    assert_eq!(per_check("unowned_code"), 1, "{found:#?}");
+    assert_eq!(found.len(), 15, "exactly the planted items: {found:#?}");
     assert!(
         rows.iter()
             .all(|r| r["result"] != "not checked" || churn(r)),
@@ -288,7 +302,7 @@ fn triage_names_the_test_rootkit_on_6_1() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows);
+    assert_planted(&rows, &dmesg);
     let ours = assert_hook_addresses(&image, &dmesg);
     let tracing = assert_tracing(&image, &dmesg, &bpf_log);
     if prereq::check(&[Need::Volatility]) {
@@ -308,7 +322,7 @@ fn triage_names_the_test_rootkit_on_6_12() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows);
+    assert_planted(&rows, &dmesg);
     assert_hook_addresses(&image, &dmesg);
     assert_tracing(&image, &dmesg, &bpf_log);
     Ok(())

@@ -401,3 +401,22 @@ fn ebpf_agrees_with_volatility() {
         assert_eq!(s(row, "what"), "0 eBPF programs, 0 links: no findings");
     });
 }
+
+/// unowned_code: every executable page of the fixture's module space has
+/// an owner (the BPF JIT's pack, e1000's and LiME's text); the walk read
+/// 533 pages.
+#[test]
+fn module_space_code_is_all_owned() {
+    with_kernel(|k| {
+        let runs: Vec<(String, u64)> = run(k, "unowned_code")
+            .iter()
+            .map(|r| (s(r, "owner"), u(r, "pages")))
+            .collect();
+        let want = [
+            ("BPF JIT pack", 512),
+            ("module e1000", 20),
+            ("module lime", 1),
+        ];
+        assert_eq!(runs, want.map(|(o, n)| (o.to_string(), n)));
+    });
+}

@@ -86,6 +86,7 @@ pub const PLUGINS: &[&str] = &[
     "kprobes",
     "tracepoints",
     "ebpf",
+    "unowned_code",
     "malfind",
     "check_afinfo",
     "tty_check",

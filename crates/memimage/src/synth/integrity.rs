@@ -9,10 +9,12 @@
 //! (`checks`), a hidden task, a tainting module and an oops in the log, a
 //! `tcp4_seq_ops` member and a terminal's `receive_buf`; a probe on a
 //! tracepoint (`tracing`); an eBPF program calling `bpf_probe_write_user`
-//! and one hidden from `prog_idr` (`bpf`).
+//! and one hidden from `prog_idr` (`bpf`); code in module space that no
+//! module owns (`modspace`, which also maps module data NX).
 
 mod bpf;
 mod checks;
+mod modspace;
 mod tracing;
 pub use checks::{HIDDEN_COMM, HIDDEN_PID};
 
@@ -78,6 +80,7 @@ pub struct Plant {
     pub tracepoint: bool,
     pub bpf: bool,
     pub bpf_hidden: bool,
+    pub orphan_code: bool,
 }
 
 impl Plant {
@@ -98,6 +101,7 @@ impl Plant {
             tracepoint: true,
             bpf: true,
             bpf_hidden: true,
+            orphan_code: true,
         }
     }
 }
@@ -166,6 +170,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
         checks::types(t);
         tracing::types(t);
         bpf::types(t);
+        modspace::types(t);
     }
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
@@ -198,6 +203,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     checks::symbols(&mut sym);
     tracing::symbols(&mut sym);
     bpf::symbols(&mut sym);
+    modspace::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": super::base_types(),
@@ -362,6 +368,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     checks::write(&mut m, &plant);
     tracing::write(&mut m, &plant);
     bpf::write(&mut m, &plant, d(tracing::TP_EXEC));
+    modspace::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,
         isf: isf(drop_symbol),

@@ -14,7 +14,7 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
 
 const SHOWN: usize = 64;
 
-fn disassemble(bytes: &[u8], ip: u64) -> String {
+pub(super) fn disassemble(bytes: &[u8], ip: u64) -> String {
     let mut dec = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
     let mut fmt = GasFormatter::new();
     let mut out = Vec::new();

@@ -19,6 +19,7 @@ mod entry;
 mod hooks;
 mod kmsg;
 mod malfind;
+mod modspace;
 mod modules;
 mod ops;
 mod psscan;
@@ -96,6 +97,7 @@ pub const CHECKS: &[&str] = &[
     "kprobes",
     "tracepoints",
     "ebpf",
+    "unowned_code",
     "psscan",
     "process_spoofing",
     "malfind",
@@ -323,6 +325,7 @@ pub(crate) fn run_check(
         "kprobes" => tracing::kprobes(k, cx),
         "tracepoints" => tracepoints::check(k, cx),
         "ebpf" => ebpf::check(k, cx),
+        "unowned_code" => modspace::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),

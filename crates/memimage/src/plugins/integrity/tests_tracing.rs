@@ -281,3 +281,60 @@ fn mod_tree_finds_a_module_carving_misses() {
     assert!(s(&t[0], "evidence").contains("in mod_tree"), "{t:#?}");
     assert_eq!(s(&t[0], "owner"), format!("hidden module {KIT_NAME}"));
 }
+
+/// unowned_code on a clean kernel: every executable page of module space
+/// has an owner (a module's text, an ftrace trampoline known by its code, a
+/// kprobe slot page, int3 fill, the BPF pack), module data is NX; the
+/// planted code no module owns is the one finding, disassembled.
+#[test]
+fn module_space_code_is_owned_or_found() {
+    const M: u64 = 0xffff_ffff_c000_0000;
+    let runs = |k: &crate::kernel::Kernel<'_, '_>| -> Vec<(u64, u64, String)> {
+        rows(k, "unowned_code")
+            .iter()
+            .map(|r| {
+                let u = |c| match r.get(c) {
+                    Some(crate::plugins::Value::UInt(v)) => *v,
+                    other => panic!("{other:?}"),
+                };
+                (u("start") - M, u("pages"), s(r, "owner"))
+            })
+            .collect()
+    };
+    let clean = vec![
+        (0x1_0000, 1, "module e1000".to_string()),
+        (0x2_9000, 1, "ftrace trampoline".into()),
+        (0x2_a000, 1, "kprobe instruction slots".into()),
+        (0x2_b000, 1, "no code (int3 or zero fill)".into()),
+        (0x4_0000, 1, "BPF JIT pack: bpf_prog_0_sd_devices".into()),
+    ];
+    with_kernel(Plant::default(), None, |k| assert_eq!(runs(k), clean));
+    let plant = Plant {
+        orphan_code: true,
+        ..Plant::default()
+    };
+    with_kernel(plant, None, |k| {
+        let mut want = clean.clone();
+        want.insert(1, (0x2_8000, 1, "unknown (no module owns it)".into()));
+        assert_eq!(runs(k), want);
+        let t: Vec<Row> = rows(k, "triage")
+            .into_iter()
+            .filter(|r| s(r, "result") == "finding")
+            .collect();
+        assert_eq!(t.len(), 1, "{t:#?}");
+        assert_eq!(s(&t[0], "check"), "unowned_code");
+        assert_eq!(s(&t[0], "severity"), "high");
+        assert_eq!(
+            s(&t[0], "evidence"),
+            "0xffffffffc0028000-0xffffffffc0029000: at 0xffffffffc0028000: push %rbp; mov %rsp,%rbp; xor %eax,%eax; pop %rbp; ret; add %al,(%rax); add %al,(%rax); add %al,(%rax)"
+        );
+    });
+    // The hidden module's text is its own, not unknown.
+    let plant = Plant {
+        hidden_module: true,
+        ..Plant::default()
+    };
+    with_kernel(plant, None, |k| {
+        assert!(runs(k).contains(&(0x2_0000, 1, format!("hidden module {KIT_NAME}"))));
+    });
+}
