@@ -193,6 +193,9 @@ fn owned(k: &Kernel<'_, '_>, cx: &Context<'_>, r: &mut Report) -> Vec<(u64, u64,
         }
         Err(e) => r.not_checked.push(format!("BPF JIT memory: {e}")),
     }
+    for (s, e) in ftrace_trampolines(k) {
+        out.push((s, e, Holder::Ftrace));
+    }
     for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
         let Ok(at) = k.symbol(cache) else { continue };
         let pages = (|| -> Result<Vec<u64>, KernelError> {
@@ -207,6 +210,32 @@ fn owned(k: &Kernel<'_, '_>, cx: &Context<'_>, r: &mut Report) -> Vec<(u64, u64,
         }
     }
     out
+}
+
+/// Ftrace ops the kernel keeps outside `ftrace_ops_list` while unused, whose
+/// trampolines stay allocated.
+const STATIC_OPS: &[&str] = &["kprobe_ftrace_ops", "kprobe_ipmodify_ops", "global_ops"];
+/// Ops a walk of the list visits at most.
+const MAX_OPS: usize = 1 << 12;
+
+/// `[trampoline, trampoline + trampoline_size)` of every ops on
+/// `ftrace_ops_list` and of the kernel's own static ops.
+fn ftrace_trampolines(k: &Kernel<'_, '_>) -> Vec<(u64, u64)> {
+    let mut ops: Vec<u64> = STATIC_OPS.iter().filter_map(|n| k.symbol(n).ok()).collect();
+    if let (Ok(list), Ok(end)) = (k.symbol("ftrace_ops_list"), k.symbol("ftrace_list_end")) {
+        let mut at = k.vm.read_u64(list).unwrap_or(0);
+        while at != 0 && at != end && !ops.contains(&at) && ops.len() < MAX_OPS {
+            ops.push(at);
+            at = ptr(k, at, "ftrace_ops", "next").unwrap_or(0);
+        }
+    }
+    ops.iter()
+        .filter_map(|&o| {
+            let t = ptr(k, o, "ftrace_ops", "trampoline").ok()?;
+            let size = crate::plugins::util::uint(k, o, "ftrace_ops", "trampoline_size").ok()?;
+            (t != 0 && size > 0 && size <= 0x10_0000).then(|| (t, t + size))
+        })
+        .collect()
 }
 
 /// The holder of the page at `va`: an owner whose memory it touches, else

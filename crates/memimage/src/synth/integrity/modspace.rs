@@ -1,8 +1,9 @@
 //! The synthetic kernel's module space as the kernel maps it: module data
 //! pages NX, module text and the BPF pack executable, and executable
 //! pages that a clean kernel has too and that no module owns: an ftrace
-//! trampoline (a copy of `ftrace_regs_caller`), a kprobe instruction slot
-//! page (on `kprobe_insn_slots`) and a page of `int3` fill. The plant:
+//! trampoline (a copy of `ftrace_regs_caller`), another one known only by
+//! its ops (`kprobe_ftrace_ops`, off the ops list), a kprobe instruction
+//! slot page (on `kprobe_insn_slots`) and a page of `int3` fill. The plant:
 //! code in module space that nothing owns.
 
 use super::{GOOD_TEXT, KIT_TEXT, MODULES, MODULES_PA, Plant, TEXT, d, ty};
@@ -15,10 +16,12 @@ const REGS_CALLER: u64 = 0xb00;
 /// Kernel data (physical): `kprobe_insn_slots` and its one page's struct.
 const INSN_SLOTS: u64 = 0xa_0000;
 const INSN_PAGE: u64 = 0xa_0100;
+const KPROBE_OPS: u64 = 0xa_0200;
 /// Module space (offsets from `MODULES`).
 const TRAMPOLINE: u64 = 0x2_9000;
 const SLOTS: u64 = 0x2_a000;
 const FILL: u64 = 0x2_b000;
+const OPS_TRAMPOLINE: u64 = 0x2_c000;
 pub const ORPHAN: u64 = 0x2_8000;
 /// How module space is mapped (`build` maps 0..0x3_0000).
 const MAPPED: u64 = 0x3_0000;
@@ -49,6 +52,7 @@ pub(super) fn symbols(sym: &mut dyn FnMut(&str, u64)) {
     sym("ftrace_regs_caller", TEXT + REGS_CALLER);
     sym("ftrace_regs_caller_op_ptr", TEXT + REGS_CALLER + 0x20);
     sym("kprobe_insn_slots", d(INSN_SLOTS));
+    sym("kprobe_ftrace_ops", d(KPROBE_OPS));
     sym("_end", TEXT + 0x20_0000);
 }
 
@@ -73,6 +77,9 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
     m.write(at(TRAMPOLINE + 0x20), &[0x48, 0x8b, 0x15]);
     m.write(at(SLOTS), &[0x55, 0xe9, 0, 0, 0, 0]);
     m.write(at(FILL), &[0xcc; 0x1000]);
+    m.write(at(OPS_TRAMPOLINE), &[0x55, 0x48, 0x89, 0xe5, 0xc3]);
+    m.write_u64(KPROBE_OPS + 0x90, MODULES + OPS_TRAMPOLINE);
+    m.write_u64(KPROBE_OPS + 0x98, 0x100);
     // kprobe_insn_slots.pages: one page.
     let head = INSN_SLOTS + 56;
     m.write_u64(head, d(INSN_PAGE));
@@ -84,7 +91,7 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
         m.write(at(ORPHAN), &ORPHAN_CODE);
     }
     // Everything else in module space is data: NX.
-    let mut exec = vec![GOOD_TEXT, TRAMPOLINE, SLOTS, FILL];
+    let mut exec = vec![GOOD_TEXT, TRAMPOLINE, SLOTS, FILL, OPS_TRAMPOLINE];
     if kit_code(plant) {
         exec.push(KIT_TEXT);
     }
