@@ -165,7 +165,11 @@ impl Bpf {
         }
         b.programs = by_addr.into_values().collect();
         b.packs = packs(k).unwrap_or_default();
-        b.holders = holders(k).unwrap_or_default();
+        // Every descriptor of every process: only when there is something
+        // to hold (on a live source each table is a remote read).
+        if !b.programs.is_empty() || !b.links.is_empty() {
+            b.holders = holders(k).unwrap_or_default();
+        }
         Ok(b)
     }
 }

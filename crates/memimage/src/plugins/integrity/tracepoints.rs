@@ -247,7 +247,11 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     let mut r = Report::default();
     let (probes, examined) = probes(k, cx, &mut r.not_checked)?;
     // A BPF raw tracepoint's probe is kernel code whose data is the program.
-    let bpf = cx.bpf(k).ok();
+    let bpf = if probes.is_empty() {
+        None
+    } else {
+        cx.bpf(k).ok()
+    };
     for p in &probes {
         let owner = cx.owner(p.func);
         let symbol = cx.syms().map_or_else(|_| "-".into(), |s| s.text(p.func));
