@@ -43,6 +43,7 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     // The eBPF walk's (Volatility's linux.ebpf reads prog_idr).
     ("prog_idr", "idr"),
     ("link_idr", "idr"),
+    ("map_idr", "idr"),
     ("bpf_kallsyms", "list_head"),
     ("pack_list", "list_head"),
     // What Volatility's integrity plugins read by symbol.

@@ -132,6 +132,8 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "bpf_prog_aux",
     "bpf_ksym",
     "bpf_prog_pack",
+    "bpf_map",
+    "bpf_struct_ops_map",
     "bpf_link",
     "bpf_raw_tp_link",
     "bpf_raw_event_map",

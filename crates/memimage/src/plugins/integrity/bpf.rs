@@ -68,6 +68,9 @@ pub(crate) struct Bpf {
     pub ksyms: Vec<(u64, u64, String)>,
     /// The JIT's packs (`[start, end)`), shared by many programs.
     pub packs: Vec<(u64, u64)>,
+    /// Trampoline pages of struct_ops maps (not on the symbol list before
+    /// 6.12): `(start, end, what)`.
+    pub struct_ops: Vec<(u64, u64, String)>,
     /// Program or link address to the processes holding it open.
     pub holders: HashMap<u64, Vec<String>>,
     pub not_checked: Vec<String>,
@@ -165,6 +168,11 @@ impl Bpf {
         }
         b.programs = by_addr.into_values().collect();
         b.packs = packs(k).unwrap_or_default();
+        match idr_head("map_idr").and_then(|h| struct_ops(k, h)) {
+            Ok(v) => b.struct_ops = v,
+            Err(e) if e.is_source_failure() => return Err(e),
+            Err(e) => b.not_checked.push(format!("map_idr: {e}")),
+        }
         // Every descriptor of every process: only when there is something
         // to hold (on a live source each table is a remote read).
         if !b.programs.is_empty() || !b.links.is_empty() {
@@ -417,6 +425,47 @@ fn ksyms(k: &Kernel<'_, '_>) -> Result<Vec<(u64, u64, String, Option<u64>)>, Ker
         };
         if end > start && end - start <= MAX_IMAGE {
             out.push((start, end, name, prog));
+        }
+    }
+    Ok(out)
+}
+
+/// `BPF_MAP_TYPE_STRUCT_OPS` (UAPI).
+const STRUCT_OPS_MAP: u64 = 26;
+/// Trampoline pages a struct_ops map may have.
+const MAX_IMAGE_PAGES: u64 = 64;
+
+/// The trampoline pages of every struct_ops map of `map_idr`: its `image`
+/// (before 6.8) or its `image_pages` (since).
+fn struct_ops(k: &Kernel<'_, '_>, head: u64) -> Result<Vec<(u64, u64, String)>, KernelError> {
+    let p = k.profile;
+    let mut out = Vec::new();
+    for (id, map) in xarray::entries(k, head, "map_idr")? {
+        if uint(k, map, "bpf_map", "map_type").ok() != Some(STRUCT_OPS_MAP) {
+            continue;
+        }
+        let (name_off, _) = array_field(k, "bpf_map", "name")?;
+        let mut name = [0u8; 16];
+        let _ = k.read(map.wrapping_add(name_off), &mut name, || {
+            "bpf_map.name".into()
+        });
+        let end = memchr::memchr(0, &name).unwrap_or(16);
+        let what = format!(
+            "BPF struct_ops map {id} ({})",
+            lossy(name.get(..end).unwrap_or_default())
+        );
+        let mut pages = Vec::new();
+        if p.has_field("bpf_struct_ops_map", "image") {
+            pages.push(ptr(k, map, "bpf_struct_ops_map", "image")?);
+        } else if let Ok((off, n)) = array_field(k, "bpf_struct_ops_map", "image_pages") {
+            for i in 0..n.min(MAX_IMAGE_PAGES) {
+                pages.push(k.read_u64(map.wrapping_add(off + i * 8), || {
+                    "bpf_struct_ops_map.image_pages".into()
+                })?);
+            }
+        }
+        for page in pages.into_iter().filter(|&a| a != 0) {
+            out.push((page, page.saturating_add(0x1000), what.clone()));
         }
     }
     Ok(out)

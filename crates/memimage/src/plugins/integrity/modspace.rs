@@ -9,7 +9,8 @@
 //! is executable (no NX bit at any level). Each is owned by a module (its
 //! regions from the list, sysfs, `mod_tree` or carving, and its ITS thunk
 //! pages), by the BPF JIT (a program's image from `bpf_kallsyms`, which
-//! also names trampolines and dispatchers, or a `bpf_prog_pack`), by
+//! also names trampolines and dispatchers, a `bpf_prog_pack`, or a
+//! struct_ops map's trampoline page), by
 //! kprobes (the instruction slot pages of `kprobe_insn_slots` and
 //! `kprobe_optinsn_slots`), by ftrace (an ops' trampoline, or a page
 //! starting with a copy of `ftrace_regs_caller`/`ftrace_caller`, which is
@@ -189,6 +190,9 @@ fn owned(k: &Kernel<'_, '_>, cx: &Context<'_>, r: &mut Report) -> Vec<(u64, u64,
             }
             for (s, e, n) in &b.ksyms {
                 out.push((*s, *e, Holder::Bpf(format!("BPF: {n}"))));
+            }
+            for (s, e, what) in &b.struct_ops {
+                out.push((*s, *e, Holder::Bpf(what.clone())));
             }
         }
         Err(e) => r.not_checked.push(format!("BPF JIT memory: {e}")),

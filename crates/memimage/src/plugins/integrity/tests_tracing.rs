@@ -307,6 +307,7 @@ fn module_space_code_is_owned_or_found() {
         (0x2_a000, 1, "kprobe instruction slots".into()),
         (0x2_b000, 1, "no code (int3 or zero fill)".into()),
         (0x2_c000, 1, "ftrace trampoline".into()),
+        (0x2_d000, 1, "BPF struct_ops map 1 (tcp_ca)".into()),
         (0x4_0000, 1, "BPF JIT pack: bpf_prog_0_sd_devices".into()),
     ];
     with_kernel(Plant::default(), None, |k| assert_eq!(runs(k), clean));

@@ -4,7 +4,8 @@
 //! plants: `kit_rawtp` (id 2), a raw tracepoint program calling
 //! `bpf_probe_write_user`, attached to `sched_process_exec` by link 1 of
 //! `link_idr`; and `kit_hidden`, a kprobe program on the BPF symbol list
-//! that `prog_idr` does not show.
+//! that `prog_idr` does not show. `map_idr` holds a struct_ops map (a BPF
+//! TCP congestion control) whose trampoline page is in module space.
 
 use super::{MODULES, Plant, TEXT, d, ty};
 use crate::synth::SynthMemory;
@@ -18,6 +19,11 @@ const PROG_IDR: u64 = 0x9_0000;
 const LINK_IDR: u64 = 0x9_0040;
 const KALLSYMS: u64 = 0x9_0080;
 const PACK_LIST: u64 = 0x9_00c0;
+const MAP_IDR: u64 = 0x9_0100;
+const MAP_NODE: u64 = 0x9_0a00;
+const STRUCT_OPS_MAP: u64 = 0x9_9000;
+/// The struct_ops map's trampoline page (offset from `MODULES`).
+pub(super) const STRUCT_OPS_IMAGE: u64 = 0x2_d000;
 const PROG_NODE: u64 = 0x9_0400;
 const LINK_NODE: u64 = 0x9_0800;
 const PACK: u64 = 0x9_0c00;
@@ -112,6 +118,21 @@ pub(super) fn types(t: &mut Map<String, Value>) {
             ],
         ),
     );
+    t.insert(
+        "bpf_map".into(),
+        ty(
+            256,
+            &[
+                ("map_type", 24, en("bpf_map_type")),
+                ("id", 68, base("unsigned int")),
+                ("name", 104, arr(16, base("char"))),
+            ],
+        ),
+    );
+    t.insert(
+        "bpf_struct_ops_map".into(),
+        ty(448, &[("image", 320, vp.clone())]),
+    );
     t.insert("bpf_raw_tp_link".into(), ty(72, &[("btp", 64, vp.clone())]));
     t.insert("bpf_raw_event_map".into(), ty(32, &[("tp", 0, vp.clone())]));
     t.insert(
@@ -131,6 +152,7 @@ pub(super) fn symbols(sym: &mut dyn FnMut(&str, u64)) {
     sym("link_idr", d(LINK_IDR));
     sym("bpf_kallsyms", d(KALLSYMS));
     sym("pack_list", d(PACK_LIST));
+    sym("map_idr", d(MAP_IDR));
     sym("__bpf_call_base", TEXT + CALL_BASE);
     sym("bpf_probe_write_user", TEXT + WRITE_USER);
 }
@@ -213,6 +235,12 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant, exec_tracepoint: u64) {
         m.write_u64(node, d(next));
         m.write_u64(node + 8, d(prev));
     }
+    // A struct_ops map (type 26) and its trampoline page.
+    m.write(STRUCT_OPS_MAP + 24, &26u32.to_le_bytes());
+    m.write(STRUCT_OPS_MAP + 68, &1u32.to_le_bytes());
+    m.write(STRUCT_OPS_MAP + 104, b"tcp_ca");
+    m.write_u64(STRUCT_OPS_MAP + 320, MODULES + STRUCT_OPS_IMAGE);
+    xarray(m, MAP_IDR, MAP_NODE, &[(1, d(STRUCT_OPS_MAP))]);
     // One pack, holding every image.
     m.write_u64(PACK_LIST, d(PACK));
     m.write_u64(PACK_LIST + 8, d(PACK));

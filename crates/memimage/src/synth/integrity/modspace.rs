@@ -3,9 +3,11 @@
 //! pages that a clean kernel has too and that no module owns: an ftrace
 //! trampoline (a copy of `ftrace_regs_caller`), another one known only by
 //! its ops (`kprobe_ftrace_ops`, off the ops list), a kprobe instruction
-//! slot page (on `kprobe_insn_slots`) and a page of `int3` fill. The plant:
+//! slot page (on `kprobe_insn_slots`), a struct_ops map's trampoline page
+//! and a page of `int3` fill. The plant:
 //! code in module space that nothing owns.
 
+use super::bpf::STRUCT_OPS_IMAGE;
 use super::{GOOD_TEXT, KIT_TEXT, MODULES, MODULES_PA, Plant, TEXT, d, ty};
 use crate::synth::SynthMemory;
 use serde_json::{Map, Value, json};
@@ -78,6 +80,7 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
     m.write(at(SLOTS), &[0x55, 0xe9, 0, 0, 0, 0]);
     m.write(at(FILL), &[0xcc; 0x1000]);
     m.write(at(OPS_TRAMPOLINE), &[0x55, 0x48, 0x89, 0xe5, 0xc3]);
+    m.write(at(STRUCT_OPS_IMAGE), &[0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3]);
     m.write_u64(KPROBE_OPS + 0x90, MODULES + OPS_TRAMPOLINE);
     m.write_u64(KPROBE_OPS + 0x98, 0x100);
     // kprobe_insn_slots.pages: one page.
@@ -91,7 +94,14 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
         m.write(at(ORPHAN), &ORPHAN_CODE);
     }
     // Everything else in module space is data: NX.
-    let mut exec = vec![GOOD_TEXT, TRAMPOLINE, SLOTS, FILL, OPS_TRAMPOLINE];
+    let mut exec = vec![
+        GOOD_TEXT,
+        TRAMPOLINE,
+        SLOTS,
+        FILL,
+        OPS_TRAMPOLINE,
+        STRUCT_OPS_IMAGE,
+    ];
     if kit_code(plant) {
         exec.push(KIT_TEXT);
     }
