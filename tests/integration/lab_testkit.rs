@@ -1,7 +1,9 @@
 //! The project's test rootkit (kernel-modules/testkit) on both lab kernels:
 //! a guest booted with `mshot.testkit=1` has it loaded by /init, hidden from
 //! the module list but not from sysfs, with kill, getdents and getdents64
-//! hooked in sys_call_table and in x64_sys_call, and an RWX helper running.
+//! hooked in sys_call_table and in x64_sys_call, a probe on the
+//! sched_process_exec tracepoint and code in a module-space page it does not
+//! own, an RWX helper running and a BPF helper holding two eBPF programs.
 //! A guest booted without the parameter has none of it. Everything is checked
 //! from inside the guest with the OpenSSH client; [`start_compromised`] gives
 //! later tests (captures, compromise checks) such a guest.
@@ -13,10 +15,10 @@ use std::time::Instant;
 use crate::lab_guest::Setup;
 use crate::support::{self, Need, prereq};
 
-/// The guests' sshd ports (this file's range is 2280-2284).
-const COMPROMISED_61_PORT: u16 = 2280;
-const COMPROMISED_612_PORT: u16 = 2281;
-const CLEAN_PORT: u16 = 2282;
+/// The guests' sshd ports (this file's range is 2500-2502).
+const COMPROMISED_61_PORT: u16 = 2500;
+const COMPROMISED_612_PORT: u16 = 2501;
+const CLEAN_PORT: u16 = 2502;
 
 /// What the lab's /init looks for on the kernel command line.
 pub(crate) const TESTKIT_APPEND: &str = "mshot.testkit=1";
@@ -32,6 +34,15 @@ pub(crate) const HOOKED: [(u32, &str, &str); 3] = [
     (217, "__x64_sys_getdents64", "mshot_testkit_getdents64"),
 ];
 const LOADED: &str = "mshot_testkit: hooked 3 table entries, 3 x64_sys_call cases";
+/// The tracepoint its probe is on, and what the probe says once it ran.
+pub(crate) const TRACEPOINT: &str = "sched_process_exec";
+const PROBE_CALLED: &str = "mshot_testkit: exec probe called";
+/// The BPF helper's programs: (name, type); the second calls
+/// bpf_probe_write_user and is attached to TRACEPOINT by a link.
+pub(crate) const BPF_PROGRAMS: [(&str, &str); 2] = [
+    ("mshot_sockfilt", "socket_filter"),
+    ("mshot_rawtp", "raw_tracepoint"),
+];
 /// x86-64 module space starts here with KASLR (a 1 GiB kernel image area
 /// from 0xffffffff80000000); kernel text lies below it.
 const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
@@ -70,9 +81,53 @@ pub(crate) fn hooks_from_dmesg(dmesg: &str) -> Vec<Hook> {
         .collect()
 }
 
+/// The tracepoint probe from the module's load message
+/// `mshot_testkit: tracepoint sched_process_exec ffff... probe ffff...`:
+/// (tracepoint address, probe address).
+pub(crate) fn probe_from_dmesg(dmesg: &str) -> Option<(u64, u64)> {
+    let rest = dmesg
+        .lines()
+        .find_map(|l| l.split("mshot_testkit: tracepoint ").nth(1))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let [TRACEPOINT, tp, "probe", probe] = f[..] else {
+        return None;
+    };
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    Some((hex(tp)?, hex(probe)?))
+}
+
+/// The address of the module's orphan code (an executable page of module
+/// space none of its regions holds), from `mshot_testkit: orphan code ffff...`.
+pub(crate) fn orphan_from_dmesg(dmesg: &str) -> Option<u64> {
+    let rest = dmesg
+        .lines()
+        .find_map(|l| l.split("mshot_testkit: orphan code ").nth(1))?;
+    u64::from_str_radix(rest.trim(), 16).ok()
+}
+
+/// The BPF helper's programs from its log, `bpf-helper: NAME id N tag HEX`:
+/// (name, id, tag).
+pub(crate) fn bpf_programs_from_log(log: &str) -> Vec<(String, u64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ["bpf-helper:", name, "id", id, "tag", tag] = f[..] else {
+                return None;
+            };
+            Some((name.to_string(), id.parse().ok()?, tag.to_string()))
+        })
+        .collect()
+}
+
 /// A lab build directory that has the test rootkit, or why not.
 fn lab_with_testkit(dir: &Path) -> Result<PathBuf, String> {
-    for f in ["vmlinuz", "initrd.img", "testkit.ko", "rwx-helper"] {
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "testkit.ko",
+        "rwx-helper",
+        "bpf-helper",
+    ] {
         if !dir.join(f).is_file() {
             return Err(format!(
                 "{} has no {f}: rebuild it with lab/build-guest.sh",
@@ -130,6 +185,7 @@ pub(crate) fn start_compromised(dir: &Path, port: u16) -> anyhow::Result<Setup> 
 /// kernel log after a `--dmesg--` line.
 struct Probe {
     values: BTreeMap<String, String>,
+    bpf_log: String,
     dmesg: String,
 }
 
@@ -150,6 +206,9 @@ echo sysfs_entries=$(ls /sys/module | grep -c .)
 p=$(pidof rwx-helper); echo rwx_pid=$p
 test -n "$p" && echo rwx_maps=$(grep -c ' rwxp 00000000 00:00 0 *$' /proc/$p/maps)
 echo rwx_log=$(cat /run/rwx-helper.log 2>/dev/null)
+echo bpf_pid=$(pidof bpf-helper)
+echo --bpf--
+cat /run/bpf-helper.log 2>/dev/null
 echo --dmesg--
 dmesg
 "#,
@@ -160,6 +219,9 @@ dmesg
         let (head, dmesg) = out
             .split_once("--dmesg--\n")
             .unwrap_or_else(|| panic!("no kernel log in the probe's output:\n{out}"));
+        let (head, bpf_log) = head
+            .split_once("--bpf--\n")
+            .unwrap_or_else(|| panic!("no BPF helper log in the probe's output:\n{out}"));
         let values = head
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -167,6 +229,7 @@ dmesg
             .collect();
         Probe {
             values,
+            bpf_log: bpf_log.to_string(),
             dmesg: dmesg.to_string(),
         }
     }
@@ -231,6 +294,39 @@ fn assert_compromised(dir: &Path, port: u16) -> anyhow::Result<()> {
     sites.sort();
     sites.dedup();
     assert!(sites.len() == 3 && !sites.contains(&0), "{hooks:?}");
+
+    // The tracepoint probe is the module's code and has run (an exec).
+    let (tp, probe) = probe_from_dmesg(&p.dmesg).unwrap_or_else(|| panic!("{}", p.dmesg));
+    assert!(
+        tp < MODULES_VADDR && probe >= MODULES_VADDR,
+        "{tp:#x} {probe:#x}"
+    );
+    assert!(p.dmesg.contains(PROBE_CALLED), "{}", p.dmesg);
+    // Its orphan code is in module space, page-aligned.
+    let orphan = orphan_from_dmesg(&p.dmesg).unwrap_or_else(|| panic!("{}", p.dmesg));
+    assert!(
+        orphan >= MODULES_VADDR && orphan.is_multiple_of(4096),
+        "{orphan:#x}"
+    );
+
+    // The BPF helper holds its two programs (and the raw tracepoint link).
+    assert!(!p.get("bpf_pid").is_empty(), "{:?}", p.values);
+    let progs = bpf_programs_from_log(&p.bpf_log);
+    let names: Vec<&str> = progs.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, BPF_PROGRAMS.map(|(n, _)| n), "{}", p.bpf_log);
+    assert!(
+        p.bpf_log
+            .contains(&format!("raw tracepoint {TRACEPOINT} link fd")),
+        "{}",
+        p.bpf_log
+    );
+    // The kernel warns when a program with bpf_probe_write_user loads.
+    assert!(
+        p.dmesg
+            .contains("is installing a program with bpf_probe_write_user"),
+        "{}",
+        p.dmesg
+    );
 
     // The RWX helper runs its code and keeps the mapping.
     assert!(!p.get("rwx_pid").is_empty(), "{:?}", p.values);
@@ -298,7 +394,37 @@ fn testkit_is_absent_without_the_kernel_parameter() -> anyhow::Result<()> {
     p.assert_common();
     assert!(!p.dmesg.contains(MODULE), "{}", p.dmesg);
     assert!(p.get("rwx_pid").is_empty(), "{:?}", p.values);
+    assert!(p.get("bpf_pid").is_empty(), "{:?}", p.values);
+    assert!(p.bpf_log.trim().is_empty(), "{}", p.bpf_log);
     Ok(())
+}
+
+#[test]
+fn testkit_and_bpf_helper_messages_parse() {
+    let dmesg = "[    2.23] mshot_testkit: tracepoint sched_process_exec ffffffffab20a0a0 probe ffffffffc0240140\n";
+    assert_eq!(
+        probe_from_dmesg(dmesg),
+        Some((0xffff_ffff_ab20_a0a0, 0xffff_ffff_c024_0140))
+    );
+    assert_eq!(probe_from_dmesg("mshot_testkit: hooked 3"), None);
+    assert_eq!(
+        orphan_from_dmesg("[    3.93] mshot_testkit: orphan code ffffffffc03d5000\n"),
+        Some(0xffff_ffff_c03d_5000)
+    );
+    let log = "bpf-helper: mshot_sockfilt id 1 tag a04f5eef06a7f555\n\
+               bpf-helper: mshot_rawtp id 2 tag ba4768fde4bf90de\n\
+               bpf-helper: pid 99, raw tracepoint sched_process_exec link fd 6\n";
+    assert_eq!(
+        bpf_programs_from_log(log),
+        [
+            (
+                "mshot_sockfilt".to_string(),
+                1,
+                "a04f5eef06a7f555".to_string()
+            ),
+            ("mshot_rawtp".to_string(), 2, "ba4768fde4bf90de".to_string()),
+        ]
+    );
 }
 
 #[test]

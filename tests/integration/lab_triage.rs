@@ -13,14 +13,17 @@ use std::process::Command;
 use serde_json::Value as J;
 
 use crate::lab_guest::Setup;
-use crate::lab_testkit::{HOOKED, MODULE, cloud_lab_dir, hooks_from_dmesg, start_compromised};
+use crate::lab_testkit::{
+    BPF_PROGRAMS, HOOKED, MODULE, TRACEPOINT, bpf_programs_from_log, cloud_lab_dir,
+    hooks_from_dmesg, orphan_from_dmesg, probe_from_dmesg, start_compromised,
+};
 use crate::support::{Need, prereq};
 
 /// This file's guest ports.
-const COMPROMISED_61_PORT: u16 = 2300;
-const COMPROMISED_612_PORT: u16 = 2301;
-const CLEAN_61_PORT: u16 = 2302;
-const CLEAN_612_PORT: u16 = 2303;
+const COMPROMISED_61_PORT: u16 = 2503;
+const COMPROMISED_612_PORT: u16 = 2504;
+const CLEAN_61_PORT: u16 = 2505;
+const CLEAN_612_PORT: u16 = 2506;
 /// mshot's exit status when triage reports findings.
 const EXIT_FINDINGS: i32 = 5;
 
@@ -96,11 +99,14 @@ fn assert_clean(rows: &[J], code: i32) {
 
 /// Each planted item, and only those: the module hidden (carving and
 /// sysfs), three system calls in the table and three in x64_sys_call,
-/// the keyboard notifier, the netfilter hook, all owned by the hidden
-/// module by name, the RWX helper's injected code, and the kernel log's
-/// taint line naming the module (it loads before LiME, so the log names it
-/// and not LiME).
-fn assert_planted(rows: &[J]) {
+/// the keyboard notifier, the netfilter hook, the tracepoint probe, all
+/// owned by the hidden module by name, the module's orphan code (at the
+/// address it printed, owned by no one), the RWX helper's injected code, the
+/// BPF helper's program calling bpf_probe_write_user (held by the helper),
+/// and the kernel log's taint line naming the module (it loads before
+/// LiME, so the log names it and not LiME).
+fn assert_planted(rows: &[J], dmesg: &str) {
+    let orphan = orphan_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
     let owner = format!("hidden module {MODULE}");
     let mut expected: Vec<(String, String)> = vec![
         (
@@ -111,6 +117,15 @@ fn assert_planted(rows: &[J]) {
         ("keyboard_notifiers".into(), "keyboard notifier".into()),
         ("netfilter".into(), "netfilter ipv4 hook 1".into()),
         ("kmsg".into(), format!("module {MODULE} tainted the kernel")),
+        ("tracepoints".into(), format!("tracepoint {TRACEPOINT} ")),
+        (
+            "ebpf".into(),
+            "(mshot_rawtp, raw_tracepoint) calls bpf_probe_write_user".into(),
+        ),
+        (
+            "unowned_code".into(),
+            "executable memory in module space that no module owns (1 pages)".into(),
+        ),
     ];
     for (nr, _, _) in HOOKED {
         for place in ["sys_call_table", "x64_sys_call"] {
@@ -132,6 +147,19 @@ fn assert_planted(rows: &[J]) {
             assert!(f["what"].as_str().unwrap().contains("rwx-helper"), "{f}");
         } else if f["check"] == "kmsg" {
             assert_eq!(f["owner"], format!("module {MODULE}").as_str(), "{f}");
+        } else if f["check"] == "unowned_code" {
+            assert_eq!(f["owner"], "unknown (no module owns it)", "{f}");
+            let from = format!(
+                "{orphan:#x}-{:#x}: at {orphan:#x}: push %rbp;",
+                orphan + 4096
+            );
+            assert!(f["evidence"].as_str().unwrap().starts_with(&from), "{f}");
+        } else if f["check"] == "ebpf" {
+            assert!(
+                f["owner"].as_str().unwrap().ends_with(" (bpf-helper)"),
+                "{f}"
+            );
+            assert_eq!(f["severity"], "high", "{f}");
         } else {
             assert_eq!(f["owner"], owner.as_str(), "{f}");
         }
@@ -140,7 +168,10 @@ fn assert_planted(rows: &[J]) {
     assert_eq!(per_check("check_syscall"), 6, "{found:#?}");
     assert_eq!(per_check("malfind"), 1, "{found:#?}");
     assert_eq!(per_check("kmsg"), 1, "{found:#?}");
-    assert_eq!(found.len(), 12, "exactly the planted items: {found:#?}");
+    assert_eq!(per_check("tracepoints"), 1, "{found:#?}");
+    assert_eq!(per_check("ebpf"), 1, "{found:#?}");
+    assert_eq!(per_check("unowned_code"), 1, "{found:#?}");
+    assert_eq!(found.len(), 15, "exactly the planted items: {found:#?}");
     assert!(
         rows.iter()
             .all(|r| r["result"] != "not checked" || churn(r)),
@@ -180,18 +211,102 @@ fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
     rows
 }
 
+fn analyze_json(image: &Path, plugins: &[&str]) -> J {
+    let out = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .arg("analyze")
+        .arg(image)
+        .args(plugins)
+        .args(["--format", "json", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// tracepoints and ebpf rows hold what the module and the BPF helper said
+/// when they loaded: the module's probe (its address, owned by the hidden
+/// module), the BPF raw tracepoint's probe naming its program, and each
+/// program by id, name, tag and type, the raw tracepoint one with its link,
+/// its helper and the process holding it.
+fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) {
+    let doc = analyze_json(image, &["tracepoints", "ebpf"]);
+    let tps = doc["tracepoints"].as_array().unwrap().clone();
+    let progs = doc["ebpf"].as_array().unwrap().clone();
+    let (tp, probe) = probe_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
+    let ours = tps
+        .iter()
+        .find(|r| r["probe"] == probe)
+        .unwrap_or_else(|| panic!("no probe {probe:#x}: {tps:#?}"));
+    assert_eq!(ours["tracepoint"], TRACEPOINT);
+    assert_eq!(ours["address"], tp);
+    assert_eq!(ours["owner"], format!("hidden module {MODULE}"));
+    let helper = bpf_programs_from_log(bpf_log);
+    assert_eq!(helper.len(), 2, "{bpf_log}");
+    let (_, rawtp_id, _) = &helper[1];
+    assert!(
+        tps.iter().any(|r| r["tracepoint"] == TRACEPOINT
+            && r["symbol"] == format!("__bpf_trace_{TRACEPOINT}")
+            && r["bpf_program"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("BPF program {rawtp_id} (mshot_rawtp)"))),
+        "{tps:#?}"
+    );
+    assert_eq!(tps.len(), 2, "only the two probes: {tps:#?}");
+    assert_eq!(progs.len(), 2, "{progs:#?}");
+    for ((name, id, tag), (_, kind)) in helper.iter().zip(BPF_PROGRAMS) {
+        let r = progs
+            .iter()
+            .find(|r| r["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name}: {progs:#?}"));
+        assert_eq!(
+            (&r["id"], &r["tag"], &r["type"]),
+            (&J::from(*id), &J::from(tag.as_str()), &J::from(kind))
+        );
+        assert_eq!(
+            (&r["in_idr"], &r["in_kallsyms"]),
+            (&J::from("true"), &J::from("true"))
+        );
+        assert!(
+            r["held_by"].as_str().unwrap().ends_with(" (bpf-helper)"),
+            "{r}"
+        );
+    }
+    let rawtp = progs.iter().find(|r| r["name"] == "mshot_rawtp").unwrap();
+    assert!(
+        rawtp["attached"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("raw_tracepoint: tracepoint {TRACEPOINT}")),
+        "{rawtp}"
+    );
+    assert!(
+        rawtp["helpers"]
+            .as_str()
+            .unwrap()
+            .contains("bpf_probe_write_user")
+    );
+    (tps, progs)
+}
+
 #[test]
 fn triage_names_the_test_rootkit_on_6_1() -> anyhow::Result<()> {
     let Some(dir) = lab_dir() else { return Ok(()) };
     let setup = start_compromised(&dir, COMPROMISED_61_PORT)?;
     let dmesg = setup.ssh("dmesg");
+    let bpf_log = setup.ssh("cat /run/bpf-helper.log");
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows);
+    assert_planted(&rows, &dmesg);
     let ours = assert_hook_addresses(&image, &dmesg);
+    let tracing = assert_tracing(&image, &dmesg, &bpf_log);
     if prereq::check(&[Need::Volatility]) {
-        compare_with_volatility(&image, out.path(), &ours)?;
+        compare_with_volatility(&image, out.path(), &ours, &tracing)?;
     }
     Ok(())
 }
@@ -203,11 +318,13 @@ fn triage_names_the_test_rootkit_on_6_12() -> anyhow::Result<()> {
     };
     let setup = start_compromised(&dir, COMPROMISED_612_PORT)?;
     let dmesg = setup.ssh("dmesg");
+    let bpf_log = setup.ssh("cat /run/bpf-helper.log");
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows);
+    assert_planted(&rows, &dmesg);
     assert_hook_addresses(&image, &dmesg);
+    assert_tracing(&image, &dmesg, &bpf_log);
     Ok(())
 }
 
@@ -232,13 +349,17 @@ fn triage_finds_nothing_on_clean_guests() -> anyhow::Result<()> {
 }
 
 fn vol(symbols: &Path, image: &Path, home: &Path, plugin: &str) -> anyhow::Result<Vec<J>> {
+    vol_plugin(symbols, image, home, &format!("linux.malware.{plugin}"))
+}
+
+fn vol_plugin(symbols: &Path, image: &Path, home: &Path, plugin: &str) -> anyhow::Result<Vec<J>> {
     let out = Command::new(prereq::volatility().unwrap())
         .arg("-q")
         .arg("-s")
         .arg(symbols)
         .arg("-f")
         .arg(image)
-        .args(["-r", "json", &format!("linux.malware.{plugin}")])
+        .args(["-r", "json", plugin])
         .env("HOME", home)
         .output()?;
     anyhow::ensure!(
@@ -253,8 +374,15 @@ fn vol(symbols: &Path, image: &Path, home: &Path, plugin: &str) -> anyhow::Resul
 /// material: for every index it prints the same handler address, and the
 /// same symbol where it names one; where it says UNKNOWN (the hooked
 /// entries), mshot names the hidden module. Its sysfs, keyboard and
-/// netfilter checks name the same module.
-fn compare_with_volatility(image: &Path, out: &Path, ours: &[J]) -> anyhow::Result<()> {
+/// netfilter checks name the same module. Its tracepoints plugin finds the
+/// same probes (the module's named by the module's name) and its ebpf
+/// plugin the same programs (name, tag, address).
+fn compare_with_volatility(
+    image: &Path,
+    out: &Path,
+    ours: &[J],
+    (tps, progs): &(Vec<J>, Vec<J>),
+) -> anyhow::Result<()> {
     let symbols = out.join("symbols");
     std::fs::create_dir_all(symbols.join("linux"))?;
     let isf = symbols.join("linux/guest.json.xz");
@@ -316,5 +444,39 @@ fn compare_with_volatility(image: &Path, out: &Path, ours: &[J]) -> anyhow::Resu
             "{plugin}: {rows:?}"
         );
     }
+    let theirs = vol_plugin(&symbols, image, out, "linux.tracing.tracepoints")?;
+    let probes = |rows: &[J], name: &str, addr: &str| -> BTreeSet<(String, u64)> {
+        rows.iter()
+            .map(|r| {
+                let a = r[addr].as_u64().unwrap() & MASK;
+                (r[name].as_str().unwrap().to_string(), a)
+            })
+            .collect()
+    };
+    assert_eq!(
+        probes(&theirs, "tracepoint", "Probe address"),
+        probes(tps, "tracepoint", "probe")
+    );
+    assert!(
+        theirs.iter().any(|r| r["Module"] == MODULE),
+        "Volatility names the module too: {theirs:?}"
+    );
+    let theirs = vol_plugin(&symbols, image, out, "linux.ebpf")?;
+    let programs =
+        |rows: &[J], name: &str, tag: &str, addr: &str| -> BTreeSet<(String, String, u64)> {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[name].as_str().unwrap().to_string(),
+                        r[tag].as_str().unwrap().to_string(),
+                        r[addr].as_u64().unwrap() & MASK,
+                    )
+                })
+                .collect()
+        };
+    assert_eq!(
+        programs(&theirs, "Name", "Tag", "Address"),
+        programs(progs, "name", "tag", "address")
+    );
     Ok(())
 }

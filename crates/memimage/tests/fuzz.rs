@@ -37,12 +37,16 @@ const MINI_ISF: &str = r#"{"metadata": {"format": "6.2.0"},
 /// Where `synth::integrity` keeps the objects of the newer checks
 /// (physical): init_task and the tasks, the PID namespace, its xarray
 /// nodes and pids, `prb` and its ring, descriptors, infos and data, the
-/// tty driver list, driver, slots, tty, line discipline and its ops, and
-/// `tcp4_seq_ops`.
+/// tty driver list, driver, slots, tty, line discipline and its ops,
+/// `tcp4_seq_ops`, the tracepoint table, tracepoints and probe arrays, and
+/// the eBPF IDRs, their nodes, the pack, programs, their aux (ksym, prog,
+/// name), the link and its tracepoint map.
 const OBJECTS: &[usize] = &[
     0x2_9000, 0x4_0000, 0x4_1000, 0x4_2000, 0x4_3000, 0x4_8000, 0x4_9000, 0x4_9400, 0x4_a000,
     0x5_0000, 0x5_0100, 0x5_1000, 0x5_2000, 0x5_3000, 0x6_0000, 0x6_0100, 0x6_0400, 0x6_1000,
-    0x6_2000, 0x6_2100, 0x7_0000,
+    0x6_2000, 0x6_2100, 0x7_0000, 0x8_0000, 0x8_0100, 0x8_0200, 0x8_0800, 0x8_0900, 0x8_0a00,
+    0x9_0000, 0x9_0400, 0x9_0800, 0x9_0c00, 0x9_1000, 0x9_2000, 0x9_5000, 0x9_5100, 0x9_5300,
+    0x9_6300, 0x9_7300, 0x9_8000, 0x9_8100,
 ];
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -241,9 +245,9 @@ proptest! {
 
     /// The integrity checks (module carving, sysfs and list walks, the
     /// dispatcher decoder, IDT, notifier chains, netfilter, task carving
-    /// and the PID table, the printk ring, seq and tty operations) on a
-    /// planted synthetic kernel whose data, text and module memory are
-    /// mutated.
+    /// and the PID table, the printk ring, seq and tty operations,
+    /// tracepoint tables and probes, eBPF programs and links) on a planted
+    /// synthetic kernel whose data, text and module memory are mutated.
     #[test]
     fn integrity_checks_on_mutated_kernels(plant_all in any::<bool>(), edits in proptest::collection::vec((0x2_0000usize..0x2_a000, any::<u8>()), 0..32), code in proptest::collection::vec(any::<u8>(), 0..0x100), words in proptest::collection::vec((0x30_0000usize..0x33_0000, any::<u64>()), 0..16), objects in proptest::collection::vec((proptest::sample::select(OBJECTS.to_vec()), 0usize..0x100, any::<u64>()), 0..16)) {
         use memimage::plugins::{Options, run_plugin};

@@ -40,6 +40,12 @@ pub const SYMBOL_TYPES: &[(&str, &str)] = &[
     ("pipefifo_fops", "file_operations"),
     ("tcp_hashinfo", "inet_hashinfo"),
     ("mod_tree", "mod_tree_root"),
+    // The eBPF walk's (Volatility's linux.ebpf reads prog_idr).
+    ("prog_idr", "idr"),
+    ("link_idr", "idr"),
+    ("map_idr", "idr"),
+    ("bpf_kallsyms", "list_head"),
+    ("pack_list", "list_head"),
     // What Volatility's integrity plugins read by symbol.
     ("module_kset", "*kset"),
     ("keyboard_notifier_list", "atomic_notifier_head"),
@@ -64,6 +70,11 @@ const LINKER_MARKS: &[&str] = &[
     "_einittext",
     "_end",
 ];
+
+/// The kernel's tracepoint table, `tracepoint_ptr_t[]`: BTF has the typedef
+/// (an `int` offset with `CONFIG_HAVE_ARCH_PREL32_RELOCATIONS`, else a
+/// pointer), and Volatility's linux.tracing.tracepoints reads the type.
+const TRACEPOINT_TABLE: &[&str] = &["__start___tracepoints_ptrs", "__stop___tracepoints_ptrs"];
 
 /// Arrays of structs whose length is a macro, not in BTF (`taint_flags`,
 /// which Volatility's lsmod reads). The count is `TAINT_FLAGS_COUNT` for
@@ -438,6 +449,12 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
         }
     }
     let struct_names = struct_names(btf);
+    let tracepoint_ptr = btf.iter().find_map(|(_, k)| match k {
+        Kind::Typedef { name, target } if *name == "tracepoint_ptr_t" => {
+            Some(conv.desc(*target, 0))
+        }
+        _ => None,
+    });
     let all_symbols = inputs.kallsyms.link_symbols();
     let mut addresses: Vec<u64> = all_symbols.iter().map(|(_, a)| *a).collect();
     addresses.sort_unstable();
@@ -468,6 +485,13 @@ pub(super) fn build(btf: &Btf<'_>, inputs: &Inputs<'_, '_>, sel: &Selection) -> 
             s.insert(
                 "type".into(),
                 json!({"kind": "array", "count": 0, "subtype": {"kind": "base", "name": "char"}}),
+            );
+        } else if TRACEPOINT_TABLE.contains(&name)
+            && let Some(elem) = &tracepoint_ptr
+        {
+            s.insert(
+                "type".into(),
+                json!({"kind": "array", "count": 0, "subtype": elem}),
             );
         } else if let Some((_, t)) = SYMBOL_TYPES.iter().find(|(n, _)| *n == name) {
             if let Some(target) = t.strip_prefix('*') {

@@ -115,7 +115,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
 ];
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v6";
+const CACHE_VERSION: &str = "v7";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -158,7 +158,13 @@ impl Selection {
     pub const INTEGRITY: Selection = Selection::Only {
         types: crate::plugins::INTEGRITY_TYPES,
         symbols: &[],
-        enums: &["mod_mem_type", "module_state"],
+        enums: &[
+            "mod_mem_type",
+            "module_state",
+            "bpf_prog_type",
+            "bpf_link_type",
+            "bpf_attach_type",
+        ],
         all_symbols: true,
     };
 

@@ -7,9 +7,15 @@
 //! replaces `kill` in the table and in the dispatcher, an IDT gate, a
 //! keyboard notifier and a netfilter hook; and, for the newer checks
 //! (`checks`), a hidden task, a tainting module and an oops in the log, a
-//! `tcp4_seq_ops` member and a terminal's `receive_buf`.
+//! `tcp4_seq_ops` member and a terminal's `receive_buf`; a probe on a
+//! tracepoint (`tracing`); an eBPF program calling `bpf_probe_write_user`
+//! and one hidden from `prog_idr` (`bpf`); code in module space that no
+//! module owns (`modspace`, which also maps module data NX).
 
+mod bpf;
 mod checks;
+mod modspace;
+mod tracing;
 pub use checks::{HIDDEN_COMM, HIDDEN_PID};
 
 use super::{SynthMemory, ty};
@@ -71,6 +77,10 @@ pub struct Plant {
     pub oops: bool,
     pub afinfo_hook: bool,
     pub tty_hook: bool,
+    pub tracepoint: bool,
+    pub bpf: bool,
+    pub bpf_hidden: bool,
+    pub orphan_code: bool,
 }
 
 impl Plant {
@@ -88,6 +98,10 @@ impl Plant {
             oops: true,
             afinfo_hook: true,
             tty_hook: true,
+            tracepoint: true,
+            bpf: true,
+            bpf_hidden: true,
+            orphan_code: true,
         }
     }
 }
@@ -99,6 +113,11 @@ pub struct IntegrityKernel {
 
 fn d(pa: u64) -> u64 {
     DIRECT + pa
+}
+
+/// An address in the hidden module's text.
+fn kit(off: u64) -> u64 {
+    MODULES + KIT_TEXT + off
 }
 
 fn isf(drop_symbol: Option<&str>) -> String {
@@ -115,12 +134,21 @@ fn isf(drop_symbol: Option<&str>) -> String {
     let mut types = json!({
         "list_head": ty(16, &[("next", 0, ptr("list_head")), ("prev", 8, ptr("list_head"))]),
         "module": ty(0x400, &[("list", 8, st("list_head")), ("name", 0x18, arr(56, base("char"))),
-            ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory")))]),
+            ("mkobj", 0x50, st("module_kobject")), ("mem", 0x100, arr(7, st("module_memory"))),
+            ("num_tracepoints", tracing::MODULE_NUM_TRACEPOINTS, u32t.clone()),
+            ("tracepoints_ptrs", tracing::MODULE_TRACEPOINTS_PTRS,
+                json!({"kind": "pointer", "subtype": i32t.clone()}))]),
         "module_memory": ty(0x38, &[("base", 0, vp.clone()), ("size", 8, u32t.clone())]),
         "module_kobject": ty(0x60, &[("kobj", 0, st("kobject")), ("mod", 0x40, ptr("module"))]),
         "kobject": ty(0x40, &[("name", 0, vp.clone()), ("entry", 8, st("list_head"))]),
         "kset": ty(0x60, &[("list", 0, st("list_head"))]),
-        "mod_tree_root": ty(0x40, &[("addr_min", 0x30, vp.clone()), ("addr_max", 0x38, vp.clone())]),
+        "mod_tree_root": ty(0x40, &[("root", 0, st("latch_tree_root")),
+            ("addr_min", 0x30, vp.clone()), ("addr_max", 0x38, vp.clone())]),
+        "latch_tree_root": ty(0x28, &[("tree", 8, arr(2, st("rb_root")))]),
+        "rb_root": ty(8, &[("rb_node", 0, ptr("rb_node"))]),
+        "rb_node": ty(0x18, &[("rb_right", 8, ptr("rb_node")), ("rb_left", 0x10, ptr("rb_node"))]),
+        "mod_tree_node": ty(0x38, &[("mod", 0, ptr("module")), ("node", 8, st("latch_tree_node"))]),
+        "latch_tree_node": ty(0x30, &[("node", 0, arr(2, st("rb_node")))]),
         "atomic_notifier_head": ty(0x10, &[("head", 8, ptr("notifier_block"))]),
         "notifier_block": ty(0x18, &[("notifier_call", 0, vp.clone()), ("next", 8, ptr("notifier_block")),
             ("priority", 0x10, i32t)]),
@@ -131,7 +159,8 @@ fn isf(drop_symbol: Option<&str>) -> String {
         "nf_hook_entries": ty(8, &[("num_hook_entries", 0, u16t), ("hooks", 8, arr(0, st("nf_hook_entry")))]),
         "nf_hook_entry": ty(16, &[("hook", 0, vp.clone()), ("priv", 8, vp.clone())]),
         "ftrace_ops": ty(0xb8, &[("func", 0, vp.clone()), ("next", 8, ptr("ftrace_ops")),
-            ("func_hash", 0x58, ptr("ftrace_ops_hash"))]),
+            ("func_hash", 0x58, ptr("ftrace_ops_hash")), ("trampoline", 0x90, vp.clone()),
+            ("trampoline_size", 0x98, base("long unsigned int"))]),
         "ftrace_ops_hash": ty(0x30, &[("filter_hash", 8, ptr("ftrace_hash"))]),
         "ftrace_hash": ty(0x30, &[("size_bits", 0, base("long unsigned int")), ("buckets", 8, vp.clone())]),
         "ftrace_func_entry": ty(0x20, &[("ip", 0x10, base("long unsigned int"))]),
@@ -140,6 +169,9 @@ fn isf(drop_symbol: Option<&str>) -> String {
     });
     if let Some(t) = types.as_object_mut() {
         checks::types(t);
+        tracing::types(t);
+        bpf::types(t);
+        modspace::types(t);
     }
     let mut symbols = serde_json::Map::new();
     let mut sym = |n: &str, a: u64| {
@@ -170,6 +202,9 @@ fn isf(drop_symbol: Option<&str>) -> String {
     sym("ftrace_list_end", d(FTRACE_END));
     sym("kprobe_table", d(KPROBES));
     checks::symbols(&mut sym);
+    tracing::symbols(&mut sym);
+    bpf::symbols(&mut sym);
+    modspace::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
         "base_types": super::base_types(),
@@ -202,6 +237,10 @@ fn dispatcher(cases: &[(u32, u64)], ni: u64) -> Vec<u8> {
     code
 }
 
+/// Where each synthetic module keeps its `mod_tree_node` (offset in its
+/// struct); the tree's rb_node for tree 0 is 8 bytes in.
+const MTN: u64 = 0x300;
+
 /// Writes a module: struct at `m` (module-space offset), one text region.
 fn module(mem: &mut SynthMemory, m: u64, name: &str, text: u64, list: (u64, u64)) {
     let pa = MODULES_PA + m;
@@ -213,6 +252,7 @@ fn module(mem: &mut SynthMemory, m: u64, name: &str, text: u64, list: (u64, u64)
     mem.write(pa + 0x108, &0x1000u32.to_le_bytes());
     mem.write_u64(pa + 0x100 + 0x38, MODULES + m - (m & 0xfff)); // data region
     mem.write(pa + 0x108 + 0x38, &0x1000u32.to_le_bytes());
+    mem.write_u64(pa + MTN, MODULES + m); // mod_tree_node.mod
 }
 
 /// Builds the kernel; `drop_symbol` leaves one symbol out of the profile.
@@ -223,11 +263,11 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     }
     m.map_range(TEXT, TEXT_PA, 0x1_0000);
     m.map_range(MODULES, MODULES_PA, 0x3_0000);
+    m.map_range(MODULES + bpf::JIT_PACK, MODULES_PA + bpf::JIT_PACK, 0x1000);
     let text = |off: u64| TEXT_PA + off;
     for h in [READ, WRITE, KILL, NI, EXC, NF_HOOK] {
         m.write(text(h), &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
     }
-    let kit = |off: u64| MODULES + KIT_TEXT + off;
     m.write(MODULES_PA + KIT_TEXT, &[0xc3; 0x200]);
     let kill_target = if plant.dispatch_hook {
         kit(0x10)
@@ -290,6 +330,12 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
         m.write_u64(pa, next);
         m.write_u64(pa + 8, prev);
     }
+    // mod_tree: the good module's node at the root, the hidden one's (a
+    // list_del leaves it there) its right child.
+    m.write_u64(MOD_TREE + 8, MODULES + GOOD + MTN + 8);
+    if plant.hidden_module {
+        m.write_u64(MODULES_PA + GOOD + MTN + 8 + 8, MODULES + KIT + MTN + 8);
+    }
     m.write_u64(MOD_TREE + 0x30, MODULES);
     m.write_u64(MOD_TREE + 0x38, MODULES + 0x3_0000);
     if plant.keyboard {
@@ -321,6 +367,9 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     };
     m.write_u64(FTRACE_LIST, first);
     checks::write(&mut m, &plant);
+    tracing::write(&mut m, &plant);
+    bpf::write(&mut m, &plant, d(tracing::TP_EXEC));
+    modspace::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,
         isf: isf(drop_symbol),

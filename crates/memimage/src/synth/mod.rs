@@ -217,6 +217,28 @@ impl SynthMemory {
         }
     }
 
+    /// Sets NX on the x86-64 page that maps `va` (a data page).
+    pub fn set_nx(&mut self, va: u64) {
+        let shifts: &[u32] = if self.five_level {
+            &[48, 39, 30, 21, 12]
+        } else {
+            &[39, 30, 21, 12]
+        };
+        let mut table = self.dtb;
+        for &shift in shifts {
+            let slot = table + ((va >> shift) & 0x1ff) * 8;
+            let e = self.read_u64(slot);
+            if e & 1 == 0 {
+                return;
+            }
+            if shift == 12 || e & 0x80 != 0 {
+                self.write_u64(slot, e | 1 << 63);
+                return;
+            }
+            table = e & 0x000f_ffff_ffff_f000;
+        }
+    }
+
     /// Maps a contiguous region with the smallest pages.
     pub fn map_range(&mut self, va: u64, pa: u64, len: u64) {
         let page = self.mode().page_size();

@@ -17,7 +17,7 @@ const SHOWN: usize = 64;
 const SHOWN_INSNS: usize = 8;
 
 /// The first instructions of `bytes` in the kernel's architecture.
-fn disassemble(k: &Kernel<'_, '_>, bytes: &[u8], ip: u64) -> String {
+pub(super) fn disassemble(k: &Kernel<'_, '_>, bytes: &[u8], ip: u64) -> String {
     if k.is_aarch64() {
         disassemble_a64(bytes)
     } else {

@@ -10,12 +10,16 @@
 //! by the module that holds it, whether the module list shows that module
 //! or only carving or sysfs found it.
 
+mod bpf;
+mod bpf_names;
 mod creds;
 mod dispatch;
+mod ebpf;
 mod entry;
 mod hooks;
 mod kmsg;
 mod malfind;
+mod modspace;
 mod modules;
 mod ops;
 mod psscan;
@@ -26,8 +30,12 @@ mod syscall_names;
 mod tests;
 #[cfg(test)]
 mod tests_checks;
+#[cfg(test)]
+mod tests_tracing;
+mod tracepoints;
 mod tracing;
 mod triage;
+mod xarray;
 
 pub(crate) use modules::Inventory;
 pub use triage::Verdict;
@@ -87,6 +95,9 @@ pub const CHECKS: &[&str] = &[
     "check_creds",
     "ftrace",
     "kprobes",
+    "tracepoints",
+    "ebpf",
+    "unowned_code",
     "psscan",
     "process_spoofing",
     "malfind",
@@ -105,6 +116,9 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("linux.malware.check_creds", "check_creds"),
     ("linux.malware.malfind", "malfind"),
     ("linux.tracing.ftrace", "ftrace"),
+    ("linux.tracing.tracepoints", "tracepoints"),
+    ("linux.ebpf.EBPF", "ebpf"),
+    ("linux.ebpf", "ebpf"),
     ("linux.malware.check_afinfo", "check_afinfo"),
     ("linux.malware.tty_check", "tty_check"),
     ("linux.kmsg", "kmsg"),
@@ -214,10 +228,12 @@ impl Owner {
     }
 }
 
-/// What every check shares: symbols and the module inventory.
+/// What every check shares: symbols, the module inventory and, read when
+/// a check first asks, the eBPF objects.
 pub(crate) struct Context<'k> {
     pub symbols: Result<Symbols<'k>, KernelError>,
     pub modules: Result<Inventory, KernelError>,
+    bpf: std::cell::OnceCell<Result<bpf::Bpf, KernelError>>,
 }
 
 impl<'k> Context<'k> {
@@ -225,7 +241,16 @@ impl<'k> Context<'k> {
         Context {
             symbols: Symbols::new(k),
             modules: Inventory::gather(k),
+            bpf: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The eBPF programs, links and JIT memory (read once).
+    pub(crate) fn bpf(&self, k: &Kernel<'_, '_>) -> Result<&bpf::Bpf, KernelError> {
+        self.bpf
+            .get_or_init(|| bpf::Bpf::gather(k, self.symbols.as_ref().ok()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     pub(crate) fn owner(&self, addr: u64) -> Owner {
@@ -298,6 +323,9 @@ pub(crate) fn run_check(
         "malfind" => malfind::check(k, cx),
         "ftrace" => tracing::ftrace(k, cx),
         "kprobes" => tracing::kprobes(k, cx),
+        "tracepoints" => tracepoints::check(k, cx),
+        "ebpf" => ebpf::check(k, cx),
+        "unowned_code" => modspace::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),
         "kmsg" => kmsg::check(k, cx),

@@ -1,6 +1,8 @@
-//! Module inventory from three views that a rootkit must fool separately:
-//! the `modules` list, the sysfs `module_kset`, and `struct module`s carved
-//! from module memory by their self-reference (`mkobj.mod == &module`, as
+//! Module inventory from four views that a rootkit must fool separately:
+//! the `modules` list, the sysfs `module_kset`, `mod_tree` (the latched
+//! rb-tree of module memory regions the kernel looks addresses up in,
+//! which `list_del` does not touch), and `struct module`s carved from
+//! module memory by their self-reference (`mkobj.mod == &module`, as
 //! Volatility 3's hidden_modules). `list_del` leaves the poison values in
 //! a hidden module's own list pointers: evidence of its own.
 
@@ -8,7 +10,7 @@ use super::{Context, Finding, Report, Severity};
 use crate::kernel::{Kernel, KernelError};
 use crate::plugins::memdump::for_each_mapped;
 use crate::plugins::tasks::walk_list;
-use crate::plugins::util::{lossy, ptr};
+use crate::plugins::util::{lossy, ptr, uint};
 use crate::plugins::{Row, Value};
 
 /// `LIST_POISON1`/`2` on x86-64 (POISON_POINTER_DELTA 0xdead000000000000).
@@ -16,6 +18,10 @@ const LIST_POISON1: u64 = 0xdead_0000_0000_0100;
 const LIST_POISON2: u64 = 0xdead_0000_0000_0122;
 /// Carving reads at most this much module memory.
 const MAX_CARVE_BYTES: u64 = 1 << 31;
+/// Nodes of `mod_tree` a walk visits at most (one per module region).
+const MAX_TREE_NODES: usize = 1 << 16;
+/// ITS thunk pages a module may have.
+const MAX_ITS_PAGES: u64 = 1024;
 /// Bounds on a believable module (Volatility's are of the same order).
 const MAX_TEXT: u64 = 64 << 20;
 const MAX_CORE: u64 = 128 << 20;
@@ -30,6 +36,8 @@ pub(crate) struct Module {
     pub text_size: u64,
     pub in_list: bool,
     pub in_sysfs: bool,
+    /// In `mod_tree`.
+    pub in_tree: bool,
     pub carved: bool,
     /// Its own list pointers hold `list_del`'s poison.
     pub poisoned: bool,
@@ -62,6 +70,16 @@ impl Inventory {
                 }
             }
             Err(e) => inv.not_checked.push(format!("sysfs module kset: {e}")),
+        }
+        match tree_modules(k) {
+            Ok(ms) => {
+                for m in ms {
+                    if let Some(module) = read_module(k, m)? {
+                        inv.add(module, |e| e.in_tree = true);
+                    }
+                }
+            }
+            Err(e) => inv.not_checked.push(format!("mod_tree: {e}")),
         }
         match carve(k) {
             Ok(ms) => {
@@ -107,11 +125,12 @@ fn read_module(k: &Kernel<'_, '_>, m: u64) -> Result<Option<Module>, KernelError
     }
     let end = memchr::memchr(0, &name).unwrap_or(name.len());
     name.truncate(end);
-    let (regions, text_size) = match regions(k, m) {
+    let (mut regions, text_size) = match regions(k, m) {
         Ok(r) => r,
         Err(KernelError::Memory { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
+    regions.extend(its_pages(k, m));
     let list = m.wrapping_add(p.offset("module", "list")?);
     let poisoned = k.vm.read_u64(list).ok() == Some(LIST_POISON1)
         && k.vm.read_u64(list.wrapping_add(8)).ok() == Some(LIST_POISON2);
@@ -122,6 +141,7 @@ fn read_module(k: &Kernel<'_, '_>, m: u64) -> Result<Option<Module>, KernelError
         text_size,
         in_list: false,
         in_sysfs: false,
+        in_tree: false,
         carved: false,
         poisoned,
     }))
@@ -180,6 +200,59 @@ fn regions(k: &Kernel<'_, '_>, m: u64) -> Result<(Vec<(u64, u64)>, u64), KernelE
         ));
     }
     Ok((out, text))
+}
+
+/// The module's ITS thunk pages (`its_page_array`, on CPUs affected by
+/// indirect target selection): executable module-space pages it owns
+/// outside its regions.
+fn its_pages(k: &Kernel<'_, '_>, m: u64) -> Vec<(u64, u64)> {
+    let n = uint(k, m, "module", "its_num_pages").unwrap_or(0);
+    let arr = ptr(k, m, "module", "its_page_array").unwrap_or(0);
+    if n == 0 || n > MAX_ITS_PAGES || arr == 0 {
+        return Vec::new();
+    }
+    (0..n)
+        .filter_map(|i| k.vm.read_u64(arr.wrapping_add(i * 8)).ok())
+        .filter(|&p| p != 0)
+        .map(|p| (p, p.saturating_add(0x1000)))
+        .collect()
+}
+
+/// Modules that `mod_tree` holds: its first tree (`root.tree[0]`, an
+/// rb-tree of `mod_tree_node`s, one per module memory region), each
+/// node's `mod`.
+fn tree_modules(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
+    let p = k.profile;
+    let root = k
+        .symbol("mod_tree")?
+        .wrapping_add(p.offset("mod_tree_root", "root")?)
+        .wrapping_add(p.offset("latch_tree_root", "tree")?)
+        .wrapping_add(p.offset("rb_root", "rb_node")?);
+    // rb_node[0] of a latch_tree_node is the first tree's.
+    let node_in_mtn = p.offset("mod_tree_node", "node")? + p.offset("latch_tree_node", "node")?;
+    let mod_off = p.offset("mod_tree_node", "mod")?;
+    let (left, right) = (
+        p.offset("rb_node", "rb_left")?,
+        p.offset("rb_node", "rb_right")?,
+    );
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![k.read_u64(root, || "mod_tree root".into())?];
+    while let Some(n) = stack.pop() {
+        if n == 0 || !seen.insert(n) || seen.len() > MAX_TREE_NODES {
+            continue;
+        }
+        let mtn = n.wrapping_sub(node_in_mtn);
+        let m = k.read_u64(mtn.wrapping_add(mod_off), || {
+            format!("mod_tree node {n:#x}")
+        })?;
+        if m != 0 && !out.contains(&m) {
+            out.push(m);
+        }
+        stack.push(k.read_u64(n.wrapping_add(left), || format!("mod_tree node {n:#x}"))?);
+        stack.push(k.read_u64(n.wrapping_add(right), || format!("mod_tree node {n:#x}"))?);
+    }
+    Ok(out)
 }
 
 /// Modules that sysfs lists: `module_kset->list` of `module_kobject`s whose
@@ -287,6 +360,7 @@ fn module_row(m: &Module) -> Row {
             ("text_end", Value::UInt(end)),
             ("in_list", Value::Str(m.in_list.to_string())),
             ("in_sysfs", Value::Str(m.in_sysfs.to_string())),
+            ("in_mod_tree", Value::Str(m.in_tree.to_string())),
             ("carved", Value::Str(m.carved.to_string())),
             ("list_poisoned", Value::Str(m.poisoned.to_string())),
         ],
@@ -297,6 +371,9 @@ fn hidden_finding(check: &'static str, m: &Module) -> Finding {
     let mut evidence = Vec::new();
     if m.in_sysfs {
         evidence.push("in /sys/module".to_string());
+    }
+    if m.in_tree {
+        evidence.push("in mod_tree".into());
     }
     if m.carved {
         evidence.push("struct module carved from module memory".into());
@@ -322,13 +399,16 @@ fn inventory_report<'c>(cx: &'c Context<'_>) -> Result<(&'c Inventory, Report), 
     Ok((inv, report))
 }
 
-/// hidden_modules: carved modules the list does not show.
+/// hidden_modules: modules carved or in `mod_tree` that the list does
+/// not show.
 pub(crate) fn hidden_modules(_k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
     let (inv, mut r) = inventory_report(cx)?;
-    r.not_checked.retain(|n| n.starts_with("carving"));
+    r.not_checked
+        .retain(|n| n.starts_with("carving") || n.starts_with("mod_tree"));
     let carved = inv.modules.iter().filter(|m| m.carved).count();
-    r.examined = format!("{carved} modules carved from module memory");
-    for m in inv.hidden().filter(|m| m.carved) {
+    let tree = inv.modules.iter().filter(|m| m.in_tree).count();
+    r.examined = format!("{carved} modules carved from module memory, {tree} in mod_tree");
+    for m in inv.hidden().filter(|m| m.carved || m.in_tree) {
         r.rows.push(module_row(m));
         r.findings.push(hidden_finding("hidden_modules", m));
     }

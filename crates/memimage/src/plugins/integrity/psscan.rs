@@ -16,7 +16,7 @@ use crate::format::{FormatError, PhysicalMemory};
 use crate::kernel::{Kernel, KernelError};
 use crate::memory::PagingMode;
 use crate::plugins::tasks::{is_live_task, processes, threads};
-use crate::plugins::util::{array_field, soft};
+use crate::plugins::util::soft;
 use crate::plugins::{Row, Value};
 use crate::profile::{Profile, ProfileError};
 use std::collections::{BTreeMap, HashSet};
@@ -35,9 +35,8 @@ const TASK_DEAD: u64 = 0x80;
 const TASK_NEW: u64 = 0x800;
 const LIST_POISON1: u64 = 0xdead_0000_0000_0100;
 const LIST_POISON2: u64 = 0xdead_0000_0000_0122;
-/// Bounds: candidates kept, PID table nodes and tasks per `struct pid`.
+/// Bounds: candidates kept and tasks per `struct pid`.
 const MAX_HITS: usize = 1 << 20;
-const MAX_NODES: usize = 1 << 16;
 const MAX_PID_TASKS: usize = 64;
 
 /// Physical addresses of the 8-byte-aligned words equal to one of
@@ -263,36 +262,11 @@ fn pid_table(k: &Kernel<'_, '_>) -> Result<HashSet<u64>, KernelError> {
         .wrapping_add(p.offset("pid_namespace", "idr")?)
         .wrapping_add(p.offset("idr", "idr_rt")?)
         .wrapping_add(p.offset("xarray", "xa_head")?);
-    let head = k.read_u64(head_at, || "init_pid_ns.idr".into())?;
-    let (slots_off, nslots) = array_field(k, "xa_node", "slots")?;
+    let pids = super::xarray::entries(k, head_at, "init_pid_ns.idr")?;
     let pid_tasks = p.offset("pid", "tasks")?;
     let links = p.offset("task_struct", "pid_links")?;
-    let mut pids = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stack = vec![head];
-    while let Some(entry) = stack.pop() {
-        if entry == 0 || !seen.insert(entry) || seen.len() > MAX_NODES {
-            continue;
-        }
-        match entry & 3 {
-            0 => pids.push(entry),
-            // Internal entries above 4096 are nodes; below, retry,
-            // zero (a pid being allocated) and sibling markers.
-            2 if entry > 4096 => {
-                let node = entry - 2;
-                let mut slots = vec![0u8; usize::try_from(nslots.min(256) * 8).unwrap_or(0)];
-                k.read(node.wrapping_add(slots_off), &mut slots, || {
-                    format!("PID table node {node:#x}")
-                })?;
-                for s in slots.chunks_exact(8) {
-                    stack.push(u64::from_le_bytes(s.try_into().unwrap_or([0; 8])));
-                }
-            }
-            _ => {}
-        }
-    }
     let mut out = HashSet::new();
-    for pid in pids {
+    for (_, pid) in pids {
         let mut node = k.vm.read_u64(pid.wrapping_add(pid_tasks)).unwrap_or(0);
         let mut n = 0;
         while node != 0 && n < MAX_PID_TASKS {

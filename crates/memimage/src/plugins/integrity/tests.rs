@@ -74,6 +74,10 @@ fn every_planted_item_is_found_and_named() {
     assert!(found("keyboard_notifiers", "keyboard"), "{rows:#?}");
     assert!(found("netfilter", "ipv4 hook 4"), "{rows:#?}");
     assert!(found("ftrace", "ftrace hook"), "{rows:#?}");
+    assert!(
+        found("tracepoints", "tracepoint sched_process_exec"),
+        "{rows:#?}"
+    );
     assert!(found("check_afinfo", "tcp4_seq_ops.show"), "{rows:#?}");
     assert!(found("tty_check", "ttyS0"), "{rows:#?}");
     assert!(found("kmsg", "tainted the kernel"), "{rows:#?}");
@@ -91,15 +95,40 @@ fn every_planted_item_is_found_and_named() {
         "{rows:#?}"
     );
     assert!(named("kmsg", "the kernel oopsed", "kernel"), "{rows:#?}");
+    let no_holder = "no process holds it open (kept by its attachment or a pin)";
+    assert!(
+        named(
+            "ebpf",
+            "eBPF program 2 (kit_rawtp, raw_tracepoint) calls bpf_probe_write_user",
+            no_holder
+        ),
+        "{rows:#?}"
+    );
+    assert!(
+        named(
+            "ebpf",
+            "eBPF program 3 (kit_hidden, kprobe) is hidden from the program list",
+            no_holder
+        ),
+        "{rows:#?}"
+    );
     // Nothing else: exactly one finding per planted item (the syscall
     // check two); those in code owned by the hidden module.
     let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
-    assert_eq!(findings.len(), 13, "{findings:#?}");
+    assert!(
+        named(
+            "unowned_code",
+            "executable memory in module space that no module owns (1 pages)",
+            "unknown (no module owns it)"
+        ),
+        "{rows:#?}"
+    );
+    assert_eq!(findings.len(), 17, "{findings:#?}");
     let by_module = findings
         .iter()
-        .filter(|(c, _, _, _)| !["psscan", "kmsg"].contains(&c.as_str()));
+        .filter(|(c, _, _, _)| !["psscan", "kmsg", "ebpf", "unowned_code"].contains(&c.as_str()));
     assert!(by_module.clone().all(|(_, _, _, o)| *o == owner));
-    assert_eq!(by_module.count(), 10);
+    assert_eq!(by_module.count(), 11);
 }
 
 #[test]
@@ -161,14 +190,27 @@ fn each_plant_alone_is_found_by_its_check() {
                 ..Plant::default()
             },
         ),
+        (
+            "tracepoints",
+            Plant {
+                tracepoint: true,
+                ..Plant::default()
+            },
+        ),
     ];
     for (check, plant) in single {
         let rows = triage(plant, None);
-        let findings: Vec<_> = rows.iter().filter(|(_, r, _, _)| r == "finding").collect();
+        // The hook, and the code it reaches: in module space, no module's.
+        let (code, findings): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .filter(|(_, r, _, _)| r == "finding")
+            .partition(|(c, _, _, _)| c == "unowned_code");
         assert_eq!(findings.len(), 1, "{plant:?}: {findings:#?}");
         assert_eq!(findings[0].0, check);
+        assert_eq!(code.len(), 1, "{plant:?}: {code:#?}");
         // Without the module in any view, nobody owns the code.
         assert!(findings[0].3.starts_with("unknown"), "{findings:#?}");
+        assert!(code[0].3.starts_with("unknown"), "{code:#?}");
     }
 }
 
@@ -198,6 +240,8 @@ fn missing_symbols_are_not_checked() {
         ("_stext", "check_syscall"),
         ("ftrace_ops_list", "ftrace"),
         ("kprobe_table", "kprobes"),
+        ("__start___tracepoints_ptrs", "tracepoints"),
+        ("prog_idr", "ebpf"),
         ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),
