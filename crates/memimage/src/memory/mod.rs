@@ -10,7 +10,9 @@
 mod paging;
 mod virt;
 
-pub use paging::{Aarch64Paging, Granule, PagingMode, Translation, translate};
+pub use paging::{
+    Aarch64Paging, Granule, Leaf, PagingMode, Translation, executable_leaves, translate,
+};
 pub use virt::VirtualMemory;
 
 use crate::format::FormatError;

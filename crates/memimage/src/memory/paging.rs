@@ -359,3 +359,84 @@ pub fn translate(
         span: mode.page_size(),
     })
 }
+
+/// A present leaf mapping met by [`executable_leaves`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub va: u64,
+    /// Bytes the leaf maps (a page or a block).
+    pub size: u64,
+}
+
+/// Present leaves of the tables rooted at `dtb` that overlap `[start, end)`
+/// and that the kernel may execute: no NX at any level on x86-64; no PXN on
+/// the leaf and no PXNTable above it on AArch64. At most `max` leaves;
+/// tables absent from the image are counted in `unread`.
+pub fn executable_leaves(
+    phys: &PhysicalMemory<'_>,
+    mode: PagingMode,
+    dtb: u64,
+    start: u64,
+    end: u64,
+    max: usize,
+    unread: &mut usize,
+) -> Vec<Leaf> {
+    let geometry = mode.geometry();
+    let levels = geometry.levels();
+    let root = match mode {
+        PagingMode::Aarch64(_) => dtb & 0x000f_ffff_ffff_fff8,
+        _ => dtb & X86_ADDR,
+    };
+    let mut out = Vec::new();
+    // (table, level, first address the table maps, execution barred above)
+    // The top table's entries of the upper half carry the bits above
+    // va_bits (all ones); the lower half's none.
+    let top_base = if start >= mode.upper_half() {
+        !0u64 << mode.va_bits().min(63)
+    } else {
+        0
+    };
+    let mut stack = vec![(root, 0usize, top_base, false)];
+    while let Some((table, depth, base, barred)) = stack.pop() {
+        let Some(level) = levels.get(depth) else {
+            continue;
+        };
+        let span = 1u64 << level.shift;
+        let last = depth + 1 == levels.len();
+        for i in 0..(1u64 << level.bits) {
+            let lo = base | (i << level.shift);
+            if lo.wrapping_add(span - 1) < start || lo >= end || out.len() >= max {
+                continue;
+            }
+            let Ok(e) = phys.read_u64(table + i * 8) else {
+                *unread += 1;
+                break;
+            };
+            let barred = barred || exec_barred(mode, e, last);
+            match mode.decode(e, level, last) {
+                Entry::Invalid => {}
+                Entry::Leaf(_) if !barred => out.push(Leaf { va: lo, size: span }),
+                Entry::Leaf(_) => {}
+                Entry::Table(next) => stack.push((next, depth + 1, lo, barred)),
+            }
+        }
+    }
+    out.sort_unstable_by_key(|l| l.va);
+    out
+}
+
+/// Whether an entry bars kernel execution of what it maps.
+fn exec_barred(mode: PagingMode, entry: u64, last: bool) -> bool {
+    match mode {
+        PagingMode::Aarch64(_) => {
+            let table = !last && entry & 2 != 0;
+            // PXNTable (bit 59) in a table descriptor, PXN (bit 53) in a leaf.
+            if table {
+                entry & (1 << 59) != 0
+            } else {
+                entry & (1 << 53) != 0
+            }
+        }
+        _ => entry & (1 << 63) != 0,
+    }
+}

@@ -206,3 +206,130 @@ fn leaf_slot(m: &SynthMemory, mode: PagingMode, va: u64) -> u64 {
     }
     table + ((va >> 12) & 0x1ff) * 8
 }
+
+/// Executable leaves: what a kernel may run, per architecture's bits (NX at
+/// any level; PXN on a leaf, PXNTable above it), limited to a range.
+#[test]
+fn executable_leaves_follow_each_architectures_bits() {
+    use super::{Aarch64Paging, Granule, Leaf, executable_leaves};
+    // x86-64: one executable page, one NX page, one under an NX table.
+    let mut m = SynthMemory::new(0x40_0000, 0x40_0000, false);
+    let base = 0xffff_ffff_c000_0000u64;
+    m.map(base, 0x1000, 0x1000);
+    m.map(base + 0x1000, 0x2000, 0x1000);
+    m.map(base + 0x20_0000, 0x3000, 0x1000);
+    let leaf = |m: &SynthMemory, va: u64| {
+        let mut t = m.dtb;
+        for shift in [39, 30, 21] {
+            t = m.read_u64(t + ((va >> shift) & 0x1ff) * 8) & 0x000f_ffff_ffff_f000;
+        }
+        t + ((va >> 12) & 0x1ff) * 8
+    };
+    let slot = leaf(&m, base + 0x1000);
+    m.write_u64(slot, m.read_u64(slot) | 1 << 63);
+    let pd = {
+        let mut t = m.dtb;
+        for shift in [39, 30] {
+            t = m.read_u64(t + ((base >> shift) & 0x1ff) * 8) & 0x000f_ffff_ffff_f000;
+        }
+        t + (((base + 0x20_0000) >> 21) & 0x1ff) * 8
+    };
+    m.write_u64(pd, m.read_u64(pd) | 1 << 63);
+    let img = lime_image(&[(0, &m.bytes)]);
+    let pm = PhysicalMemory::parse(&img).unwrap();
+    let mut unread = 0;
+    let got = executable_leaves(
+        &pm,
+        m.mode(),
+        m.dtb,
+        base,
+        base + 0x3000_0000,
+        100,
+        &mut unread,
+    );
+    assert_eq!(
+        got,
+        [Leaf {
+            va: base,
+            size: 0x1000
+        }]
+    );
+    assert_eq!(unread, 0);
+    // Outside the range: nothing.
+    assert!(
+        executable_leaves(
+            &pm,
+            m.mode(),
+            m.dtb,
+            base + 0x1000,
+            base + 0x2000,
+            100,
+            &mut unread
+        )
+        .is_empty()
+    );
+
+    // AArch64, 4 KiB / 48 bits: a page, a PXN page, a 2 MiB block.
+    let paging = Aarch64Paging {
+        granule: Granule::K4,
+        va_bits: 48,
+    };
+    let mut a = SynthMemory::new_aarch64(0x80_0000, 0x80_0000, paging);
+    let kbase = 0xffff_8000_8000_0000u64;
+    a.map(kbase, 0x1000, 0x1000);
+    a.map(kbase + 0x1000, 0x2000, 0x1000);
+    a.map(kbase + 0x40_0000, 0x40_0000, 0x20_0000);
+    let slot = leaf(&a, kbase + 0x1000);
+    a.write_u64(slot, a.read_u64(slot) | 1 << 53);
+    let img = lime_image(&[(0, &a.bytes)]);
+    let pm = PhysicalMemory::parse(&img).unwrap();
+    let got = executable_leaves(
+        &pm,
+        a.mode(),
+        a.dtb,
+        kbase,
+        kbase + 0x8000_0000,
+        100,
+        &mut unread,
+    );
+    assert_eq!(
+        got,
+        [
+            Leaf {
+                va: kbase,
+                size: 0x1000
+            },
+            Leaf {
+                va: kbase + 0x40_0000,
+                size: 0x20_0000
+            }
+        ]
+    );
+    // PXNTable on the table above the page bars it too.
+    let pmd = {
+        let mut t = a.dtb;
+        for shift in [39, 30] {
+            t = a.read_u64(t + ((kbase >> shift) & 0x1ff) * 8) & 0x0000_ffff_ffff_f000;
+        }
+        t + ((kbase >> 21) & 0x1ff) * 8
+    };
+    a.write_u64(pmd, a.read_u64(pmd) | 1 << 59);
+    let img = lime_image(&[(0, &a.bytes)]);
+    let pm = PhysicalMemory::parse(&img).unwrap();
+    let got = executable_leaves(
+        &pm,
+        a.mode(),
+        a.dtb,
+        kbase,
+        kbase + 0x8000_0000,
+        100,
+        &mut unread,
+    );
+    assert_eq!(
+        got,
+        [Leaf {
+            va: kbase + 0x40_0000,
+            size: 0x20_0000
+        }]
+    );
+}

@@ -1,12 +1,14 @@
 //! unowned_code: executable memory in module space that nothing known
 //! owns. A rootkit that frees or wipes its `struct module` (or never had
 //! one: code copied in by an exploit) still needs its code mapped
-//! executable somewhere the kernel can call, and on x86-64 that is module
-//! space (`MODULES_VADDR`..`MODULES_END`), where every allocation of
-//! executable kernel memory goes.
+//! executable somewhere the kernel can call, and that is module space,
+//! where every allocation of executable kernel memory goes: on x86-64
+//! `MODULES_VADDR`..`MODULES_END`; on arm64 the 2 GiB window around the
+//! kernel image that modules must sit in to reach it.
 //!
 //! The kernel's page tables over that range give every present page that
-//! is executable (no NX bit at any level). Each is owned by a module (its
+//! is executable (`memory::executable_leaves`: no NX at any level; no PXN
+//! or PXNTable). Each is owned by a module (its
 //! regions from the list, sysfs, `mod_tree` or carving, and its ITS thunk
 //! pages), by the BPF JIT (a program's image from `bpf_kallsyms`, which
 //! also names trampolines and dispatchers, a `bpf_prog_pack`, or a
@@ -19,7 +21,7 @@
 
 use super::{Context, Finding, Owner, Report, Severity};
 use crate::kernel::{Kernel, KernelError};
-use crate::memory::PagingMode;
+use crate::memory::executable_leaves;
 use crate::plugins::tasks::walk_list;
 use crate::plugins::util::ptr;
 use crate::plugins::{Row, Value};
@@ -29,8 +31,8 @@ use crate::plugins::{Row, Value};
 /// fixed below the fixmap.
 const MODULES_VADDR_512M: u64 = 0xffff_ffff_a000_0000;
 const MODULES_END: u64 = 0xffff_ffff_ff00_0000;
-const X86_ADDR: u64 = 0x000f_ffff_ffff_f000;
-const NX: u64 = 1 << 63;
+/// arm64's module window: the reach of a branch through a PLT.
+const ARM64_WINDOW: u64 = 2 << 30;
 /// Executable pages looked at, at most (1 GiB of 4 KiB pages).
 const MAX_PAGES: usize = 1 << 18;
 /// Bytes of a trampoline compared with the code it is copied from.
@@ -60,58 +62,6 @@ impl Holder {
             Holder::Unknown => "unknown (no module owns it)".into(),
         }
     }
-}
-
-/// Present, executable leaf mappings `(va, size)` of the kernel's page
-/// tables within `[start, end)` (x86-64). Tables missing from the image
-/// are counted in `unread`.
-fn exec_leaves(k: &Kernel<'_, '_>, start: u64, end: u64, unread: &mut usize) -> Vec<(u64, u64)> {
-    let shifts: &[u32] = match k.mode {
-        PagingMode::Level5 => &[48, 39, 30, 21, 12],
-        _ => &[39, 30, 21, 12],
-    };
-    let mut out = Vec::new();
-    // (table, level, first va the table maps, NX above)
-    let mut stack = vec![(k.dtb & X86_ADDR, 0usize, 0u64, false)];
-    while let Some((table, level, base, nx_above)) = stack.pop() {
-        let Some(&shift) = shifts.get(level) else {
-            continue;
-        };
-        let span = 1u64 << shift;
-        let top = shifts.len() == level + 1;
-        let mut entries = [0u8; 4096];
-        if k.phys.read(table, &mut entries).is_err() {
-            *unread += 1;
-            continue;
-        }
-        for (i, raw) in (0u64..).zip(entries.chunks_exact(8)) {
-            let lo = if level == 0 && i >= 256 {
-                // The upper half is sign-extended.
-                (i << shift) | !((1u64 << (shift + 9)) - 1)
-            } else {
-                base | (i << shift)
-            };
-            let last = lo + (span - 1);
-            if last < start || lo >= end || out.len() >= MAX_PAGES {
-                continue;
-            }
-            let e = u64::from_le_bytes(raw.try_into().unwrap_or([0; 8]));
-            if e & 1 == 0 {
-                continue;
-            }
-            let nx = nx_above || e & NX != 0;
-            let large = (shift == 30 || shift == 21) && e & 0x80 != 0;
-            if top || large {
-                if !nx {
-                    out.push((lo, span));
-                }
-            } else {
-                stack.push((e & X86_ADDR, level + 1, lo, nx));
-            }
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// Code the kernel copies into module space: the first bytes of
@@ -268,21 +218,34 @@ fn holder(
     }
 }
 
-pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
-    if k.is_aarch64() {
-        return Ok(Report {
-            not_checked: vec![
-                "executable memory in arm64 module space: not walked yet (x86-64 only)".into(),
-            ],
-            examined: "module space".into(),
-            ..Report::default()
-        });
-    }
+/// Where modules (and BPF images, kprobe slots, trampolines) live: on
+/// x86-64 between the kernel image area and the fixmap; on arm64 a 2 GiB
+/// window that holds the kernel image (random with KASLR, below the image
+/// without), so the 2 GiB on each side of the image, less the image.
+fn module_space(k: &Kernel<'_, '_>) -> Result<Vec<(u64, u64)>, KernelError> {
     let image_end = k.symbol("_end").or_else(|_| k.symbol("_etext"))?;
+    if k.is_aarch64() {
+        let text = k.symbol("_text")?;
+        let upper = k.mode.upper_half();
+        return Ok(vec![
+            (image_end.saturating_sub(ARM64_WINDOW).max(upper), text),
+            (image_end, text.saturating_add(ARM64_WINDOW)),
+        ]);
+    }
     let start = MODULES_VADDR_512M.max(image_end.next_multiple_of(1 << 21));
+    Ok(vec![(start, MODULES_END)])
+}
+
+pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
     let mut r = Report::default();
     let mut unread = 0usize;
-    let leaves = exec_leaves(k, start, MODULES_END, &mut unread);
+    let mut leaves = Vec::new();
+    for (start, end) in module_space(k)? {
+        for leaf in executable_leaves(k.phys, k.mode, k.dtb, start, end, MAX_PAGES, &mut unread) {
+            let from = leaf.va.max(start);
+            leaves.push((from, leaf.va.saturating_add(leaf.size).min(end)));
+        }
+    }
     if unread > 0 {
         r.not_checked.push(format!(
             "{unread} page tables over module space are not in the image"
@@ -293,9 +256,9 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     // Runs of pages with one holder.
     let mut runs: Vec<(u64, u64, Holder)> = Vec::new();
     let mut pages = 0usize;
-    for (va, size) in leaves {
-        let mut at = va.max(start);
-        while at < va.saturating_add(size).min(MODULES_END) && pages < MAX_PAGES {
+    for (from, to) in leaves {
+        let mut at = from;
+        while at < to && pages < MAX_PAGES {
             pages += 1;
             let h = holder(k, at, &owners, &prefixes);
             match runs.last_mut() {
