@@ -81,6 +81,9 @@ pub struct Plant {
     pub bpf: bool,
     pub bpf_hidden: bool,
     pub orphan_code: bool,
+    /// kill's ftrace site calls the trampoline of the kit's ftrace ops
+    /// (needs `ftrace`): an ftrace hook, as ftrace-based rootkits make.
+    pub traced_entry: bool,
 }
 
 impl Plant {
@@ -102,6 +105,7 @@ impl Plant {
             bpf: true,
             bpf_hidden: true,
             orphan_code: true,
+            traced_entry: false,
         }
     }
 }
@@ -269,6 +273,13 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
         m.write(text(h), &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3]);
     }
     m.write(MODULES_PA + KIT_TEXT, &[0xc3; 0x200]);
+    if plant.traced_entry {
+        // kill's ftrace site calls the trampoline page.
+        let rel = (MODULES + modspace::KIT_TRAMPOLINE).wrapping_sub(TEXT + KILL + 5) as u32;
+        let mut call = vec![0xe8];
+        call.extend_from_slice(&rel.to_le_bytes());
+        m.write(text(KILL), &call);
+    }
     let kill_target = if plant.dispatch_hook {
         kit(0x10)
     } else {
@@ -361,6 +372,11 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     let first = if plant.ftrace {
         m.write_u64(MODULES_PA + KIT_FTRACE_OPS, kit(0x60));
         m.write_u64(MODULES_PA + KIT_FTRACE_OPS + 8, d(FTRACE_END));
+        if plant.traced_entry {
+            let trampoline = MODULES + modspace::KIT_TRAMPOLINE;
+            m.write_u64(MODULES_PA + KIT_FTRACE_OPS + 0x90, trampoline);
+            m.write_u64(MODULES_PA + KIT_FTRACE_OPS + 0x98, 0x100);
+        }
         MODULES + KIT_FTRACE_OPS
     } else {
         d(FTRACE_END)

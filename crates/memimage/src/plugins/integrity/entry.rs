@@ -3,7 +3,7 @@
 //! starts with its ftrace site: a NOP, or a call to ftrace's own caller.
 //! A jump there, or a call to anything else, is how inline hooks are made.
 
-use super::{Context, Finding, Report, Severity, Symbols};
+use super::{Context, Finding, Owner, Report, Severity, Symbols};
 use crate::kernel::Kernel;
 
 /// Checks the entry of the function at `h`.
@@ -47,6 +47,9 @@ pub(super) fn check(
     if t.kind == Kind::Call && ftrace {
         return;
     }
+    if t.kind == Kind::Call && traced(k, cx, syms, h, &t, r) {
+        return;
+    }
     let owner = cx.owner(t.target);
     r.findings.push(Finding {
         severity: match t.kind {
@@ -64,6 +67,56 @@ pub(super) fn check(
         ),
         owner: owner.describe(),
     });
+}
+
+/// A site that calls a registered ftrace ops' trampoline or a BPF image
+/// is traced, not patched: judged by who the tracer is. Returns whether
+/// the call was such a one (and any finding is made).
+fn traced(
+    k: &Kernel<'_, '_>,
+    cx: &Context<'_>,
+    syms: &Symbols<'_>,
+    h: u64,
+    t: &Transfer,
+    r: &mut Report,
+) -> bool {
+    if let Some((ops, callback)) = super::modspace::ftrace_ops_at(k, t.target) {
+        let owner = cx.owner(callback);
+        // A kernel tracer's trampoline (function tracer, kprobes, perf).
+        if owner.is_kernel() {
+            return true;
+        }
+        r.findings.push(Finding {
+            severity: match owner {
+                Owner::Module { hidden: false, .. } => Severity::Medium,
+                _ => Severity::High,
+            },
+            check: "check_syscall",
+            what: format!("ftrace hook on the entry of {}", syms.text(h)),
+            evidence: format!(
+                "the ftrace site at {:#x} calls the trampoline {:#x} of ftrace_ops {ops:#x}, whose callback is {callback:#x} ({})",
+                t.site,
+                t.target,
+                syms.text(callback)
+            ),
+            owner: owner.describe(),
+        });
+        return true;
+    }
+    if let Some(name) = super::modspace::bpf_image_at(k, cx, t.target) {
+        r.findings.push(Finding {
+            severity: Severity::Medium,
+            check: "check_syscall",
+            what: format!("BPF program attached to the entry of {}", syms.text(h)),
+            evidence: format!(
+                "the ftrace site at {:#x} calls {:#x} ({name})",
+                t.site, t.target
+            ),
+            owner: format!("BPF: {name}"),
+        });
+        return true;
+    }
+    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

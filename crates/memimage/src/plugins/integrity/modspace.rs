@@ -147,7 +147,7 @@ fn owned(k: &Kernel<'_, '_>, cx: &Context<'_>, r: &mut Report) -> Vec<(u64, u64,
         }
         Err(e) => r.not_checked.push(format!("BPF JIT memory: {e}")),
     }
-    for (s, e) in ftrace_trampolines(k) {
+    for (s, e, _) in ftrace_trampolines(k) {
         out.push((s, e, Holder::Ftrace));
     }
     for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
@@ -174,7 +174,8 @@ const MAX_OPS: usize = 1 << 12;
 
 /// `[trampoline, trampoline + trampoline_size)` of every ops on
 /// `ftrace_ops_list` and of the kernel's own static ops.
-fn ftrace_trampolines(k: &Kernel<'_, '_>) -> Vec<(u64, u64)> {
+/// Every trampoline an ftrace ops holds: `(start, end, ops)`.
+fn ftrace_trampolines(k: &Kernel<'_, '_>) -> Vec<(u64, u64, u64)> {
     let mut ops: Vec<u64> = STATIC_OPS.iter().filter_map(|n| k.symbol(n).ok()).collect();
     if let (Ok(list), Ok(end)) = (k.symbol("ftrace_ops_list"), k.symbol("ftrace_list_end")) {
         let mut at = k.vm.read_u64(list).unwrap_or(0);
@@ -187,9 +188,28 @@ fn ftrace_trampolines(k: &Kernel<'_, '_>) -> Vec<(u64, u64)> {
         .filter_map(|&o| {
             let t = ptr(k, o, "ftrace_ops", "trampoline").ok()?;
             let size = crate::plugins::util::uint(k, o, "ftrace_ops", "trampoline_size").ok()?;
-            (t != 0 && size > 0 && size <= 0x10_0000).then(|| (t, t + size))
+            (t != 0 && size > 0 && size <= 0x10_0000).then(|| (t, t + size, o))
         })
         .collect()
+}
+
+/// The ftrace ops whose trampoline holds `addr`, and the ops' callback:
+/// who a traced function's ftrace site really calls.
+pub(super) fn ftrace_ops_at(k: &Kernel<'_, '_>, addr: u64) -> Option<(u64, u64)> {
+    let (_, _, ops) = ftrace_trampolines(k)
+        .into_iter()
+        .find(|&(s, e, _)| addr >= s && addr < e)?;
+    Some((ops, ptr(k, ops, "ftrace_ops", "func").ok()?))
+}
+
+/// The BPF image (a program, trampoline or dispatcher on `bpf_kallsyms`)
+/// that holds `addr`, by name.
+pub(super) fn bpf_image_at(k: &Kernel<'_, '_>, cx: &Context<'_>, addr: u64) -> Option<String> {
+    let b = cx.bpf(k).ok()?;
+    b.ksyms
+        .iter()
+        .find(|(s, e, _)| addr >= *s && addr < *e)
+        .map(|(_, _, n)| n.clone())
 }
 
 /// The holder of the page at `va`: an owner whose memory it touches, else

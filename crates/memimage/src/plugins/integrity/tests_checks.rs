@@ -333,3 +333,51 @@ fn spoofing_accepts_scripts_symlinks_and_multi_call_binaries() {
     ));
     assert!(!consistent("", "bash", &a(&["bash"])));
 }
+
+/// An ftrace hook: kill's ftrace site calls the trampoline of the kit's
+/// ftrace ops. check_syscall names it by the ops' callback, whose owner is
+/// the hidden module, rather than as a call to code nothing owns.
+#[test]
+fn a_traced_handler_is_named_by_its_ftrace_ops_callback() {
+    let plant = Plant {
+        ftrace: true,
+        traced_entry: true,
+        hidden_module: true,
+        ..Plant::default()
+    };
+    with_kernel(plant, None, |k| {
+        let all = rows(k, "triage");
+        let found: Vec<_> = all
+            .iter()
+            .filter(|r| s(r, "check") == "check_syscall" && s(r, "result") == "finding")
+            .collect();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            s(found[0], "what").contains("ftrace hook on the entry of __x64_sys_kill"),
+            "{found:#?}"
+        );
+        assert!(s(found[0], "evidence").contains("trampoline"), "{found:#?}");
+        assert_eq!(s(found[0], "owner"), "hidden module mshot_testkit");
+        assert_eq!(s(found[0], "severity"), "high");
+    });
+    // The same site with the ops' trampoline unknown: a call into module
+    // space that only the owner rule can name.
+    let plant = Plant {
+        traced_entry: true,
+        hidden_module: true,
+        ..Plant::default()
+    };
+    with_kernel(plant, None, |k| {
+        let all = rows(k, "triage");
+        let found: Vec<_> = all
+            .iter()
+            .filter(|r| s(r, "check") == "check_syscall" && s(r, "result") == "finding")
+            .collect();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            s(found[0], "what").contains("inline hook at the entry of __x64_sys_kill"),
+            "{found:#?}"
+        );
+        assert_eq!(s(found[0], "owner"), "unknown (no module owns it)");
+    });
+}

@@ -25,6 +25,8 @@ const SLOTS: u64 = 0x2_a000;
 const FILL: u64 = 0x2_b000;
 const OPS_TRAMPOLINE: u64 = 0x2_c000;
 pub const ORPHAN: u64 = 0x2_8000;
+/// The kit's ftrace ops' trampoline (`Plant::traced_entry`).
+pub const KIT_TRAMPOLINE: u64 = 0x2_d000;
 /// How module space is mapped (`build` maps 0..0x3_0000).
 const MAPPED: u64 = 0x3_0000;
 
@@ -107,6 +109,10 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
     }
     if plant.orphan_code {
         exec.push(ORPHAN);
+    }
+    if plant.traced_entry {
+        m.write(at(KIT_TRAMPOLINE), &[0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3]);
+        exec.push(KIT_TRAMPOLINE);
     }
     for off in (0..MAPPED).step_by(0x1000) {
         if !exec.contains(&off) {
