@@ -81,6 +81,9 @@ fn fixture() -> Option<(PathBuf, PathBuf)> {
         return None;
     }
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("analyze-cli-fixture.lime");
+    // Tests of one process unpack once (threads share the pid in the name).
+    static UNPACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
     if std::fs::metadata(&out).map(|m| m.len()).ok() != Some(536_341_568) {
         let tmp = out.with_extension(format!("part{}", std::process::id()));
         let st = Command::new("zstd")
