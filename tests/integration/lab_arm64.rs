@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value as J;
 
-use crate::lab_guest::{Boot, Setup};
+use crate::lab_guest::{Boot, Setup, analyze_json};
 use crate::support::{HttpServer, Need, prereq};
 
 /// This file's guest ports.
@@ -267,16 +267,8 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
             .output()?;
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         for plugin in ["pslist", "lsmod", "netstat"] {
-            let o = mshot()
-                .arg("analyze")
-                .arg(lime.path().join("guest.lime"))
-                .arg(plugin)
-                .arg("--profile")
-                .arg(&profile)
-                .args(["--format", "json"])
-                .output()?;
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let doc: J = serde_json::from_slice(&o.stdout)?;
+            let image = lime.path().join("guest.lime");
+            let doc = analyze_json(&image, &[plugin, "--profile", profile.to_str().unwrap()]);
             assert_eq!(doc[plugin], analysis(lime.path(), plugin), "{plugin}");
         }
     }

@@ -281,6 +281,24 @@ fn guest_ssh(lab: &Lab, jump: &Sshd, known_hosts: &Path, port: u16, command: &st
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `mshot analyze IMAGE ARGS... --format json`: the document, one member
+/// per plugin; a failed run panics with mshot's stderr.
+pub(crate) fn analyze_json(image: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_mshot"))
+        .arg("analyze")
+        .arg(image)
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Walks the LiME headers of an image; panics on anything malformed.
 pub(crate) fn lime_ranges(image: &[u8]) -> Vec<(u64, u64)> {
     let mut ranges = Vec::new();

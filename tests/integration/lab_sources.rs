@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::lab_guest::{Setup, lime_ranges, system_ram};
+use crate::lab_guest::{Setup, analyze_json, lime_ranges, system_ram};
 use crate::support::{self, Need};
 
 /// Ports of this file's guests (issue 8's range).
@@ -44,25 +44,6 @@ fn transient(&(_, ppid, ref comm): &(u64, u64, String)) -> bool {
     matches!(comm.as_str(), "sleep" | "dd" | "insmod" | "cat")
         || comm.starts_with("kworker/")
         || (matches!(comm.as_str(), "sh" | "dropbear") && ppid != 1)
-}
-
-/// `mshot analyze IMAGE PLUGIN --format json` with no profile (the capture
-/// material beside the image supplies it): the plugin's rows.
-fn analyze_json(image: &Path, plugin: &str) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mshot"))
-        .arg("analyze")
-        .arg(image)
-        .arg(plugin)
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc[plugin].take()
 }
 
 /// Pids that listen on TCP port 22 (dropbear) in netstat rows.
@@ -226,7 +207,7 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
         )?)?)
     };
     let from_kcore = pslist(&read("pslist")?);
-    let from_lime = pslist(&analyze_json(&lime_image, "pslist"));
+    let from_lime = pslist(&analyze_json(&lime_image, &["pslist"])["pslist"]);
     for needed in ["init", "kthreadd", "dropbear", "httpd"] {
         assert!(
             from_kcore.iter().any(|(_, _, c)| c == needed),
@@ -260,7 +241,7 @@ fn lime_compressed_with_digest_kcore_without_module_a_corrupted_byte_and_a_refus
     assert!(!listeners.is_empty(), "no port 22 listener from kcore");
     assert_eq!(
         listeners,
-        ssh_listeners(&analyze_json(&lime_image, "netstat"))
+        ssh_listeners(&analyze_json(&lime_image, &["netstat"])["netstat"])
     );
     assert_nothing_left(&setup);
 

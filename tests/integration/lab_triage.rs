@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value as J;
 
-use crate::lab_guest::Setup;
+use crate::lab_guest::{Setup, analyze_json};
 use crate::lab_testkit::{
     BPF_PROGRAMS, HOOKED, MODULE, TRACEPOINT, bpf_programs_from_log, cloud_lab_dir,
     hooks_from_dmesg, orphan_from_dmesg, probe_from_dmesg, start_compromised,
@@ -182,18 +182,7 @@ fn assert_planted(rows: &[J], dmesg: &str) {
 /// check_syscall's rows for the hooked numbers hold the addresses the
 /// module printed when it patched them.
 fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
-    let out = Command::new(env!("CARGO_BIN_EXE_mshot"))
-        .arg("analyze")
-        .arg(image)
-        .args(["check_syscall", "--format", "json", "--no-cache"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: J = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = analyze_json(image, &["check_syscall", "--no-cache"]);
     let rows = doc["check_syscall"].as_array().unwrap().clone();
     let hooks = hooks_from_dmesg(dmesg);
     assert_eq!(hooks.len(), 3, "{dmesg}");
@@ -211,29 +200,13 @@ fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
     rows
 }
 
-fn analyze_json(image: &Path, plugins: &[&str]) -> J {
-    let out = Command::new(env!("CARGO_BIN_EXE_mshot"))
-        .arg("analyze")
-        .arg(image)
-        .args(plugins)
-        .args(["--format", "json", "--no-cache"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// tracepoints and ebpf rows hold what the module and the BPF helper said
 /// when they loaded: the module's probe (its address, owned by the hidden
 /// module), the BPF raw tracepoint's probe naming its program, and each
 /// program by id, name, tag and type, the raw tracepoint one with its link,
 /// its helper and the process holding it.
 fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) {
-    let doc = analyze_json(image, &["tracepoints", "ebpf"]);
+    let doc = analyze_json(image, &["tracepoints", "ebpf", "--no-cache"]);
     let tps = doc["tracepoints"].as_array().unwrap().clone();
     let progs = doc["ebpf"].as_array().unwrap().clone();
     let (tp, probe) = probe_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
