@@ -25,7 +25,8 @@ impl Lab {
             .trim()
             .to_string()
     }
-    fn host_key_line(&self, port: u16) -> String {
+    /// The guest's host key as a known_hosts line for 127.0.0.1:`port`.
+    pub(crate) fn known_hosts_line(&self, port: u16) -> String {
         let public = std::fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
         let mut fields = public.split_whitespace();
         format!(
@@ -146,7 +147,7 @@ impl Setup {
             format!(
                 "{}{}\n",
                 std::fs::read_to_string(&known_hosts)?,
-                lab.host_key_line(port)
+                lab.known_hosts_line(port)
             ),
         )?;
         let guest = Guest::start(&lab, &ns, port, boot)?;

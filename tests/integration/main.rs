@@ -10,6 +10,7 @@ mod fleet_flags;
 mod harness_smoke;
 mod lab_arm64;
 mod lab_capture;
+mod lab_fleet;
 mod lab_guest;
 mod lab_live;
 mod lab_material;
