@@ -180,7 +180,8 @@ fn aarch64_high_output_addresses() {
     let va = 0xffff_8000_1000_0000u64;
     m.map(va, 0x2000, 0x1000);
     let mode = PagingMode::Aarch64(paging);
-    let leaf = leaf_slot(&m, mode, va);
+    assert_eq!(mode.va_bits(), 48);
+    let leaf = slot_at(&m, va, 3);
     let e = m.read_u64(leaf);
     m.write_u64(leaf, e | 0x300 | (1 << 52));
     let img = lime_image(&[(0, &m.bytes)]);
@@ -197,14 +198,16 @@ fn aarch64_high_output_addresses() {
     ));
 }
 
-/// The slot of `va`'s last-level entry (4 KiB, 4 levels), read by hand.
-fn leaf_slot(m: &SynthMemory, mode: PagingMode, va: u64) -> u64 {
-    assert_eq!(mode.va_bits(), 48);
+/// The slot of `va`'s entry at `depth` (0 = top, 3 = last) of 4 KiB,
+/// 4-level tables, found by hand (either architecture: the synthetic
+/// tables keep their addresses below bit 48).
+fn slot_at(m: &SynthMemory, va: u64, depth: usize) -> u64 {
+    let shifts = [39, 30, 21, 12];
     let mut table = m.dtb;
-    for shift in [39, 30, 21] {
+    for shift in shifts.iter().take(depth) {
         table = m.read_u64(table + ((va >> shift) & 0x1ff) * 8) & 0x0000_ffff_ffff_f000;
     }
-    table + ((va >> 12) & 0x1ff) * 8
+    table + ((va >> shifts[depth]) & 0x1ff) * 8
 }
 
 /// Executable leaves: what a kernel may run, per architecture's bits (NX at
@@ -218,22 +221,9 @@ fn executable_leaves_follow_each_architectures_bits() {
     m.map(base, 0x1000, 0x1000);
     m.map(base + 0x1000, 0x2000, 0x1000);
     m.map(base + 0x20_0000, 0x3000, 0x1000);
-    let leaf = |m: &SynthMemory, va: u64| {
-        let mut t = m.dtb;
-        for shift in [39, 30, 21] {
-            t = m.read_u64(t + ((va >> shift) & 0x1ff) * 8) & 0x000f_ffff_ffff_f000;
-        }
-        t + ((va >> 12) & 0x1ff) * 8
-    };
-    let slot = leaf(&m, base + 0x1000);
+    let slot = slot_at(&m, base + 0x1000, 3);
     m.write_u64(slot, m.read_u64(slot) | 1 << 63);
-    let pd = {
-        let mut t = m.dtb;
-        for shift in [39, 30] {
-            t = m.read_u64(t + ((base >> shift) & 0x1ff) * 8) & 0x000f_ffff_ffff_f000;
-        }
-        t + (((base + 0x20_0000) >> 21) & 0x1ff) * 8
-    };
+    let pd = slot_at(&m, base + 0x20_0000, 2);
     m.write_u64(pd, m.read_u64(pd) | 1 << 63);
     let img = lime_image(&[(0, &m.bytes)]);
     let pm = PhysicalMemory::parse(&img).unwrap();
@@ -279,7 +269,7 @@ fn executable_leaves_follow_each_architectures_bits() {
     a.map(kbase, 0x1000, 0x1000);
     a.map(kbase + 0x1000, 0x2000, 0x1000);
     a.map(kbase + 0x40_0000, 0x40_0000, 0x20_0000);
-    let slot = leaf(&a, kbase + 0x1000);
+    let slot = slot_at(&a, kbase + 0x1000, 3);
     a.write_u64(slot, a.read_u64(slot) | 1 << 53);
     let img = lime_image(&[(0, &a.bytes)]);
     let pm = PhysicalMemory::parse(&img).unwrap();
@@ -306,13 +296,7 @@ fn executable_leaves_follow_each_architectures_bits() {
         ]
     );
     // PXNTable on the table above the page bars it too.
-    let pmd = {
-        let mut t = a.dtb;
-        for shift in [39, 30] {
-            t = a.read_u64(t + ((kbase >> shift) & 0x1ff) * 8) & 0x0000_ffff_ffff_f000;
-        }
-        t + ((kbase >> 21) & 0x1ff) * 8
-    };
+    let pmd = slot_at(&a, kbase, 2);
     a.write_u64(pmd, a.read_u64(pmd) | 1 << 59);
     let img = lime_image(&[(0, &a.bytes)]);
     let pm = PhysicalMemory::parse(&img).unwrap();

@@ -334,6 +334,14 @@ fn spoofing_accepts_scripts_symlinks_and_multi_call_binaries() {
     assert!(!consistent("", "bash", &a(&["bash"])));
 }
 
+/// Triage's check_syscall findings.
+fn syscall_findings(k: &Kernel<'_, '_>) -> Vec<Row> {
+    rows(k, "triage")
+        .into_iter()
+        .filter(|r| s(r, "check") == "check_syscall" && s(r, "result") == "finding")
+        .collect()
+}
+
 /// An ftrace hook: kill's ftrace site calls the trampoline of the kit's
 /// ftrace ops. check_syscall names it by the ops' callback, whose owner is
 /// the hidden module, rather than as a call to code nothing owns.
@@ -346,19 +354,15 @@ fn a_traced_handler_is_named_by_its_ftrace_ops_callback() {
         ..Plant::default()
     };
     with_kernel(plant, None, |k| {
-        let all = rows(k, "triage");
-        let found: Vec<_> = all
-            .iter()
-            .filter(|r| s(r, "check") == "check_syscall" && s(r, "result") == "finding")
-            .collect();
-        assert_eq!(found.len(), 1, "{found:#?}");
+        let hits = syscall_findings(k);
+        assert_eq!(hits.len(), 1, "{hits:#?}");
         assert!(
-            s(found[0], "what").contains("ftrace hook on the entry of __x64_sys_kill"),
-            "{found:#?}"
+            s(&hits[0], "what").contains("ftrace hook on the entry of __x64_sys_kill"),
+            "{hits:#?}"
         );
-        assert!(s(found[0], "evidence").contains("trampoline"), "{found:#?}");
-        assert_eq!(s(found[0], "owner"), "hidden module mshot_testkit");
-        assert_eq!(s(found[0], "severity"), "high");
+        assert!(s(&hits[0], "evidence").contains("trampoline"), "{hits:#?}");
+        assert_eq!(s(&hits[0], "owner"), "hidden module mshot_testkit");
+        assert_eq!(s(&hits[0], "severity"), "high");
     });
     // The same site with the ops' trampoline unknown: a call into module
     // space that only the owner rule can name.
@@ -368,16 +372,12 @@ fn a_traced_handler_is_named_by_its_ftrace_ops_callback() {
         ..Plant::default()
     };
     with_kernel(plant, None, |k| {
-        let all = rows(k, "triage");
-        let found: Vec<_> = all
-            .iter()
-            .filter(|r| s(r, "check") == "check_syscall" && s(r, "result") == "finding")
-            .collect();
-        assert_eq!(found.len(), 1, "{found:#?}");
+        let hits = syscall_findings(k);
+        assert_eq!(hits.len(), 1, "{hits:#?}");
         assert!(
-            s(found[0], "what").contains("inline hook at the entry of __x64_sys_kill"),
-            "{found:#?}"
+            s(&hits[0], "what").contains("inline hook at the entry of __x64_sys_kill"),
+            "{hits:#?}"
         );
-        assert_eq!(s(found[0], "owner"), "unknown (no module owns it)");
+        assert_eq!(s(&hits[0], "owner"), "unknown (no module owns it)");
     });
 }
