@@ -12,7 +12,9 @@ mod stack;
 
 pub use analyze::{AnalyzeArgs, OutputFormat};
 pub use live::LiveArgs;
-pub use profile::{BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
+pub use profile::{
+    BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand, ProfileOutput,
+};
 pub use repo::{RepoArgs, RepoCommand};
 pub use stack::StackArgs;
 

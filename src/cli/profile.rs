@@ -25,15 +25,8 @@ pub struct BuildArgs {
     /// The kernel's debug vmlinux (ELF, with .BTF and a symbol table).
     #[arg(long, value_name = "FILE")]
     pub vmlinux: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "isf")]
-    pub format: ExportFormat,
-    /// Output file; .json.xz and .json.gz are compressed, anything else is plain JSON.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
-    /// Replace the output file if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub out: ProfileOutput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +41,13 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     /// A memory image with its NAME.material/ directory beside it, or that directory.
     pub input: PathBuf,
+    #[command(flatten)]
+    pub out: ProfileOutput,
+}
+
+/// Where and how `mshot profile` writes a profile.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProfileOutput {
     /// Output format.
     #[arg(long, value_enum, default_value = "isf")]
     pub format: ExportFormat,

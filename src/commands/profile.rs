@@ -10,7 +10,7 @@ use memimage::material::{Codec, compress};
 use memimage::profile::Selection;
 use memimage::{PhysicalMemory, Profile};
 
-use crate::cli::{BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand};
+use crate::cli::{BuildArgs, ExportArgs, ExportFormat, ProfileArgs, ProfileCommand, ProfileOutput};
 
 pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     match &args.command {
@@ -30,7 +30,7 @@ fn refuse_existing(output: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<()> {
-    refuse_existing(&args.output, args.force)?;
+    refuse_existing(&args.out.output, args.out.force)?;
     let file = std::fs::File::open(&args.vmlinux)
         .with_context(|| format!("opening {}", args.vmlinux.display()))?;
     // SAFETY: read-only map of a file this process only reads.
@@ -59,7 +59,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
             "; no linux_banner, so the profile cannot be matched to an image by its banner"
         }
     );
-    write_profile(&doc, args.format, &args.output)
+    write_profile(&doc, &args.out)
 }
 
 fn codec_for(path: &Path) -> Codec {
@@ -74,7 +74,7 @@ fn codec_for(path: &Path) -> Codec {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    refuse_existing(&args.output, args.force)?;
+    refuse_existing(&args.out.output, args.out.force)?;
     let (dir, image) = if args.input.is_dir() {
         (args.input.clone(), None)
     } else if args.input.is_file() {
@@ -116,17 +116,14 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     for n in &notes {
         eprintln!("mshot: note: {n}");
     }
-    write_profile(&doc, args.format, &args.output)
+    write_profile(&doc, &args.out)
 }
 
-/// Writes `doc` as `format` to `output` (compressed by its extension),
-/// whole or not at all.
-fn write_profile(
-    doc: &serde_json::Value,
-    format: ExportFormat,
-    output: &Path,
-) -> anyhow::Result<()> {
-    let json = match format {
+/// Writes `doc` in `out.format` to `out.output` (compressed by its
+/// extension), whole or not at all.
+fn write_profile(doc: &serde_json::Value, out: &ProfileOutput) -> anyhow::Result<()> {
+    let output = out.output.as_path();
+    let json = match out.format {
         ExportFormat::Isf => serde_json::to_vec(doc)?,
         ExportFormat::Rekall => {
             let bytes = serde_json::to_vec(doc)?;
