@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * bpf-helper: two eBPF programs loaded and kept, for mshot's ebpf check.
+ * bpf-helper: eBPF programs loaded and kept, for mshot's ebpf check, and
+ * classic BPF filters for its bpf_filters plugin.
  *
  *   mshot_sockfilt  a socket filter (returns 0) attached with SO_ATTACH_BPF
  *                   to a UDP socket the helper keeps open: benign.
@@ -10,17 +11,44 @@
  *                   helper eBPF rootkits use to rewrite what processes read.
  *                   The write to NULL always fails (-EFAULT), so it changes
  *                   nothing.
+ *   Attached the older ways, with no link (all pass every packet):
+ *   mshot_cgroup    cgroup_skb on the root cgroup's egress (BPF_PROG_ATTACH);
+ *   mshot_xdp       XDP on lo, generic mode, by netlink (IFLA_XDP);
+ *   mshot_tcx       sched_cls on lo's tcx ingress (BPF_PROG_ATTACH, 6.6+);
+ *   mshot_perf      a tracepoint program on sched_process_fork by
+ *                   perf_event_open and PERF_EVENT_IOC_SET_BPF.
+ *   Classic BPF: a packet socket filtered by SO_ATTACH_FILTER (the way
+ *   BPFDoor listens), and a child process under a seccomp filter.
  *
- * Raw bpf(2) system calls, no libbpf. Prints each program's id and tag,
- * then sleeps forever holding the descriptors.
+ * Raw system calls, no libbpf. Prints each kept program's id and tag
+ * ("bpf-helper: NAME id N tag HEX"), then sleeps forever holding the
+ * descriptors. A hook this kernel lacks is said and skipped.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <linux/bpf.h>
+#include <linux/filter.h>
+#include <linux/if_ether.h>
+#include <linux/if_link.h>
+#include <linux/if_packet.h>
+#include <linux/netlink.h>
+#include <linux/perf_event.h>
+#include <linux/rtnetlink.h>
+#include <linux/seccomp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <netinet/in.h>
 #include <unistd.h>
+
+/* enum bpf_attach_type's BPF_TCX_INGRESS (6.6), which older headers lack. */
+#define TCX_INGRESS 46
 
 #define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
 #define MOV64_IMM(d, i) INSN(BPF_ALU64 | BPF_MOV | BPF_K, d, 0, 0, i)
@@ -82,6 +110,168 @@ static int show(int fd, const char *name)
 	return 0;
 }
 
+/* Attaches `fd` to the root cgroup v2's egress, mounting it if need be. */
+static int attach_cgroup(int fd)
+{
+	union bpf_attr attr;
+	int cg;
+
+	mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL);
+	cg = open("/sys/fs/cgroup", O_RDONLY | O_DIRECTORY);
+	if (cg < 0)
+		return -1;
+	memset(&attr, 0, sizeof(attr));
+	attr.target_fd = cg;
+	attr.attach_bpf_fd = fd;
+	attr.attach_type = BPF_CGROUP_INET_EGRESS;
+	return bpf(BPF_PROG_ATTACH, &attr);
+}
+
+/* Sets `fd` as lo's generic-mode XDP program by RTM_SETLINK. */
+static int attach_xdp(int fd)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct ifinfomsg ifi;
+		char attrs[64];
+	} req;
+	struct rtattr *xdp, *a;
+	char reply[4096];
+	struct nlmsgerr *err;
+	int nl, n;
+
+	memset(&req, 0, sizeof(req));
+	req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.ifi));
+	req.nh.nlmsg_type = RTM_SETLINK;
+	req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	req.ifi.ifi_family = AF_UNSPEC;
+	req.ifi.ifi_index = 1;
+	xdp = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.nh.nlmsg_len));
+	xdp->rta_type = NLA_F_NESTED | IFLA_XDP;
+	xdp->rta_len = RTA_LENGTH(0);
+	a = (struct rtattr *)((char *)xdp + RTA_ALIGN(xdp->rta_len));
+	a->rta_type = IFLA_XDP_FD;
+	a->rta_len = RTA_LENGTH(sizeof(int));
+	memcpy(RTA_DATA(a), &fd, sizeof(int));
+	xdp->rta_len += RTA_ALIGN(a->rta_len);
+	a = (struct rtattr *)((char *)xdp + RTA_ALIGN(xdp->rta_len));
+	a->rta_type = IFLA_XDP_FLAGS;
+	a->rta_len = RTA_LENGTH(sizeof(__u32));
+	*(__u32 *)RTA_DATA(a) = XDP_FLAGS_SKB_MODE;
+	xdp->rta_len += RTA_ALIGN(a->rta_len);
+	req.nh.nlmsg_len = NLMSG_ALIGN(req.nh.nlmsg_len) + RTA_ALIGN(xdp->rta_len);
+
+	nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+	if (nl < 0 || send(nl, &req, req.nh.nlmsg_len, 0) < 0)
+		return -1;
+	n = recv(nl, reply, sizeof(reply), 0);
+	close(nl);
+	err = NLMSG_DATA((struct nlmsghdr *)reply);
+	if (n < (int)NLMSG_LENGTH(sizeof(*err)) || err->error) {
+		errno = n > 0 ? -err->error : EIO;
+		return -1;
+	}
+	return 0;
+}
+
+/* Attaches `fd` to lo's tcx ingress (no link). */
+static int attach_tcx(int fd)
+{
+	union bpf_attr attr;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.target_fd = 1; /* target_ifindex: lo */
+	attr.attach_bpf_fd = fd;
+	attr.attach_type = TCX_INGRESS;
+	return bpf(BPF_PROG_ATTACH, &attr);
+}
+
+/* A perf event on sched_process_fork running `fd`; the event's descriptor. */
+static int attach_perf(int fd)
+{
+	const char *id_file = "/sys/kernel/tracing/events/sched/sched_process_fork/id";
+	struct perf_event_attr pa;
+	char buf[32] = "";
+	int idf, ev;
+
+	mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, NULL);
+	idf = open(id_file, O_RDONLY);
+	if (idf < 0 || read(idf, buf, sizeof(buf) - 1) <= 0)
+		return -1;
+	close(idf);
+	memset(&pa, 0, sizeof(pa));
+	pa.type = PERF_TYPE_TRACEPOINT;
+	pa.size = sizeof(pa);
+	pa.config = strtoull(buf, NULL, 10);
+	pa.sample_period = 1;
+	pa.wakeup_events = 1;
+	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
+	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
+	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
+		return -1;
+	return ev;
+}
+
+/* Loads a program returning `ret` and attaches it; says why when it can't. */
+static void attach_one(enum bpf_prog_type type, const char *name, int ret, int (*attach)(int))
+{
+	const struct bpf_insn insns[] = {
+		MOV64_IMM(BPF_REG_0, ret),
+		EXIT(),
+	};
+	int fd = load(type, name, insns, 2);
+
+	if (fd < 0)
+		return;
+	if (attach(fd) < 0) {
+		printf("bpf-helper: %s not attached: %s\n", name, strerror(errno));
+		close(fd);
+		return;
+	}
+	show(fd, name);
+}
+
+/* Classic BPF: IPv4 frames pass, others don't. */
+static struct sock_filter ipv4_only[] = {
+	{ BPF_LD | BPF_H | BPF_ABS, 0, 0, 12 },
+	{ BPF_JMP | BPF_JEQ | BPF_K, 0, 1, ETH_P_IP },
+	{ BPF_RET | BPF_K, 0, 0, 0xffff },
+	{ BPF_RET | BPF_K, 0, 0, 0 },
+};
+
+static struct sock_filter allow_all[] = {
+	{ BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW },
+};
+
+/* A packet socket filtered by a classic program. */
+static void packet_filter(void)
+{
+	struct sock_fprog prog = { .len = 4, .filter = ipv4_only };
+	int s = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+
+	if (s < 0 || setsockopt(s, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0)
+		perror("bpf-helper: SO_ATTACH_FILTER");
+	else
+		printf("bpf-helper: classic packet filter fd %d\n", s);
+}
+
+/* A child under a seccomp filter, forked first so that it holds nothing. */
+static void seccomp_child(void)
+{
+	struct sock_fprog prog = { .len = 1, .filter = allow_all };
+	pid_t child = fork();
+
+	if (child == 0) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+		    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+			perror("bpf-helper: seccomp");
+		for (;;)
+			pause();
+	}
+	printf("bpf-helper: seccomp child %d\n", (int)child);
+	fflush(stdout);
+}
+
 int main(void)
 {
 	const struct bpf_insn accept_none[] = {
@@ -101,6 +291,7 @@ int main(void)
 	union bpf_attr attr;
 	int filter, rawtp, link, sock;
 
+	seccomp_child();
 	filter = load(BPF_PROG_TYPE_SOCKET_FILTER, "mshot_sockfilt", accept_none, 2);
 	rawtp = load(BPF_PROG_TYPE_RAW_TRACEPOINT, "mshot_rawtp", write_user, 8);
 	if (filter < 0 || rawtp < 0)
@@ -122,6 +313,11 @@ int main(void)
 		return 1;
 	printf("bpf-helper: pid %d, raw tracepoint sched_process_exec link fd %d\n", (int)getpid(),
 	       link);
+	attach_one(BPF_PROG_TYPE_CGROUP_SKB, "mshot_cgroup", 1, attach_cgroup);
+	attach_one(BPF_PROG_TYPE_XDP, "mshot_xdp", XDP_PASS, attach_xdp);
+	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tcx", -1, attach_tcx);
+	attach_one(BPF_PROG_TYPE_TRACEPOINT, "mshot_perf", 0, attach_perf);
+	packet_filter();
 	fflush(stdout);
 	for (;;)
 		pause();

@@ -37,12 +37,31 @@ const LOADED: &str = "mshot_testkit: hooked 3 table entries, 3 x64_sys_call case
 /// The tracepoint its probe is on, and what the probe says once it ran.
 pub(crate) const TRACEPOINT: &str = "sched_process_exec";
 const PROBE_CALLED: &str = "mshot_testkit: exec probe called";
-/// The BPF helper's programs: (name, type); the second calls
-/// bpf_probe_write_user and is attached to TRACEPOINT by a link.
-pub(crate) const BPF_PROGRAMS: [(&str, &str); 2] = [
-    ("mshot_sockfilt", "socket_filter"),
-    ("mshot_rawtp", "raw_tracepoint"),
+/// The BPF helper's programs: (name, type, what ebpf's `attached` holds).
+/// The second calls bpf_probe_write_user and is attached to TRACEPOINT by
+/// a link; the others have no link. tcx exists from 6.6 only.
+pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 6] = [
+    (
+        "mshot_sockfilt",
+        "socket_filter",
+        "socket filter on AF_INET DGRAM socket, fd ",
+    ),
+    (
+        "mshot_rawtp",
+        "raw_tracepoint",
+        "raw_tracepoint: tracepoint sched_process_exec",
+    ),
+    ("mshot_cgroup", "cgroup_skb", "cgroup / (inet_egress)"),
+    ("mshot_xdp", "xdp", "xdp (generic) on lo (net namespace "),
+    (
+        "mshot_tcx",
+        "sched_cls",
+        "tcx_ingress on lo (net namespace ",
+    ),
+    ("mshot_perf", "tracepoint", "perf event sched_process_fork"),
 ];
+/// The one program a kernel before 6.6 cannot attach.
+pub(crate) const TCX_PROGRAM: &str = "mshot_tcx";
 /// x86-64 module space starts here with KASLR (a 1 GiB kernel image area
 /// from 0xffffffff80000000); kernel text lies below it.
 const MODULES_VADDR: u64 = 0xffff_ffff_c000_0000;
@@ -309,11 +328,34 @@ fn assert_compromised(dir: &Path, port: u16) -> anyhow::Result<()> {
         "{orphan:#x}"
     );
 
-    // The BPF helper holds its two programs (and the raw tracepoint link).
+    // The BPF helper holds its programs (and the raw tracepoint link);
+    // only tcx may be missing, on a kernel without it.
     assert!(!p.get("bpf_pid").is_empty(), "{:?}", p.values);
     let progs = bpf_programs_from_log(&p.bpf_log);
     let names: Vec<&str> = progs.iter().map(|(n, _, _)| n.as_str()).collect();
-    assert_eq!(names, BPF_PROGRAMS.map(|(n, _)| n), "{}", p.bpf_log);
+    let tcx_missing = p
+        .bpf_log
+        .contains(&format!("bpf-helper: {TCX_PROGRAM} not attached"));
+    let expected: Vec<&str> = BPF_PROGRAMS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .filter(|n| !(tcx_missing && *n == TCX_PROGRAM))
+        .collect();
+    assert_eq!(names, expected, "{}", p.bpf_log);
+    assert_eq!(
+        p.bpf_log.matches("not attached").count(),
+        usize::from(tcx_missing)
+    );
+    assert!(
+        p.bpf_log.contains("bpf-helper: classic packet filter fd "),
+        "{}",
+        p.bpf_log
+    );
+    assert!(
+        p.bpf_log.contains("bpf-helper: seccomp child "),
+        "{}",
+        p.bpf_log
+    );
     assert!(
         p.bpf_log
             .contains(&format!("raw tracepoint {TRACEPOINT} link fd")),

@@ -218,8 +218,12 @@ fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) 
     assert_eq!(ours["address"], tp);
     assert_eq!(ours["owner"], format!("hidden module {MODULE}"));
     let helper = bpf_programs_from_log(bpf_log);
-    assert_eq!(helper.len(), 2, "{bpf_log}");
-    let (_, rawtp_id, _) = &helper[1];
+    assert!(helper.len() >= BPF_PROGRAMS.len() - 1, "{bpf_log}");
+    let rawtp_id = helper
+        .iter()
+        .find(|(n, _, _)| n == "mshot_rawtp")
+        .map(|(_, id, _)| *id)
+        .unwrap_or_else(|| panic!("{bpf_log}"));
     assert!(
         tps.iter().any(|r| r["tracepoint"] == TRACEPOINT
             && r["symbol"] == format!("__bpf_trace_{TRACEPOINT}")
@@ -229,16 +233,26 @@ fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) 
                 .starts_with(&format!("BPF program {rawtp_id} (mshot_rawtp)"))),
         "{tps:#?}"
     );
-    assert_eq!(tps.len(), 2, "only the two probes: {tps:#?}");
-    assert_eq!(progs.len(), 2, "{progs:#?}");
-    for ((name, id, tag), (_, kind)) in helper.iter().zip(BPF_PROGRAMS) {
+    // The perf event of mshot_perf is a probe of its own.
+    assert!(
+        tps.iter().any(|r| r["tracepoint"] == "sched_process_fork"
+            && r["symbol"] == "perf_trace_sched_process_fork"),
+        "{tps:#?}"
+    );
+    assert_eq!(tps.len(), 3, "only the three probes: {tps:#?}");
+    assert_eq!(progs.len(), helper.len(), "{progs:#?}");
+    for (name, id, tag) in &helper {
+        let (_, kind, attached) = BPF_PROGRAMS
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} is not the helper's"));
         let r = progs
             .iter()
             .find(|r| r["name"] == name.as_str())
             .unwrap_or_else(|| panic!("{name}: {progs:#?}"));
         assert_eq!(
             (&r["id"], &r["tag"], &r["type"]),
-            (&J::from(*id), &J::from(tag.as_str()), &J::from(kind))
+            (&J::from(*id), &J::from(tag.as_str()), &J::from(*kind))
         );
         assert_eq!(
             (&r["in_idr"], &r["in_kallsyms"]),
@@ -248,6 +262,10 @@ fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) 
             r["held_by"].as_str().unwrap().ends_with(" (bpf-helper)"),
             "{r}"
         );
+        // Each attached once, where the helper attached it.
+        let at = r["attached"].as_str().unwrap();
+        assert_eq!(at.matches(attached).count(), 1, "{name}: {at}");
+        assert!(!at.contains(';'), "{name}: {at}");
     }
     let rawtp = progs.iter().find(|r| r["name"] == "mshot_rawtp").unwrap();
     assert!(

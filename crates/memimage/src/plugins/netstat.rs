@@ -341,6 +341,24 @@ fn unix(k: &Kernel<'_, '_>, sk: u64, stype: u64) -> Result<Stat, KernelError> {
     Ok((src, sport, dst, dport, state))
 }
 
+/// A socket's family and type by name, e.g. `("AF_PACKET", "RAW")`.
+pub(crate) fn family_and_type(
+    k: &Kernel<'_, '_>,
+    sk: u64,
+) -> Result<Option<(String, String)>, KernelError> {
+    let common = sk.wrapping_add(k.profile.offset("sock", "__sk_common")?);
+    let (Some(family), Some(stype)) = (
+        soft(uint(k, common, "sock_common", "skc_family"))?,
+        soft(uint(k, sk, "sock", "sk_type"))?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        table(SOCK_FAMILY, family, "Unknown socket family"),
+        sock_type(stype).to_string(),
+    )))
+}
+
 fn read_socket(k: &Kernel<'_, '_>, sk: u64) -> Result<Option<Socket>, KernelError> {
     let p = k.profile;
     let common = sk.wrapping_add(p.offset("sock", "__sk_common")?);

@@ -115,7 +115,7 @@ pub const PLUGIN_TYPES: &[&str] = &[
 ];
 
 /// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v7";
+const CACHE_VERSION: &str = "v8";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -164,6 +164,8 @@ impl Selection {
             "bpf_prog_type",
             "bpf_link_type",
             "bpf_attach_type",
+            "cgroup_bpf_attach_type",
+            "netns_bpf_attach_type",
         ],
         all_symbols: true,
     };

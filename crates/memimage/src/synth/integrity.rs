@@ -9,10 +9,12 @@
 //! (`checks`), a hidden task, a tainting module and an oops in the log, a
 //! `tcp4_seq_ops` member and a terminal's `receive_buf`; a probe on a
 //! tracepoint (`tracing`); an eBPF program calling `bpf_probe_write_user`
-//! and one hidden from `prog_idr` (`bpf`); code in module space that no
+//! and one hidden from `prog_idr` (`bpf`), one on a cgroup hook that no
+//! list shows and an XDP link missing from `link_idr` (`bpf_hooks`); code in module space that no
 //! module owns (`modspace`, which also maps module data NX).
 
 mod bpf;
+mod bpf_hooks;
 mod checks;
 mod modspace;
 mod tracing;
@@ -45,7 +47,7 @@ const KSET: u64 = 0x2_3000;
 const KSET_PTR: u64 = 0x2_3800;
 const KBD: u64 = 0x2_4000;
 const NETNS_HEAD: u64 = 0x2_5000;
-const NET: u64 = 0x2_6000;
+pub(super) const NET: u64 = 0x2_6000;
 const NF_ENTRIES: u64 = 0x2_7000;
 const MOD_TREE: u64 = 0x2_8000;
 const INIT_TASK: u64 = 0x2_9000;
@@ -80,6 +82,11 @@ pub struct Plant {
     pub tracepoint: bool,
     pub bpf: bool,
     pub bpf_hidden: bool,
+    /// A program on a cgroup hook that neither prog_idr nor the BPF
+    /// symbol list shows.
+    pub bpf_hook_hidden: bool,
+    /// XDP attached by a link that link_idr does not show.
+    pub bpf_link_hidden: bool,
     pub orphan_code: bool,
     /// kill's ftrace site calls the trampoline of the kit's ftrace ops
     /// (needs `ftrace`): an ftrace hook, as ftrace-based rootkits make.
@@ -104,6 +111,8 @@ impl Plant {
             tracepoint: true,
             bpf: true,
             bpf_hidden: true,
+            bpf_hook_hidden: true,
+            bpf_link_hidden: true,
             orphan_code: true,
             traced_entry: false,
         }
@@ -157,6 +166,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
         "notifier_block": ty(0x18, &[("notifier_call", 0, vp.clone()), ("next", 8, ptr("notifier_block")),
             ("priority", 0x10, i32t)]),
         "net": ty(0x1000, &[("list", 0x10, st("list_head")), ("ns", 0x80, st("ns_common")),
+            ("dev_base_head", bpf_hooks::NET_DEVICES, st("list_head")),
             ("nf", 0x200, st("netns_nf"))]),
         "ns_common": ty(0x18, &[("inum", 0x10, u32t)]),
         "netns_nf": ty(0x50, &[("hooks_ipv4", 0, arr(5, vp.clone())), ("hooks_ipv6", 0x28, arr(5, vp.clone()))]),
@@ -175,6 +185,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
         checks::types(t);
         tracing::types(t);
         bpf::types(t);
+        bpf_hooks::types(t);
         modspace::types(t);
     }
     let mut symbols = serde_json::Map::new();
@@ -208,6 +219,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     checks::symbols(&mut sym);
     tracing::symbols(&mut sym);
     bpf::symbols(&mut sym);
+    bpf_hooks::symbols(&mut sym);
     modspace::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
@@ -385,6 +397,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     checks::write(&mut m, &plant);
     tracing::write(&mut m, &plant);
     bpf::write(&mut m, &plant, d(tracing::TP_EXEC));
+    bpf_hooks::write(&mut m, &plant);
     modspace::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,

@@ -6,6 +6,7 @@
 //! symbol's range), and the processes holding a program or link open.
 
 use super::Symbols;
+use super::bpf_attach::{self, Attachment, Looked, cgroup_path};
 use super::bpf_names::{attach_type, link_type, prog_type};
 use super::xarray;
 use crate::kernel::{Kernel, KernelError};
@@ -64,6 +65,10 @@ pub(crate) struct Link {
 pub(crate) struct Bpf {
     pub programs: Vec<Program>,
     pub links: Vec<Link>,
+    /// What the hooks hold, links' attachments included, and the socket
+    /// filters of open sockets (classic programs among them).
+    pub attachments: Vec<Attachment>,
+    pub looked: Looked,
     /// Every symbol of `bpf_kallsyms`: `(start, end, name)`.
     pub ksyms: Vec<(u64, u64, String)>,
     /// The JIT's packs (`[start, end)`), shared by many programs.
@@ -158,12 +163,22 @@ impl Bpf {
             Err(e) if e.is_source_failure() => return Err(e),
             Err(e) => b.not_checked.push(format!("link_idr: {e}")),
         }
-        // A program only a link reaches is one too.
-        for l in &b.links {
-            if !by_addr.contains_key(&l.prog)
-                && let Ok(Some(pr)) = read_program(k, l.prog, syms)
+        (b.attachments, b.looked) = bpf_attach::gather(k, &mut b.not_checked)?;
+        // Every descriptor of every process, for who holds a program and
+        // which sockets filter through one (on a live source each table
+        // is a remote read).
+        let (holders, sockets) = descriptors(k).unwrap_or_default();
+        b.holders = holders;
+        b.attachments.extend(sockets);
+        // A program only a link or a hook reaches is one too; a classic
+        // one (a socket or seccomp filter, no id) is not an eBPF program.
+        let reached = b.links.iter().map(|l| l.prog);
+        for prog in reached.chain(b.attachments.iter().map(|a| a.prog)) {
+            if !by_addr.contains_key(&prog)
+                && let Ok(Some(pr)) = read_program(k, prog, syms)
+                && !pr.is_classic()
             {
-                by_addr.insert(l.prog, pr);
+                by_addr.insert(prog, pr);
             }
         }
         b.programs = by_addr.into_values().collect();
@@ -172,11 +187,6 @@ impl Bpf {
             Ok(v) => b.struct_ops = v,
             Err(e) if e.is_source_failure() => return Err(e),
             Err(e) => b.not_checked.push(format!("map_idr: {e}")),
-        }
-        // Every descriptor of every process: only when there is something
-        // to hold (on a live source each table is a remote read).
-        if !b.programs.is_empty() || !b.links.is_empty() {
-            b.holders = holders(k).unwrap_or_default();
         }
         Ok(b)
     }
@@ -234,9 +244,7 @@ fn attach_point(k: &Kernel<'_, '_>, link: u64, kind: &str) -> Result<String, Ker
         "cgroup" => {
             let at = uint(k, link, "bpf_cgroup_link", "type")?;
             let cg = ptr(k, link, "bpf_cgroup_link", "cgroup")?;
-            let kn = ptr(k, cg, "cgroup", "kn")?;
-            let name = string_at(k, ptr(k, kn, "kernfs_node", "name")?)?;
-            format!("{} cgroup {name}", attach_type(k, at))
+            format!("{} cgroup {}", attach_type(k, at), cgroup_path(k, cg)?)
         }
         "netns" => {
             let at = uint(k, link, "bpf_netns_link", "type")?;
@@ -284,7 +292,7 @@ fn device(k: &Kernel<'_, '_>, dev: u64, what: &str) -> Result<String, KernelErro
 /// A trace event's name: `call->tp->name` for tracepoints, `call->name`
 /// for kprobe and uprobe events (one union; a tracepoint's first word is
 /// a pointer to its name, a name's first bytes are text).
-fn event_name(k: &Kernel<'_, '_>, call: u64) -> Result<String, KernelError> {
+pub(crate) fn event_name(k: &Kernel<'_, '_>, call: u64) -> Result<String, KernelError> {
     let u = ptr(k, call, "trace_event_call", "name")?;
     if let Ok(name) = ptr(k, u, "tracepoint", "name")
         && let Ok(s) = kernel_cstr(k, name, NAME_MAX)
@@ -490,31 +498,70 @@ fn packs(k: &Kernel<'_, '_>) -> Result<Vec<(u64, u64)>, KernelError> {
     Ok(out)
 }
 
-/// Programs and links each process holds a descriptor of:
-/// `file->private_data` of files whose `f_op` is `bpf_prog_fops` or
-/// `bpf_link_fops`.
-fn holders(k: &Kernel<'_, '_>) -> Result<HashMap<u64, Vec<String>>, KernelError> {
+impl Program {
+    /// A classic BPF program (a socket or seccomp filter, translated):
+    /// `BPF_PROG_TYPE_UNSPEC`, as the kernel's `bpf_prog_was_classic`.
+    pub(crate) fn is_classic(&self) -> bool {
+        self.kind == "unspec"
+    }
+}
+
+type Holders = HashMap<u64, Vec<String>>;
+
+/// Programs and links each process holds a descriptor of
+/// (`file->private_data` of files whose `f_op` is `bpf_prog_fops` or
+/// `bpf_link_fops`), and the filter of each socket it holds
+/// (`sock.sk_filter`: `SO_ATTACH_FILTER` or `SO_ATTACH_BPF`).
+fn descriptors(k: &Kernel<'_, '_>) -> Result<(Holders, Vec<Attachment>), KernelError> {
+    let sym = |n: &str| k.symbol(n).ok();
     let fops: Vec<u64> = ["bpf_prog_fops", "bpf_link_fops"]
         .iter()
-        .filter_map(|n| k.symbol(n).ok())
+        .filter_map(|n| sym(n))
         .collect();
-    let mut out: HashMap<u64, Vec<String>> = HashMap::new();
-    if fops.is_empty() {
-        return Ok(out);
-    }
+    let socket_fops = sym("socket_file_ops");
+    let mut out: Holders = HashMap::new();
+    let mut sockets = Vec::new();
     for task in processes(k)? {
         let Ok(t) = read_task(k, task) else { continue };
-        for (_, file) in fds(k, task).unwrap_or_default() {
-            if ptr(k, file, "file", "f_op").is_ok_and(|f| fops.contains(&f))
-                && let Ok(obj) = ptr(k, file, "file", "private_data")
-            {
-                let who = format!("process {} ({})", t.tgid, t.comm);
+        let who = format!("process {} ({})", t.tgid, t.comm);
+        for (fd, file) in fds(k, task).unwrap_or_default() {
+            let Ok(f_op) = ptr(k, file, "file", "f_op") else {
+                continue;
+            };
+            let Ok(obj) = ptr(k, file, "file", "private_data") else {
+                continue;
+            };
+            if fops.contains(&f_op) {
                 let v = out.entry(obj).or_default();
                 if !v.contains(&who) {
-                    v.push(who);
+                    v.push(who.clone());
                 }
+            } else if Some(f_op) == socket_fops
+                && let Ok(Some((prog, kind))) = socket_filter(k, obj)
+            {
+                sockets.push(Attachment {
+                    prog,
+                    link: None,
+                    point: format!("socket filter on {kind} socket, fd {fd} of {who}"),
+                });
             }
         }
     }
-    Ok(out)
+    Ok((out, sockets))
+}
+
+/// The program filtering the socket `socket`, and the socket's kind.
+fn socket_filter(k: &Kernel<'_, '_>, socket: u64) -> Result<Option<(u64, String)>, KernelError> {
+    let sk = ptr(k, socket, "socket", "sk")?;
+    if sk == 0 {
+        return Ok(None);
+    }
+    let filter = ptr(k, sk, "sock", "sk_filter")?;
+    if filter == 0 {
+        return Ok(None);
+    }
+    let prog = ptr(k, filter, "sk_filter", "prog")?;
+    let kind = crate::plugins::netstat::family_and_type(k, sk)?
+        .map_or_else(|| "a".into(), |(f, t)| format!("{f} {t}"));
+    Ok((prog != 0).then_some((prog, kind)))
 }

@@ -153,3 +153,26 @@ pub(crate) fn link_type(k: &Kernel<'_, '_>, v: u64) -> String {
 pub(crate) fn attach_type(k: &Kernel<'_, '_>, v: u64) -> String {
     name(k, "bpf_attach_type", "BPF_", ATTACH_TYPES, v)
 }
+
+/// A cgroup's hook by its slot in `cgroup_bpf.progs` (`enum
+/// cgroup_bpf_attach_type`, internal: the order changes between kernels,
+/// so only the profile's enum names it).
+pub(crate) fn cgroup_hook(k: &Kernel<'_, '_>, slot: u64) -> String {
+    let n = name(k, "cgroup_bpf_attach_type", "CGROUP_", &[], slot);
+    if n == slot.to_string() {
+        format!("hook {slot}")
+    } else {
+        n
+    }
+}
+
+/// A network namespace's hook (`enum netns_bpf_attach_type`).
+pub(crate) fn netns_hook(k: &Kernel<'_, '_>, slot: u64) -> String {
+    name(
+        k,
+        "netns_bpf_attach_type",
+        "NETNS_BPF_",
+        &["flow_dissector", "sk_lookup"],
+        slot,
+    )
+}

@@ -66,7 +66,30 @@ fn hidden(p: &Program, b: &Bpf) -> Option<String> {
     for l in b.links.iter().filter(|l| l.prog == p.addr) {
         why.push(format!("attached by link {} ({})", l.id, l.kind));
     }
+    for a in b.attachments.iter().filter(|a| a.prog == p.addr) {
+        why.push(format!("attached to {}", a.point));
+    }
     (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Attachments no link of `link_idr` accounts for: made without a link,
+/// or by a link hidden from the list (`Some(link)`). A perf link's
+/// attachment is known by its point, since trace events keep no link.
+fn unlinked<'b>(p: &Program, b: &'b Bpf) -> Vec<(&'b str, Option<u64>)> {
+    let mut out = Vec::new();
+    for a in b.attachments.iter().filter(|a| a.prog == p.addr) {
+        let listed = match a.link {
+            Some(l) => b.links.iter().any(|x| x.addr == l),
+            None => b
+                .links
+                .iter()
+                .any(|x| x.prog == p.addr && x.attach == a.point),
+        };
+        if !listed && !out.iter().any(|(pt, _)| *pt == a.point.as_str()) {
+            out.push((a.point.as_str(), a.link));
+        }
+    }
+    out
 }
 
 fn attached(p: &Program, b: &Bpf) -> String {
@@ -76,6 +99,12 @@ fn attached(p: &Program, b: &Bpf) -> String {
         .filter(|l| l.prog == p.addr)
         .map(|l| format!("link {} {}: {}", l.id, l.kind, l.attach))
         .collect();
+    for (point, link) in unlinked(p, b) {
+        out.push(match link {
+            Some(l) => format!("{point} (link {l:#x}, not in link_idr)"),
+            None => point.to_string(),
+        });
+    }
     if let Some(f) = &p.attach_func
         && out.is_empty()
     {
@@ -86,6 +115,12 @@ fn attached(p: &Program, b: &Bpf) -> String {
     } else {
         out.join("; ")
     }
+}
+
+/// References to the link at `link` (an `atomic64_t`).
+fn link_refs(k: &Kernel<'_, '_>, link: u64) -> Option<u64> {
+    let off = k.profile.offset("bpf_link", "refcnt").ok()?;
+    k.vm.read_u64(link.wrapping_add(off)).ok()
 }
 
 pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
@@ -113,6 +148,20 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
                 check: "ebpf",
                 what: format!("{who} {what}"),
                 evidence: evidence.clone(),
+                owner: owner.clone(),
+            });
+        }
+        for (point, link) in unlinked(p, b) {
+            let Some(link) = link else { continue };
+            // A link being freed leaves link_idr before its hook.
+            if link_refs(k, link) == Some(0) {
+                continue;
+            }
+            r.findings.push(Finding {
+                severity: Severity::High,
+                check: "ebpf",
+                what: format!("{who} is attached by a link hidden from the link list (link_idr)"),
+                evidence: format!("bpf_link {link:#x} on {point}"),
                 owner: owner.clone(),
             });
         }
@@ -147,6 +196,14 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
             ],
         });
     }
-    r.examined = format!("{} eBPF programs, {} links", r.rows.len(), b.links.len());
+    let l = b.looked;
+    r.examined = format!(
+        "{} eBPF programs, {} links; the hooks of {} cgroups, {} network devices and {} trace events",
+        r.rows.len(),
+        b.links.len(),
+        l.cgroups,
+        l.devices,
+        l.events
+    );
     Ok(r)
 }

@@ -11,6 +11,7 @@
 //! or only carving or sysfs found it.
 
 mod bpf;
+mod bpf_attach;
 mod bpf_names;
 mod creds;
 mod dispatch;

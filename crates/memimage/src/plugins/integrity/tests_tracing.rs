@@ -139,7 +139,7 @@ fn ebpf_lists_programs_with_their_links_and_helpers() {
         "sd_devices",
         "cgroup_device",
         "a001020304050607",
-        "-",
+        "cgroup /system.slice (hook 3)",
         "",
         "true",
         "true",
@@ -150,8 +150,16 @@ fn ebpf_lists_programs_with_their_links_and_helpers() {
     let t = ebpf_triage(Plant::default(), |_| {});
     assert_eq!(t.len(), 1);
     assert_eq!(s(&t[0], "result"), "ok");
-    assert_eq!(s(&t[0], "what"), "1 eBPF programs, 0 links: no findings");
+    assert_eq!(
+        s(&t[0], "what"),
+        "1 eBPF programs, 0 links; the hooks of 2 cgroups, 2 network devices and 0 trace events: no findings"
+    );
     with_kernel(Plant::all(), None, |k| {
+        let mut sd = sd;
+        sd[4] = "cgroup /system.slice (hook 3); \
+                 xdp (driver) on eth0 (net namespace 4026531840) \
+                 (link 0xffff8880000c2000, not in link_idr)"
+            .into();
         assert_eq!(
             ebpf_rows(k),
             vec![
@@ -175,6 +183,16 @@ fn ebpf_lists_programs_with_their_links_and_helpers() {
                     "",
                     "false",
                     "true",
+                ]),
+                row([
+                    "4",
+                    "kit_cgroup",
+                    "cgroup_skb",
+                    "a301020304050607",
+                    "cgroup / (hook 1)",
+                    "",
+                    "false",
+                    "false",
                 ]),
             ]
         );
@@ -214,6 +232,44 @@ fn ebpf_findings_are_the_planted_programs() {
         |m| m.write_u64(0x9_7000, 0),
     );
     assert_eq!(s(&freed[0], "result"), "ok", "{freed:?}");
+    // On a hook only: hidden, and why.
+    let on_hook = only(Plant {
+        bpf_hook_hidden: true,
+        ..Plant::default()
+    });
+    assert_eq!(
+        on_hook,
+        [(
+            "high".to_string(),
+            "eBPF program 4 (kit_cgroup, cgroup_skb) is hidden from the program list (prog_idr)"
+                .to_string()
+        )]
+    );
+    let t = ebpf_triage(
+        Plant {
+            bpf_hook_hidden: true,
+            ..Plant::default()
+        },
+        |_| {},
+    );
+    assert!(
+        s(&t[0], "evidence").ends_with(": attached to cgroup / (hook 1)"),
+        "{t:?}"
+    );
+    // A link missing from link_idr, unless it is being freed.
+    let plant = Plant {
+        bpf_link_hidden: true,
+        ..Plant::default()
+    };
+    let link = only(plant);
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(link[0].0, "high");
+    assert_eq!(
+        link[0].1,
+        "eBPF program 1 (sd_devices, cgroup_device) is attached by a link hidden from the link list (link_idr)"
+    );
+    let freed = ebpf_triage(plant, |m| m.write_u64(0xc_2000, 0));
+    assert_eq!(s(&freed[0], "result"), "ok", "{freed:?}");
 }
 
 #[test]
@@ -234,7 +290,7 @@ fn tracepoint_data_names_the_bpf_program() {
         ..Plant::default()
     };
     let mut ik = build(plant, None);
-    ik.mem.write_u64(0x8_0808, DIRECT + 0x9_8000);
+    ik.mem.write_u64(0x8_0808, DIRECT + 0x9_a000);
     let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
     let profile = Profile::load_with(ik.isf.as_bytes(), "synth", &Selection::INTEGRITY).unwrap();
     let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);

@@ -29,8 +29,8 @@ const LINK_NODE: u64 = 0x9_0800;
 const PACK: u64 = 0x9_0c00;
 const PROGS: u64 = 0x9_1000;
 const AUXES: u64 = 0x9_5000;
-const LINK: u64 = 0x9_8000;
-const RAW_EVENT_MAP: u64 = 0x9_8100;
+const LINK: u64 = 0x9_a000;
+const RAW_EVENT_MAP: u64 = 0x9_a100;
 /// The JIT pack in module space (offset from `MODULES`), one page.
 pub(super) const JIT_PACK: u64 = 0x4_0000;
 /// struct bpf_prog_aux.ksym, and bpf_ksym.lnode inside it.
@@ -96,7 +96,7 @@ pub(super) fn types(t: &mut Map<String, Value>) {
             600,
             &[
                 ("start", 0, u64t.clone()),
-                ("end", 8, u64t),
+                ("end", 8, u64t.clone()),
                 ("name", 16, arr(512, base("char"))),
                 (
                     "lnode",
@@ -112,6 +112,7 @@ pub(super) fn types(t: &mut Map<String, Value>) {
         ty(
             64,
             &[
+                ("refcnt", 0, u64t.clone()),
                 ("id", 8, u32t),
                 ("type", 12, en("bpf_link_type")),
                 ("prog", 24, vp.clone()),
@@ -159,7 +160,14 @@ pub(super) fn symbols(sym: &mut dyn FnMut(&str, u64)) {
 
 /// A program: `(n, id, type, name, instructions, jited image offset in the
 /// pack)`; returns its address.
-fn program(m: &mut SynthMemory, n: u64, id: u32, kind: u32, name: &str, insns: &[u64]) -> u64 {
+pub(super) fn program(
+    m: &mut SynthMemory,
+    n: u64,
+    id: u32,
+    kind: u32,
+    name: &str,
+    insns: &[u64],
+) -> u64 {
     let prog = PROGS + n * 0x1000;
     let aux = AUXES + n * 0x1000;
     m.write(prog, &1u16.to_le_bytes());
@@ -189,6 +197,17 @@ fn program(m: &mut SynthMemory, n: u64, id: u32, kind: u32, name: &str, insns: &
     d(prog)
 }
 
+/// A circular list through `nodes` (`list_head` addresses, physical).
+pub(super) fn ring(m: &mut SynthMemory, nodes: &[u64]) {
+    let n = nodes.len();
+    for (i, &node) in nodes.iter().enumerate() {
+        let next = nodes.get((i + 1) % n).copied().unwrap_or(node);
+        let prev = nodes.get((i + n - 1) % n).copied().unwrap_or(node);
+        m.write_u64(node, d(next));
+        m.write_u64(node + 8, d(prev));
+    }
+}
+
 /// A one-node xarray at `node` holding `entries` by index.
 fn xarray(m: &mut SynthMemory, head: u64, node: u64, entries: &[(u64, u64)]) {
     if entries.is_empty() {
@@ -201,7 +220,7 @@ fn xarray(m: &mut SynthMemory, head: u64, node: u64, entries: &[(u64, u64)]) {
 }
 
 /// `mov r0, 1; exit`.
-const RETURN_ONE: [u64; 2] = [0x0000_0001_0000_00b7, 0x95];
+pub(super) const RETURN_ONE: [u64; 2] = [0x0000_0001_0000_00b7, 0x95];
 
 pub(super) fn write(m: &mut SynthMemory, plant: &Plant, exec_tracepoint: u64) {
     m.write(CALL_BASE + 0x10_0000, &[0xc3]);
@@ -214,6 +233,7 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant, exec_tracepoint: u64) {
         let kit = program(m, 1, 2, 17, "kit_rawtp", &[call, RETURN_ONE[0], 0x95]);
         idr.push((2, kit));
         ksyms.push(AUXES + 0x1000 + AUX_KSYM + KSYM_LNODE);
+        m.write_u64(LINK, 1);
         m.write(LINK + 8, &1u32.to_le_bytes());
         m.write(LINK + 12, &1u32.to_le_bytes());
         m.write_u64(LINK + 24, kit);
@@ -227,14 +247,8 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant, exec_tracepoint: u64) {
     }
     xarray(m, PROG_IDR, PROG_NODE, &idr);
     // bpf_kallsyms: a ring through each program's aux.ksym.lnode.
-    let ring: Vec<u64> = std::iter::once(KALLSYMS).chain(ksyms).collect();
-    let n = ring.len();
-    for (i, &node) in ring.iter().enumerate() {
-        let next = ring.get((i + 1) % n).copied().unwrap_or(node);
-        let prev = ring.get((i + n - 1) % n).copied().unwrap_or(node);
-        m.write_u64(node, d(next));
-        m.write_u64(node + 8, d(prev));
-    }
+    let nodes: Vec<u64> = std::iter::once(KALLSYMS).chain(ksyms).collect();
+    ring(m, &nodes);
     // A struct_ops map (type 26) and its trampoline page.
     m.write(STRUCT_OPS_MAP + 24, &26u32.to_le_bytes());
     m.write(STRUCT_OPS_MAP + 68, &1u32.to_le_bytes());
