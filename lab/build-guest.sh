@@ -406,25 +406,34 @@ else
   log "$DEB_ARCH userland: busybox, dropbear, sftp-server, $(ls "$IR/lib/$CROSS_TRIPLET" | tr '\n' ' ')"
 fi
 
-# NIC modules (and their dependencies), decompressed: busybox insmod wants plain .ko.
-: >"$IR/etc/lab-modules"
-for mod in $NIC_MODULES; do
-  deps=$(modprobe -d "$KROOT" -S "$RELEASE" --show-depends "$mod" 2>&1) \
-    || die "module $mod not found for $RELEASE: $deps"
-  while read -r kind path _; do
-    [ "$kind" = insmod ] || continue
-    name=$(basename "$path"); name=${name%%.ko*}
-    grep -qx "$name" "$IR/etc/lab-modules" && continue
-    case "$path" in
-      *.ko)     cp "$path" "$IR/lib/modules/lab/$name.ko" ;;
-      *.ko.xz)  xz -dc "$path" >"$IR/lib/modules/lab/$name.ko" ;;
-      *.ko.zst) zstd -qdc "$path" >"$IR/lib/modules/lab/$name.ko" ;;
-      *.ko.gz)  gzip -dc "$path" >"$IR/lib/modules/lab/$name.ko" ;;
-      *) die "unexpected module file $path" ;;
-    esac
-    echo "$name" >>"$IR/etc/lab-modules"
-  done <<<"$deps"
-done
+# Modules (and their dependencies) into DIR, named in LIST, decompressed:
+# busybox insmod wants plain .ko.
+copy_modules() {
+  local dir=$1 list=$2 mod deps kind path name
+  shift 2
+  : >"$list"
+  for mod in "$@"; do
+    deps=$(modprobe -d "$KROOT" -S "$RELEASE" --show-depends "$mod" 2>&1) \
+      || die "module $mod not found for $RELEASE: $deps"
+    while read -r kind path _; do
+      [ "$kind" = insmod ] || continue
+      name=$(basename "$path"); name=${name%%.ko*}
+      grep -qx "$name" "$list" && continue
+      case "$path" in
+        *.ko)     cp "$path" "$dir/$name.ko" ;;
+        *.ko.xz)  xz -dc "$path" >"$dir/$name.ko" ;;
+        *.ko.zst) zstd -qdc "$path" >"$dir/$name.ko" ;;
+        *.ko.gz)  gzip -dc "$path" >"$dir/$name.ko" ;;
+        *) die "unexpected module file $path" ;;
+      esac
+      echo "$name" >>"$list"
+    done <<<"$deps"
+  done
+}
+# shellcheck disable=SC2086 # word lists
+copy_modules "$IR/lib/modules/lab" "$IR/etc/lab-modules" $NIC_MODULES
+# tc's clsact qdisc and BPF classifier, for the BPF helper (test rootkit only).
+[ -z "$TESTKIT_KO" ] || copy_modules "$IR/lib/modules/testkit" "$IR/etc/testkit-modules" sch_ingress cls_bpf
 log "NIC modules: $(tr '\n' ' ' <"$IR/etc/lab-modules")(NIC $NIC)"
 
 cat >"$IR/etc/passwd" <<'EOF'
@@ -518,6 +527,9 @@ if [ -n "$TESTKIT_KO" ]; then
 case " $(cat /proc/cmdline) " in
   *" mshot.testkit=1 "*)
     insmod /lib/modules/testkit/mshot_testkit.ko || echo "lab-init: insmod mshot_testkit failed"
+    for m in $(cat /etc/testkit-modules); do
+      insmod "/lib/modules/testkit/$m.ko" || echo "lab-init: insmod $m failed"
+    done
     /usr/local/bin/rwx-helper >/run/rwx-helper.log 2>&1 &
     /usr/local/bin/bpf-helper >/run/bpf-helper.log 2>&1 &
     ;;

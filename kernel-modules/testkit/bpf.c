@@ -16,7 +16,9 @@
  *   mshot_xdp       XDP on lo, generic mode, by netlink (IFLA_XDP);
  *   mshot_tcx       sched_cls on lo's tcx ingress (BPF_PROG_ATTACH, 6.6+);
  *   mshot_perf      a tracepoint program on sched_process_fork by
- *                   perf_event_open and PERF_EVENT_IOC_SET_BPF.
+ *                   perf_event_open and PERF_EVENT_IOC_SET_BPF;
+ *   mshot_tc        tc's BPF classifier on lo's clsact ingress (netlink,
+ *                   as `tc filter add dev lo ingress bpf da` does).
  *   Classic BPF: a packet socket filtered by SO_ATTACH_FILTER (the way
  *   BPFDoor listens), and a child process under a seccomp filter.
  *
@@ -33,6 +35,8 @@
 #include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/perf_event.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <linux/seccomp.h>
 #include <stdio.h>
@@ -127,42 +131,39 @@ static int attach_cgroup(int fd)
 	return bpf(BPF_PROG_ATTACH, &attr);
 }
 
-/* Sets `fd` as lo's generic-mode XDP program by RTM_SETLINK. */
-static int attach_xdp(int fd)
+/* A netlink request under construction: header, family header, attributes. */
+struct nlreq {
+	struct nlmsghdr nh;
+	char body[256];
+};
+
+static struct rtattr *nl_attr(struct nlreq *r, unsigned short type, const void *data, int len)
 {
-	struct {
-		struct nlmsghdr nh;
-		struct ifinfomsg ifi;
-		char attrs[64];
-	} req;
-	struct rtattr *xdp, *a;
+	struct rtattr *a = (struct rtattr *)((char *)r + NLMSG_ALIGN(r->nh.nlmsg_len));
+
+	a->rta_type = type;
+	a->rta_len = RTA_LENGTH(len);
+	if (len)
+		memcpy(RTA_DATA(a), data, len);
+	r->nh.nlmsg_len = NLMSG_ALIGN(r->nh.nlmsg_len) + RTA_ALIGN(a->rta_len);
+	return a;
+}
+
+/* Closes a nested attribute opened by nl_attr(r, type, NULL, 0). */
+static void nl_end(struct nlreq *r, struct rtattr *nest)
+{
+	nest->rta_len = (char *)r + r->nh.nlmsg_len - (char *)nest;
+}
+
+/* Sends the request and reads its acknowledgement; -1 with errno set. */
+static int nl_talk(struct nlreq *r)
+{
 	char reply[4096];
 	struct nlmsgerr *err;
 	int nl, n;
 
-	memset(&req, 0, sizeof(req));
-	req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.ifi));
-	req.nh.nlmsg_type = RTM_SETLINK;
-	req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-	req.ifi.ifi_family = AF_UNSPEC;
-	req.ifi.ifi_index = 1;
-	xdp = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.nh.nlmsg_len));
-	xdp->rta_type = NLA_F_NESTED | IFLA_XDP;
-	xdp->rta_len = RTA_LENGTH(0);
-	a = (struct rtattr *)((char *)xdp + RTA_ALIGN(xdp->rta_len));
-	a->rta_type = IFLA_XDP_FD;
-	a->rta_len = RTA_LENGTH(sizeof(int));
-	memcpy(RTA_DATA(a), &fd, sizeof(int));
-	xdp->rta_len += RTA_ALIGN(a->rta_len);
-	a = (struct rtattr *)((char *)xdp + RTA_ALIGN(xdp->rta_len));
-	a->rta_type = IFLA_XDP_FLAGS;
-	a->rta_len = RTA_LENGTH(sizeof(__u32));
-	*(__u32 *)RTA_DATA(a) = XDP_FLAGS_SKB_MODE;
-	xdp->rta_len += RTA_ALIGN(a->rta_len);
-	req.nh.nlmsg_len = NLMSG_ALIGN(req.nh.nlmsg_len) + RTA_ALIGN(xdp->rta_len);
-
 	nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
-	if (nl < 0 || send(nl, &req, req.nh.nlmsg_len, 0) < 0)
+	if (nl < 0 || send(nl, r, r->nh.nlmsg_len, 0) < 0)
 		return -1;
 	n = recv(nl, reply, sizeof(reply), 0);
 	close(nl);
@@ -172,6 +173,59 @@ static int attach_xdp(int fd)
 		return -1;
 	}
 	return 0;
+}
+
+static void nl_start(struct nlreq *r, unsigned short type, unsigned short flags, const void *fam,
+		     int len)
+{
+	memset(r, 0, sizeof(*r));
+	r->nh.nlmsg_len = NLMSG_LENGTH(len);
+	r->nh.nlmsg_type = type;
+	r->nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+	memcpy(NLMSG_DATA(&r->nh), fam, len);
+}
+
+/* Sets `fd` as lo's generic-mode XDP program by RTM_SETLINK. */
+static int attach_xdp(int fd)
+{
+	struct ifinfomsg ifi = { .ifi_family = AF_UNSPEC, .ifi_index = 1 };
+	__u32 flags = XDP_FLAGS_SKB_MODE;
+	struct rtattr *xdp;
+	struct nlreq r;
+
+	nl_start(&r, RTM_SETLINK, 0, &ifi, sizeof(ifi));
+	xdp = nl_attr(&r, NLA_F_NESTED | IFLA_XDP, NULL, 0);
+	nl_attr(&r, IFLA_XDP_FD, &fd, sizeof(fd));
+	nl_attr(&r, IFLA_XDP_FLAGS, &flags, sizeof(flags));
+	nl_end(&r, xdp);
+	return nl_talk(&r);
+}
+
+/* A clsact qdisc on lo, then `fd` as a direct-action BPF classifier on its
+ * ingress. */
+static int attach_tc(int fd)
+{
+	struct tcmsg qd = { .tcm_family = AF_UNSPEC, .tcm_ifindex = 1,
+			    .tcm_handle = TC_H_MAKE(TC_H_CLSACT, 0), .tcm_parent = TC_H_CLSACT };
+	struct tcmsg flt = { .tcm_family = AF_UNSPEC, .tcm_ifindex = 1,
+			     .tcm_parent = TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS),
+			     .tcm_info = TC_H_MAKE(1 << 16, htons(ETH_P_ALL)) };
+	__u32 da = TCA_BPF_FLAG_ACT_DIRECT;
+	struct rtattr *opts;
+	struct nlreq r;
+
+	nl_start(&r, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &qd, sizeof(qd));
+	nl_attr(&r, TCA_KIND, "clsact", sizeof("clsact"));
+	if (nl_talk(&r) < 0)
+		return -1;
+	nl_start(&r, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, &flt, sizeof(flt));
+	nl_attr(&r, TCA_KIND, "bpf", sizeof("bpf"));
+	opts = nl_attr(&r, NLA_F_NESTED | TCA_OPTIONS, NULL, 0);
+	nl_attr(&r, TCA_BPF_FD, &fd, sizeof(fd));
+	nl_attr(&r, TCA_BPF_NAME, "mshot_tc", sizeof("mshot_tc"));
+	nl_attr(&r, TCA_BPF_FLAGS, &da, sizeof(da));
+	nl_end(&r, opts);
+	return nl_talk(&r);
 }
 
 /* Attaches `fd` to lo's tcx ingress (no link). */
@@ -317,6 +371,7 @@ int main(void)
 	attach_one(BPF_PROG_TYPE_XDP, "mshot_xdp", XDP_PASS, attach_xdp);
 	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tcx", -1, attach_tcx);
 	attach_one(BPF_PROG_TYPE_TRACEPOINT, "mshot_perf", 0, attach_perf);
+	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tc", TC_ACT_OK, attach_tc);
 	packet_filter();
 	fflush(stdout);
 	for (;;)

@@ -349,7 +349,13 @@ fn arm64_lime_kcore_and_live_agree_with_the_guest() -> anyhow::Result<()> {
         results.contains(&("check_idt", "does not apply")),
         "{results:?}"
     );
-    for check in ["check_syscall", "tracepoints", "ebpf", "unowned_code"] {
+    for check in [
+        "check_syscall",
+        "tracepoints",
+        "ebpf",
+        "bpf_filters",
+        "unowned_code",
+    ] {
         assert!(results.contains(&(check, "ok")), "{check}: {results:?}");
     }
     // The system-call table, read live: arm64's numbers reach their handlers.

@@ -40,7 +40,7 @@ const PROBE_CALLED: &str = "mshot_testkit: exec probe called";
 /// The BPF helper's programs: (name, type, what ebpf's `attached` holds).
 /// The second calls bpf_probe_write_user and is attached to TRACEPOINT by
 /// a link; the others have no link. tcx exists from 6.6 only.
-pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 6] = [
+pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 7] = [
     (
         "mshot_sockfilt",
         "socket_filter",
@@ -59,6 +59,11 @@ pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 6] = [
         "tcx_ingress on lo (net namespace ",
     ),
     ("mshot_perf", "tracepoint", "perf event sched_process_fork"),
+    (
+        "mshot_tc",
+        "sched_cls",
+        "tc ingress classifier on lo (net namespace ",
+    ),
 ];
 /// The one program a kernel before 6.6 cannot attach.
 pub(crate) const TCX_PROGRAM: &str = "mshot_tcx";

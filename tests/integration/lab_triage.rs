@@ -206,7 +206,8 @@ fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
 /// program by id, name, tag and type, the raw tracepoint one with its link,
 /// its helper and the process holding it.
 fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) {
-    let doc = analyze_json(image, &["tracepoints", "ebpf", "--no-cache"]);
+    let doc = analyze_json(image, &["tracepoints", "ebpf", "bpf_filters", "--no-cache"]);
+    assert_filters(doc["bpf_filters"].as_array().unwrap(), bpf_log);
     let tps = doc["tracepoints"].as_array().unwrap().clone();
     let progs = doc["ebpf"].as_array().unwrap().clone();
     let (tp, probe) = probe_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
@@ -282,6 +283,63 @@ fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) 
             .contains("bpf_probe_write_user")
     );
     (tps, progs)
+}
+
+/// bpf_filters: the helper's three filters and no others, by process: its
+/// eBPF socket filter, its classic packet filter (decoded as tcpdump -d
+/// prints it) and its child's seccomp filter.
+fn assert_filters(rows: &[J], bpf_log: &str) {
+    let number = |after: &str| -> u64 {
+        let rest = bpf_log
+            .split(after)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{after}: {bpf_log}"));
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    };
+    let (pid, child) = (number("bpf-helper: pid "), number("seccomp child "));
+    let packet_fd = number("classic packet filter fd ");
+    let sockfilt = bpf_programs_from_log(bpf_log)
+        .into_iter()
+        .find(|(n, _, _)| n == "mshot_sockfilt")
+        .unwrap();
+    let got: BTreeSet<(u64, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let f = |c: &str| r[c].as_str().unwrap().to_string();
+            (
+                r["pid"].as_u64().unwrap(),
+                f("attached"),
+                f("program"),
+                f("code"),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(u64, String, String, String)> = [
+        (
+            pid,
+            format!("socket fd {packet_fd} (AF_PACKET RAW)"),
+            "classic".to_string(),
+            "0: ldh [12]; 1: jeq #0x800 jt 2 jf 3; 2: ret #65535; 3: ret #0".to_string(),
+        ),
+        (
+            child,
+            "seccomp, layer 1 of 1".into(),
+            "classic".into(),
+            "0: ret #0x7fff0000".into(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let ebpf: Vec<_> = got.difference(&expected).collect();
+    assert!(expected.is_subset(&got), "{got:#?}");
+    assert_eq!(ebpf.len(), 1, "{got:#?}");
+    assert_eq!(ebpf[0].0, pid);
+    assert!(ebpf[0].1.ends_with(" (AF_INET DGRAM)"), "{ebpf:?}");
+    assert_eq!(
+        ebpf[0].2,
+        format!("BPF program {} (mshot_sockfilt)", sockfilt.1)
+    );
 }
 
 #[test]

@@ -86,6 +86,7 @@ pub const PLUGINS: &[&str] = &[
     "kprobes",
     "tracepoints",
     "ebpf",
+    "bpf_filters",
     "unowned_code",
     "malfind",
     "check_afinfo",

@@ -65,9 +65,11 @@ pub(crate) struct Link {
 pub(crate) struct Bpf {
     pub programs: Vec<Program>,
     pub links: Vec<Link>,
-    /// What the hooks hold, links' attachments included, and the socket
-    /// filters of open sockets (classic programs among them).
+    /// What the hooks hold, links' attachments included, and the eBPF
+    /// socket filters.
     pub attachments: Vec<Attachment>,
+    /// Every open socket's filter, classic or eBPF.
+    pub socket_filters: Vec<SocketFilter>,
     pub looked: Looked,
     /// Every symbol of `bpf_kallsyms`: `(start, end, name)`.
     pub ksyms: Vec<(u64, u64, String)>,
@@ -167,9 +169,16 @@ impl Bpf {
         // Every descriptor of every process, for who holds a program and
         // which sockets filter through one (on a live source each table
         // is a remote read).
-        let (holders, sockets) = descriptors(k).unwrap_or_default();
-        b.holders = holders;
-        b.attachments.extend(sockets);
+        (b.holders, b.socket_filters) = descriptors(k).unwrap_or_default();
+        b.attachments
+            .extend(b.socket_filters.iter().map(|f| Attachment {
+                prog: f.prog,
+                link: None,
+                point: format!(
+                    "socket filter on {} socket, fd {} of process {} ({})",
+                    f.socket, f.fd, f.pid, f.comm
+                ),
+            }));
         // A program only a link or a hook reaches is one too; a classic
         // one (a socket or seccomp filter, no id) is not an eBPF program.
         let reached = b.links.iter().map(|l| l.prog);
@@ -508,11 +517,22 @@ impl Program {
 
 type Holders = HashMap<u64, Vec<String>>;
 
+/// A socket's filter (`SO_ATTACH_FILTER`, `SO_ATTACH_BPF`).
+#[derive(Debug, Clone)]
+pub(crate) struct SocketFilter {
+    pub prog: u64,
+    pub pid: i64,
+    pub comm: String,
+    pub fd: u64,
+    /// Family and type, e.g. `AF_PACKET RAW`.
+    pub socket: String,
+}
+
 /// Programs and links each process holds a descriptor of
 /// (`file->private_data` of files whose `f_op` is `bpf_prog_fops` or
 /// `bpf_link_fops`), and the filter of each socket it holds
 /// (`sock.sk_filter`: `SO_ATTACH_FILTER` or `SO_ATTACH_BPF`).
-fn descriptors(k: &Kernel<'_, '_>) -> Result<(Holders, Vec<Attachment>), KernelError> {
+fn descriptors(k: &Kernel<'_, '_>) -> Result<(Holders, Vec<SocketFilter>), KernelError> {
     let sym = |n: &str| k.symbol(n).ok();
     let fops: Vec<u64> = ["bpf_prog_fops", "bpf_link_fops"]
         .iter()
@@ -537,12 +557,14 @@ fn descriptors(k: &Kernel<'_, '_>) -> Result<(Holders, Vec<Attachment>), KernelE
                     v.push(who.clone());
                 }
             } else if Some(f_op) == socket_fops
-                && let Ok(Some((prog, kind))) = socket_filter(k, obj)
+                && let Ok(Some((prog, socket))) = socket_filter(k, obj)
             {
-                sockets.push(Attachment {
+                sockets.push(SocketFilter {
                     prog,
-                    link: None,
-                    point: format!("socket filter on {kind} socket, fd {fd} of {who}"),
+                    pid: t.tgid,
+                    comm: t.comm.clone(),
+                    fd,
+                    socket,
                 });
             }
         }

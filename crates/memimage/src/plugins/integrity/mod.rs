@@ -12,7 +12,9 @@
 
 mod bpf;
 mod bpf_attach;
+mod bpf_filters;
 mod bpf_names;
+mod classic_bpf;
 mod creds;
 mod dispatch;
 mod ebpf;
@@ -98,6 +100,7 @@ pub const CHECKS: &[&str] = &[
     "kprobes",
     "tracepoints",
     "ebpf",
+    "bpf_filters",
     "unowned_code",
     "psscan",
     "process_spoofing",
@@ -326,6 +329,7 @@ pub(crate) fn run_check(
         "kprobes" => tracing::kprobes(k, cx),
         "tracepoints" => tracepoints::check(k, cx),
         "ebpf" => ebpf::check(k, cx),
+        "bpf_filters" => bpf_filters::check(k, cx),
         "unowned_code" => modspace::check(k, cx),
         "check_afinfo" => ops::check_afinfo(k, cx),
         "tty_check" => ops::tty_check(k, cx),

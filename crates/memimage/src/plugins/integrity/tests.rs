@@ -248,6 +248,8 @@ fn missing_symbols_are_not_checked() {
         ("kprobe_table", "kprobes"),
         ("__start___tracepoints_ptrs", "tracepoints"),
         ("prog_idr", "ebpf"),
+        ("cgrp_dfl_root", "ebpf"),
+        ("prog_idr", "bpf_filters"),
         ("prb", "kmsg"),
         ("tty_drivers", "tty_check"),
         ("tcp4_seq_ops", "check_afinfo"),

@@ -120,6 +120,15 @@ fn ebpf_rows(k: &crate::kernel::Kernel<'_, '_>) -> Vec<[String; 8]> {
 }
 
 fn ebpf_triage(plant: Plant, edit: impl FnOnce(&mut crate::synth::SynthMemory)) -> Vec<Row> {
+    triage_of(plant, edit, "ebpf")
+}
+
+/// Triage's rows of one check, on the kernel `edit` changed.
+fn triage_of(
+    plant: Plant,
+    edit: impl FnOnce(&mut crate::synth::SynthMemory),
+    check: &str,
+) -> Vec<Row> {
     let mut ik = build(plant, None);
     edit(&mut ik.mem);
     let phys = PhysicalMemory::parse(&ik.mem.bytes).unwrap();
@@ -127,7 +136,7 @@ fn ebpf_triage(plant: Plant, edit: impl FnOnce(&mut crate::synth::SynthMemory)) 
     let k = crate::synth::kernel(&phys, &profile, ik.mem.dtb);
     rows(&k, "triage")
         .into_iter()
-        .filter(|r| s(r, "check") == "ebpf")
+        .filter(|r| s(r, "check") == check)
         .collect()
 }
 
@@ -270,6 +279,46 @@ fn ebpf_findings_are_the_planted_programs() {
     );
     let freed = ebpf_triage(plant, |m| m.write_u64(0xc_2000, 0));
     assert_eq!(s(&freed[0], "result"), "ok", "{freed:?}");
+}
+
+/// bpf_filters: sshd's two seccomp layers, newest first, the first
+/// decoded from the instructions the kernel kept.
+#[test]
+fn seccomp_filters_are_rows_with_their_code() {
+    with_kernel(Plant::default(), None, |k| {
+        let got: Vec<[String; 5]> = rows(k, "bpf_filters")
+            .iter()
+            .map(|r| ["pid", "comm", "attached", "instructions", "code"].map(|c| s(r, c)))
+            .collect();
+        let row = |v: [&str; 5]| v.map(str::to_string);
+        assert_eq!(
+            got,
+            [
+                row([
+                    "100",
+                    "sshd",
+                    "seccomp, layer 1 of 2",
+                    "4",
+                    "0: ld [4]; 1: jeq #0xc000003e jt 2 jf 3; 2: ret #0x7fff0000; 3: ret #0",
+                ]),
+                row([
+                    "100",
+                    "sshd",
+                    "seccomp, layer 2 of 2",
+                    "0",
+                    "(the kernel kept no copy of the original instructions)",
+                ]),
+            ]
+        );
+    });
+    let t = triage_of(Plant::all(), |_| {}, "bpf_filters");
+    assert_eq!(
+        (s(&t[0], "result"), s(&t[0], "what")),
+        (
+            "ok".to_string(),
+            "0 socket filters, 2 seccomp filters of 1 processes: no findings".to_string()
+        )
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! network namespace. The plants: `kit_cgroup`, a program on the root
 //! cgroup's egress that neither `prog_idr` nor the BPF symbol list shows;
 //! and an XDP attachment on `eth0` by a link missing from `link_idr`.
+//! And two seccomp filters on `sshd` (pid 100), the newest a classic
+//! program whose original instructions the kernel kept, the older one not.
 
 use super::bpf::{RETURN_ONE, program, ring};
 use super::{NET, Plant, d, ty};
@@ -23,6 +25,14 @@ const PL_KIT: u64 = 0xc_0a40;
 const DEV_LO: u64 = 0xc_1000;
 const DEV_ETH: u64 = 0xc_1400;
 const HIDDEN_LINK: u64 = 0xc_2000;
+const SECCOMP_NEW: u64 = 0xc_3000;
+const SECCOMP_OLD: u64 = 0xc_3100;
+/// Classic programs: one page each (prog, aux at 0x400, fprog at 0x800,
+/// instructions at 0x900).
+const CLASSIC: u64 = 0xc_4000;
+/// `sshd`'s task_struct (`checks`), and where its `seccomp` is.
+const SSHD: u64 = 0x4_0000;
+const TASK_SECCOMP: u64 = 0xe0;
 /// `net.dev_base_head`.
 pub(super) const NET_DEVICES: u64 = 0x40;
 /// Offsets in `cgroup` and `net_device`.
@@ -104,8 +114,52 @@ pub(super) fn types(t: &mut Map<String, Value>) {
     );
     t.insert(
         "bpf_xdp_entity".into(),
-        ty(16, &[("prog", 0, vp.clone()), ("link", 8, vp)]),
+        ty(16, &[("prog", 0, vp.clone()), ("link", 8, vp.clone())]),
     );
+    t.insert("seccomp".into(), ty(16, &[("filter", 8, vp.clone())]));
+    t.insert(
+        "seccomp_filter".into(),
+        ty(
+            0xe0,
+            &[("prev", 0x90, vp.clone()), ("prog", 0x98, vp.clone())],
+        ),
+    );
+    t.insert(
+        "sock_fprog_kern".into(),
+        ty(
+            16,
+            &[
+                (
+                    "len",
+                    0,
+                    json!({"kind": "base", "name": "short unsigned int"}),
+                ),
+                ("filter", 8, vp.clone()),
+            ],
+        ),
+    );
+    let field = |t: &mut Map<String, Value>, st: &str, name: &str, off: u64, ty: Value| {
+        if let Some(f) = t.get_mut(st).and_then(|s| s.get_mut("fields")) {
+            f[name] = json!({"offset": off, "type": ty});
+        }
+    };
+    field(t, "task_struct", "seccomp", TASK_SECCOMP, st("seccomp"));
+    field(t, "bpf_prog", "orig_prog", 64, vp);
+}
+
+/// A classic program (type 0) at page `n` of `CLASSIC`, its original
+/// instructions kept when given.
+fn classic(m: &mut SynthMemory, n: u64, insns: Option<&[[u8; 8]]>) -> u64 {
+    let prog = CLASSIC + n * 0x1000;
+    m.write_u64(prog + 56, d(prog + 0x400));
+    m.write_u64(prog + 0x400 + 904, d(prog));
+    if let Some(insns) = insns {
+        m.write_u64(prog + 64, d(prog + 0x800));
+        m.write(prog + 0x800, &(insns.len() as u16).to_le_bytes());
+        m.write_u64(prog + 0x808, d(prog + 0x900));
+        m.write(prog + 0x900, &insns.concat());
+    }
+    d(prog)
 }
 
 pub(super) fn symbols(sym: &mut dyn FnMut(&str, u64)) {
@@ -133,6 +187,22 @@ pub(super) fn write(m: &mut SynthMemory, plant: &Plant) {
         let kit = program(m, 3, 4, 8, "kit_cgroup", &RETURN_ONE);
         attach(m, ROOT, HOOK_EGRESS, PL_KIT, kit);
     }
+    // sshd's two seccomp layers: check the architecture, then allow.
+    let newest = classic(
+        m,
+        0,
+        Some(&[
+            [0x20, 0, 0, 0, 4, 0, 0, 0],
+            [0x15, 0, 0, 1, 0x3e, 0, 0, 0xc0],
+            [0x06, 0, 0, 0, 0, 0, 0xff, 0x7f],
+            [0x06, 0, 0, 0, 0, 0, 0, 0],
+        ]),
+    );
+    m.write_u64(SECCOMP_NEW + 0x98, newest);
+    m.write_u64(SECCOMP_NEW + 0x90, d(SECCOMP_OLD));
+    let older = classic(m, 1, None);
+    m.write_u64(SECCOMP_OLD + 0x98, older);
+    m.write_u64(SSHD + TASK_SECCOMP + 8, d(SECCOMP_NEW));
     // lo and eth0 on the namespace's device list.
     m.write(DEV_LO, b"lo\0");
     m.write(DEV_ETH, b"eth0\0");
