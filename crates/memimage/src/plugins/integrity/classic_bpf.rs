@@ -202,4 +202,12 @@ mod tests {
         // A trailing partial instruction is not one.
         assert_eq!(disassemble(&[0x06, 0, 0]), Vec::<String>::new());
     }
+
+    proptest::proptest! {
+        /// Any bytes: one line per whole instruction, no panic.
+        #[test]
+        fn any_bytes_decode(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            proptest::prop_assert_eq!(disassemble(&bytes).len(), bytes.len() / 8);
+        }
+    }
 }
