@@ -220,14 +220,27 @@ impl Report {
         Ok(())
     }
 
-    /// The summary table: host, result, size, duration, SHA-256 or the error.
+    /// The summary table: host, machine (when a host stated one), result,
+    /// size, duration, SHA-256 (and triage's verdict) or the error.
     pub fn table(&self) -> String {
-        let rows: Vec<[String; 5]> = self
+        let machines = self.hosts.iter().any(|h| h.machine.is_some());
+        let verdicts = self.hosts.iter().any(|h| h.verdict.is_some());
+        let last = if verdicts {
+            "SHA-256  VERDICT / ERROR"
+        } else {
+            "SHA-256 / ERROR"
+        };
+        let mut header = vec!["HOST", "MACHINE", "RESULT", "SIZE", "TIME", last];
+        if !machines {
+            header.remove(1);
+        }
+        let rows: Vec<Vec<String>> = self
             .hosts
             .iter()
             .map(|h| {
-                [
+                let mut row = vec![
                     h.name.clone(),
+                    h.machine.clone().unwrap_or_else(|| "-".into()),
                     h.status.word().to_string(),
                     h.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
                     format!("{:.1} s", h.duration_seconds),
@@ -238,41 +251,35 @@ impl Report {
                         (None, None, Some(v)) => format!("triage: {v}"),
                         (None, None, None) => "-".into(),
                     },
-                ]
+                ];
+                if !machines {
+                    row.remove(1);
+                }
+                row
             })
             .collect();
-        let verdicts = self.hosts.iter().any(|h| h.verdict.is_some());
-        let header = [
-            "HOST",
-            "RESULT",
-            "SIZE",
-            "TIME",
-            if verdicts {
-                "SHA-256  VERDICT / ERROR"
-            } else {
-                "SHA-256 / ERROR"
-            },
-        ];
-        let mut widths = header.map(str::len);
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
             }
         }
         let mut out = String::new();
-        let line = |cells: [&str; 5], out: &mut String| {
+        let mut line = |cells: &[&str]| {
             for (i, cell) in cells.iter().enumerate() {
-                if i == 4 {
+                if i + 1 == cells.len() {
                     out.push_str(cell);
                 } else {
-                    out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                    let w = widths.get(i).copied().unwrap_or(0);
+                    out.push_str(&format!("{cell:<w$}  "));
                 }
             }
             out.push('\n');
         };
-        line(header, &mut out);
+        line(&header);
         for row in &rows {
-            line([&row[0], &row[1], &row[2], &row[3], &row[4]], &mut out);
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            line(&cells);
         }
         out.push_str(&format!(
             "{} of {} hosts succeeded, {} in {:.1} s{}\n",

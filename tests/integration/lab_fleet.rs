@@ -250,11 +250,11 @@ hosts:
         assert_eq!(host["machine"], arch.as_str(), "{name}");
         assert_eq!(manifest["image"]["sha256"], sha.as_str());
         assert_eq!(manifest["cleanup"]["module_unloaded"], true);
-        // The summary line carries the hash.
+        // The summary line carries the machine and the hash.
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(name) && l.contains(&sha)),
+            stdout.lines().any(|l| l.starts_with(name)
+                && l.split_whitespace().nth(1) == Some(arch.as_str())
+                && l.contains(&sha)),
             "{stdout}"
         );
         guest.assert_clean(lab, &known_hosts, &manifest);
