@@ -467,11 +467,23 @@ fn arm64_16k_pages_with_and_without_lpa2() -> anyhow::Result<()> {
         let out = tempfile::tempdir()?;
         let o = setup
             .mshot(out.path())
-            .args(["--analyze", "pslist,lsmod,netstat"])
+            .args(["--analyze", "pslist,lsmod,netstat,unowned_code"])
             .output()?;
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{cpu}: LiME capture failed: {stderr}");
         assert!(stderr.contains(geometry), "{cpu}: {stderr}");
+        // Module code, counted in the kernel's own 16 KiB pages.
+        let code = analysis(out.path(), "unowned_code");
+        let code = code.as_array().unwrap();
+        assert!(!code.is_empty(), "{cpu}");
+        for r in code {
+            let span = r["end"].as_u64().unwrap() - r["start"].as_u64().unwrap();
+            assert_eq!(span, r["pages"].as_u64().unwrap() * 16384, "{cpu}: {r}");
+            assert!(
+                r["owner"].as_str().unwrap().starts_with("module "),
+                "{cpu}: {r}"
+            );
+        }
         let after = guest_view(&setup);
         assert_tasks(cpu, &analysis(out.path(), "pslist"), &before, &after);
         let mut with_lime = before.modules.clone();

@@ -33,7 +33,8 @@ const MODULES_VADDR_512M: u64 = 0xffff_ffff_a000_0000;
 const MODULES_END: u64 = 0xffff_ffff_ff00_0000;
 /// arm64's module window: the reach of a branch through a PLT.
 const ARM64_WINDOW: u64 = 2 << 30;
-/// Executable pages looked at, at most (1 GiB of 4 KiB pages).
+/// Executable pages looked at, at most (1 GiB of 4 KiB pages, 4 GiB of
+/// 16 KiB ones).
 const MAX_PAGES: usize = 1 << 18;
 /// Bytes of a trampoline compared with the code it is copied from.
 const TRAMPOLINE_PREFIX: u64 = 64;
@@ -159,7 +160,11 @@ fn owned(k: &Kernel<'_, '_>, cx: &Context<'_>, r: &mut Report) -> Vec<(u64, u64,
         })();
         for page in pages.unwrap_or_default() {
             if let Ok(insns) = ptr(k, page, "kprobe_insn_page", "insns") {
-                out.push((insns, insns.saturating_add(0x1000), Holder::Kprobes));
+                out.push((
+                    insns,
+                    insns.saturating_add(k.mode.page_size()),
+                    Holder::Kprobes,
+                ));
             }
         }
     }
@@ -220,10 +225,11 @@ fn holder(
     owners: &[(u64, u64, Holder)],
     prefixes: &[Vec<u8>],
 ) -> Holder {
-    if let Some((_, _, h)) = owners.iter().find(|(s, e, _)| *s < va + 0x1000 && *e > va) {
+    let size = k.mode.page_size();
+    if let Some((_, _, h)) = owners.iter().find(|(s, e, _)| *s < va + size && *e > va) {
         return h.clone();
     }
-    let mut page = vec![0u8; 0x1000];
+    let mut page = vec![0u8; usize::try_from(size).unwrap_or(0x1000)];
     if k.vm.read(va, &mut page).is_err() {
         return Holder::Unknown;
     }
@@ -273,7 +279,8 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     }
     let owners = owned(k, cx, &mut r);
     let prefixes = trampoline_prefixes(k);
-    // Runs of pages with one holder.
+    // Runs of pages (of the kernel's page size) with one holder.
+    let size = k.mode.page_size();
     let mut runs: Vec<(u64, u64, Holder)> = Vec::new();
     let mut pages = 0usize;
     for (from, to) in leaves {
@@ -282,19 +289,19 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
             pages += 1;
             let h = holder(k, at, &owners, &prefixes);
             match runs.last_mut() {
-                Some((_, end, last)) if *end == at && *last == h => *end += 0x1000,
-                _ => runs.push((at, at + 0x1000, h)),
+                Some((_, end, last)) if *end == at && *last == h => *end += size,
+                _ => runs.push((at, at + size, h)),
             }
-            at += 0x1000;
+            at += size;
         }
     }
     for (s, e, h) in &runs {
         if *h == Holder::Unknown {
             let mut bytes = vec![0u8; 64];
             let first = (*s..*e)
-                .step_by(0x1000)
+                .step_by(usize::try_from(size).unwrap_or(0x1000))
                 .find_map(|p| {
-                    let mut page = vec![0u8; 0x1000];
+                    let mut page = vec![0u8; usize::try_from(size).unwrap_or(0x1000)];
                     k.vm.read(p, &mut page).ok()?;
                     let off = page.iter().position(|&b| b != 0 && b != 0xcc)?;
                     Some(p + off as u64)
@@ -309,7 +316,7 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
                 check: "unowned_code",
                 what: format!(
                     "executable memory in module space that no module owns ({} pages)",
-                    (e - s) / 0x1000
+                    (e - s) / size
                 ),
                 evidence: format!("{s:#x}-{e:#x}: at {first:#x}: {code}"),
                 owner: h.describe(),
@@ -319,7 +326,7 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
             fields: vec![
                 ("start", Value::UInt(*s)),
                 ("end", Value::UInt(*e)),
-                ("pages", Value::UInt((e - s) / 0x1000)),
+                ("pages", Value::UInt((e - s) / size)),
                 ("owner", Value::Str(h.describe())),
             ],
         });
