@@ -2,7 +2,10 @@
 # The README's first command: build the lab guest from Debian packages, boot it,
 # capture its memory with mshot, analyse it, stop the guest.
 #
-#   sudo lab/try-it.sh [--flavour amd64|cloud-amd64] [--output-dir DIR]
+#   sudo lab/try-it.sh [--flavour amd64|cloud-amd64|cloud-arm64|arm64-16k] [--output-dir DIR]
+#
+# The arm64 flavours (a Graviton-like guest under qemu-system-aarch64, LiME
+# cross-built) take about twice as long to boot and capture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLAVOUR=amd64
@@ -11,9 +14,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --flavour) FLAVOUR=$2; shift 2 ;;
     --output-dir) OUT=$2; shift 2 ;;
-    *) echo "usage: $0 [--flavour amd64|cloud-amd64] [--output-dir DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--flavour amd64|cloud-amd64|cloud-arm64|arm64-16k] [--output-dir DIR]" >&2; exit 2 ;;
   esac
 done
+case $FLAVOUR in
+  amd64|cloud-amd64|cloud-arm64|arm64|arm64-16k) ;;
+  *) echo "try-it: unknown flavour $FLAVOUR: amd64, cloud-amd64, cloud-arm64, arm64 or arm64-16k" >&2; exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || { echo "try-it: run as root (QEMU, apt-get)" >&2; exit 2; }
 if ! command -v cargo >/dev/null; then
   echo "try-it: installing Rust with rustup (mshot needs Rust 1.89 or newer)"
