@@ -1,17 +1,16 @@
 //! The LiME module repository end to end: repositories made with `mshot repo`
 //! (keygen, index, sign), served by a real HTTP server on loopback or read
 //! from a directory, and captures of a real sshd target (this machine, dry
-//! runs) that take their module from it. Every refusal must leave the target
-//! untouched: the capture manifest's audit shows nothing but `uname`.
-//! The last test captures the QEMU lab guest with a module built by
-//! `mshot repo build` for its kernel, and no `--module`.
+//! runs) that take their module from it, one host or a fleet. The rig here
+//! (repository, target, dry run) serves `repository_trust` and
+//! `lab_repository` too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::{self, HttpServer, KeyPair, KeyType, Need, Sshd, user};
 
-fn mshot() -> Command {
+pub(crate) fn mshot() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mshot"));
     for var in [
         "MSHOT_PASSWORD",
@@ -28,7 +27,7 @@ fn mshot() -> Command {
     cmd
 }
 
-fn ok(cmd: &mut Command) -> Output {
+pub(crate) fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -39,7 +38,7 @@ fn ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn host_release() -> String {
+pub(crate) fn host_release() -> String {
     let out = Command::new("uname").arg("-r").output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -57,14 +56,14 @@ fn fake_module(release: &str, filler: u8) -> Vec<u8> {
 
 /// A repository made with `mshot repo keygen|index|sign`, holding modules for
 /// this machine's kernel and a few neighbours.
-struct Repo {
-    root: tempfile::TempDir,
-    public_key: PathBuf,
+pub(crate) struct Repo {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) public_key: PathBuf,
     secret_key: PathBuf,
 }
 
 impl Repo {
-    fn create(releases: &[&str]) -> Repo {
+    pub(crate) fn create(releases: &[&str]) -> Repo {
         let root = tempfile::tempdir().unwrap();
         let keys = root.path().join("keys");
         let repo = root.path().join("repo");
@@ -92,11 +91,11 @@ impl Repo {
         repo
     }
 
-    fn dir(&self) -> PathBuf {
+    pub(crate) fn dir(&self) -> PathBuf {
         self.root.path().join("repo")
     }
 
-    fn module_path(&self, release: &str) -> PathBuf {
+    pub(crate) fn module_path(&self, release: &str) -> PathBuf {
         self.dir().join(format!("modules/x86_64/lime-{release}.ko"))
     }
 
@@ -115,14 +114,14 @@ impl Repo {
 }
 
 /// A real sshd target (this machine) with a key for the passwordless-sudo user.
-struct Target {
+pub(crate) struct Target {
     sshd: Sshd,
     key: KeyPair,
     known_hosts: PathBuf,
 }
 
 impl Target {
-    fn start() -> anyhow::Result<Target> {
+    pub(crate) fn start() -> anyhow::Result<Target> {
         let sshd = Sshd::builder().start()?;
         let key = KeyPair::generate(sshd.dir(), "client", KeyType::Ed25519, None)?;
         sshd.authorize(user::NOPW, &key)?;
@@ -137,7 +136,7 @@ impl Target {
 
     /// A dry run (connect, root, push, hash, clean up) with `module_args`;
     /// the cache lives in `cache` (XDG_CACHE_HOME).
-    fn dry_run(&self, module_args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Run {
+    pub(crate) fn dry_run(&self, module_args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Run {
         let out_dir = tempfile::tempdir().unwrap();
         let mut cmd = mshot();
         cmd.arg("--output-dir")
@@ -161,16 +160,16 @@ impl Target {
     }
 }
 
-struct Run {
-    output: Output,
+pub(crate) struct Run {
+    pub(crate) output: Output,
     out_dir: tempfile::TempDir,
 }
 
 impl Run {
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
-    fn manifest(&self) -> serde_json::Value {
+    pub(crate) fn manifest(&self) -> serde_json::Value {
         let path = self.out_dir.path().join("img.json");
         let text = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("no manifest {}: {e}; {}", path.display(), self.stderr()));
@@ -187,7 +186,11 @@ impl Run {
     /// Refused with `expected` in the one-line error, and nothing done on the
     /// target but reading the kernel release (and, when `probes_allowed`, the
     /// read-only root probes that pick the method).
-    fn assert_refused(&self, expected: &[&str], probes_allowed: bool) -> serde_json::Value {
+    pub(crate) fn assert_refused(
+        &self,
+        expected: &[&str],
+        probes_allowed: bool,
+    ) -> serde_json::Value {
         let stderr = self.stderr();
         assert_eq!(self.output.status.code(), Some(1), "{stderr}");
         for part in expected {
@@ -221,6 +224,10 @@ impl Run {
         );
         manifest
     }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
 
 #[test]
@@ -415,279 +422,6 @@ fn directory_repository_by_path_file_url_and_environment() -> anyhow::Result<()>
 }
 
 #[test]
-fn every_refusal_names_the_problem_and_pushes_nothing() -> anyhow::Result<()> {
-    support::require!(
-        Need::Root,
-        Need::Sshd,
-        Need::SshClient,
-        Need::TestUsers,
-        Need::Python3
-    );
-    let release = host_release();
-    let target = Target::start()?;
-    let cache = tempfile::tempdir()?;
-
-    // Tampered module, over HTTP: expected and actual SHA-256 in the message.
-    let repo = Repo::create(&[&release]);
-    let mut bytes = std::fs::read(repo.module_path(&release))?;
-    let good_sha = sha256_hex(&bytes);
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(repo.module_path(&release), &bytes)?;
-    let bad_sha = sha256_hex(&bytes);
-    let server = HttpServer::serve(&repo.dir())?;
-    let key = repo.public_key.to_str().unwrap().to_string();
-    target
-        .dry_run(
-            &["--repository-url", &server.url(), "--repository-key", &key],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[
-                &format!("lime-{release}.ko: SHA-256 expected {good_sha}"),
-                &format!("actual {bad_sha}"),
-            ],
-            false,
-        );
-    // Nothing of it went into the cache.
-    assert!(
-        !cache
-            .path()
-            .join(format!("mshot/modules/{good_sha}.ko"))
-            .exists()
-    );
-    drop(server);
-
-    // Tampered manifest (one field changed after signing): the signature fails.
-    let repo = Repo::create(&[&release]);
-    let manifest_path = repo.dir().join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path)?.replacen(
-        "\"lime_version\": \"unknown\"",
-        "\"lime_version\": \"9.9\"",
-        1,
-    );
-    std::fs::write(&manifest_path, text)?;
-    let key = repo.public_key.to_str().unwrap().to_string();
-    target
-        .dry_run(
-            &[
-                "--repository-url",
-                repo.dir().to_str().unwrap(),
-                "--repository-key",
-                &key,
-            ],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[
-                "manifest.json: signature check failed",
-                "changed after signing",
-            ],
-            false,
-        );
-
-    // Wrong key: another key pair's public key, and the built-in key.
-    let repo = Repo::create(&[&release]);
-    let other = Repo::create(&[&release]);
-    let signer = key_id(&repo.public_key);
-    let other_id = key_id(&other.public_key);
-    let dir = repo.dir();
-    target
-        .dry_run(
-            &[
-                "--repository-url",
-                dir.to_str().unwrap(),
-                "--repository-key",
-                other.public_key.to_str().unwrap(),
-            ],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[
-                &format!("expected a signature by key {other_id}"),
-                &format!("got one by key {signer}"),
-            ],
-            false,
-        );
-    target
-        .dry_run(
-            &["--repository-url", dir.to_str().unwrap()],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[&format!("got one by key {signer}"), "built-in key"],
-            false,
-        );
-
-    // Unsigned manifest.
-    std::fs::remove_file(dir.join("manifest.json.minisig"))?;
-    target
-        .dry_run(
-            &[
-                "--repository-url",
-                dir.to_str().unwrap(),
-                "--repository-key",
-                repo.public_key.to_str().unwrap(),
-            ],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[
-                "manifest.json is not signed",
-                "manifest.json.minisig not found",
-            ],
-            false,
-        );
-
-    // No module for this kernel: with --method lime, the closest releases and
-    // how to build one.
-    let repo = Repo::create(&[
-        "6.1.0-55-amd64",
-        "6.12.117+deb12-amd64",
-        "6.1.0-56-cloud-amd64",
-    ]);
-    let repo_dir = repo.dir();
-    let missing = [
-        "--repository-url",
-        repo_dir.to_str().unwrap(),
-        "--repository-key",
-        repo.public_key.to_str().unwrap(),
-    ];
-    let lime_only: Vec<&str> = missing
-        .iter()
-        .copied()
-        .chain(["--method", "lime"])
-        .collect();
-    target
-        .dry_run(&lime_only, cache.path(), &[])
-        .assert_refused(
-            &[
-                "LiME cannot be used: ",
-                &format!("no LiME module for kernel {release} (x86_64)"),
-                "closest it has: ",
-                "6.1.0-55-amd64",
-                &format!("mshot repo build --out REPO {release}"),
-            ],
-            true,
-        );
-    // With --method auto (the default) that one miss means /proc/kcore instead,
-    // said and recorded; still nothing is pushed. (A kernel without
-    // /proc/kcore, like some CI machines', refuses naming both reasons.)
-    let run = target.dry_run(&missing, cache.path(), &[]);
-    let no_module = format!("no LiME module for kernel {release}");
-    if Path::new("/proc/kcore").exists() {
-        assert_eq!(run.output.status.code(), Some(0), "{}", run.stderr());
-        let manifest = run.manifest();
-        assert_eq!(manifest["source"]["method"], "kcore", "{manifest:#}");
-        assert!(
-            manifest["source"]["reason"]
-                .as_str()
-                .unwrap()
-                .contains(&no_module),
-            "{manifest:#}"
-        );
-        assert_eq!(manifest["module"]["remote_path"], "");
-    } else {
-        run.assert_refused(&["no way to read memory on this target", &no_module], true);
-    }
-
-    // Server unreachable: a loopback port nobody listens on.
-    let port = support::free_port([127, 0, 0, 1].into())?;
-    let url = format!("http://127.0.0.1:{port}/repo/");
-    target
-        .dry_run(
-            &[
-                "--repository-url",
-                &url,
-                "--repository-key",
-                repo.public_key.to_str().unwrap(),
-            ],
-            cache.path(),
-            &[],
-        )
-        .assert_refused(
-            &[
-                &format!("cannot fetch {url}manifest.json"),
-                "onnection refused",
-            ],
-            false,
-        );
-    Ok(())
-}
-
-#[test]
-fn signatures_interoperate_with_the_minisign_tool() -> anyhow::Result<()> {
-    support::require!(Need::Minisign);
-    let release = host_release();
-    let repo = Repo::create(&[&release]);
-    // The minisign tool verifies what `mshot repo sign` wrote...
-    ok(Command::new("minisign")
-        .arg("-V")
-        .arg("-p")
-        .arg(&repo.public_key)
-        .arg("-m")
-        .arg(repo.dir().join("manifest.json")));
-    // ...and mshot accepts a manifest signed by the tool, with a key the tool made.
-    let keys = repo.root.path().join("tool-keys");
-    std::fs::create_dir_all(&keys)?;
-    ok(Command::new("minisign")
-        .args(["-G", "-W", "-p"])
-        .arg(keys.join("k.pub"))
-        .arg("-s")
-        .arg(keys.join("k.key")));
-    ok(Command::new("minisign")
-        .args(["-S", "-s"])
-        .arg(keys.join("k.key"))
-        .arg("-m")
-        .arg(repo.dir().join("manifest.json")));
-    let out = ok(mshot()
-        .args(["repo", "verify"])
-        .arg(repo.dir())
-        .arg("--repository-key")
-        .arg(keys.join("k.pub")));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("ok x86_64   {release}")),
-        "{stdout}"
-    );
-    // And refuses the same repository under the key mshot signed it with before.
-    let out = mshot()
-        .args(["repo", "verify"])
-        .arg(repo.dir())
-        .arg("--repository-key")
-        .arg(&repo.public_key)
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    Ok(())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
-}
-
-/// The key ID as minisign prints it: the little-endian u64 after "Ed", in hex.
-fn key_id(public_key: &Path) -> String {
-    let text = std::fs::read_to_string(public_key).unwrap();
-    let line = text.lines().nth(1).unwrap();
-    let raw = base64_decode(line);
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&raw[2..10]);
-    format!("{:016X}", u64::from_le_bytes(id))
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .unwrap()
-}
-
-#[test]
 fn a_fleet_takes_its_modules_from_the_repository() -> anyhow::Result<()> {
     support::require!(
         Need::Root,
@@ -750,91 +484,6 @@ fn a_fleet_takes_its_modules_from_the_repository() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ports of the lab guests for the repository end-to-end tests (issue 4's range).
-const LAB_PORT: u16 = 2250;
-const SHIPPED_LAB_PORT: u16 = 2251;
-
-#[test]
-fn capture_the_lab_guest_with_a_module_from_a_built_repository() -> anyhow::Result<()> {
-    support::require!(
-        Need::Root,
-        Need::Sshd,
-        Need::SshClient,
-        Need::Netns,
-        Need::TestUsers,
-        Need::Python3,
-        Need::LabDir
-    );
-    let setup = crate::lab_guest::Setup::start(LAB_PORT)?;
-    let release = setup.lab.release();
-
-    // The repository: built by `mshot repo build` from Debian's packages for
-    // the guest's kernel, indexed, signed with a fresh key, served over HTTP.
-    let root = tempfile::tempdir()?;
-    let repo = root.path().join("repo");
-    ok(mshot()
-        .args(["repo", "build", "--out"])
-        .arg(&repo)
-        .arg("--work")
-        .arg(root.path().join("work"))
-        .arg(&release));
-    let (secret, public) = (root.path().join("k.key"), root.path().join("k.pub"));
-    ok(mshot()
-        .args(["repo", "keygen", "--unencrypted", "--secret-key"])
-        .arg(&secret)
-        .arg("--public-key")
-        .arg(&public));
-    ok(mshot().args(["repo", "index"]).arg(&repo));
-    ok(mshot()
-        .args(["repo", "sign"])
-        .arg(&repo)
-        .arg("--secret-key")
-        .arg(&secret));
-    let built = std::fs::read(repo.join(format!("modules/x86_64/lime-{release}.ko")))?;
-    let server = HttpServer::serve(&repo)?;
-
-    let out_dir = tempfile::tempdir()?;
-    let cache = tempfile::tempdir()?;
-    let output = setup
-        .mshot_without_module(out_dir.path())
-        .arg("--repository-url")
-        .arg(server.url())
-        .arg("--repository-key")
-        .arg(&public)
-        .env("XDG_CACHE_HOME", cache.path())
-        .env_remove("MSHOT_REPOSITORY_URL")
-        .env_remove("MSHOT_REPOSITORY_KEY")
-        .output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "mshot failed: {stderr}");
-
-    let image = std::fs::read(out_dir.path().join("guest.lime"))?;
-    let ram = crate::lab_guest::system_ram(&setup.ssh("cat /proc/iomem"));
-    assert_eq!(crate::lab_guest::lime_ranges(&image), ram);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
-    assert_eq!(manifest["kernel_release"], release.as_str());
-    assert_eq!(manifest["source"]["method"], "lime");
-    let module = &manifest["module"];
-    assert_eq!(module["sha256"], sha256_hex(&built));
-    assert_eq!(module["repository"]["repository"], server.url());
-    assert_eq!(
-        module["repository"]["entry"]["lime_version"]
-            .as_str()
-            .map(|v| !v.is_empty()),
-        Some(true)
-    );
-    assert!(
-        module["repository"]["entry"]["build"]["headers"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("linux-headers-{release} "))
-    );
-    assert_eq!(manifest["cleanup"]["module_unloaded"], true);
-    setup.assert_target_clean(&manifest);
-    Ok(())
-}
-
 #[test]
 fn the_shipped_repository_verifies_with_the_builtin_key() {
     // kernel-modules/repo is what the Docker image ships as the default
@@ -862,206 +511,4 @@ fn the_shipped_repository_verifies_with_the_builtin_key() {
             "no {prefix}*{suffix} in {releases:?}"
         );
     }
-}
-
-#[test]
-fn the_shipped_repository_serves_a_real_kernel() -> anyhow::Result<()> {
-    support::require!(
-        Need::Root,
-        Need::Sshd,
-        Need::SshClient,
-        Need::Netns,
-        Need::TestUsers,
-        Need::LabDir
-    );
-    // The 6.12 cloud guest when tests/run built it, else the main (6.1) one:
-    // either way a module from kernel-modules/repo loads into a real kernel,
-    // trusted through the key built into mshot (no --repository-key).
-    let main = PathBuf::from(std::env::var("MSHOT_LAB_DIR")?);
-    let dir = std::env::var_os("MSHOT_LAB_CLOUD_DIR")
-        .map(PathBuf::from)
-        .or_else(|| Some(main.parent()?.join("cloud-amd64")))
-        .filter(|d| d.join("vmlinuz").is_file() && d.join("release").is_file())
-        .unwrap_or(main);
-    let setup = crate::lab_guest::Setup::start_in(&dir, SHIPPED_LAB_PORT, "")?;
-    let release = setup.lab.release();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-modules/repo");
-    let shipped_manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json"))?)?;
-    let has_release = shipped_manifest["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["kernel_release"] == release.as_str() && m["arch"] == "x86_64");
-
-    let out_dir = tempfile::tempdir()?;
-    let cache = tempfile::tempdir()?;
-    let output = setup
-        .mshot_without_module(out_dir.path())
-        .arg("--repository-url")
-        .arg(format!("file://{}", shipped.display()))
-        .args(["--method", "lime"])
-        .env("XDG_CACHE_HOME", cache.path())
-        .env_remove("MSHOT_REPOSITORY_URL")
-        .env_remove("MSHOT_REPOSITORY_KEY")
-        .output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.path().join("guest.json"))?)?;
-    if !has_release {
-        // Debian moved on since kernel-modules/repo was built: the refusal
-        // must say so and point at the closest shipped releases.
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("no LiME module for kernel {release}")),
-            "{stderr}"
-        );
-        assert!(stderr.contains("closest it has: "), "{stderr}");
-        return Ok(());
-    }
-    assert!(output.status.success(), "mshot failed: {stderr}");
-    let image = std::fs::read(out_dir.path().join("guest.lime"))?;
-    let ram = crate::lab_guest::system_ram(&setup.ssh("cat /proc/iomem"));
-    assert_eq!(crate::lab_guest::lime_ranges(&image), ram);
-    let origin = &manifest["module"]["repository"];
-    assert_eq!(origin["key_origin"], "built-in key");
-    assert_eq!(origin["entry"]["kernel_release"], release.as_str());
-    assert_eq!(manifest["source"]["method"], "lime");
-    setup.assert_target_clean(&manifest);
-    Ok(())
-}
-
-/// Python's http.server behind TLS, with a certificate for 127.0.0.1 from a
-/// CA made for the test.
-const TLS_SERVER: &str = r#"
-import http.server, ssl, sys, functools
-port, directory, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
-httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-httpd.serve_forever()
-"#;
-
-#[test]
-fn https_repository_checks_the_server_certificate() -> anyhow::Result<()> {
-    support::require!(Need::Python3, Need::Openssl);
-    let release = host_release();
-    let repo = Repo::create(&[&release]);
-    let tls = repo.root.path().join("tls");
-    std::fs::create_dir_all(&tls)?;
-    let openssl = |args: &[&str]| {
-        ok(Command::new("openssl").current_dir(&tls).args(args));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mshot test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        tls.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
-    let port = support::free_port([127, 0, 0, 1].into())?;
-    let _server = support::KillOnDrop(
-        Command::new("python3")
-            .arg("-c")
-            .arg(TLS_SERVER)
-            .arg(port.to_string())
-            .arg(repo.dir())
-            .arg(tls.join("srv.pem"))
-            .arg(tls.join("srv.key"))
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the TLS server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let url = format!("https://127.0.0.1:{port}/");
-    let verify = |ca: Option<&Path>| {
-        let mut cmd = mshot();
-        cmd.args(["repo", "verify", &url, "--repository-key"])
-            .arg(&repo.public_key)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR");
-        if let Some(ca) = ca {
-            cmd.env("SSL_CERT_FILE", ca);
-        }
-        cmd.output().unwrap()
-    };
-    // Trusted through the CA: fetched over TLS and verified.
-    let out = verify(Some(&tls.join("ca.pem")));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("ok x86_64   {release}")),
-        "{stdout}"
-    );
-    // Without the CA the certificate is refused, and the error says so.
-    let out = verify(None);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot fetch {url}manifest.json"))
-            && stderr.contains("certificate"),
-        "{stderr}"
-    );
-    Ok(())
 }

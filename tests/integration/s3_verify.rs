@@ -12,7 +12,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::s3_capture::{add_material, fabricated_material, lime_image, text};
+use crate::s3_capture::{lime_image, text};
+use crate::s3_material::{add_material, fabricated_material};
 use crate::support::moto::Variant;
 use crate::support::{self, DataSource, FaultProxy, KeyPair, KeyType, Moto, Need, Sshd, user};
 
