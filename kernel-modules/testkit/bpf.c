@@ -17,6 +17,9 @@
  *   mshot_tcx       sched_cls on lo's tcx ingress (BPF_PROG_ATTACH, 6.6+);
  *   mshot_perf      a tracepoint program on sched_process_fork by
  *                   perf_event_open and PERF_EVENT_IOC_SET_BPF;
+ *   mshot_kprobe    a kprobe program on do_sys_openat2 by a perf event of
+ *                   the kprobe PMU (a probe of its own, not a tracefs
+ *                   event) and PERF_EVENT_IOC_SET_BPF;
  *   mshot_tc        tc's BPF classifier on lo's clsact ingress (netlink,
  *                   as `tc filter add dev lo ingress bpf da` does).
  *   Classic BPF: a packet socket filtered by SO_ATTACH_FILTER (the way
@@ -266,6 +269,30 @@ static int attach_perf(int fd)
 	return ev;
 }
 
+/* A kprobe PMU event on do_sys_openat2 running `fd`; the event's descriptor. */
+static int attach_kprobe(int fd)
+{
+	struct perf_event_attr pa;
+	char buf[32] = "";
+	int tf, ev;
+
+	tf = open("/sys/bus/event_source/devices/kprobe/type", O_RDONLY);
+	if (tf < 0 || read(tf, buf, sizeof(buf) - 1) <= 0)
+		return -1;
+	close(tf);
+	memset(&pa, 0, sizeof(pa));
+	pa.type = strtoul(buf, NULL, 10);
+	pa.size = sizeof(pa);
+	pa.config1 = (unsigned long)"do_sys_openat2"; /* kprobe_func */
+	pa.sample_period = 1;
+	pa.wakeup_events = 1;
+	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
+	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
+	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
+		return -1;
+	return ev;
+}
+
 /* Loads a program returning `ret` and attaches it; says why when it can't. */
 static void attach_one(enum bpf_prog_type type, const char *name, int ret, int (*attach)(int))
 {
@@ -371,6 +398,7 @@ int main(void)
 	attach_one(BPF_PROG_TYPE_XDP, "mshot_xdp", XDP_PASS, attach_xdp);
 	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tcx", -1, attach_tcx);
 	attach_one(BPF_PROG_TYPE_TRACEPOINT, "mshot_perf", 0, attach_perf);
+	attach_one(BPF_PROG_TYPE_KPROBE, "mshot_kprobe", 0, attach_kprobe);
 	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tc", TC_ACT_OK, attach_tc);
 	packet_filter();
 	fflush(stdout);

@@ -126,6 +126,10 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "ftrace_hash",
     "ftrace_func_entry",
     "kprobe",
+    "kretprobe",
+    "trace_kprobe",
+    "trace_probe",
+    "trace_probe_event",
     "tracepoint",
     "tracepoint_func",
     // ebpf: programs, links and what they attach to, the JIT's memory.

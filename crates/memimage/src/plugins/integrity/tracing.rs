@@ -111,8 +111,9 @@ pub(crate) fn ftrace(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Ker
     Ok(r)
 }
 
-/// kprobes: every probe in `kprobe_table`, with its handlers.
-pub(crate) fn kprobes(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
+/// Every probe in `kprobe_table` (an aggregate probe, not the probes it
+/// holds on one address).
+pub(crate) fn kprobe_list(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
     let table = k.symbol("kprobe_table")?;
     let count = k
         .profile
@@ -125,44 +126,53 @@ pub(crate) fn kprobes(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Ke
         .unwrap_or(64)
         .min(1024);
     let hlist = k.profile.offset("kprobe", "hlist")?;
-    let mut r = Report::default();
     let mut seen = HashSet::new();
+    let mut out = Vec::new();
     for b in 0..count {
         let mut node = k.read_u64(table.wrapping_add(b * 8), || "kprobe_table".into())?;
         while node != 0 && seen.insert(node) && seen.len() < MAX_WALK {
-            let kp = node.wrapping_sub(hlist);
-            let addr = ptr(k, kp, "kprobe", "addr")?;
-            for field in ["pre_handler", "post_handler"] {
-                let h = ptr(k, kp, "kprobe", field)?;
-                if h == 0 {
-                    continue;
-                }
-                let owner = cx.owner(h);
-                if let Some(severity) = judge(&owner, false) {
-                    r.findings.push(Finding {
-                        severity,
-                        check: "kprobes",
-                        what: format!(
-                            "kprobe on {} runs code outside the kernel",
-                            symbol(cx, addr)
-                        ),
-                        evidence: format!("kprobe {kp:#x} {field} {h:#x}"),
-                        owner: owner.describe(),
-                    });
-                }
-                r.rows.push(Row {
-                    fields: vec![
-                        ("kprobe", Value::UInt(kp)),
-                        ("probed", Value::Str(symbol(cx, addr))),
-                        ("handler", Value::Str(field.into())),
-                        ("address", Value::UInt(h)),
-                        ("owner", Value::Str(owner.describe())),
-                    ],
-                });
-            }
+            out.push(node.wrapping_sub(hlist));
             node = k.read_u64(node, || "kprobe next".into())?;
         }
     }
-    r.examined = format!("{} kprobes", seen.len());
+    Ok(out)
+}
+
+/// kprobes: every probe in `kprobe_table`, with its handlers.
+pub(crate) fn kprobes(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, KernelError> {
+    let mut r = Report::default();
+    let probes = kprobe_list(k)?;
+    for &kp in &probes {
+        let addr = ptr(k, kp, "kprobe", "addr")?;
+        for field in ["pre_handler", "post_handler"] {
+            let h = ptr(k, kp, "kprobe", field)?;
+            if h == 0 {
+                continue;
+            }
+            let owner = cx.owner(h);
+            if let Some(severity) = judge(&owner, false) {
+                r.findings.push(Finding {
+                    severity,
+                    check: "kprobes",
+                    what: format!(
+                        "kprobe on {} runs code outside the kernel",
+                        symbol(cx, addr)
+                    ),
+                    evidence: format!("kprobe {kp:#x} {field} {h:#x}"),
+                    owner: owner.describe(),
+                });
+            }
+            r.rows.push(Row {
+                fields: vec![
+                    ("kprobe", Value::UInt(kp)),
+                    ("probed", Value::Str(symbol(cx, addr))),
+                    ("handler", Value::Str(field.into())),
+                    ("address", Value::UInt(h)),
+                    ("owner", Value::Str(owner.describe())),
+                ],
+            });
+        }
+    }
+    r.examined = format!("{} kprobes", probes.len());
     Ok(r)
 }
