@@ -2,8 +2,10 @@
 //! programs from `prog_idr` (what `bpftool prog` lists) and from the BPF
 //! symbol list `bpf_kallsyms` (what the kernel runs and names in
 //! /proc/kallsyms), links from `link_idr` with what each attaches to (which
-//! `bpf_prog` does not record), the JIT's memory (`pack_list`, and each
-//! symbol's range), and the processes holding a program or link open.
+//! `bpf_prog` does not record), what the hooks themselves hold
+//! (`bpf_attach`), the JIT's memory (`pack_list`, and each symbol's
+//! range), the processes holding a program or link open, and every open
+//! socket's filter.
 
 use super::Symbols;
 use super::bpf_attach::{self, Attachment, Looked, cgroup_path};
@@ -70,6 +72,8 @@ pub(crate) struct Bpf {
     pub attachments: Vec<Attachment>,
     /// Every open socket's filter, classic or eBPF.
     pub socket_filters: Vec<SocketFilter>,
+    /// Why the open descriptors could not be walked, when they could not.
+    pub sockets_unread: Option<String>,
     pub looked: Looked,
     /// Every symbol of `bpf_kallsyms`: `(start, end, name)`.
     pub ksyms: Vec<(u64, u64, String)>,
@@ -169,7 +173,15 @@ impl Bpf {
         // Every descriptor of every process, for who holds a program and
         // which sockets filter through one (on a live source each table
         // is a remote read).
-        (b.holders, b.socket_filters) = descriptors(k).unwrap_or_default();
+        match descriptors(k) {
+            Ok(d) => (b.holders, b.socket_filters) = d,
+            Err(e) if e.is_source_failure() => return Err(e),
+            Err(e) => {
+                let why = format!("open descriptors (holders, socket filters): {e}");
+                b.not_checked.push(why.clone());
+                b.sockets_unread = Some(why);
+            }
+        }
         b.attachments
             .extend(b.socket_filters.iter().map(|f| Attachment {
                 prog: f.prog,

@@ -129,7 +129,10 @@ pub(crate) fn check(k: &Kernel<'_, '_>, cx: &Context<'_>) -> Result<Report, Kern
     let mut r = Report::default();
     let mut codes: HashMap<u64, Code> = HashMap::new();
     let socket_filters = match cx.bpf(k) {
-        Ok(b) => b.socket_filters.as_slice(),
+        Ok(b) => {
+            r.not_checked.extend(b.sockets_unread.clone());
+            b.socket_filters.as_slice()
+        }
         Err(e) if e.is_source_failure() => return Err(e),
         Err(e) => {
             r.not_checked.push(format!("socket filters: {e}"));

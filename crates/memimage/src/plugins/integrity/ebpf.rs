@@ -10,8 +10,9 @@
 //! - high: a program that calls `bpf_probe_write_user` (rewrites what a
 //!   process reads: the technique of the public eBPF rootkits; the kernel
 //!   warns when one loads); a program the kernel runs (on the BPF symbol
-//!   list or attached by a link, references held) that `prog_idr` does not
-//!   show, hidden from `bpftool`;
+//!   list, attached by a link or found on a hook, references held) that
+//!   `prog_idr` does not show, hidden from `bpftool`; a hook running a
+//!   program through a live link that `link_idr` does not show;
 //! - medium: a program that changes what kernel functions return
 //!   (`bpf_override_return`, or an fmod_ret tracing program) or sends
 //!   signals (`bpf_send_signal`, `bpf_send_signal_thread`): how eBPF
