@@ -114,8 +114,8 @@ pub const PLUGIN_TYPES: &[&str] = &[
     "timekeeper",
 ];
 
-/// Bump when the selection or the cache layout changes.
-const CACHE_VERSION: &str = "v8";
+/// Bump when the cache layout changes (a selection's change is in its tag).
+const CACHE_VERSION: &str = "v9";
 
 impl Selection {
     /// What kernel discovery and the built-in plugins use.
@@ -170,15 +170,31 @@ impl Selection {
         all_symbols: true,
     };
 
-    /// A short tag for cache keys: selections are cached apart.
-    pub fn tag(&self) -> &'static str {
-        match self {
-            Selection::All => "all",
-            Selection::Only {
-                all_symbols: true, ..
-            } => "integrity",
-            Selection::Only { .. } => "plugins",
+    /// A short tag for cache keys: selections are cached apart, and a
+    /// selection that changed (a type a new check reads) is not served
+    /// from a cache made for the old one.
+    pub fn tag(&self) -> String {
+        let Selection::Only {
+            types,
+            symbols,
+            enums,
+            all_symbols,
+        } = self
+        else {
+            return "all".into();
+        };
+        let mut h = Sha256::new();
+        for list in [*types, *symbols, *enums] {
+            for name in list {
+                h.update(name.as_bytes());
+                h.update([0]);
+            }
+            h.update([1]);
         }
+        let digest = h.finalize();
+        let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let what = if *all_symbols { "integrity" } else { "plugins" };
+        format!("{what}-{short}")
     }
 
     pub(crate) fn keeps_type(&self, n: &str) -> bool {

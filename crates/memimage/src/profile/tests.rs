@@ -294,3 +294,31 @@ fn what_is_not_laid_out_so_is_parsed_whole() {
         }
     }
 }
+
+/// A cached profile is kept per selection: a selection that reads one more
+/// type (a new check) has another tag, so an old cache is not served.
+#[test]
+fn selection_tags_follow_what_they_select() {
+    let plugins = Selection::PLUGINS.tag();
+    let integrity = Selection::INTEGRITY.tag();
+    assert!(
+        plugins.starts_with("plugins-") && plugins.len() == 16,
+        "{plugins}"
+    );
+    assert!(integrity.starts_with("integrity-"), "{integrity}");
+    assert_eq!(Selection::All.tag(), "all");
+    assert_eq!(Selection::INTEGRITY.tag(), integrity);
+    let one_more = Selection::Only {
+        types: &["task_struct", "list_head", "trace_kprobe"],
+        symbols: &[],
+        enums: &[],
+        all_symbols: true,
+    };
+    let fewer = Selection::Only {
+        types: &["task_struct", "list_head"],
+        symbols: &[],
+        enums: &[],
+        all_symbols: true,
+    };
+    assert_ne!(one_more.tag(), fewer.tag());
+}
