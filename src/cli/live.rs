@@ -37,7 +37,7 @@ pub struct LiveArgs {
     /// Fetch the BTF every time.
     #[arg(long)]
     pub no_cache: bool,
-    /// More detail on stderr (-vv for debug).
+    /// Say each step on stderr (-vv debug, -vvv trace); by default only warnings.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

@@ -162,7 +162,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
 
-    /// More detail on stderr (-vv for debug).
+    /// Say each step on stderr (-vv debug, -vvv trace); by default only warnings.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -370,7 +370,7 @@ pub struct UploadArgs {
     #[arg(long, value_name = "HOST", requires = "no_manifest")]
     pub host: Option<String>,
 
-    /// More log output (-v debug, -vv trace).
+    /// Say each step on stderr (-vv debug, -vvv trace); by default only warnings.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

@@ -117,6 +117,17 @@ pub(crate) fn init_logging(args: &CaptureArgs) -> Option<()> {
     )
 }
 
+/// stderr's level: warnings by default (the results go to stdout, and a
+/// terminal shows a progress bar); `-v` the steps, `-vv` debug, `-vvv` trace.
+pub(crate) fn log_level(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    }
+}
+
 /// Logging for any command: `verbose` raises stderr's level, `log_dir`
 /// gets a debug log named after `label`.
 pub(crate) fn init_logging_for(
@@ -127,11 +138,7 @@ pub(crate) fn init_logging_for(
     use tracing_subscriber::{
         EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt,
     };
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    let level = log_level(verbose);
     let stderr_filter = EnvFilter::try_from_env("MSHOT_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("mshot={level},warn")));
     let stderr_layer = fmt::layer()

@@ -347,11 +347,7 @@ fn read_into(
 /// are stored and verified, 2 for bad flags, 1 otherwise.
 pub fn main(args: &UploadArgs) -> u8 {
     use tracing_subscriber::{EnvFilter, fmt};
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    let level = super::log_level(args.verbose);
     let _ = fmt()
         .with_writer(|| crate::util::progress::Stderr)
         .with_ansi(std::io::stderr().is_terminal())

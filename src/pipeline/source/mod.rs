@@ -187,12 +187,18 @@ pub async fn choose(
     let decision = decide(requested, module, &policy)?;
     record.method = Some(decision.used);
     record.reason = decision.reason.clone();
-    tracing::info!(
+    let line = format!(
         "{}: method {}: {}",
         shell.host,
         decision.used.name(),
         decision.reason
     );
+    // Not the module that was given: worth saying without -v.
+    if decision.used == Used::Kcore && matches!(module, ModuleAvailability::Available { .. }) {
+        tracing::warn!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
     Ok(decision)
 }
 
