@@ -27,6 +27,7 @@ pub async fn bench_receive(
     let acked = progress.s3_acked(s3.is_some());
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
+        None,
         s3.as_mut(),
         None,
         metadata,

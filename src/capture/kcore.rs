@@ -88,6 +88,7 @@ pub async fn acquire(
     let acked = progress.s3_acked(s3.is_some());
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
+        Some(expected_bytes),
         s3,
         Some(expected_bytes),
         s3_metadata,

@@ -415,8 +415,11 @@ async fn run(
     }
 
     let acked = progress.s3_acked(state.s3.is_some());
+    // A compressed store's size is not known ahead; the plain image's is.
+    let stored_plain = !(job.source.compress && job.source.store_compressed);
     let sink = ImageSink::open(
         job.local_image.then_some(job.image_path.as_path()),
+        stored_plain.then_some(expected_bytes),
         state.s3.as_mut(),
         Some(expected_bytes),
         s3_metadata(job, &facts.kernel_release),

@@ -9,7 +9,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::lab_guest::{Setup, lime_ranges, system_ram};
-use crate::support::{self, Need, user};
+use crate::support::{self, Need, SmallDisk, user};
 
 /// Ports of the guests' sshd, forwarded on each namespace's loopback only.
 /// Distinct per test because the lab names its pidfiles and logs by port.
@@ -137,7 +137,8 @@ fn start_and_wait_for_64_mib(
 }
 
 #[test]
-fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()> {
+fn a_full_disk_fails_before_lime_loads_and_ctrl_c_mid_stream_keeps_no_image() -> anyhow::Result<()>
+{
     support::require!(
         Need::Root,
         Need::Sshd,
@@ -147,6 +148,30 @@ fn ctrl_c_mid_stream_cleans_the_target_and_keeps_no_image() -> anyhow::Result<()
         Need::LabDir
     );
     let setup = Setup::start(INTERRUPT_PORT)?;
+
+    // 64 MiB of disk for a 512 MiB guest: refused before LiME loads, not
+    // half way, and nothing is left that could pass for an image.
+    let small = SmallDisk::mount(64)?;
+    let output = setup.mshot(small.path()).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "not enough space for the image in {}: ",
+        small.path().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains(" free, the image needs 5"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(small.path())?
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["guest.json"], "only the manifest of the failure");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(small.path().join("guest.json"))?)?;
+    assert!(manifest["image"].is_null());
+    assert_eq!(manifest["lime_arguments"], "", "LiME was loaded");
+    setup.assert_target_clean(&manifest);
+    drop(small);
+
     let out_dir = tempfile::tempdir()?;
     let (child, part) = start_and_wait_for_64_mib(&setup, out_dir.path())?;
     // SAFETY: plain kill(2) on our own child.

@@ -1,6 +1,9 @@
 //! Where the image goes. The file sink writes `NAME.part` and only renames it
 //! to `NAME` once the caller has proven the image whole, so a file under the
-//! final name is always complete.
+//! final name is always complete. It reserves the image's size on disk
+//! before anything is loaded on the target, so a full disk fails the capture
+//! at its start, not half way, and hosts of a fleet sharing one disk cannot
+//! take each other's space.
 
 pub mod s3;
 
@@ -20,6 +23,14 @@ pub enum SinkError {
     Create {
         path: String,
         source: std::io::Error,
+    },
+    #[error(
+        "not enough space for the image in {dir}: {free} free, the image needs {need}; free some space, write elsewhere (--output-dir, or output_dir: in a fleet file) or stream to S3 alone (--bucket without --output-dir)"
+    )]
+    NoSpace {
+        dir: String,
+        free: indicatif::HumanBytes,
+        need: indicatif::HumanBytes,
     },
     #[error("cannot write {path}: {source} (is the disk full?)")]
     Write {
@@ -41,6 +52,10 @@ pub struct FileSink {
     /// saves BufWriter's copy of every byte.
     pending: Vec<bytes::Bytes>,
     pending_bytes: usize,
+    written: u64,
+    /// Bytes reserved past what is written (fallocate KEEP_SIZE): given
+    /// back at commit when the image came out smaller.
+    reserved: u64,
     committed: bool,
 }
 
@@ -48,7 +63,8 @@ pub struct FileSink {
 const FLUSH_AT: usize = 256 << 10;
 
 impl FileSink {
-    pub fn create(final_path: &Path) -> Result<FileSink, SinkError> {
+    /// Creates `NAME.part`, reserving `reserve` bytes for it when given.
+    pub fn create(final_path: &Path, reserve: Option<u64>) -> Result<FileSink, SinkError> {
         let shown = |p: &Path| p.display().to_string();
         if final_path.exists() {
             return Err(SinkError::Exists {
@@ -73,17 +89,55 @@ impl FileSink {
                     source,
                 },
             })?;
-        Ok(FileSink {
+        let mut sink = FileSink {
             final_path: final_path.to_path_buf(),
             part_path,
             file,
             pending: Vec::new(),
             pending_bytes: 0,
+            written: 0,
+            reserved: 0,
             committed: false,
-        })
+        };
+        // On an error the sink drops here and takes the part file with it.
+        if let Some(bytes) = reserve.filter(|&b| b > 0) {
+            sink.reserve(bytes)?;
+        }
+        Ok(sink)
+    }
+
+    /// Allocates `bytes` for the file without changing its size. Where the
+    /// file system cannot (some network and FUSE file systems), compares
+    /// with its free space instead.
+    fn reserve(&mut self, bytes: u64) -> Result<(), SinkError> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        use rustix::io::Errno;
+        let no_space = |sink: &FileSink| {
+            let free = rustix::fs::fstatvfs(&sink.file)
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                .unwrap_or(0);
+            let dir = sink.part_path.parent().unwrap_or(Path::new("."));
+            SinkError::NoSpace {
+                dir: dir.display().to_string(),
+                free: indicatif::HumanBytes(free),
+                need: indicatif::HumanBytes(bytes),
+            }
+        };
+        match fallocate(&self.file, FallocateFlags::KEEP_SIZE, 0, bytes) {
+            Ok(()) => {
+                self.reserved = bytes;
+                Ok(())
+            }
+            Err(Errno::NOSPC | Errno::FBIG | Errno::DQUOT) => Err(no_space(self)),
+            Err(_) => match rustix::fs::fstatvfs(&self.file) {
+                Ok(s) if s.f_bavail.saturating_mul(s.f_frsize) < bytes => Err(no_space(self)),
+                _ => Ok(()),
+            },
+        }
     }
 
     pub fn write(&mut self, data: bytes::Bytes) -> Result<(), SinkError> {
+        self.written += data.len() as u64;
         self.pending_bytes += data.len();
         self.pending.push(data);
         if self.pending_bytes >= FLUSH_AT {
@@ -125,6 +179,16 @@ impl FileSink {
             path: self.final_path.display().to_string(),
             source,
         };
+        if self.reserved > self.written {
+            // Give back what the image did not use (a truncate to the same
+            // size frees blocks allocated past the end); failing is only waste.
+            if let Err(e) = self.file.set_len(self.written) {
+                tracing::debug!(
+                    "{}: cannot free reserved space: {e}",
+                    self.part_path.display()
+                );
+            }
+        }
         self.file.sync_all().map_err(error)?;
         // link + unlink instead of rename: fails rather than replacing a file
         // that appeared under the final name meanwhile.
@@ -173,16 +237,20 @@ pub struct ImageSink {
 }
 
 impl ImageSink {
-    /// Creates `local` (if given) and starts the S3 upload (if `s3` is set up)
-    /// of an image of about `expected` bytes. Call on the runtime.
+    /// Creates `local` (if given), with `reserve` bytes set aside for it,
+    /// and starts the S3 upload (if `s3` is set up) of an image of about
+    /// `expected` bytes. Call on the runtime.
     pub async fn open(
         local: Option<&Path>,
+        reserve: Option<u64>,
         s3: Option<&mut crate::pipeline::sink::s3::Destination>,
         expected: Option<u64>,
         metadata: std::collections::HashMap<String, String>,
         acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> anyhow::Result<ImageSink> {
-        let file = local.map(FileSink::create).transpose()?;
+        let file = local
+            .map(|path| FileSink::create(path, reserve))
+            .transpose()?;
         let s3 = match s3 {
             Some(destination) => {
                 let upload = destination.start(expected, metadata, acked).await?;
@@ -257,7 +325,7 @@ mod tests {
     fn commit_moves_part_to_final() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img.lime");
-        let mut sink = FileSink::create(&path).unwrap();
+        let mut sink = FileSink::create(&path, None).unwrap();
         sink.write(bytes::Bytes::from_static(b"hello")).unwrap();
         assert!(dir.path().join("img.lime.part").exists());
         assert!(!path.exists());
@@ -270,11 +338,11 @@ mod tests {
     fn discard_leaves_nothing_and_existing_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img.lime");
-        let mut sink = FileSink::create(&path).unwrap();
+        let mut sink = FileSink::create(&path, None).unwrap();
         sink.write(bytes::Bytes::from_static(b"partial")).unwrap();
         drop(sink);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let mut dropped = FileSink::create(&path).unwrap();
+        let mut dropped = FileSink::create(&path, None).unwrap();
         dropped
             .write(bytes::Bytes::from(vec![1u8; 5 << 20]))
             .unwrap();
@@ -283,9 +351,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         std::fs::write(&path, b"old").unwrap();
         assert!(matches!(
-            FileSink::create(&path),
+            FileSink::create(&path, None),
             Err(SinkError::Exists { .. })
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_reservation_beyond_the_disk_is_refused_up_front_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.lime");
+        let error = FileSink::create(&path, Some(1 << 62))
+            .err()
+            .expect("refused");
+        let text = error.to_string();
+        assert!(matches!(error, SinkError::NoSpace { .. }), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("the image needs 4.00 EiB"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unused_reserved_space_is_given_back_at_commit() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.lime");
+        let mut sink = FileSink::create(&path, Some(64 << 20)).unwrap();
+        sink.write(bytes::Bytes::from(vec![7u8; 4096])).unwrap();
+        sink.commit().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 4096);
+        // Blocks past the end were punched out: far less than the 64 MiB reserved.
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
     }
 }

@@ -75,7 +75,7 @@ pub use moto::Moto;
 pub use netns::{NetChain, NetNs};
 pub use openssh::OpenSsh;
 pub use prereq::Need;
-pub use process::KillOnDrop;
+pub use process::{KillOnDrop, SmallDisk};
 pub use sshd::{Sshd, SshdBuilder};
 pub use topology::JumpChain;
 

@@ -68,3 +68,32 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// A tmpfs of `mib` MiB mounted on a fresh temporary directory: a disk that
+/// is too small, for tests of what a capture does when space runs out.
+/// Unmounted when dropped.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(mib: u64) -> anyhow::Result<SmallDisk> {
+        let dir = tempfile::tempdir()?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={mib}m,mode=0700"))
+            .arg("mshot-small-disk")
+            .arg(dir.path()))?;
+        Ok(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
