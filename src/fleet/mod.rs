@@ -418,8 +418,9 @@ pub fn host_log_path(dir: &Path, prefix: Option<&str>, name: &str) -> PathBuf {
     }
 }
 
-/// The overall line: done/failed/running, bytes and rate; every 10 s as a
-/// log line when there is no terminal.
+/// The overall line: done/failed/running, bytes and rate; every 30 s on
+/// stderr when there is no terminal (at any verbosity: it is progress, and a
+/// fleet of big hosts can run for minutes between two hosts' results).
 async fn overall_ticker(
     bar: Option<ProgressBar>,
     totals: Arc<Totals>,
@@ -429,7 +430,7 @@ async fn overall_ticker(
     let period = if bar.is_some() {
         Duration::from_millis(250)
     } else {
-        Duration::from_secs(10)
+        Duration::from_secs(30)
     };
     let mut interval = tokio::time::interval(period);
     interval.tick().await;
@@ -449,7 +450,7 @@ async fn overall_ticker(
         );
         match &bar {
             Some(bar) => bar.set_message(line),
-            None => tracing::info!("{line}"),
+            None => eprintln!("{line}"),
         }
     }
 }
