@@ -6,7 +6,7 @@
 //! and container runtimes. Rows, not findings: the filters themselves are
 //! ordinary, and what they match is for the reader to judge.
 
-use super::bpf::SocketFilter;
+use super::bpf_holders::SocketFilter;
 use super::classic_bpf::disassemble;
 use super::{Context, Report};
 use crate::kernel::{Kernel, KernelError};

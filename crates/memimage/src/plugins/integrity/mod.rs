@@ -13,6 +13,7 @@
 mod bpf;
 mod bpf_attach;
 mod bpf_filters;
+mod bpf_holders;
 mod bpf_names;
 mod classic_bpf;
 mod creds;
