@@ -3,10 +3,9 @@
 //! hosts, and Ctrl-C or SIGTERM in the middle of a fleet.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::fleet::{mshot, read_json, repo, report_host, text};
-use crate::lab_guest::Lab;
+use crate::fleet::{mshot, read_json, report_host, text};
+use crate::lab_guest::{Lab, LoopbackGuest};
 use crate::support::{self, KeyPair, KeyType, Need, Sshd, user};
 
 /// Guests' sshd ports (issue 6's range), forwarded on 127.0.0.1 only.
@@ -14,7 +13,7 @@ const GUEST_61_PORT: u16 = 2270;
 const SECOND_PORT: u16 = 2271;
 const INTERRUPT_PORT: u16 = 2272;
 /// Small guests keep the captures short; the kernels are the point.
-const GUEST_MEM_MIB: &str = "256";
+const GUEST_MEM_MIB: u32 = 256;
 
 /// The main lab build, and a second kernel: the arm64 guest when it is
 /// built (one fleet file mixing x86-64 and arm64), else the cloud flavour
@@ -29,72 +28,6 @@ fn lab_builds() -> (Lab, Lab) {
         .filter(|d| d.join("lime.ko").is_file() && d.join("vmlinuz").is_file())
         .unwrap_or_else(|| main.clone());
     (Lab { dir: main }, Lab { dir: second })
-}
-
-/// A guest on 127.0.0.1:port; stopped on drop.
-struct Guest {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Guest {
-    fn start(lab: &Lab, port: u16) -> anyhow::Result<Guest> {
-        let status = Command::new(repo().join("lab/start-guest.sh"))
-            .arg(&lab.dir)
-            .args(["--port", &port.to_string(), "--mem", GUEST_MEM_MIB])
-            .args(["--timeout", "180"])
-            .status()?;
-        anyhow::ensure!(status.success(), "lab/start-guest.sh failed on port {port}");
-        Ok(Guest {
-            dir: lab.dir.clone(),
-            port,
-        })
-    }
-
-    /// A command on the guest with the OpenSSH client (not mshot).
-    fn ssh(&self, lab: &Lab, known_hosts: &Path, command: &str) -> String {
-        let out = Command::new("ssh")
-            .arg("-i")
-            .arg(lab.key())
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
-            .args(["-p", &self.port.to_string(), "root@127.0.0.1", command])
-            .output()
-            .unwrap();
-        text(&out.stdout)
-    }
-
-    /// No lime module loaded and the manifest's temp dir gone.
-    fn assert_clean(&self, lab: &Lab, known_hosts: &Path, manifest: &serde_json::Value) {
-        let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
-            .parent()
-            .unwrap()
-            .display()
-            .to_string();
-        let after = self.ssh(
-            lab,
-            known_hosts,
-            &format!(
-                "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
-            ),
-        );
-        assert_eq!(
-            after.split_whitespace().collect::<Vec<_>>(),
-            ["0", "gone"],
-            "port {}: {after}",
-            self.port
-        );
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("lab/stop-guest.sh"))
-            .arg(&self.dir)
-            .arg(self.port.to_string())
-            .status();
-    }
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -117,8 +50,8 @@ fn fleet_captures_two_lab_kernels_beside_failing_hosts() -> anyhow::Result<()> {
     let (lab61, second_lab) = lab_builds();
     // Boot both guests at once: each takes 10-30 s under TCG.
     let (guest61, second_guest) = std::thread::scope(|s| {
-        let a = s.spawn(|| Guest::start(&lab61, GUEST_61_PORT));
-        let b = s.spawn(|| Guest::start(&second_lab, SECOND_PORT));
+        let a = s.spawn(|| LoopbackGuest::start(&lab61, GUEST_61_PORT, GUEST_MEM_MIB));
+        let b = s.spawn(|| LoopbackGuest::start(&second_lab, SECOND_PORT, GUEST_MEM_MIB));
         (a.join().unwrap(), b.join().unwrap())
     });
     let (guest61, second_guest) = (guest61?, second_guest?);
@@ -257,7 +190,7 @@ hosts:
                 && l.contains(&sha)),
             "{stdout}"
         );
-        guest.assert_clean(lab, &known_hosts, &manifest);
+        guest.assert_clean(&known_hosts, &manifest);
         let log = std::fs::read_to_string(logs.join(format!("{name}.log")))?;
         assert!(log.contains("insmod "), "{name}: {log}");
         assert!(log.contains("rmmod lime"), "{name}: {log}");
@@ -352,7 +285,7 @@ fn ctrl_c_stops_the_fleet_and_cleans_every_started_host() -> anyhow::Result<()> 
         Need::LabDir
     );
     let (lab, _) = lab_builds();
-    let guest = Guest::start(&lab, INTERRUPT_PORT)?;
+    let guest = LoopbackGuest::start(&lab, INTERRUPT_PORT, GUEST_MEM_MIB)?;
     let work = tempfile::tempdir()?;
     let dir = work.path();
     let known_hosts = dir.join("known_hosts");
@@ -407,7 +340,7 @@ fn ctrl_c_stops_the_fleet_and_cleans_every_started_host() -> anyhow::Result<()> 
     let manifest = read_json(Path::new(running["manifest"].as_str().unwrap()));
     assert_eq!(manifest["cleanup"]["module_unloaded"], true, "{manifest:#}");
     assert_eq!(manifest["cleanup"]["temp_dir_removed"], true);
-    guest.assert_clean(&lab, &known_hosts, &manifest);
+    guest.assert_clean(&known_hosts, &manifest);
     assert!(stdout.contains("interrupted by Ctrl-C"), "{stdout}");
     Ok(())
 }

@@ -94,6 +94,70 @@ impl Drop for Guest {
     }
 }
 
+/// A guest of `lab` on 127.0.0.1:port in the root namespace (fleet tests
+/// reach it straight), `mem_mib` MiB of RAM; stopped on drop.
+pub(crate) struct LoopbackGuest {
+    guest: Guest,
+    key: PathBuf,
+}
+
+impl LoopbackGuest {
+    pub(crate) fn start(lab: &Lab, port: u16, mem_mib: u32) -> anyhow::Result<LoopbackGuest> {
+        let status = Command::new(repo().join("lab/start-guest.sh"))
+            .arg(&lab.dir)
+            .args(["--port", &port.to_string(), "--mem", &mem_mib.to_string()])
+            .args(["--timeout", "180"])
+            .status()?;
+        anyhow::ensure!(status.success(), "lab/start-guest.sh failed on port {port}");
+        Ok(LoopbackGuest {
+            guest: Guest {
+                dir: lab.dir.clone(),
+                port,
+            },
+            key: lab.key(),
+        })
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.guest.port
+    }
+
+    /// A command on the guest with the OpenSSH client (not mshot).
+    pub(crate) fn ssh(&self, known_hosts: &Path, command: &str) -> String {
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(&self.key)
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["-p", &self.port().to_string(), "root@127.0.0.1", command])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// No lime module loaded and the manifest's temp dir gone.
+    pub(crate) fn assert_clean(&self, known_hosts: &Path, manifest: &serde_json::Value) {
+        let remote_dir = Path::new(manifest["module"]["remote_path"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        let after = self.ssh(
+            known_hosts,
+            &format!(
+                "grep -c '^lime ' /proc/modules; test -e {remote_dir} && echo present || echo gone"
+            ),
+        );
+        assert_eq!(
+            after.split_whitespace().collect::<Vec<_>>(),
+            ["0", "gone"],
+            "port {}: {after}",
+            self.port()
+        );
+    }
+}
+
 /// A guest in a namespace that only a jump host (a real sshd beside it) reaches.
 /// Fields drop in order: guest, then sshd, then the namespace.
 pub(crate) struct Setup {

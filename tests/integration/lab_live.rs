@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as J;
 
-use crate::lab_guest::Setup;
+use crate::lab_guest::{Lab, LoopbackGuest, Setup};
 use crate::support::{Need, prereq};
 
 /// This file's guest ports.
@@ -256,77 +256,17 @@ fn a_connection_cut_mid_walk_is_an_error_and_a_busy_guest_is_read() -> anyhow::R
 const FLEET_PLAIN_PORT: u16 = 2313;
 const FLEET_ODD_PORT: u16 = 2314;
 
-/// A guest on 127.0.0.1:port (no namespace), stopped on drop.
-struct LoopbackGuest {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl LoopbackGuest {
-    fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = std::process::Command::new(repo.join("lab/start-guest.sh"))
-            .arg(dir)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--mem",
-                "256",
-                "--timeout",
-                "180",
-            ])
-            .status()?;
-        anyhow::ensure!(status.success(), "lab/start-guest.sh failed on port {port}");
-        Ok(LoopbackGuest {
-            dir: dir.to_path_buf(),
-            port,
-        })
-    }
-
-    fn known_hosts_line(&self) -> String {
-        let public = std::fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
-        let mut fields = public.split_whitespace();
-        format!(
-            "[127.0.0.1]:{} {} {}",
-            self.port,
-            fields.next().unwrap(),
-            fields.next().unwrap()
-        )
-    }
-
-    fn ssh(&self, known_hosts: &Path, command: &str) -> String {
-        let out = std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(self.dir.join("id_ed25519"))
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
-            .args(["-p", &self.port.to_string(), "root@127.0.0.1", command])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for LoopbackGuest {
-    fn drop(&mut self) {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let _ = std::process::Command::new(repo.join("lab/stop-guest.sh"))
-            .arg(&self.dir)
-            .arg(self.port.to_string())
-            .status();
-    }
-}
-
 #[test]
 fn a_fleet_analysed_live_names_the_host_with_an_extra_listener() -> anyhow::Result<()> {
     if !lab_ready() {
         return Ok(());
     }
-    let lab = std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?;
+    let lab = Lab {
+        dir: std::fs::canonicalize(std::env::var("MSHOT_LAB_DIR")?)?,
+    };
     let (plain, odd) = std::thread::scope(|s| {
-        let a = s.spawn(|| LoopbackGuest::start(&lab, FLEET_PLAIN_PORT));
-        let b = s.spawn(|| LoopbackGuest::start(&lab, FLEET_ODD_PORT));
+        let a = s.spawn(|| LoopbackGuest::start(&lab, FLEET_PLAIN_PORT, 256));
+        let b = s.spawn(|| LoopbackGuest::start(&lab, FLEET_ODD_PORT, 256));
         (a.join().unwrap(), b.join().unwrap())
     });
     let (plain, odd) = (plain?, odd?);
@@ -334,7 +274,11 @@ fn a_fleet_analysed_live_names_the_host_with_an_extra_listener() -> anyhow::Resu
     let known_hosts = work.path().join("known_hosts");
     std::fs::write(
         &known_hosts,
-        format!("{}\n{}\n", plain.known_hosts_line(), odd.known_hosts_line()),
+        format!(
+            "{}\n{}\n",
+            lab.known_hosts_line(plain.port()),
+            lab.known_hosts_line(odd.port())
+        ),
     )?;
     // One host listens where the other does not.
     odd.ssh(&known_hosts, "httpd -p 4444 -h /tmp; true");
@@ -343,7 +287,7 @@ fn a_fleet_analysed_live_names_the_host_with_an_extra_listener() -> anyhow::Resu
         &fleet,
         format!(
             "defaults: {{username: root, key: {key}, known_hosts: {kh}, agent: false}}\nhosts:\n  - {{addr: 127.0.0.1, port: {p}, name: plain}}\n  - {{addr: 127.0.0.1, port: {o}, name: odd}}\n",
-            key = lab.join("id_ed25519").display(),
+            key = lab.key().display(),
             kh = known_hosts.display(),
             p = FLEET_PLAIN_PORT,
             o = FLEET_ODD_PORT,
