@@ -20,6 +20,9 @@
  *   mshot_kprobe    a kprobe program on do_sys_openat2 by a perf event of
  *                   the kprobe PMU (a probe of its own, not a tracefs
  *                   event) and PERF_EVENT_IOC_SET_BPF;
+ *   mshot_uprobe    a kprobe program on a function of this helper's own
+ *                   file by a perf event of the uprobe PMU (how eBPF
+ *                   credential stealers probe PAM or sshd), the same way;
  *   mshot_tc        tc's BPF classifier on lo's clsact ingress (netlink,
  *                   as `tc filter add dev lo ingress bpf da` does).
  *   Classic BPF: a packet socket filtered by SO_ATTACH_FILTER (the way
@@ -293,6 +296,53 @@ static int attach_kprobe(int fd)
 	return ev;
 }
 
+/* The function the uprobe probes; never called. */
+__attribute__((noinline, used)) int uprobe_target(int x)
+{
+	return x * 3 + 1;
+}
+
+/* A uprobe PMU event on uprobe_target in this helper's file, running `fd`:
+ * the file offset comes from the mapping that holds the function. */
+static int attach_uprobe(int fd)
+{
+	unsigned long at = (unsigned long)uprobe_target, start, end, off;
+	static char path[4096];
+	struct perf_event_attr pa;
+	char buf[32] = "", line[4352];
+	int tf, ev, found = 0;
+	FILE *maps;
+
+	tf = open("/sys/bus/event_source/devices/uprobe/type", O_RDONLY);
+	if (tf < 0 || read(tf, buf, sizeof(buf) - 1) <= 0)
+		return -1;
+	close(tf);
+	maps = fopen("/proc/self/maps", "r");
+	if (!maps)
+		return -1;
+	while (!found && fgets(line, sizeof(line), maps))
+		found = sscanf(line, "%lx-%lx %*s %lx %*s %*s %4095s", &start, &end, &off, path) == 4 &&
+			at >= start && at < end;
+	fclose(maps);
+	if (!found) {
+		errno = ENOENT;
+		return -1;
+	}
+	memset(&pa, 0, sizeof(pa));
+	pa.type = strtoul(buf, NULL, 10);
+	pa.size = sizeof(pa);
+	pa.config1 = (unsigned long)path; /* uprobe_path */
+	pa.config2 = at - start + off; /* probe_offset */
+	pa.sample_period = 1;
+	pa.wakeup_events = 1;
+	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
+	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
+	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
+		return -1;
+	printf("bpf-helper: uprobe %s+0x%lx\n", path, at - start + off);
+	return ev;
+}
+
 /* Loads a program returning `ret` and attaches it; says why when it can't. */
 static void attach_one(enum bpf_prog_type type, const char *name, int ret, int (*attach)(int))
 {
@@ -399,6 +449,7 @@ int main(void)
 	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tcx", -1, attach_tcx);
 	attach_one(BPF_PROG_TYPE_TRACEPOINT, "mshot_perf", 0, attach_perf);
 	attach_one(BPF_PROG_TYPE_KPROBE, "mshot_kprobe", 0, attach_kprobe);
+	attach_one(BPF_PROG_TYPE_KPROBE, "mshot_uprobe", 0, attach_uprobe);
 	attach_one(BPF_PROG_TYPE_SCHED_CLS, "mshot_tc", TC_ACT_OK, attach_tc);
 	packet_filter();
 	fflush(stdout);

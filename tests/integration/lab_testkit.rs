@@ -47,7 +47,7 @@ const PROBE_CALLED: &str = "mshot_testkit: exec probe called";
 /// The BPF helper's programs: (name, type, what ebpf's `attached` holds).
 /// The second calls bpf_probe_write_user and is attached to TRACEPOINT by
 /// a link; the others have no link. tcx exists from 6.6 only.
-pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 8] = [
+pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 9] = [
     (
         "mshot_sockfilt",
         "socket_filter",
@@ -68,6 +68,12 @@ pub(crate) const BPF_PROGRAMS: [(&str, &str, &str); 8] = [
     ("mshot_perf", "tracepoint", "perf event sched_process_fork"),
     // A kprobe event of the kprobe PMU is named after its function.
     ("mshot_kprobe", "kprobe", "perf event do_sys_openat2"),
+    // A uprobe event is named by file and offset (the helper logs both).
+    (
+        "mshot_uprobe",
+        "kprobe",
+        "perf event uprobe /usr/local/bin/bpf-helper+0x",
+    ),
     (
         "mshot_tc",
         "sched_cls",

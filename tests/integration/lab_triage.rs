@@ -295,6 +295,19 @@ pub(crate) fn assert_tracing(image: &Path, dmesg: &str, bpf_log: &str) -> (Vec<J
         assert_eq!(at.matches(attached).count(), 1, "{name}: {at}");
         assert!(!at.contains(';'), "{name}: {at}");
     }
+    // The uprobe at the very offset the helper probed.
+    let probed = bpf_log
+        .lines()
+        .find_map(|l| l.strip_prefix("bpf-helper: uprobe "))
+        .unwrap_or_else(|| panic!("{bpf_log}"));
+    let uprobe = progs.iter().find(|r| r["name"] == "mshot_uprobe").unwrap();
+    assert!(
+        uprobe["attached"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("perf event uprobe {probed}")),
+        "{uprobe}"
+    );
     let rawtp = progs.iter().find(|r| r["name"] == "mshot_rawtp").unwrap();
     assert!(
         rawtp["attached"]

@@ -130,6 +130,9 @@ const EXTRA_INTEGRITY_TYPES: &[&str] = &[
     "trace_kprobe",
     "trace_probe",
     "trace_probe_event",
+    "trace_uprobe",
+    "uprobe",
+    "uprobe_consumer",
     "tracepoint",
     "tracepoint_func",
     // ebpf: programs, links and what they attach to, the JIT's memory.

@@ -6,6 +6,37 @@ use crate::kernel::{Kernel, KernelError};
 /// Cap on list walks: a corrupt list must not loop forever.
 pub(crate) const MAX_LIST: usize = 1 << 20;
 
+/// Cap on rb-tree walks.
+const MAX_TREE_NODES: usize = 1 << 16;
+
+/// The nodes of the rb-tree whose `rb_root` is at `root` (depth first;
+/// the order does not matter to the callers); a repeat or null ends a
+/// branch, so a corrupt tree cannot loop.
+pub(crate) fn walk_rbtree(
+    k: &Kernel<'_, '_>,
+    root: u64,
+    what: &str,
+) -> Result<Vec<u64>, KernelError> {
+    let p = k.profile;
+    let top = root.wrapping_add(p.offset("rb_root", "rb_node")?);
+    let (left, right) = (
+        p.offset("rb_node", "rb_left")?,
+        p.offset("rb_node", "rb_right")?,
+    );
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![k.read_u64(top, || format!("{what} root"))?];
+    while let Some(n) = stack.pop() {
+        if n == 0 || out.len() >= MAX_TREE_NODES || !seen.insert(n) {
+            continue;
+        }
+        out.push(n);
+        stack.push(k.read_u64(n.wrapping_add(left), || format!("{what} node {n:#x}"))?);
+        stack.push(k.read_u64(n.wrapping_add(right), || format!("{what} node {n:#x}"))?);
+    }
+    Ok(out)
+}
+
 /// Entries of a kernel `list_head` ring, as addresses of the containing
 /// objects (`link - member_offset`); stops at the head or a repeat.
 ///

@@ -289,6 +289,8 @@ fn attach_point(k: &Kernel<'_, '_>, link: u64, kind: &str) -> Result<String, Ker
             let call = ptr(k, event, "perf_event", "tp_event")?;
             if call == 0 {
                 "perf event".into()
+            } else if let Some(uprobe) = super::bpf_events::uprobe_event_label(k, call) {
+                format!("perf event {uprobe}")
             } else {
                 format!("perf event {}", event_name(k, call)?)
             }

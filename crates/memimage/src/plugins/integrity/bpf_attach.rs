@@ -5,6 +5,7 @@
 //! a link's attachment is here too, and one whose link `link_idr` lacks
 //! was hidden from it.
 
+use super::bpf_events;
 use super::bpf_names::{cgroup_hook, netns_hook};
 use crate::kernel::{Kernel, KernelError};
 use crate::plugins::tasks::walk_list;
@@ -15,7 +16,7 @@ use std::collections::HashSet;
 /// A systemd host has a few hundred cgroups; more than this is a loop.
 const MAX_CGROUPS: usize = 100_000;
 /// Programs one hook may run (`BPF_MPROG_MAX`, and cgroups' limit).
-const MAX_PER_HOOK: u64 = 64;
+pub(super) const MAX_PER_HOOK: u64 = 64;
 /// Net devices per namespace.
 const MAX_DEVICES: usize = 65_536;
 const XDP_MODES: [&str; 3] = ["generic", "driver", "offload"];
@@ -47,10 +48,11 @@ pub(crate) fn gather(
 ) -> Result<(Vec<Attachment>, Looked), KernelError> {
     let mut out = Vec::new();
     let mut looked = Looked::default();
-    let parts: [(&str, Walker); 3] = [
+    let parts: [(&str, Walker); 4] = [
         ("cgroup eBPF attachments", cgroups),
         ("network device eBPF attachments", net_devices),
-        ("perf event eBPF attachments", perf_events),
+        ("perf event eBPF attachments", bpf_events::perf_events),
+        ("uprobe event eBPF attachments", bpf_events::uprobe_events),
     ];
     for (what, walk) in parts {
         match walk(k, &mut out, &mut looked, not_checked) {
@@ -390,112 +392,4 @@ fn is_program(k: &Kernel<'_, '_>, prog: u64) -> bool {
         && ptr(k, prog, "bpf_prog", "aux")
             .and_then(|aux| ptr(k, aux, "bpf_prog_aux", "prog"))
             .is_ok_and(|back| back == prog)
-}
-
-/// Programs attached to trace events (kprobe, uprobe and tracepoint
-/// events, `perf_event_open` then `PERF_EVENT_IOC_SET_BPF` or a perf
-/// link): each registered event's `prog_array`, then the kprobe events
-/// made for one perf event by the kprobe PMU (what libbpf makes), which
-/// are not registered: found through their probe in `kprobe_table`. A
-/// removed program leaves `dummy_bpf_prog` in its slot.
-fn perf_events(
-    k: &Kernel<'_, '_>,
-    out: &mut Vec<Attachment>,
-    looked: &mut Looked,
-    _: &mut Vec<String>,
-) -> Result<(), KernelError> {
-    if !k.profile.has_field("trace_event_call", "prog_array") {
-        return Ok(());
-    }
-    let list = k.profile.offset("trace_event_call", "list")?;
-    let mut calls: HashSet<u64> = HashSet::new();
-    for call in walk_list(k, k.symbol("ftrace_events")?, list, "ftrace_events")? {
-        looked.events += 1;
-        calls.insert(call);
-        event_programs(k, call, out)?;
-    }
-    for call in pmu_kprobe_events(k)? {
-        if calls.insert(call) {
-            looked.events += 1;
-            event_programs(k, call, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// The programs in one trace event's `prog_array`.
-fn event_programs(
-    k: &Kernel<'_, '_>,
-    call: u64,
-    out: &mut Vec<Attachment>,
-) -> Result<(), KernelError> {
-    let p = k.profile;
-    let Some(array) = soft(ptr(k, call, "trace_event_call", "prog_array"))? else {
-        return Ok(());
-    };
-    if array == 0 {
-        return Ok(());
-    }
-    let dummy = k.symbol("dummy_bpf_prog").unwrap_or(0);
-    let items = p.offset("bpf_prog_array", "items")?;
-    let item_size = p.struct_def("bpf_prog_array_item")?.size.max(8);
-    for i in 0..MAX_PER_HOOK {
-        let at = array.wrapping_add(items + i * item_size);
-        let Some(prog) = soft(k.read_u64(at, || "bpf_prog_array item".into()))? else {
-            break;
-        };
-        if prog == 0 {
-            break;
-        }
-        if prog != dummy {
-            let name = super::bpf::event_name(k, call).unwrap_or_else(|_| "?".into());
-            out.push(Attachment {
-                prog,
-                link: None,
-                point: format!("perf event {name}"),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The trace events behind the kprobes a trace_kprobe owns (its
-/// `kprobe_dispatcher`), aggregated probes' members included: the
-/// `trace_kprobe` holds the probe (`rp.kp`) and its event (`tp.event`,
-/// whose `call` it is).
-fn pmu_kprobe_events(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
-    let p = k.profile;
-    // No kprobe events in this kernel.
-    let Ok(dispatcher) = k.symbol("kprobe_dispatcher") else {
-        return Ok(Vec::new());
-    };
-    let aggregate = k.symbol("aggr_pre_handler").ok();
-    let kp_in_tk = p.offset("trace_kprobe", "rp")? + p.offset("kretprobe", "kp")?;
-    let event_in_tk = p.offset("trace_kprobe", "tp")? + p.offset("trace_probe", "event")?;
-    let call_in_event = p.offset("trace_probe_event", "call")?;
-    let members = p.offset("kprobe", "list")?;
-    let mut out = Vec::new();
-    for kp in super::tracing::kprobe_list(k)? {
-        let mut probes = vec![kp];
-        if aggregate.is_some() && soft(ptr(k, kp, "kprobe", "pre_handler"))? == aggregate {
-            let head = kp.wrapping_add(members);
-            probes = soft(walk_list(k, head, members, "aggregated kprobes"))?.unwrap_or_default();
-        }
-        for probe in probes {
-            if soft(ptr(k, probe, "kprobe", "pre_handler"))? != Some(dispatcher) {
-                continue;
-            }
-            let tk = probe.wrapping_sub(kp_in_tk);
-            let Some(event) = soft(k.read_u64(tk.wrapping_add(event_in_tk), || {
-                "trace_kprobe.tp.event".into()
-            }))?
-            else {
-                continue;
-            };
-            if event != 0 {
-                out.push(event.wrapping_add(call_in_event));
-            }
-        }
-    }
-    Ok(out)
 }

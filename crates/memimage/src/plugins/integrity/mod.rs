@@ -12,6 +12,7 @@
 
 mod bpf;
 mod bpf_attach;
+mod bpf_events;
 mod bpf_filters;
 mod bpf_holders;
 mod bpf_names;

@@ -9,7 +9,7 @@
 use super::{Context, Finding, Report, Severity};
 use crate::kernel::{Kernel, KernelError};
 use crate::plugins::memdump::for_each_mapped;
-use crate::plugins::tasks::walk_list;
+use crate::plugins::tasks::{walk_list, walk_rbtree};
 use crate::plugins::util::{lossy, ptr, uint};
 use crate::plugins::{Row, Value};
 
@@ -18,8 +18,6 @@ const LIST_POISON1: u64 = 0xdead_0000_0000_0100;
 const LIST_POISON2: u64 = 0xdead_0000_0000_0122;
 /// Carving reads at most this much module memory.
 const MAX_CARVE_BYTES: u64 = 1 << 31;
-/// Nodes of `mod_tree` a walk visits at most (one per module region).
-const MAX_TREE_NODES: usize = 1 << 16;
 /// ITS thunk pages a module may have.
 const MAX_ITS_PAGES: u64 = 1024;
 /// Bounds on a believable module (Volatility's are of the same order).
@@ -226,22 +224,12 @@ fn tree_modules(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
     let root = k
         .symbol("mod_tree")?
         .wrapping_add(p.offset("mod_tree_root", "root")?)
-        .wrapping_add(p.offset("latch_tree_root", "tree")?)
-        .wrapping_add(p.offset("rb_root", "rb_node")?);
+        .wrapping_add(p.offset("latch_tree_root", "tree")?);
     // rb_node[0] of a latch_tree_node is the first tree's.
     let node_in_mtn = p.offset("mod_tree_node", "node")? + p.offset("latch_tree_node", "node")?;
     let mod_off = p.offset("mod_tree_node", "mod")?;
-    let (left, right) = (
-        p.offset("rb_node", "rb_left")?,
-        p.offset("rb_node", "rb_right")?,
-    );
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![k.read_u64(root, || "mod_tree root".into())?];
-    while let Some(n) = stack.pop() {
-        if n == 0 || !seen.insert(n) || seen.len() > MAX_TREE_NODES {
-            continue;
-        }
+    for n in walk_rbtree(k, root, "mod_tree")? {
         let mtn = n.wrapping_sub(node_in_mtn);
         let m = k.read_u64(mtn.wrapping_add(mod_off), || {
             format!("mod_tree node {n:#x}")
@@ -249,8 +237,6 @@ fn tree_modules(k: &Kernel<'_, '_>) -> Result<Vec<u64>, KernelError> {
         if m != 0 && !out.contains(&m) {
             out.push(m);
         }
-        stack.push(k.read_u64(n.wrapping_add(left), || format!("mod_tree node {n:#x}"))?);
-        stack.push(k.read_u64(n.wrapping_add(right), || format!("mod_tree node {n:#x}"))?);
     }
     Ok(out)
 }
