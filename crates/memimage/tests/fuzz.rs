@@ -42,7 +42,9 @@ const MINI_ISF: &str = r#"{"metadata": {"format": "6.2.0"},
 /// the eBPF IDRs, their nodes, the pack, programs, their aux (ksym, prog,
 /// name), the link and its tracepoint map; the cgroups, their kernfs nodes
 /// and program lists, the net devices, the hidden XDP link, the seccomp
-/// filters and classic programs (aux, fprog, instructions).
+/// filters and classic programs (aux, fprog, instructions); the trace
+/// events list, `uprobes_tree`, the uprobe, its trace_uprobe (consumer,
+/// probe), the probe event and its program array.
 const OBJECTS: &[usize] = &[
     0x2_9000, 0x4_0000, 0x4_1000, 0x4_2000, 0x4_3000, 0x4_8000, 0x4_9000, 0x4_9400, 0x4_a000,
     0x5_0000, 0x5_0100, 0x5_1000, 0x5_2000, 0x5_3000, 0x6_0000, 0x6_0100, 0x6_0400, 0x6_1000,
@@ -50,7 +52,8 @@ const OBJECTS: &[usize] = &[
     0x9_0000, 0x9_0400, 0x9_0800, 0x9_0c00, 0x9_1000, 0x9_2000, 0x9_5000, 0x9_5100, 0x9_5300,
     0x9_6300, 0x9_7300, 0x9_8000, 0x9_a000, 0x9_a100, 0xc_0000, 0xc_0100, 0xc_0400, 0xc_0500,
     0xc_0800, 0xc_0a00, 0xc_1000, 0xc_1100, 0xc_1400, 0xc_1500, 0xc_2000, 0xc_3000, 0xc_3100,
-    0xc_4000, 0xc_4400, 0xc_4700, 0xc_4800, 0xc_4900, 0xc_5000,
+    0xc_4000, 0xc_4400, 0xc_4700, 0xc_4800, 0xc_4900, 0xc_5000, 0xd_0000, 0xd_0100, 0xd_0200,
+    0xd_0280, 0xd_0400, 0xd_0480, 0xd_0600,
 ];
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {

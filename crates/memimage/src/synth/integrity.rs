@@ -14,6 +14,7 @@
 //! module owns (`modspace`, which also maps module data NX).
 
 mod bpf;
+mod bpf_events;
 mod bpf_hooks;
 mod checks;
 mod modspace;
@@ -87,6 +88,8 @@ pub struct Plant {
     pub bpf_hook_hidden: bool,
     /// XDP attached by a link that link_idr does not show.
     pub bpf_link_hidden: bool,
+    /// `kit_hidden` (needs `bpf_hidden`) on a uprobe PMU event on sshd.
+    pub bpf_uprobe: bool,
     pub orphan_code: bool,
     /// kill's ftrace site calls the trampoline of the kit's ftrace ops
     /// (needs `ftrace`): an ftrace hook, as ftrace-based rootkits make.
@@ -113,6 +116,7 @@ impl Plant {
             bpf_hidden: true,
             bpf_hook_hidden: true,
             bpf_link_hidden: true,
+            bpf_uprobe: true,
             orphan_code: true,
             traced_entry: false,
         }
@@ -186,6 +190,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
         tracing::types(t);
         bpf::types(t);
         bpf_hooks::types(t);
+        bpf_events::types(t);
         modspace::types(t);
     }
     let mut symbols = serde_json::Map::new();
@@ -220,6 +225,7 @@ fn isf(drop_symbol: Option<&str>) -> String {
     tracing::symbols(&mut sym);
     bpf::symbols(&mut sym);
     bpf_hooks::symbols(&mut sym);
+    bpf_events::symbols(&mut sym);
     modspace::symbols(&mut sym);
     json!({
         "metadata": {"format": "6.2.0"},
@@ -398,6 +404,7 @@ pub fn build(plant: Plant, drop_symbol: Option<&str>) -> IntegrityKernel {
     tracing::write(&mut m, &plant);
     bpf::write(&mut m, &plant, d(tracing::TP_EXEC));
     bpf_hooks::write(&mut m, &plant);
+    bpf_events::write(&mut m, &plant);
     modspace::write(&mut m, &plant);
     IntegrityKernel {
         mem: m,

@@ -188,7 +188,7 @@ fn ebpf_lists_programs_with_their_links_and_helpers() {
                     "kit_hidden",
                     "kprobe",
                     "a201020304050607",
-                    "-",
+                    "perf event uprobe /usr/sbin/sshd+0x4f2a0",
                     "",
                     "false",
                     "true",
@@ -279,6 +279,37 @@ fn ebpf_findings_are_the_planted_programs() {
     );
     let freed = ebpf_triage(plant, |m| m.write_u64(0xc_2000, 0));
     assert_eq!(s(&freed[0], "result"), "ok", "{freed:?}");
+}
+
+/// A program on a uprobe PMU event is found through the probed file's
+/// uprobe in `uprobes_tree` and named by file and offset; a consumer that
+/// is not a trace_uprobe's (another handler) holds no event.
+#[test]
+fn a_program_on_a_uprobe_is_found_through_uprobes_tree() {
+    let plant = Plant {
+        bpf_hidden: true,
+        bpf_uprobe: true,
+        ..Plant::default()
+    };
+    let t = ebpf_triage(plant, |_| {});
+    let hidden: Vec<&Row> = t.iter().filter(|r| s(r, "result") == "finding").collect();
+    assert_eq!(hidden.len(), 1, "{t:?}");
+    assert!(
+        s(hidden[0], "evidence")
+            .ends_with(", attached to perf event uprobe /usr/sbin/sshd+0x4f2a0"),
+        "{t:?}"
+    );
+    let ok = t.iter().find(|r| s(r, "result") == "ok");
+    assert!(ok.is_none(), "{t:?}");
+    // The consumer's handler (physical 0xd_0230) is not uprobe_dispatcher.
+    let other = ebpf_triage(plant, |m| m.write_u64(0xd_0230, DIRECT + 0x10));
+    let evidence: Vec<String> = other
+        .iter()
+        .filter(|r| s(r, "result") == "finding")
+        .map(|r| s(r, "evidence"))
+        .collect();
+    assert_eq!(evidence.len(), 1, "{other:?}");
+    assert!(!evidence[0].contains("uprobe"), "{evidence:?}");
 }
 
 /// bpf_filters: sshd's two seccomp layers, newest first, the first

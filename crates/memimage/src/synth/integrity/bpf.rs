@@ -29,6 +29,8 @@ const LINK_NODE: u64 = 0x9_0800;
 const PACK: u64 = 0x9_0c00;
 const PROGS: u64 = 0x9_1000;
 const AUXES: u64 = 0x9_5000;
+/// `kit_hidden` (the `bpf_hidden` plant), program 2.
+pub(super) const KIT_HIDDEN: u64 = super::DIRECT + PROGS + 0x2000;
 const LINK: u64 = 0x9_a000;
 const RAW_EVENT_MAP: u64 = 0x9_a100;
 /// The JIT pack in module space (offset from `MODULES`), one page.
