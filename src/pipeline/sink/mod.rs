@@ -53,8 +53,8 @@ pub struct FileSink {
     pending: Vec<bytes::Bytes>,
     pending_bytes: usize,
     written: u64,
-    /// Bytes reserved past what is written (fallocate KEEP_SIZE): given
-    /// back at commit when the image came out smaller.
+    /// Bytes reserved ahead (fallocate KEEP_SIZE); what the image did not
+    /// use is given back at commit.
     reserved: u64,
     committed: bool,
 }
@@ -106,33 +106,37 @@ impl FileSink {
         Ok(sink)
     }
 
-    /// Allocates `bytes` for the file without changing its size. Where the
-    /// file system cannot (some network and FUSE file systems), compares
-    /// with its free space instead.
+    /// Allocates `bytes` for the file without changing its size, after a
+    /// look at the free space (which also serves file systems that cannot
+    /// allocate ahead: some network and FUSE ones). The free space named in
+    /// an error is the one seen before trying: a failed allocation may have
+    /// taken some until the part file goes.
     fn reserve(&mut self, bytes: u64) -> Result<(), SinkError> {
         use rustix::fs::{FallocateFlags, fallocate};
         use rustix::io::Errno;
-        let no_space = |sink: &FileSink| {
-            let free = rustix::fs::fstatvfs(&sink.file)
-                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-                .unwrap_or(0);
-            let dir = sink.part_path.parent().unwrap_or(Path::new("."));
-            SinkError::NoSpace {
-                dir: dir.display().to_string(),
-                free: indicatif::HumanBytes(free),
-                need: indicatif::HumanBytes(bytes),
-            }
+        let free = rustix::fs::fstatvfs(&self.file)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+        let no_space = |sink: &FileSink| SinkError::NoSpace {
+            dir: sink
+                .part_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+                .to_string(),
+            free: indicatif::HumanBytes(free.unwrap_or(0)),
+            need: indicatif::HumanBytes(bytes),
         };
+        if free.is_some_and(|f| f < bytes) {
+            return Err(no_space(self));
+        }
         match fallocate(&self.file, FallocateFlags::KEEP_SIZE, 0, bytes) {
             Ok(()) => {
                 self.reserved = bytes;
                 Ok(())
             }
             Err(Errno::NOSPC | Errno::FBIG | Errno::DQUOT) => Err(no_space(self)),
-            Err(_) => match rustix::fs::fstatvfs(&self.file) {
-                Ok(s) if s.f_bavail.saturating_mul(s.f_frsize) < bytes => Err(no_space(self)),
-                _ => Ok(()),
-            },
+            Err(_) => Ok(()),
         }
     }
 
