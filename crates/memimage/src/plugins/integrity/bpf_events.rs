@@ -27,6 +27,11 @@ pub(super) fn perf_events(
     let list = k.profile.offset("trace_event_call", "list")?;
     let mut calls: HashSet<u64> = HashSet::new();
     for call in walk_list(k, k.symbol("ftrace_events")?, list, "ftrace_events")? {
+        // A tracefs uprobe event is the uprobe walk's too, which names it
+        // by file and offset: one row, not two.
+        if uprobe_event_label(k, call).is_some() {
+            continue;
+        }
         looked.events += 1;
         calls.insert(call);
         event_programs(k, call, None, out)?;

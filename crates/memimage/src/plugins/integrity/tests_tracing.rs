@@ -301,6 +301,26 @@ fn a_program_on_a_uprobe_is_found_through_uprobes_tree() {
     );
     let ok = t.iter().find(|r| s(r, "result") == "ok");
     assert!(ok.is_none(), "{t:?}");
+    // Registered as a tracefs event too (on ftrace_events): still one attachment.
+    let registered = ebpf_triage(plant, |m| {
+        let (head, call) = (0xd_0000, 0xd_0420);
+        for (at, to) in [
+            (head, call),
+            (head + 8, call),
+            (call, head),
+            (call + 8, head),
+        ] {
+            m.write_u64(at, DIRECT + to);
+        }
+    });
+    let evidence: Vec<String> = registered.iter().map(|r| s(r, "evidence")).collect();
+    assert_eq!(evidence.len(), 1, "{registered:?}");
+    assert!(
+        evidence[0].ends_with(
+            ": on the BPF symbol list, attached to perf event uprobe /usr/sbin/sshd+0x4f2a0"
+        ),
+        "{evidence:?}"
+    );
     // The consumer's handler (physical 0xd_0230) is not uprobe_dispatcher.
     let other = ebpf_triage(plant, |m| m.write_u64(0xd_0230, DIRECT + 0x10));
     let evidence: Vec<String> = other
