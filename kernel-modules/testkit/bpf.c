@@ -246,54 +246,62 @@ static int attach_tcx(int fd)
 	return bpf(BPF_PROG_ATTACH, &attr);
 }
 
-/* A perf event on sched_process_fork running `fd`; the event's descriptor. */
-static int attach_perf(int fd)
+/* The number a sysfs or tracefs file holds, in `out`; -1 when unreadable. */
+static int read_number(const char *file, unsigned long long *out)
 {
-	const char *id_file = "/sys/kernel/tracing/events/sched/sched_process_fork/id";
-	struct perf_event_attr pa;
 	char buf[32] = "";
-	int idf, ev;
+	int f = open(file, O_RDONLY);
 
-	mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, NULL);
-	idf = open(id_file, O_RDONLY);
-	if (idf < 0 || read(idf, buf, sizeof(buf) - 1) <= 0)
+	if (f < 0 || read(f, buf, sizeof(buf) - 1) <= 0)
 		return -1;
-	close(idf);
-	memset(&pa, 0, sizeof(pa));
-	pa.type = PERF_TYPE_TRACEPOINT;
-	pa.size = sizeof(pa);
-	pa.config = strtoull(buf, NULL, 10);
-	pa.sample_period = 1;
-	pa.wakeup_events = 1;
-	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
+	close(f);
+	*out = strtoull(buf, NULL, 10);
+	return 0;
+}
+
+/* Opens the perf event `pa` describes on CPU 0 and runs `fd` on it
+ * (PERF_EVENT_IOC_SET_BPF, no link); the event's descriptor. */
+static int perf_bpf(struct perf_event_attr *pa, int fd)
+{
+	int ev;
+
+	pa->size = sizeof(*pa);
+	pa->sample_period = 1;
+	pa->wakeup_events = 1;
+	ev = syscall(__NR_perf_event_open, pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
 	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
 	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
 		return -1;
 	return ev;
 }
 
+/* A perf event on sched_process_fork running `fd`; the event's descriptor. */
+static int attach_perf(int fd)
+{
+	struct perf_event_attr pa;
+	unsigned long long id;
+
+	mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, NULL);
+	if (read_number("/sys/kernel/tracing/events/sched/sched_process_fork/id", &id) < 0)
+		return -1;
+	memset(&pa, 0, sizeof(pa));
+	pa.type = PERF_TYPE_TRACEPOINT;
+	pa.config = id;
+	return perf_bpf(&pa, fd);
+}
+
 /* A kprobe PMU event on do_sys_openat2 running `fd`; the event's descriptor. */
 static int attach_kprobe(int fd)
 {
 	struct perf_event_attr pa;
-	char buf[32] = "";
-	int tf, ev;
+	unsigned long long type;
 
-	tf = open("/sys/bus/event_source/devices/kprobe/type", O_RDONLY);
-	if (tf < 0 || read(tf, buf, sizeof(buf) - 1) <= 0)
+	if (read_number("/sys/bus/event_source/devices/kprobe/type", &type) < 0)
 		return -1;
-	close(tf);
 	memset(&pa, 0, sizeof(pa));
-	pa.type = strtoul(buf, NULL, 10);
-	pa.size = sizeof(pa);
+	pa.type = type;
 	pa.config1 = (unsigned long)"do_sys_openat2"; /* kprobe_func */
-	pa.sample_period = 1;
-	pa.wakeup_events = 1;
-	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
-	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
-	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
-		return -1;
-	return ev;
+	return perf_bpf(&pa, fd);
 }
 
 /* The function the uprobe probes; never called. */
@@ -309,14 +317,13 @@ static int attach_uprobe(int fd)
 	unsigned long at = (unsigned long)uprobe_target, start, end, off;
 	static char path[4096];
 	struct perf_event_attr pa;
-	char buf[32] = "", line[4352];
-	int tf, ev, found = 0;
+	unsigned long long type;
+	char line[4352];
+	int ev, found = 0;
 	FILE *maps;
 
-	tf = open("/sys/bus/event_source/devices/uprobe/type", O_RDONLY);
-	if (tf < 0 || read(tf, buf, sizeof(buf) - 1) <= 0)
+	if (read_number("/sys/bus/event_source/devices/uprobe/type", &type) < 0)
 		return -1;
-	close(tf);
 	maps = fopen("/proc/self/maps", "r");
 	if (!maps)
 		return -1;
@@ -329,17 +336,12 @@ static int attach_uprobe(int fd)
 		return -1;
 	}
 	memset(&pa, 0, sizeof(pa));
-	pa.type = strtoul(buf, NULL, 10);
-	pa.size = sizeof(pa);
+	pa.type = type;
 	pa.config1 = (unsigned long)path; /* uprobe_path */
 	pa.config2 = at - start + off; /* probe_offset */
-	pa.sample_period = 1;
-	pa.wakeup_events = 1;
-	ev = syscall(__NR_perf_event_open, &pa, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
-	if (ev < 0 || ioctl(ev, PERF_EVENT_IOC_SET_BPF, fd) < 0 ||
-	    ioctl(ev, PERF_EVENT_IOC_ENABLE, 0) < 0)
-		return -1;
-	printf("bpf-helper: uprobe %s+0x%lx\n", path, at - start + off);
+	ev = perf_bpf(&pa, fd);
+	if (ev >= 0)
+		printf("bpf-helper: uprobe %s+0x%lx\n", path, at - start + off);
 	return ev;
 }
 
